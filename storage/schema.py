@@ -1,0 +1,63 @@
+"""Explicit Arrow schemas for everything the pipeline writes."""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+# One instruction record: a seed, an evolved candidate (kept or rejected), with its lineage.
+RECORD_SCHEMA = pa.schema(
+    [
+        pa.field("id", pa.string(), nullable=False),
+        pa.field("root_id", pa.string(), nullable=False),
+        pa.field("parent_id", pa.string()),
+        pa.field("round", pa.int32(), nullable=False),
+        pa.field("operation", pa.string(), nullable=False),
+        pa.field("instruction", pa.string(), nullable=False),
+        pa.field("input", pa.string(), nullable=False),
+        pa.field("response", pa.string()),
+        pa.field("status", pa.string(), nullable=False),
+        pa.field("reject_reason", pa.string()),
+        pa.field("duplicate_of", pa.string()),
+        pa.field("model", pa.string()),
+        pa.field("prompt_sha", pa.string()),
+        pa.field("prompt_tokens", pa.int64(), nullable=False),
+        pa.field("completion_tokens", pa.int64(), nullable=False),
+        pa.field("finish_reason", pa.string()),
+        pa.field("created_at", pa.timestamp("us", tz="UTC"), nullable=False),
+    ]
+)
+
+# A row of input that could not be used, kept with where it came from and why.
+REJECTED_INPUT_SCHEMA = pa.schema(
+    [
+        pa.field("source", pa.string(), nullable=False),
+        pa.field("line", pa.int64(), nullable=False),
+        pa.field("field", pa.string()),
+        pa.field("reason", pa.string(), nullable=False),
+        pa.field("detail", pa.string(), nullable=False),
+        pa.field("duplicate_of", pa.string()),
+        pa.field("raw", pa.string(), nullable=False),
+    ]
+)
+
+RECORD_DEFAULTS = {
+    "parent_id": None,
+    "response": None,
+    "reject_reason": None,
+    "duplicate_of": None,
+    "model": None,
+    "prompt_sha": None,
+    "prompt_tokens": 0,
+    "completion_tokens": 0,
+    "finish_reason": None,
+}
+
+
+def records_table(rows: list[dict], schema: pa.Schema = RECORD_SCHEMA) -> pa.Table:
+    """Rows (dicts) as a table of ``schema``; missing optional fields take their defaults."""
+    defaults = RECORD_DEFAULTS if schema is RECORD_SCHEMA else {}
+    columns = {}
+    for field in schema:
+        default = defaults.get(field.name)
+        columns[field.name] = [row.get(field.name, default) for row in rows]
+    return pa.Table.from_pydict(columns, schema=schema)

@@ -1,0 +1,172 @@
+"""Configuration: environment settings (``EVOL_*``) and the frozen per-run ``RunConfig``."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from storage import StorageSettings
+from tasks.llm.base import SamplingParams
+
+OPERATIONS = (
+    "add_constraints",
+    "deepening",
+    "concretizing",
+    "increase_reasoning_steps",
+    "complicate_input",
+    "in_breadth",
+)
+
+
+class LLMEnvSettings(BaseModel):
+    """Where models and servers are: ``EVOL_LLM__MODELS_DIR``, ``EVOL_LLM__BASE_URL``, ``EVOL_LLM__API_KEY``."""
+
+    models_dir: str = "models"
+    base_url: str = "http://127.0.0.1:8000/v1"
+    api_key: SecretStr = SecretStr("EMPTY")
+    request_timeout_s: float = 600.0
+    max_concurrency: int = 64
+
+
+class EnvSettings(BaseSettings):
+    """Settings read from the environment, prefix ``EVOL_``, nested sections with ``__``."""
+
+    model_config = SettingsConfigDict(env_prefix="EVOL_", env_nested_delimiter="__", extra="ignore")
+
+    storage: StorageSettings = Field(default_factory=StorageSettings)
+    llm: LLMEnvSettings = Field(default_factory=LLMEnvSettings)
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class LLMConfig(_Strict):
+    """Which backend and model a run uses; ``engine_args`` go to ``vllm.LLM`` unchanged."""
+
+    backend: Literal["vllm", "openai", "scripted"] = "vllm"
+    model: str = "default"
+    engine_args: dict[str, Any] = Field(default_factory=dict)
+
+
+class StageSampling(_Strict):
+    """Sampling per stage (the paper: temperature 1, top_p 0.95, max_tokens 2048)."""
+
+    evolve: SamplingParams = SamplingParams()
+    respond: SamplingParams = SamplingParams()
+    equality: SamplingParams = SamplingParams(temperature=0.0, top_p=1.0, max_tokens=8)
+
+
+class EliminationConfig(_Strict):
+    """Thresholds and word lists of the elimination rules."""
+
+    equality_check: bool = True
+    sorry_max_words: int = Field(80, ge=1)
+    sorry_words: tuple[str, ...] = ("sorry",)
+    stop_words: tuple[str, ...] | None = None  # None: the built-in English list
+    scaffolding_phrases: tuple[str, ...] | None = None  # None: the prompt pack's list
+
+
+class DedupConfig(_Strict):
+    """Exact dedup on normalised text, and near dedup with MinHash + LSH."""
+
+    exact: bool = True
+    near: bool = True
+    jaccard_threshold: float = Field(0.8, gt=0.0, le=1.0)
+    shingle_size: int = Field(5, ge=1)
+    num_perm: int = Field(128, ge=8)
+
+
+class MixConfig(_Strict):
+    """The final data: seeds plus every round's survivors, shuffled, optionally sampled."""
+
+    include_seeds: bool = True
+    sample_size: int | None = Field(None, ge=1)
+
+
+class RunConfig(_Strict):
+    """Everything that decides what a run produces. Frozen; unknown keys are errors."""
+
+    name: str | None = Field(None, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+    seeds: str
+    field_map: dict[str, str] = Field(default_factory=dict)
+    output_root: str = "runs"
+    rounds: int = Field(4, ge=0, le=50)
+    shard_size: int = Field(1000, ge=1)
+    seed: int = 0
+    prompt_pack: str = "general"
+    operation_weights: dict[str, float] | None = None
+    llm: LLMConfig = LLMConfig()
+    sampling: StageSampling = StageSampling()
+    elimination: EliminationConfig = EliminationConfig()
+    dedup: DedupConfig = DedupConfig()
+    mix: MixConfig = MixConfig()
+
+    @field_validator("operation_weights")
+    @classmethod
+    def _weights_valid(cls, value: dict[str, float] | None) -> dict[str, float] | None:
+        if value is None:
+            return None
+        if any(w < 0 for w in value.values()):
+            raise ValueError("weights must be >= 0")
+        if not any(w > 0 for w in value.values()):
+            raise ValueError("at least one weight must be > 0")
+        return value
+
+
+class ConfigError(ValueError):
+    """A configuration file that can't be used; the message names the file and the keys."""
+
+
+def _format_errors(source: str, err: ValidationError) -> str:
+    lines = [f"invalid configuration in {source}:"]
+    for e in err.errors():
+        key = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        msg = "unknown key" if e["type"] == "extra_forbidden" else e["msg"]
+        lines.append(f"  {key}: {msg}")
+    return "\n".join(lines)
+
+
+def parse_run_config(data: Any, source: str = "<config>") -> RunConfig:
+    """Validate a mapping as a RunConfig; errors name ``source`` and each bad key."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"invalid configuration in {source}: expected a mapping of keys, got {type(data).__name__}")
+    try:
+        return RunConfig.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(_format_errors(source, err)) from None
+
+
+def load_run_config(path: str | Path, overrides: dict[str, Any] | None = None) -> RunConfig:
+    """Load a RunConfig from a YAML file; relative local paths in it are taken from the file's folder."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"configuration file not found: {path}") from None
+    except yaml.YAMLError as err:
+        raise ConfigError(f"invalid YAML in {path}: {err}") from None
+    if isinstance(data, dict):
+        data = {**data, **(overrides or {})}
+        for key in ("seeds", "output_root"):
+            value = data.get(key)
+            if isinstance(value, str) and "://" not in value and not Path(value).is_absolute():
+                data[key] = str((path.parent / value).resolve())
+    return parse_run_config(data, str(path))
+
+
+def run_fingerprint(config: RunConfig, template_shas: dict[str, str] | None = None, model_id: str | None = None) -> str:
+    """A stable hash of everything that decides the outputs: config, templates, model."""
+    payload = {
+        "config": config.model_dump(mode="json", exclude={"name", "output_root"}),
+        "templates": dict(sorted((template_shas or {}).items())),
+        "model": model_id or config.llm.model,
+    }
+    blob = json.dumps(payload, sort_keys=True, separators=(",", ":")).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]

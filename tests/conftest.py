@@ -1,0 +1,88 @@
+"""Shared fixtures: a real S3 server (moto) on 127.0.0.1, temporary roots."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import uuid
+
+import pytest
+
+from storage import StorageSettings
+
+os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for_port(port: int, timeout: float = 30.0) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.1)
+    raise TimeoutError(f"nothing listens on 127.0.0.1:{port} after {timeout}s")
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """moto's standalone S3 server on 127.0.0.1: a real HTTP S3 endpoint."""
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_for_port(port)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+@pytest.fixture(scope="session")
+def s3_settings(s3_server, monkeypatch_session):
+    """Storage settings for the moto server, also exported as ``EVOL_STORAGE__*`` for subprocesses."""
+    settings = StorageSettings(endpoint_url=s3_server, key="testing", secret="testing")
+    monkeypatch_session.setenv("EVOL_STORAGE__ENDPOINT_URL", s3_server)
+    monkeypatch_session.setenv("EVOL_STORAGE__KEY", "testing")
+    monkeypatch_session.setenv("EVOL_STORAGE__SECRET", "testing")
+    return settings
+
+
+@pytest.fixture(scope="session")
+def monkeypatch_session():
+    mp = pytest.MonkeyPatch()
+    yield mp
+    mp.undo()
+
+
+@pytest.fixture()
+def s3_bucket(s3_settings):
+    """A fresh bucket; yields its ``s3://`` root."""
+    from storage.uri import filesystem_for
+
+    name = f"evol-{uuid.uuid4().hex[:10]}"
+    fs = filesystem_for("s3://x", s3_settings)
+    fs.mkdir(name)
+    return f"s3://{name}"
+
+
+@pytest.fixture()
+def memory_root():
+    """A fresh ``memory://`` root, cleaned afterwards."""
+    from storage import resolve
+
+    root = f"memory://test-{uuid.uuid4().hex[:10]}"
+    yield root
+    fs, path = resolve(root)
+    if fs.exists(path):
+        fs.rm(path, recursive=True)

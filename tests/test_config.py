@@ -1,0 +1,78 @@
+"""RunConfig loading, errors that name the key and file, and the run fingerprint."""
+
+from __future__ import annotations
+
+import pytest
+from pydantic import ValidationError
+
+from tasks.config import ConfigError, EnvSettings, RunConfig, load_run_config, parse_run_config, run_fingerprint
+
+
+def write(tmp_path, text: str):
+    path = tmp_path / "run.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_defaults_and_relative_paths(tmp_path):
+    cfg = load_run_config(write(tmp_path, "seeds: data/seeds.jsonl\n"))
+    assert cfg.rounds == 4
+    assert cfg.sampling.evolve.temperature == 1.0 and cfg.sampling.evolve.top_p == 0.95
+    assert cfg.sampling.evolve.max_tokens == 2048
+    assert cfg.elimination.sorry_max_words == 80
+    assert cfg.seeds == str(tmp_path / "data" / "seeds.jsonl")
+    assert cfg.output_root == "runs"  # the default is relative to where the command runs
+    cfg = load_run_config(write(tmp_path, "seeds: s3://bucket/seeds.jsonl\noutput_root: out\n"))
+    assert cfg.seeds == "s3://bucket/seeds.jsonl"
+    assert cfg.output_root == str(tmp_path / "out")
+    with pytest.raises(ValidationError):
+        cfg.rounds = 2  # frozen
+
+
+def test_unknown_key_is_named_with_the_file(tmp_path):
+    path = write(tmp_path, "seeds: s.jsonl\nroundz: 3\n")
+    with pytest.raises(ConfigError) as err:
+        load_run_config(path)
+    assert str(path) in str(err.value)
+    assert "roundz: unknown key" in str(err.value)
+
+
+def test_nested_bad_value_is_named(tmp_path):
+    text = "seeds: s.jsonl\nsampling:\n  evolve:\n    temperature: hot\ndedup:\n  jaccard_threshold: 2\n"
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as err:
+        load_run_config(path)
+    text = str(err.value)
+    assert "sampling.evolve.temperature:" in text
+    assert "dedup.jaccard_threshold:" in text
+
+
+def test_missing_seeds_and_bad_yaml(tmp_path):
+    with pytest.raises(ConfigError, match="seeds: Field required"):
+        parse_run_config({"rounds": 1}, "x.yaml")
+    with pytest.raises(ConfigError, match="invalid YAML"):
+        load_run_config(write(tmp_path, "seeds: [unclosed\n"))
+    with pytest.raises(ConfigError, match="not found"):
+        load_run_config(tmp_path / "nope.yaml")
+    with pytest.raises(ConfigError, match="at least one weight"):
+        parse_run_config({"seeds": "s", "operation_weights": {"deepening": 0}})
+
+
+def test_fingerprint_is_stable_and_sensitive():
+    a = RunConfig(seeds="s3://b/seeds.jsonl")
+    b = RunConfig(seeds="s3://b/seeds.jsonl", name="other", output_root="elsewhere")
+    assert run_fingerprint(a) == run_fingerprint(b)  # names and locations don't change outputs
+    assert run_fingerprint(a) != run_fingerprint(RunConfig(seeds="s3://b/seeds.jsonl", seed=1))
+    assert run_fingerprint(a, {"deepening": "abc"}) != run_fingerprint(a, {"deepening": "abd"})
+    assert run_fingerprint(a, model_id="m1") != run_fingerprint(a, model_id="m2")
+    assert len(run_fingerprint(a)) == 16
+
+
+def test_env_settings_nested(monkeypatch):
+    monkeypatch.setenv("EVOL_STORAGE__ENDPOINT_URL", "http://127.0.0.1:9000")
+    monkeypatch.setenv("EVOL_LLM__BASE_URL", "http://127.0.0.1:8001/v1")
+    monkeypatch.setenv("EVOL_LLM__API_KEY", "secret-key")
+    env = EnvSettings()
+    assert env.storage.endpoint_url == "http://127.0.0.1:9000"
+    assert env.llm.base_url == "http://127.0.0.1:8001/v1"
+    assert "secret-key" not in repr(env)
