@@ -27,6 +27,10 @@ class RunLayout:
         """URI of one shard of a stage in a round."""
         return join_uri(self.stage_dir(round_index, stage), shard_name(index))
 
+    def run_shard(self, stage: str, index: int) -> str:
+        """URI of a shard of a run-level stage (``final``, ``final_dropped``)."""
+        return join_uri(self.run_uri, stage, shard_name(index))
+
     def file(self, *parts: str) -> str:
         """Any other file of the run (summaries, exports, the config)."""
         return join_uri(self.run_uri, *parts)

@@ -23,6 +23,9 @@ RECORD_SCHEMA = pa.schema(
         pa.field("prompt_tokens", pa.int64(), nullable=False),
         pa.field("completion_tokens", pa.int64(), nullable=False),
         pa.field("finish_reason", pa.string()),
+        pa.field("response_prompt_sha", pa.string()),
+        pa.field("response_finish_reason", pa.string()),
+        pa.field("raw_evolution", pa.string()),
         pa.field("created_at", pa.timestamp("us", tz="UTC"), nullable=False),
     ]
 )
@@ -50,6 +53,9 @@ RECORD_DEFAULTS = {
     "prompt_tokens": 0,
     "completion_tokens": 0,
     "finish_reason": None,
+    "response_prompt_sha": None,
+    "response_finish_reason": None,
+    "raw_evolution": None,
 }
 
 

@@ -10,6 +10,7 @@ import hashlib
 import json
 import os
 import tempfile
+import uuid
 from typing import Any
 
 import pyarrow as pa
@@ -142,3 +143,21 @@ def list_committed_shards(dir_uri: str, settings: StorageSettings | None = None)
 def shard_name(index: int) -> str:
     """File name of shard ``index``."""
     return f"shard-{index:05d}.parquet"
+
+
+def write_file_atomic(uri: str, data: bytes, settings: StorageSettings | None = None) -> str:
+    """Write a whole file so that it appears complete or not at all; returns its SHA-256."""
+    fs, path = resolve(uri, settings)
+    if isinstance(fs, LocalFileSystem):
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        tmp = f"{os.path.dirname(path)}/.{os.path.basename(path)}.{uuid.uuid4().hex}.tmp"
+        try:
+            with open(tmp, "wb") as f:
+                f.write(data)
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+    else:
+        fs.pipe_file(path, data)  # one PUT: S3 shows the object only once complete
+    return hashlib.sha256(data).hexdigest()

@@ -1,0 +1,25 @@
+"""Prompt templates as data (one folder per pack) and their loader."""
+
+from prompts.pack import (
+    KINDS,
+    SPECIAL_TEMPLATES,
+    OperationSpec,
+    PromptPack,
+    PromptPackError,
+    PromptRenderError,
+    RenderedPrompt,
+    bundled_packs,
+    load_pack,
+)
+
+__all__ = [
+    "KINDS",
+    "SPECIAL_TEMPLATES",
+    "OperationSpec",
+    "PromptPack",
+    "PromptPackError",
+    "PromptRenderError",
+    "RenderedPrompt",
+    "bundled_packs",
+    "load_pack",
+]

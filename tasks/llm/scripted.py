@@ -1,0 +1,76 @@
+"""A scripted backend: a Python function answers each conversation. For fast tests of the logic around the model."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+
+from tasks.llm.base import Completion, Conversation, SamplingParams
+
+Responder = Callable[[Conversation, SamplingParams], "Completion | str"]
+
+
+class ScriptedBackend:
+    """Answers with ``responder(conversation, params)``; a plain string becomes a ``stop`` completion."""
+
+    def __init__(self, responder: Responder, model_name: str = "scripted"):
+        self.responder = responder
+        self.model_name = model_name
+        self.calls = 0
+        self.items = 0
+        self._lock = threading.Lock()
+
+    def generate(self, conversations: list[Conversation], params: SamplingParams) -> list[Completion]:
+        """Answer every conversation in order; a responder that raises fails only its item."""
+        with self._lock:
+            self.calls += 1
+            self.items += len(conversations)
+        out = []
+        for conv in conversations:
+            try:
+                result = self.responder(conv, params)
+            except Exception as err:  # one bad item never fails the batch
+                out.append(Completion(error=f"{type(err).__name__}: {err}", finish_reason="error"))
+                continue
+            if isinstance(result, str):
+                prompt_tokens = sum(len(m["content"].split()) for m in conv)
+                result = Completion(text=result, finish_reason="stop", prompt_tokens=prompt_tokens,
+                                    completion_tokens=max(1, len(result.split())))
+            out.append(result)
+        return out
+
+
+GIVEN = "#Given Prompt#:"
+ADDITIONS = {
+    "constraint": "Answer in no more than 100 words and cite one concrete example.",
+    "depth": "Also explain the underlying principles and discuss two edge cases.",
+    "specific": "Use the specific case of a small public library in Lisbon.",
+    "steps": "Show each intermediate step of your reasoning explicitly before the final answer.",
+    "input": "Use this data as part of the input: | item | value |\n| a | 3 |\n| b | 7 |",
+}
+
+
+def given_prompt(text: str) -> str:
+    """The instruction an evolution prompt shows under ``#Given Prompt#``."""
+    body = text.split(GIVEN, 1)[1]
+    for end in ("#Rewritten Prompt#:", "#Created Prompt#:"):
+        body = body.split(end, 1)[0]
+    return body.strip()
+
+
+def demo_responder(conversation: Conversation, params: SamplingParams) -> str:
+    """A deterministic stand-in for a capable model, reading the prompt packs' scaffolding."""
+    text = conversation[-1]["content"]
+    if GIVEN in text and "#Created Prompt#" in text:
+        words = given_prompt(text).split()
+        return "Devise an uncommon variant of this task: " + " ".join(reversed(words[:12]))
+    if GIVEN in text:
+        method = text.lower()
+        key = next((k for k, hint in (("constraint", "constraint"), ("depth", "depth"), ("specific", "specific"),
+                                      ("steps", "step"), ("input", "input")) if hint in method), "constraint")
+        return f"{given_prompt(text)} {ADDITIONS[key]}"
+    if "Not Equal" in text and "Equal" in text:
+        return "Not Equal"
+    first_line = text.strip().splitlines()[0]
+    return (f"Here is a complete answer to the request '{first_line[:60]}'. First, we identify what is asked; "
+            "then we work through the details one at a time, and finally we check the result against the request.")
