@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import typer
 from rich.console import Console
 from rich.table import Table
 
+from flows.cli_models import models_app
+
 app = typer.Typer(help="Evol-Instruct data pipeline: evolve, eliminate, deduplicate, export, train.",
                   no_args_is_help=True, pretty_exceptions_enable=False)
+app.add_typer(models_app, name="models")
 console = Console()
 err_console = Console(stderr=True)
 
@@ -17,7 +22,7 @@ def main() -> None:
     """Evol-Instruct data pipeline."""
 
 
-def _fail(message: str) -> None:
+def fail(message: str) -> None:
     err_console.print(f"[bold red]error:[/] {message}")
     raise typer.Exit(code=2)
 
@@ -27,7 +32,7 @@ def _parse_map(pairs: list[str]) -> dict[str, str]:
     for pair in pairs:
         target, sep, source = pair.partition("=")
         if not sep or not target or not source:
-            _fail(f"--map takes TARGET=SOURCE (for example instruction=Instruction), got {pair!r}")
+            fail(f"--map takes TARGET=SOURCE (for example instruction=Instruction), got {pair!r}")
         out[target.strip()] = source.strip()
     return out
 
@@ -46,7 +51,7 @@ def ingest(
     try:
         summary = ingest_seeds(src, dest, rejected, shard_size, _parse_map(field_map))
     except (IngestError, FileNotFoundError) as err:
-        _fail(str(err))
+        fail(str(err))
     console.print(f"ingested {src}")
     table = Table()
     table.add_column("what")
@@ -59,6 +64,19 @@ def ingest(
     console.print(f"{len(summary.shards)} shard(s) in {dest}")
     if summary.rejected_uri:
         console.print(f"quarantined rows: {summary.rejected_uri}")
+
+
+@app.command()
+def run(
+    config: Path = typer.Argument(..., help="Run configuration (YAML), e.g. configs/demo.yaml"),
+    rounds: int = typer.Option(None, "--rounds", min=0, help="Override the number of rounds"),
+    output_root: str = typer.Option(None, "--output-root", help="Override where runs are written"),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show per-round progress"),
+) -> None:
+    """Run the whole pipeline: ingest, evolve round after round, mix, deduplicate, export."""
+    from flows.cli_run import run_command
+
+    run_command(config, rounds, output_root, progress)
 
 
 if __name__ == "__main__":

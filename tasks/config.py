@@ -90,6 +90,14 @@ class MixConfig(_Strict):
     sample_size: int | None = Field(None, ge=1)
 
 
+class OrchestrationConfig(_Strict):
+    """How shards are scheduled; does not change what a run produces (not in the fingerprint)."""
+
+    max_parallel_shards: int = Field(2, ge=1)
+    retries: int = Field(2, ge=0)
+    retry_delay_s: float = Field(5.0, ge=0)
+
+
 class RunConfig(_Strict):
     """Everything that decides what a run produces. Frozen; unknown keys are errors."""
 
@@ -107,6 +115,7 @@ class RunConfig(_Strict):
     elimination: EliminationConfig = EliminationConfig()
     dedup: DedupConfig = DedupConfig()
     mix: MixConfig = MixConfig()
+    orchestration: OrchestrationConfig = OrchestrationConfig()
 
     @field_validator("operation_weights")
     @classmethod
@@ -164,9 +173,14 @@ def load_run_config(path: str | Path, overrides: dict[str, Any] | None = None) -
 def run_fingerprint(config: RunConfig, template_shas: dict[str, str] | None = None, model_id: str | None = None) -> str:
     """A stable hash of everything that decides the outputs: config, templates, model."""
     payload = {
-        "config": config.model_dump(mode="json", exclude={"name", "output_root"}),
+        "config": config.model_dump(mode="json", exclude={"name", "output_root", "orchestration"}),
         "templates": dict(sorted((template_shas or {}).items())),
         "model": model_id or config.llm.model,
     }
     blob = json.dumps(payload, sort_keys=True, separators=(",", ":")).encode()
     return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def run_id_for(config: RunConfig, fingerprint: str) -> str:
+    """The run folder's name: the config's name (if any) and the fingerprint."""
+    return f"{config.name}-{fingerprint}" if config.name else fingerprint

@@ -15,10 +15,11 @@ import pyarrow.parquet as pq
 from prefect import task
 from pydantic import BaseModel
 
-from storage import REJECTED_INPUT_SCHEMA, StorageSettings, join_uri, resolve, write_shard
+from storage import REJECTED_INPUT_SCHEMA, RunLayout, StorageSettings, join_uri, resolve, write_shard
 from storage.schema import records_table
-from storage.shards import shard_name
-from tasks.text import has_lone_surrogate, normalize_text, record_id
+from storage.shards import shard_name, write_file_atomic
+from tasks.config import RunConfig
+from tasks.text import has_lone_surrogate, record_id
 
 TARGET_FIELDS = ("instruction", "input", "output")
 USER_ROLES = {"user", "human"}
@@ -208,11 +209,19 @@ def ingest_seeds(
                          duplicates=reasons.get("duplicate", 0), shards=shards, rejected_uri=rejected_uri)
 
 
+def ingest_run_seeds(config: RunConfig, layout: RunLayout, settings: StorageSettings | None = None) -> IngestSummary:
+    """Round 0 of a run: ingest once; a run whose seeds are already ingested reads the summary back."""
+    summary_uri = layout.file("round=0", "_ingest.json")
+    fs, path = resolve(summary_uri, settings)
+    if fs.exists(path):
+        return IngestSummary.model_validate_json(fs.cat_file(path))
+    summary = ingest_seeds(config.seeds, layout.stage_dir(0, "pool"), layout.stage_dir(0, "rejected_input"),
+                           config.shard_size, config.field_map, settings)
+    write_file_atomic(summary_uri, summary.model_dump_json(indent=2).encode(), settings)
+    return summary
+
+
 @task(name="ingest-seeds", retries=2, retry_delay_seconds=5)
-def ingest_seeds_task(src: str, dest_dir: str, rejected_dir: str, shard_size: int,
-                      field_map: dict[str, str]) -> IngestSummary:
+def ingest_run_seeds_task(config: RunConfig, layout: RunLayout) -> IngestSummary:
     """Ingest the run's seed file into round 0."""
-    return ingest_seeds(src, dest_dir, rejected_dir, shard_size, field_map)
-
-
-__all__ = ["IngestError", "IngestSummary", "ingest_seeds", "ingest_seeds_task", "normalize_text"]
+    return ingest_run_seeds(config, layout)

@@ -74,3 +74,21 @@ def demo_responder(conversation: Conversation, params: SamplingParams) -> str:
     first_line = text.strip().splitlines()[0]
     return (f"Here is a complete answer to the request '{first_line[:60]}'. First, we identify what is asked; "
             "then we work through the details one at a time, and finally we check the result against the request.")
+
+
+_REGISTRY: dict[str, ScriptedBackend] = {}
+
+
+def register_scripted_backend(backend: ScriptedBackend, name: str = "scripted") -> None:
+    """Make ``backend`` what a run with ``llm: {backend: scripted, model: NAME}`` uses in this process."""
+    _REGISTRY[name] = backend
+
+
+def scripted_backend(name: str) -> ScriptedBackend:
+    """The scripted backend registered as ``name``; ``demo`` is always there (the demo responder)."""
+    if name == "demo" and name not in _REGISTRY:
+        _REGISTRY[name] = ScriptedBackend(demo_responder, model_name="scripted-demo")
+    if name not in _REGISTRY:
+        raise KeyError(f"no scripted backend registered as {name!r}; scripted backends are for tests and "
+                       f"benchmarks: register one with register_scripted_backend, or use model 'demo'")
+    return _REGISTRY[name]

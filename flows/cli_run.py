@@ -1,0 +1,72 @@
+"""``evol run``: the whole pipeline from a config file, with per-round progress."""
+
+from __future__ import annotations
+
+import os
+import threading
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+console = Console()
+
+
+def _watch_progress(plan, rounds: int, shards_per_round: int, stop: threading.Event) -> None:
+    """Poll the run's committed candidate shards and show one bar per round."""
+    from storage import list_committed_shards
+
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=console, transient=False) as progress:
+        bars = [progress.add_task(f"round {k}", total=shards_per_round or None) for k in range(1, rounds + 1)]
+        while True:
+            for k, bar in enumerate(bars, start=1):
+                done = len(list_committed_shards(plan.layout.stage_dir(k, "candidates")))
+                pool = len(list_committed_shards(plan.layout.stage_dir(k - 1, "pool")))
+                progress.update(bar, completed=done, total=pool or None)
+            if stop.wait(1.0):
+                break
+
+
+def run_command(config_path: Path, rounds: int | None, output_root: str | None, show_progress: bool) -> None:
+    """Load the config, run the flow (ephemeral Prefect API unless PREFECT_API_URL is set), print the outputs."""
+    from flows.cli import fail
+    from tasks.config import ConfigError, load_run_config
+    from tasks.plan import plan_run
+
+    overrides = {k: v for k, v in (("rounds", rounds), ("output_root", output_root)) if v is not None}
+    try:
+        config = load_run_config(config_path, overrides)
+    except ConfigError as err:
+        fail(str(err))
+    plan = plan_run(config)
+    where = os.environ.get("PREFECT_API_URL") or "Prefect's ephemeral local API"
+    console.print(f"run [bold]{plan.layout.run_id}[/] ({config.rounds} rounds, {config.llm.backend} backend, "
+                  f"model {config.llm.model}) on {where}")
+    from flows.evol_instruct import evol_instruct
+
+    stop = threading.Event()
+    watcher = None
+    if show_progress:
+        watcher = threading.Thread(target=_watch_progress, args=(plan, config.rounds, 0, stop), daemon=True)
+        watcher.start()
+    try:
+        result = evol_instruct(config)
+    finally:
+        stop.set()
+        if watcher:
+            watcher.join(timeout=5)
+    table = Table(title="rounds")
+    for col in ("round", "pool in", "evolved", "carried", "rejected"):
+        table.add_column(col, justify="right" if col != "rejected" else "left")
+    for r in result.rounds:
+        table.add_row(str(r.round), str(r.pool_in), str(r.evolved), str(r.carried),
+                      ", ".join(f"{k}={v}" for k, v in r.rejected.items()))
+    console.print(table)
+    console.print(f"final rows: [bold]{result.mix.final}[/] (seeds and survivors after dedup)")
+    console.print(f"outputs: {result.run_uri}")
+    for kind, uri in result.export.files.items():
+        console.print(f"  {kind:9s} {uri}")
+    raise typer.Exit(code=0)

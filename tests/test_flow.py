@@ -1,0 +1,115 @@
+"""The whole flow under Prefect with a scripted backend: exact counts, golden export, rerun of failed shards."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+
+import pytest
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterParentFlowRunId, TaskRunFilter
+
+from flows.evol_instruct import evol_instruct
+from storage import resolve
+from tasks.config import parse_run_config
+from tasks.llm.scripted import ScriptedBackend, register_scripted_backend
+from tests.flow_script import ROUND1_REJECTED, ROUND2_REJECTED, PlannedScript, load_seeds
+
+# sha256 of export/messages.jsonl for the 20-seed, 2-round scripted run below
+GOLDEN_MESSAGES_SHA = "42c7397947311297b3e0159dabb8f263ec0983d0bf8816f571182b193b976764"
+
+
+def make_config(tmp_path, root: str, name: str = "flowtest", **extra):
+    seeds = load_seeds()
+    src = tmp_path / "seeds.jsonl"
+    src.write_text("\n".join(json.dumps(s) for s in seeds))
+    data = {"name": name, "seeds": str(src), "output_root": root, "rounds": 2, "shard_size": 5, "seed": 11,
+            "llm": {"backend": "scripted", "model": name},
+            "orchestration": {"retries": 0, "retry_delay_s": 0}, **extra}
+    return seeds, parse_run_config(data)
+
+
+def read_bytes(uri: str) -> bytes:
+    fs, path = resolve(uri)
+    return fs.cat_file(path)
+
+
+def test_full_flow_exact_counts_and_golden_export(prefect_harness, tmp_path):
+    seeds, config = make_config(tmp_path, str(tmp_path / "runs"))
+    backend = ScriptedBackend(PlannedScript(seeds))
+    register_scripted_backend(backend, "flowtest")
+    result = evol_instruct(config)
+    assert result.ingest.accepted == 20
+    r1, r2 = result.rounds
+    assert (r1.pool_in, r1.evolved, r1.carried, r1.rejected) == (20, 6, 14, ROUND1_REJECTED)
+    assert (r2.pool_in, r2.evolved, r2.carried, r2.rejected) == (20, 7, 13, ROUND2_REJECTED)
+    assert result.mix.candidates == 33 and result.mix.final == 33
+    assert result.mix.by_round == {"0": 20, "1": 6, "2": 7}
+    assert result.export.rows == 33
+    messages = read_bytes(result.export.files["messages"])
+    assert len(messages.decode().splitlines()) == 33
+    alpaca = json.loads(read_bytes(result.export.files["alpaca"]))
+    assert {a["instruction"] for a in alpaca} >= {s["instruction"] for s in seeds}
+    card = read_bytes(result.export.files["card"]).decode()
+    assert result.fingerprint in card and "| duplicate | 4 |" in card
+    digest = hashlib.sha256(messages).hexdigest()
+    assert digest == GOLDEN_MESSAGES_SHA
+    assert result.export.sha256["messages"] == digest
+
+
+class FlakyScript(PlannedScript):
+    """Fails whole batches that touch the given seeds while armed: a shard-level failure."""
+
+    def __init__(self, seeds, fail_seeds: set[int]):
+        super().__init__(seeds)
+        self.fail_seeds = fail_seeds
+        self.armed = True
+
+
+class FlakyBackend(ScriptedBackend):
+    def generate(self, conversations, params):
+        script: FlakyScript = self.responder
+        if script.armed:
+            for conv in conversations:
+                text = conv[-1]["content"]
+                if any(script.parents[i][:40] in text for i in script.fail_seeds):
+                    raise ConnectionError("simulated backend outage")
+        return super().generate(conversations, params)
+
+
+async def task_runs_of_round(flow_run_id, round_index: int):
+    async with get_client() as client:
+        subflows = await client.read_flow_runs(
+            flow_run_filter=FlowRunFilter(parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[flow_run_id])))
+        ids = [f.id for f in subflows if f.name == f"round-{round_index}"]
+        runs = await client.read_task_runs(flow_run_filter=FlowRunFilter(id={"any_": ids}),
+                                           task_run_filter=TaskRunFilter())
+        return [r for r in runs if r.name.startswith(f"evolve-r{round_index}-")]
+
+
+def test_failed_shards_rerun_alone_and_export_is_identical(prefect_harness, tmp_path):
+    seeds, clean_config = make_config(tmp_path, str(tmp_path / "clean"), name="rerun")
+    register_scripted_backend(ScriptedBackend(PlannedScript(seeds)), "rerun")
+    clean = evol_instruct(clean_config)
+
+    _, config = make_config(tmp_path, str(tmp_path / "faulty"), name="rerun")
+    script = FlakyScript(seeds, fail_seeds={16, 17})  # both in shard 3 (seeds 15-19)
+    register_scripted_backend(FlakyBackend(script), "rerun")
+    state = evol_instruct(config, return_state=True)
+    assert state.is_failed()
+    with pytest.raises(Exception, match=r"round 1: 1 shard\(s\) failed after retries.*shard-00003"):
+        state.result()
+    first_runs = asyncio.run(task_runs_of_round(state.state_details.flow_run_id, 1))
+    assert sorted(r.state.name for r in first_runs) == ["Completed"] * 3 + ["Failed"]
+
+    script.armed = False
+    state2 = evol_instruct(config, return_state=True)
+    assert state2.is_completed()
+    runs = asyncio.run(task_runs_of_round(state2.state_details.flow_run_id, 1))
+    assert sorted(r.state.name for r in runs) == ["Cached"] * 3 + ["Completed"]
+    recomputed = [r.name for r in runs if r.state.name == "Completed"]
+    assert recomputed == ["evolve-r1-s00003"]
+    result = state2.result()
+    for kind in ("parquet", "alpaca", "messages"):
+        assert read_bytes(result.export.files[kind]) == read_bytes(clean.export.files[kind]), kind

@@ -1,0 +1,171 @@
+"""The vLLM backend: pure helpers and the factory (fast), then the real engine on the bundled model (``vllm``)."""
+
+from __future__ import annotations
+
+import os
+import threading
+from pathlib import Path
+
+import pytest
+
+from tasks.config import EnvSettings, LLMConfig, LLMEnvSettings
+from tasks.llm import vllm_backend
+from tasks.llm.base import BackendError, SamplingParams
+from tasks.llm.factory import get_backend
+from tasks.llm.models import prepare_default_model
+from tasks.llm.openai_backend import OpenAIBackend
+from tasks.llm.vllm_backend import (
+    VLLMBackend,
+    chat_prompt_tokens,
+    cpu_env_defaults,
+    cpu_id_ranges,
+    engine_constructions,
+    engine_kwargs,
+    get_vllm_engine,
+)
+
+ENGINE_ARGS = {"max_model_len": 1024}
+GREEDY = SamplingParams(temperature=0.0, top_p=1.0, max_tokens=16)
+
+
+def user(text: str) -> list[dict[str, str]]:
+    return [{"role": "user", "content": text}]
+
+
+def test_cpu_id_ranges():
+    assert cpu_id_ranges({0, 1}) == "0-1"
+    assert cpu_id_ranges([5, 0, 1, 2]) == "0-2,5"
+    assert cpu_id_ranges({3}) == "3"
+    assert cpu_id_ranges({0, 2, 4, 5}) == "0,2,4-5"
+
+
+def test_cpu_env_defaults():
+    assert cpu_env_defaults([0, 1]) == {"VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_CPU_OMP_THREADS_BIND": "0-1",
+                                        "VLLM_CPU_NUM_OF_RESERVED_CPU": "0"}
+
+
+def test_engine_kwargs_defaults_and_overrides(monkeypatch):
+    monkeypatch.setattr(vllm_backend, "_cpu_has_fast_bf16", lambda: False)
+    assert engine_kwargs(None, on_cpu=True) == {"max_model_len": 2048, "enforce_eager": True, "dtype": "float32"}
+    assert engine_kwargs({"max_model_len": 512, "dtype": "bfloat16"}, on_cpu=True) == {
+        "max_model_len": 512, "enforce_eager": True, "dtype": "bfloat16"}
+    monkeypatch.setattr(vllm_backend, "_cpu_has_fast_bf16", lambda: True)
+    assert engine_kwargs(None, on_cpu=True)["dtype"] == "bfloat16"
+    gpu = {"tensor_parallel_size": 2, "gpu_memory_utilization": 0.8}
+    assert engine_kwargs(gpu, on_cpu=False) == gpu
+
+
+def test_sampling_params_translation():
+    params = vllm_backend.to_vllm_sampling_params(
+        SamplingParams(temperature=0.7, top_p=0.9, max_tokens=33, seed=5, stop=("###", "\n\n")))
+    assert (params.temperature, params.top_p, params.max_tokens, params.seed) == (0.7, 0.9, 33, 5)
+    assert params.stop == ["###", "\n\n"]
+    assert vllm_backend.to_vllm_sampling_params(SamplingParams()).stop == []
+
+
+def test_factory(tmp_path):
+    before = engine_constructions()
+    local = tmp_path / "some-model"
+    local.mkdir()
+    env = EnvSettings(llm=LLMEnvSettings(models_dir=str(tmp_path / "models"), base_url="http://127.0.0.1:9/v1"))
+    backend = get_backend(LLMConfig(backend="vllm", model=str(local), engine_args={"dtype": "float32"}), env)
+    assert isinstance(backend, VLLMBackend)
+    assert (backend.model, backend.engine_args, backend.model_name) == (str(local), {"dtype": "float32"}, "some-model")
+    assert engine_constructions() == before  # the engine starts on first use, not on construction
+    remote = get_backend(LLMConfig(backend="openai", model="served"), env)
+    assert isinstance(remote, OpenAIBackend) and remote.model_name == "served"
+    assert remote.base_url == "http://127.0.0.1:9/v1"
+    with pytest.raises(KeyError, match="scripted backends are for tests"):
+        get_backend(LLMConfig(backend="scripted", model="never-registered"), env)
+
+
+@pytest.mark.vllm
+def test_engine_that_cannot_start_raises_backend_error(tmp_path):
+    empty = tmp_path / "not-a-model"
+    empty.mkdir()
+    with pytest.raises(BackendError, match="vLLM engine failed to start for model .*not-a-model"):
+        VLLMBackend(str(empty), ENGINE_ARGS).generate([user("hi")], GREEDY)
+
+
+@pytest.fixture(scope="session")
+def model_dir(tmp_path_factory) -> Path:
+    return prepare_default_model(os.environ.get("EVOL_LLM__MODELS_DIR") or tmp_path_factory.getbasetemp() / "models")
+
+
+@pytest.fixture(scope="session")
+def backend(model_dir) -> VLLMBackend:
+    """One engine for every test here: built once, reused through the process-wide cache."""
+    b = VLLMBackend(str(model_dir), ENGINE_ARGS)
+    b.engine  # noqa: B018 - start it now, so tests time the work and not the start
+    return b
+
+
+@pytest.mark.vllm
+def test_batch_comes_back_in_order_with_exact_token_counts(backend):
+    convs = [user(f"Question {i}: " + "why is the sky blue? " * i) for i in range(1, 17)]
+    results = backend.generate(convs, GREEDY)
+    tokenizer = backend.engine.get_tokenizer()
+    expected_prompt_tokens = [chat_prompt_tokens(tokenizer, c) for c in convs]
+    assert len(set(expected_prompt_tokens)) == 16  # distinct lengths: a shuffled result could not pass
+    assert [r.prompt_tokens for r in results] == expected_prompt_tokens
+    for r in results:
+        assert r.ok and r.finish_reason in ("stop", "length") and r.text
+        assert 1 <= r.completion_tokens <= GREEDY.max_tokens
+    # the i-th answer is the answer to the i-th prompt: each alone gives the same greedy text
+    for i in (0, 15):
+        alone = backend.generate([convs[i]], GREEDY)[0]
+        assert (alone.text, alone.completion_tokens) == (results[i].text, results[i].completion_tokens)
+
+
+@pytest.mark.vllm
+def test_greedy_is_deterministic_and_seeded_sampling_repeats(backend):
+    convs = [user("Name three fruits."), user("Write a haiku about rain."), user("What is 2 + 2?")]
+    assert backend.generate(convs, GREEDY) == backend.generate(convs, GREEDY)
+    seeded = SamplingParams(temperature=1.0, top_p=0.95, max_tokens=16, seed=7)
+    assert [c.text for c in backend.generate(convs, seeded)] == [c.text for c in backend.generate(convs, seeded)]
+
+
+@pytest.mark.vllm
+def test_small_max_tokens_gives_length(backend):
+    params = SamplingParams(temperature=0.0, max_tokens=4)
+    [result] = backend.generate([user("Write a long essay about the history of the Roman Empire.")], params)
+    assert result.ok
+    assert (result.finish_reason, result.completion_tokens) == ("length", 4)
+
+
+@pytest.mark.vllm
+def test_overlong_prompt_fails_alone(backend):
+    convs = [user("Say hello."), user("word " * 1500), user("Say goodbye.")]
+    results = backend.generate(convs, GREEDY)
+    assert results[0].ok and results[2].ok and results[0].text and results[2].text
+    bad = results[1]
+    assert not bad.ok and bad.text == "" and bad.finish_reason == "error"
+    assert bad.error.startswith("prompt has ") and bad.error.endswith("tokens, max_model_len is 1024")
+    assert results[0] == backend.generate([convs[0]], GREEDY)[0]
+
+
+@pytest.mark.vllm
+def test_engine_is_built_once_and_shared(backend, model_dir):
+    built = engine_constructions()
+    other = VLLMBackend(str(model_dir), dict(ENGINE_ARGS))
+    other.generate([user("Hi")], GREEDY)
+    backend.generate([user("Hello")], GREEDY)
+    assert other.engine is backend.engine is get_vllm_engine(str(model_dir), ENGINE_ARGS)[0]
+    assert engine_constructions() == built
+
+
+@pytest.mark.vllm
+def test_calls_from_threads_are_serialised(backend):
+    convs = [user("Count to three."), user("Name a colour.")]
+    expected = backend.generate(convs, GREEDY)
+    out: dict[int, list] = {}
+
+    def work(k: int) -> None:
+        out[k] = backend.generate(convs, GREEDY)
+
+    threads = [threading.Thread(target=work, args=(k,)) for k in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert out == {0: expected, 1: expected, 2: expected}

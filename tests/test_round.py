@@ -1,0 +1,98 @@
+"""One round without Prefect: elimination reasons, pool semantics and the invariant, with exact counts."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from prompts import load_pack
+from storage import RunLayout, list_committed_shards, read_shard
+from tasks.config import RunConfig
+from tasks.evolve import evolve_shard
+from tasks.ingest import ingest_seeds
+from tasks.llm.scripted import ScriptedBackend
+from tasks.round import RoundInvariantError, check_round_invariant, finish_round
+from tests.flow_script import ROUND1_REJECTED, ROUND2_REJECTED, PlannedScript, load_seeds
+
+
+@pytest.fixture()
+def seeded(tmp_path):
+    seeds = load_seeds()
+    src = tmp_path / "seeds.jsonl"
+    src.write_text("\n".join(json.dumps(s) for s in seeds))
+    layout = RunLayout(str(tmp_path / "runs"), "r")
+    ingest_seeds(str(src), layout.stage_dir(0, "pool"), shard_size=6)
+    config = RunConfig(seeds=str(src), rounds=2, shard_size=6, seed=3)
+    return seeds, layout, config
+
+
+def run_round(layout, config, backend, k):
+    pack = load_pack("general")
+    pool = list_committed_shards(layout.stage_dir(k - 1, "pool"))
+    summaries = [evolve_shard(uri, layout.shard(k, "candidates", i), k, config, backend, pack)
+                 for i, uri in enumerate(pool)]
+    return finish_round(layout, k, summaries)
+
+
+def test_two_rounds_exact_counts_and_pool_semantics(seeded):
+    seeds, layout, config = seeded
+    backend = ScriptedBackend(PlannedScript(seeds))
+    r1 = run_round(layout, config, backend, 1)
+    assert (r1.pool_in, r1.evolved, r1.carried, r1.shards) == (20, 6, 14, 4)
+    assert r1.rejected == ROUND1_REJECTED
+    r2 = run_round(layout, config, backend, 2)
+    assert (r2.pool_in, r2.evolved, r2.carried) == (20, 7, 13)
+    assert r2.rejected == ROUND2_REJECTED
+
+    evolved = [row for u in list_committed_shards(layout.stage_dir(2, "evolved")) for row in read_shard(u).to_pylist()]
+    pool1 = {row["id"]: row for u in list_committed_shards(layout.stage_dir(1, "pool"))
+             for row in read_shard(u).to_pylist()}
+    for row in evolved:  # lineage: each round-2 evolution's parent is its row in the round-1 pool
+        parent = pool1[row["parent_id"]]
+        assert row["root_id"] == parent["root_id"]
+        assert row["instruction"].startswith(parent["instruction"].split("\n")[0])
+        assert row["round"] == 2 and row["status"] == "evolved" and row["reject_reason"] is None
+        assert row["prompt_sha"] == load_pack("general").template_shas()[row["operation"]]
+        assert row["prompt_tokens"] > 0 and row["completion_tokens"] > 0
+        assert row["model"] == "scripted" and row["response"].startswith("A full answer")
+    rejected = [row for u in list_committed_shards(layout.stage_dir(1, "rejected"))
+                for row in read_shard(u).to_pylist()]
+    dups = [r for r in rejected if r["reject_reason"] == "duplicate"]
+    seed13 = read_shard(list_committed_shards(layout.stage_dir(0, "pool"))[2]).to_pylist()[1]
+    assert seed13["instruction"] == seeds[13]["instruction"]
+    assert [d["duplicate_of"] for d in dups] == [seed13["id"], seed13["id"]]
+    # a carried parent goes on unchanged: seed 0 failed twice and is still the seed row
+    pool2 = [row for u in list_committed_shards(layout.stage_dir(2, "pool")) for row in read_shard(u).to_pylist()]
+    assert pool2[0]["round"] == 0 and pool2[0]["instruction"] == seeds[0]["instruction"]
+    assert sum(1 for r in pool2 if r["round"] == 0) == 13  # the 13 carried in round 2 are seeds that never evolved
+    assert backend.calls == 3 * 4 * 2  # evolve, answer, equality: one batch each per shard per round
+
+
+def test_invariant_fails_loudly_when_a_rejection_is_missing(seeded):
+    seeds, layout, config = seeded
+    run_round(layout, config, ScriptedBackend(PlannedScript(seeds)), 1)
+    from storage import write_shard
+    from storage.schema import records_table
+
+    uri = list_committed_shards(layout.stage_dir(1, "rejected"))[0]
+    rows = read_shard(uri).to_pylist()
+    write_shard(uri, records_table(rows[1:]))  # lose one rejected candidate
+    pool_in = list_committed_shards(layout.stage_dir(0, "pool"))
+    with pytest.raises(RoundInvariantError, match="without exactly one rejected candidate: 1"):
+        check_round_invariant(layout, 1, pool_in)
+
+
+def test_finished_round_is_not_redone(seeded):
+    seeds, layout, config = seeded
+    backend = ScriptedBackend(PlannedScript(seeds))
+    first = run_round(layout, config, backend, 1)
+    calls = backend.calls
+    pack = load_pack("general")
+    pool = list_committed_shards(layout.stage_dir(0, "pool"))
+    from tasks.evolve import summarize
+
+    summaries = [summarize(1, u, layout.shard(1, "candidates", i), read_shard(layout.shard(1, "candidates", i))
+                           .to_pylist(), 0.0) for i, u in enumerate(pool)]
+    assert finish_round(layout, 1, summaries) == first
+    assert backend.calls == calls and pack is not None
