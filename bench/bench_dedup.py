@@ -31,9 +31,11 @@ VOCAB = (
 
 def sentences(rng: np.random.Generator, n: int, words: int) -> list[str]:
     """n random sentences of ``words`` words from the vocabulary (about 7 characters a word)."""
-    vocab = np.array(VOCAB)
-    picks = vocab[rng.integers(0, len(vocab), size=(n, words))]
-    return [" ".join(row) + "." for row in picks.tolist()]
+    out: list[str] = []
+    for start in range(0, n, 50_000):  # in blocks: a (rows, words) array of str is large
+        picks = rng.integers(0, len(VOCAB), size=(min(50_000, n - start), words)).tolist()
+        out.extend(" ".join(VOCAB[i] for i in row) + "." for row in picks)
+    return out
 
 
 def synthetic(n: int, seed: int = 0) -> tuple[list[str], list[str], pa.Table]:

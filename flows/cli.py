@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import typer
@@ -20,6 +21,10 @@ err_console = Console(stderr=True)
 @app.callback()
 def main() -> None:
     """Evol-Instruct data pipeline."""
+    # Offline machines log an error for every telemetry attempt of the ephemeral server.
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    # The ephemeral API starts a local server; on a busy 2-core machine that can take over 20 s.
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
 
 
 def fail(message: str) -> None:

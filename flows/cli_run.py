@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import threading
 from pathlib import Path
+from typing import Any
 
 import typer
 from rich.console import Console
@@ -14,13 +15,13 @@ from rich.table import Table
 console = Console()
 
 
-def _watch_progress(plan, rounds: int, shards_per_round: int, stop: threading.Event) -> None:
+def _watch_progress(plan: Any, rounds: int, stop: threading.Event) -> None:
     """Poll the run's committed candidate shards and show one bar per round."""
     from storage import list_committed_shards
 
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=console, transient=False) as progress:
-        bars = [progress.add_task(f"round {k}", total=shards_per_round or None) for k in range(1, rounds + 1)]
+        bars = [progress.add_task(f"round {k}", total=None) for k in range(1, rounds + 1)]
         while True:
             for k, bar in enumerate(bars, start=1):
                 done = len(list_committed_shards(plan.layout.stage_dir(k, "candidates")))
@@ -50,7 +51,7 @@ def run_command(config_path: Path, rounds: int | None, output_root: str | None, 
     stop = threading.Event()
     watcher = None
     if show_progress:
-        watcher = threading.Thread(target=_watch_progress, args=(plan, config.rounds, 0, stop), daemon=True)
+        watcher = threading.Thread(target=_watch_progress, args=(plan, config.rounds, stop), daemon=True)
         watcher.start()
     try:
         result = evol_instruct(config)
@@ -66,7 +67,7 @@ def run_command(config_path: Path, rounds: int | None, output_root: str | None, 
                       ", ".join(f"{k}={v}" for k, v in r.rejected.items()))
     console.print(table)
     console.print(f"final rows: [bold]{result.mix.final}[/] (seeds and survivors after dedup)")
-    console.print(f"outputs: {result.run_uri}")
+    console.print(f"outputs: {result.run_uri}", soft_wrap=True)
     for kind, uri in result.export.files.items():
-        console.print(f"  {kind:9s} {uri}")
+        console.print(f"  {kind:9s} {uri}", soft_wrap=True)
     raise typer.Exit(code=0)

@@ -67,7 +67,7 @@ def find_exact_duplicates(
     """
     con = duck_connect(*candidate_uris, *reference_uris, settings=settings)
     try:
-        return con.execute(query).to_arrow_table().cast(_EMPTY_DUPLICATES)
+        return con.sql(query).to_arrow_table().cast(_EMPTY_DUPLICATES)
     finally:
         con.close()
 
@@ -115,11 +115,8 @@ def exact_dedup_table(table: pa.Table) -> tuple[pa.Table, pa.Table]:
 def optimal_lsh_params(
     threshold: float, num_perm: int, fp_weight: float = 0.5, fn_weight: float = 0.5
 ) -> tuple[int, int]:
-    """LSH (bands, rows), bands * rows <= num_perm, tuned to ``threshold``.
-
-    The pair minimises the weighted false positive area (below the threshold) plus false negative
-    area (above it) under the banding S-curve ``1 - (1 - s**rows)**bands``.
-    """
+    """LSH (bands, rows), bands * rows <= num_perm, minimising the weighted false positive area (below
+    ``threshold``) plus false negative area (above it) under the S-curve ``1 - (1 - s**rows)**bands``."""
     combos = np.array([(b, r) for b in range(1, num_perm + 1) for r in range(1, num_perm // b + 1)], dtype=np.float64)
     b, r = combos[:, :1], combos[:, 1:]
     below, above = np.linspace(0.0, threshold, 1025), np.linspace(threshold, 1.0, 1025)
@@ -131,21 +128,17 @@ def optimal_lsh_params(
 
 def _string_buffers(texts: pa.LargeStringArray) -> tuple[np.ndarray, np.ndarray]:
     """The UTF-8 bytes of all texts back to back, and each text's offsets (n + 1), starting at 0."""
-    offsets = np.frombuffer(texts.buffers()[1], dtype=np.int64)[texts.offset: texts.offset + len(texts) + 1]
-    data = texts.buffers()[2]
+    _, offsets, data = texts.buffers()
+    offsets = np.frombuffer(offsets, dtype=np.int64)[texts.offset: texts.offset + len(texts) + 1]
     data = np.frombuffer(data, dtype=np.uint8) if data is not None else np.zeros(0, np.uint8)
     return data[offsets[0]: offsets[-1]], offsets - offsets[0]
 
 
 def _normalized_ascii(data: np.ndarray, offsets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """``normalize_text`` on ASCII texts, vectorised: lower case, whitespace runs folded, ends trimmed."""
-    upper = (data - np.uint8(65)) < np.uint8(26)
-    lowered = data | (upper.view(np.uint8) << np.uint8(5))
-    folded = (data - np.uint8(9)) < np.uint8(5)  # \t \n \v \f \r, folded like spaces
-    np.putmask(lowered, folded, np.uint8(32))
-    ws = lowered == np.uint8(32)
-    size = lowered.size
-    nonempty = offsets[1:] > offsets[:-1]
+    lowered = data | (((data - np.uint8(65)) < np.uint8(26)).view(np.uint8) << np.uint8(5))
+    np.putmask(lowered, (data - np.uint8(9)) < np.uint8(5), np.uint8(32))  # \t \n \v \f \r fold like spaces
+    ws, size, nonempty = lowered == np.uint8(32), lowered.size, offsets[1:] > offsets[:-1]
     first, last = np.zeros(size + 1, dtype=bool), np.zeros(size + 1, dtype=bool)
     first[offsets[:-1][nonempty]] = True
     last[offsets[1:][nonempty] - 1] = True
@@ -183,28 +176,28 @@ def _fmix32(h: np.ndarray) -> np.ndarray:
 
 def _shingle_matrix(points: np.ndarray, offsets: np.ndarray, k: int) -> np.ndarray:
     """Shingle hashes as an (L, n) matrix: column t holds text t's shingles, padded by repeating one."""
-    starts, lengths = offsets[:-1], np.diff(offsets)
-    total = points.size
+    starts, lengths, total = offsets[:-1], np.diff(offsets), points.size
     padded = np.zeros(total + k, dtype=np.uint32)
     padded[:total] = points
     h = padded[: total + 1].copy()
-    whole = np.full(len(lengths), 0x9E3779B9, dtype=np.uint32)  # the empty text's single shingle
+    short, whole = lengths < k, np.full(len(lengths), 0x9E3779B9, dtype=np.uint32)  # "" is one shingle too
     for j in range(1, k + 1):
-        ends_here = lengths == j
-        whole[ends_here] = h[starts[ends_here]]  # texts shorter than k: the whole text is the shingle
+        if short.any():
+            ends_here = lengths == j
+            whole[ends_here] = h[starts[ends_here]]  # texts shorter than k: the whole text is the shingle
         if j < k:
             h *= np.uint32(0x9E3779B1)
             h += padded[j: j + total + 1]
     _fmix32(h)
-    _fmix32(whole)
     counts = np.maximum(lengths - k + 1, 1)
-    steps = np.arange(int(counts.max()), dtype=np.int64)[:, None]
-    matrix = h[starts + np.minimum(steps, counts - 1)]
-    short = lengths < k
+    index_type = np.int32 if total < 2**31 - 1 else np.int64
+    index = np.minimum(np.arange(int(counts.max()), dtype=index_type)[:, None], (counts - 1).astype(index_type))
+    index += starts.astype(index_type)
+    matrix = np.take(h, index)
     if short.any():
-        matrix[:, short] = whole[short]
+        matrix[:, short] = _fmix32(whole)[short]
     # x -> a * x maps 0 to 0 under every permutation; keep 0 out of the shingle hashes.
-    return np.maximum(matrix, np.uint32(1), out=matrix)
+    return np.maximum(matrix, 1, out=matrix)
 
 
 def _permutations(num_perm: int, seed: int) -> np.ndarray:
@@ -214,9 +207,9 @@ def _permutations(num_perm: int, seed: int) -> np.ndarray:
 
 def _chunks(sorted_lengths: np.ndarray, budget: int = 400_000) -> list[tuple[int, int]]:
     """Slices of length-sorted rows whose padded shingle matrices hold about ``budget`` values each."""
-    chunks, i, n = [], 0, len(sorted_lengths)
-    while i < n:
-        end = min(n, i + max(1, budget // max(1, int(sorted_lengths[i]))))
+    chunks, i = [], 0
+    while i < len(sorted_lengths):
+        end = min(len(sorted_lengths), i + max(1, budget // max(1, int(sorted_lengths[i]))))
         while end - i > 1 and int(sorted_lengths[end - 1]) * (end - i) > 2 * budget:
             end = i + (end - i) // 2
         chunks.append((i, end))
@@ -236,14 +229,13 @@ def _signatures(
     (n, num_perm) uint32 and the LSH band keys (bands, n) uint64."""
     if shingle_size < 1 or num_perm < 1:
         raise ValueError("shingle_size and num_perm must be >= 1")
-    if isinstance(texts, pa.ChunkedArray):
-        texts = texts.combine_chunks()
+    texts = texts.combine_chunks() if isinstance(texts, pa.ChunkedArray) else texts
     arr = texts.cast(pa.large_string()) if isinstance(texts, pa.Array) else pa.array(texts, type=pa.large_string())
     arr = pc.fill_null(arr, "")
     lengths = np.diff(_string_buffers(arr)[1])
     order = np.argsort(lengths, kind="stable")
     multipliers = _permutations(num_perm, seed)
-    band_mix = _permutations(rows, seed + 1).astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15)
+    band_mix = np.stack([_permutations(rows, seed + 1), _permutations(rows, seed + 2)])
     sigs = np.empty((len(arr), num_perm), dtype=np.uint32)
     keys = np.empty((bands, len(arr)), dtype=np.uint64)
 
@@ -255,12 +247,14 @@ def _signatures(
             np.multiply(matrix, a, out=scratch)
             np.minimum.reduce(scratch, axis=0, out=sig[i])
         sigs[positions] = sig.T
-        for band in range(bands):
-            key = np.zeros(matrix.shape[1], dtype=np.uint64)
-            for j in range(rows):
-                key += sig[band * rows + j].astype(np.uint64) * band_mix[j]
-                key ^= key >> np.uint64(29)
-            keys[band, positions] = key
+        # Two random linear hashes (32-bit arithmetic is fast) of each band's values make its 64-bit key;
+        # a rare false bucket share is caught by verification.
+        band_values = sig[: bands * rows].reshape(bands, rows, -1)
+        high, low = np.zeros((2, bands, band_values.shape[2]), dtype=np.uint32)
+        for j in range(rows):
+            high += band_values[:, j] * band_mix[0, j]
+            low += band_values[:, j] * band_mix[1, j]
+        keys[:, positions] = (high.astype(np.uint64) << np.uint64(32)) | low
 
     def run(chunk: tuple[int, int]) -> None:
         raw = arr.take(pa.array(order[chunk[0]: chunk[1]]))
@@ -300,11 +294,9 @@ def _band_pairs(key: np.ndarray) -> np.ndarray:
     if maybe.size < 2:
         return np.zeros((2, 0), dtype=np.int64)
     order = maybe[np.argsort(key[maybe])]
-    sorted_key = key[order]
-    same = sorted_key[1:] == sorted_key[:-1]
+    same = key[order][1:] == key[order][:-1]
     opens = np.concatenate([[True], ~same])
-    first = np.flatnonzero(opens)[np.cumsum(opens) - 1]
-    member = ~opens
+    first, member = np.flatnonzero(opens)[np.cumsum(opens) - 1], ~opens
     return np.concatenate([np.stack([order[:-1][same], order[1:][same]]),
                            np.stack([order[first[member]], order[member]])], axis=1)
 

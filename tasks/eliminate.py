@@ -82,20 +82,20 @@ def equality_reason(parsed: str | None) -> str | None:
 
 
 def _regex_literal(word: str) -> str:
-    """A word as an RE2 pattern: letters and digits as they are, anything else as an escaped code point."""
+    """A word as an RE2 pattern matching any case of it; anything but ASCII letters and digits escaped."""
     parts = []
     for ch in word:
         if ch in "'\u2019":
             parts.append(f"[{_APOS}]")
-        elif ch.isascii() and ch.isalnum():
-            parts.append(ch)
-        else:
-            parts.append(f"\\x{{{ord(ch):x}}}")
+            continue
+        forms = sorted({c for c in (ch, ch.lower(), ch.upper()) if len(c) == 1})
+        escaped = "".join(c if c.isascii() and c.isalnum() else f"\\x{{{ord(c):x}}}" for c in forms)
+        parts.append(escaped if len(forms) == 1 else f"[{escaped}]")
     return "".join(parts)
 
 
 def stopwords_only_pattern(stop_words: Sequence[str]) -> str:
-    """An RE2 pattern that fully matches (case-insensitively) a text whose tokens are all stop words.
+    """An RE2 pattern that fully matches a text, in any case, whose tokens are all stop words.
 
     Tokens are maximal runs of letters and digits with inner apostrophes; everything else separates
     them. Each stop word must end where a token ends: at the end, before a separator, or before an
@@ -160,7 +160,7 @@ def text_rule_reasons(
             WHEN response_finish_reason = 'length' THEN {codes['response_truncated']}
             WHEN ({sorry}) AND len(regexp_extract_all(response, '{_WORD_RE}')) < $max_words
                 THEN {codes['sorry_short_response']}
-            WHEN regexp_full_match(response, $stop_pattern, 'i') THEN {codes['stopwords_only_response']}
+            WHEN regexp_full_match(response, $stop_pattern) THEN {codes['stopwords_only_response']}
         END AS code
         FROM (
             SELECT row_index, CAST(instruction AS VARCHAR) AS instruction, CAST(response AS VARCHAR) AS response,

@@ -96,3 +96,11 @@ def prefect_harness(tmp_path_factory):
 
     with prefect_test_harness(server_startup_timeout=120):
         yield
+
+
+@pytest.fixture(scope="session")
+def model_dir(tmp_path_factory):
+    """The bundled model, prepared once (into ``EVOL_LLM__MODELS_DIR`` when set, so CI and the demo share it)."""
+    from tasks.llm.models import prepare_default_model
+
+    return prepare_default_model(os.environ.get("EVOL_LLM__MODELS_DIR") or tmp_path_factory.getbasetemp() / "models")

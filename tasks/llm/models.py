@@ -100,6 +100,8 @@ def prepare_default_model(models_dir: str | Path) -> Path:
     logger.info("preparing the bundled model %s into %s", gguf.name, target)
     try:
         _convert_gguf(gguf, tmp)
+        for path in tmp.rglob("*"):  # safetensors are written 0600; the folder is meant to be shared (volumes)
+            path.chmod(0o755 if path.is_dir() else 0o644)
         files = folder_hashes(tmp)
         content = hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()
         marker = {"source": gguf.name, "source_size": gguf.stat().st_size, "dtype": SAVE_DTYPE,

@@ -107,10 +107,19 @@ def get_vllm_engine(model: str, engine_args: dict[str, Any] | None = None) -> tu
         return _ENGINES[key]
 
 
-def clear_engine_cache() -> None:
-    """Forget the cached engines (their engine processes stop when the objects are collected)."""
+def shutdown_engines() -> None:
+    """Stop every cached engine's processes now (end of a test session or benchmark); the next use builds anew."""
     with _ENGINES_LOCK:
+        engines = list(_ENGINES.values())
         _ENGINES.clear()
+    for llm, lock in engines:
+        with lock:
+            core = getattr(getattr(llm, "llm_engine", None), "engine_core", None)
+            try:
+                if core is not None:
+                    core.shutdown()
+            except Exception as err:  # shutting down is best effort: the processes also die with this one
+                logger.warning("vLLM engine shutdown failed: %s", err)
 
 
 def to_vllm_sampling_params(params: SamplingParams) -> Any:

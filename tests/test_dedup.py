@@ -1,0 +1,216 @@
+"""Exact dedup (DuckDB, over shards on every kind of location) and near dedup (MinHash + LSH)."""
+
+from __future__ import annotations
+
+import random
+from datetime import UTC, datetime
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from storage import RECORD_SCHEMA, RunLayout, duck_connect, write_shard
+from storage.schema import records_table
+from tasks.dedup import (
+    KEY_SQL,
+    exact_dedup_table,
+    find_exact_duplicates,
+    find_near_duplicates,
+    minhash_signatures,
+    optimal_lsh_params,
+)
+from tasks.text import content_key, normalize_text
+
+NOW = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+def record(id_: str, instruction: str, input_: str = "", status: str = "evolved", round_: int = 1) -> dict:
+    return {"id": id_, "root_id": id_, "round": round_, "operation": "deepening", "instruction": instruction,
+            "input": input_, "status": status, "created_at": NOW}
+
+
+@pytest.fixture(params=["local", "memory"])
+def root(request, tmp_path, memory_root):
+    return str(tmp_path / "runs") if request.param == "local" else memory_root
+
+
+def write_round(root: str) -> tuple[list[str], list[str]]:
+    layout = RunLayout(root, "run")
+    seeds = [record("s1", "Write a poem.", round_=0), record("s2", "Explain gravity", "to a child", round_=0),
+             record("s0", "Write a POEM.", round_=0)]
+    pool = [record("p1", "Summarise the text", "Some text", round_=1)]
+    shard_a = [
+        record("c9", "  write a\tpoem.  "),  # seeds s0 and s1: the earliest round, then the smallest id
+        record("c7", "New task here"),  # duplicate of c2 (smaller id, other shard)
+        record("c5", "Explain  GRAVITY", "to a\nchild"),  # seed s2, input included
+        record("c4", "Explain gravity", "to an adult"),  # other input: not a duplicate
+        record("c3", "Explain gravity"),  # no input: not s2
+        record("c1", "Write a poem.", status="rejected"),  # ignored
+    ]
+    shard_b = [
+        record("c2", "new TASK here"),
+        record("c8", "new task here "),  # duplicate of c2
+        record("c6", "summarise the text", "some  text"),  # pool row p1
+        record("c0", "NEW TASK HERE", status="rejected"),  # ignored: does not survive in c2's place
+    ]
+    refs = [layout.shard(0, "seeds", 0), layout.shard(1, "pool", 0)]
+    write_shard(refs[0], records_table(seeds))
+    write_shard(refs[1], records_table(pool))
+    cands = [layout.shard(1, "evolved", 0), layout.shard(1, "evolved", 1)]
+    write_shard(cands[0], records_table(shard_a))
+    write_shard(cands[1], records_table(shard_b))
+    return cands, refs
+
+
+EXPECTED = [("c5", "s2"), ("c6", "p1"), ("c7", "c2"), ("c8", "c2"), ("c9", "s0")]
+
+
+def test_exact_duplicates_across_references_and_candidates(root):
+    cands, refs = write_round(root)
+    found = find_exact_duplicates(cands, refs)
+    assert found.column_names == ["id", "duplicate_of"]
+    assert list(zip(found["id"].to_pylist(), found["duplicate_of"].to_pylist(), strict=True)) == EXPECTED
+
+
+def test_exact_duplicates_without_references(root):
+    cands, _ = write_round(root)
+    found = find_exact_duplicates(cands, [])
+    assert found.to_pylist() == [{"id": "c7", "duplicate_of": "c2"}, {"id": "c8", "duplicate_of": "c2"}]
+    assert find_exact_duplicates([], []).num_rows == 0
+
+
+@pytest.mark.s3
+def test_exact_duplicates_on_s3(s3_bucket, s3_settings):
+    cands, refs = write_round(s3_bucket + "/runs")
+    found = find_exact_duplicates(cands, refs, s3_settings)
+    assert list(zip(found["id"].to_pylist(), found["duplicate_of"].to_pylist(), strict=True)) == EXPECTED
+
+
+def test_key_sql_equals_content_key():
+    rng = random.Random(5)
+    alphabet = ["a", "B", " ", "  ", "\t", "\n", "\r\n", "\x0b", "\x0c", ".", "\u00e9", "\u00c9", "x y"]
+    rows = [("".join(rng.choice(alphabet) for _ in range(rng.randint(0, 6))),
+             "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 3)))) for _ in range(3000)]
+    con = duck_connect()
+    con.register("t", pa.table({"instruction": [r[0] for r in rows], "input": [r[1] for r in rows]}))
+    got = [r[0] for r in con.execute(f"SELECT {KEY_SQL} FROM t").fetchall()]
+    assert got == [content_key(a, b) for a, b in rows]
+
+
+def test_exact_dedup_table_first_in_row_order_wins():
+    rows = [record("z", "Same thing"), record("a", "other"), record("m", " same  THING"),
+            record("b", "Same thing", "with input"), record("y", "OTHER\n"), record("k", "same thing", " WITH input")]
+    table = records_table(rows)
+    kept, dropped = exact_dedup_table(table)
+    assert kept.schema == RECORD_SCHEMA and dropped.schema == RECORD_SCHEMA
+    assert kept["id"].to_pylist() == ["z", "a", "b"]
+    assert dropped["id"].to_pylist() == ["m", "y", "k"]
+    assert dropped["duplicate_of"].to_pylist() == ["z", "a", "b"]
+    plain = pa.table({"id": ["1", "2", "3"], "instruction": ["x", "X ", "y"]})
+    kept, dropped = exact_dedup_table(plain)
+    assert kept.to_pylist() == [{"id": "1", "instruction": "x"}, {"id": "3", "instruction": "y"}]
+    assert dropped.to_pylist() == [{"id": "2", "instruction": "X ", "duplicate_of": "1"}]
+    kept, dropped = exact_dedup_table(table.slice(0, 0))
+    assert kept.num_rows == 0 and dropped.num_rows == 0
+
+
+VOCAB = [f"{a}{b}{c}" for a in ("br", "cl", "st", "pr", "gr", "fl", "tr", "sn")
+         for b in ("a", "e", "i", "o", "u", "ai") for c in ("n", "ck", "st", "mp", "ll", "x")]
+
+
+def sentence(rng: random.Random, words: int) -> str:
+    return " ".join(rng.choice(VOCAB) for _ in range(words)).capitalize() + "."
+
+
+def test_planted_near_duplicates_are_found():
+    rng = random.Random(11)
+    originals = [sentence(rng, 60) for _ in range(200)]
+    texts, ids = list(originals), [f"t{i:03d}" for i in range(200)]
+    expected = {}
+    for k, i in enumerate(rng.sample(range(200), 50)):
+        words = originals[i].split(" ")
+        if k % 2:
+            words[rng.randrange(1, len(words) - 1)] = rng.choice(VOCAB)
+            copy = " ".join(words)
+        else:
+            copy = originals[i][:-1] + "!" if k % 4 else originals[i].replace(" ", ", ", 1)
+        if copy == originals[i]:
+            continue
+        position = rng.randrange(ids.index(f"t{i:03d}") + 1, len(texts) + 1)
+        texts.insert(position, copy)
+        ids.insert(position, f"copy-of-t{i:03d}")
+        expected[f"copy-of-t{i:03d}"] = f"t{i:03d}"
+    assert len(expected) >= 45
+    assert find_near_duplicates(ids, texts) == expected
+
+
+def test_no_false_positives_on_distinct_sentences():
+    rng = random.Random(2024)
+    texts = list(dict.fromkeys(sentence(rng, rng.randint(8, 25)) for _ in range(2000)))
+    assert len(texts) == 2000
+    assert find_near_duplicates([str(i) for i in range(len(texts))], texts) == {}
+
+
+def test_chains_resolve_to_the_first_and_exact_copies_too():
+    rng = random.Random(4)
+    words = [rng.choice(VOCAB) for _ in range(40)]
+    a = " ".join(words)
+    b = " ".join(words[:36] + [rng.choice(VOCAB) for _ in range(4)])
+    c = " ".join([rng.choice(VOCAB) for _ in range(4)] + b.split()[4:])
+    sig = minhash_signatures([a, b, c])
+    assert (sig[0] == sig[1]).mean() >= 0.75 and (sig[1] == sig[2]).mean() >= 0.75
+    assert (sig[0] == sig[2]).mean() < 0.75  # a and c are too far apart: only b joins them
+    found = find_near_duplicates(["z-first", "c-second", "a-third"], [a, c, b], threshold=0.75)
+    assert found == {"c-second": "z-first", "a-third": "z-first"}
+    same = find_near_duplicates(["x", "y", "z", "w"], ["Hello there", "hello  THERE", "other", "HELLO there\n"])
+    assert same == {"y": "x", "w": "x"}
+
+
+def test_short_texts_and_unicode_and_determinism():
+    texts = ["hi", "HI", "ho", "", " ", "\u00dcber  Stra\u00dfe", "\u00fcber stra\u00dfe", "a\x1cb", "A\x1cB"]
+    ids = [f"r{i}" for i in range(len(texts))]
+    expected = {"r1": "r0", "r4": "r3", "r6": "r5", "r8": "r7"}
+    assert find_near_duplicates(ids, texts) == expected
+    assert find_near_duplicates(ids, texts) == expected
+    assert find_near_duplicates(ids, pa.array(texts)) == expected
+    assert find_near_duplicates(["only"], ["one"]) == {}
+    with pytest.raises(ValueError):
+        find_near_duplicates(["a"], ["x", "y"])
+
+
+def test_signatures_follow_normalize_text_and_estimate_jaccard():
+    tricky = ["  Tabs\tand\nNEWLINES  ", "a  b   c", "\x0bVT\x0c", "Caf\u00e9  Cr\u00e8me", "x\x1c", "\u0130stanbul",
+              "plain text here", "", "     ", "ab"]
+    raw = minhash_signatures(tricky)
+    assert np.array_equal(raw, minhash_signatures([normalize_text(t) for t in tricky]))
+    assert np.array_equal(raw[3], minhash_signatures(["caf\u00e9 cr\u00e8me"])[0])
+    assert np.array_equal(minhash_signatures(tricky[::-1])[::-1], raw)  # per row, whatever its chunk
+
+    def shingles(text: str) -> set[str]:
+        return {text[i:i + 5] for i in range(len(text) - 4)}
+
+    rng = random.Random(9)
+    base = sentence(rng, 40)
+    other = " ".join(base.split()[:30] + [rng.choice(VOCAB) for _ in range(10)])
+    truth = len(shingles(normalize_text(base)) & shingles(normalize_text(other))) / len(
+        shingles(normalize_text(base)) | shingles(normalize_text(other)))
+    sig = minhash_signatures([base, other], num_perm=512)
+    assert abs((sig[0] == sig[1]).mean() - truth) < 0.07
+
+
+def test_many_rows_over_many_chunks():
+    rng = np.random.default_rng(0)
+    vocab = np.array(VOCAB)
+    texts = [" ".join(row) for row in vocab[rng.integers(0, len(vocab), size=(30000, 16))].tolist()]
+    texts[29999] = texts[5].upper() + "  "
+    texts[15000] = texts[7].replace(" ", "  ")
+    found = find_near_duplicates([f"r{i}" for i in range(30000)], texts)
+    assert found == {"r29999": "r5", "r15000": "r7"}
+
+
+def test_lsh_params():
+    assert optimal_lsh_params(0.8, 128) == (9, 13)  # the same as datasketch's search
+    for threshold, num_perm in [(0.5, 64), (0.9, 256), (0.7, 100)]:
+        bands, rows = optimal_lsh_params(threshold, num_perm)
+        assert bands * rows <= num_perm
+    assert optimal_lsh_params(0.9, 128)[1] > optimal_lsh_params(0.5, 128)[1]

@@ -1,0 +1,261 @@
+"""The OpenAI-compatible client: retries, timeouts and per-item errors against a local stdlib server, then a real
+``vllm serve`` of the bundled model (``vllm``)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import httpx
+import pytest
+from pydantic import SecretStr
+
+from tasks.config import LLMEnvSettings
+from tasks.llm.base import BackendError, SamplingParams
+from tasks.llm.models import prepare_default_model
+from tasks.llm.openai_backend import OpenAIBackend
+
+SECRET = "sk-test-Zq81secret"
+PARAMS = SamplingParams(temperature=0.0, top_p=1.0, max_tokens=16)
+HEALTH_TIMEOUT_S = 420  # vllm serve starts in about a minute on 2 idle cores; far slower when they are shared
+
+
+def user(text: str) -> list[dict[str, str]]:
+    return [{"role": "user", "content": text}]
+
+
+class FakeServer:
+    """An OpenAI-compatible server on 127.0.0.1 whose answer depends on the prompt's first word:
+    ``ok``, ``flaky`` (429 on the first try), ``slow`` (sleeps 2 s), ``broken`` (500 that echoes the
+    Authorization header), ``bad`` (400), ``delay-N`` (answers after N ms)."""
+
+    def __init__(self) -> None:
+        self.attempts: dict[str, int] = {}
+        self.auth: list[str] = []
+        self.bodies: list[dict] = []
+        self.in_flight = self.max_in_flight = 0
+        self.lock = threading.Lock()
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args) -> None:
+                pass
+
+            def reply(self, status: int, payload: dict | str, headers: dict[str, str] | None = None) -> None:
+                data = (payload if isinstance(payload, str) else json.dumps(payload)).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                for k, v in (headers or {}).items():
+                    self.send_header(k, v)
+                self.end_headers()
+                self.wfile.write(data)
+
+            def do_GET(self) -> None:
+                self.reply(200, {"object": "list", "data": [{"id": "fake-model", "object": "model"}]})
+
+            def do_POST(self) -> None:
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                prompt = body["messages"][-1]["content"]
+                with server.lock:
+                    server.bodies.append(body)
+                    server.auth.append(self.headers.get("Authorization", ""))
+                    n = server.attempts[prompt] = server.attempts.get(prompt, 0) + 1
+                    server.in_flight += 1
+                    server.max_in_flight = max(server.max_in_flight, server.in_flight)
+                try:
+                    self.answer(prompt, n)
+                finally:
+                    with server.lock:
+                        server.in_flight -= 1
+
+            def answer(self, prompt: str, attempt: int) -> None:
+                kind = prompt.split()[0]
+                if kind == "flaky" and attempt == 1:
+                    return self.reply(429, {"error": "slow down"}, {"Retry-After": "0"})
+                if kind == "slow":
+                    time.sleep(2.0)
+                if kind == "broken":
+                    return self.reply(500, f"internal error, request had {self.headers.get('Authorization')}")
+                if kind == "bad":
+                    return self.reply(400, {"error": {"message": "max_tokens is too large"}})
+                if kind.startswith("delay-"):
+                    time.sleep(int(kind.split("-")[1]) / 1000)
+                self.reply(200, {
+                    "choices": [{"index": 0, "message": {"role": "assistant", "content": f"echo: {prompt}"},
+                                 "finish_reason": "stop"}],
+                    "usage": {"prompt_tokens": len(prompt.split()), "completion_tokens": 2, "total_tokens": 0},
+                })
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, args=(0.05,), daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.fixture()
+def server():
+    s = FakeServer()
+    yield s
+    s.close()
+
+
+def make_backend(url: str, timeout: float = 5.0, concurrency: int = 8, retries: int = 2) -> OpenAIBackend:
+    settings = LLMEnvSettings(base_url=url, api_key=SecretStr(SECRET), request_timeout_s=timeout,
+                              max_concurrency=concurrency)
+    return OpenAIBackend("default", settings, max_retries=retries, backoff_s=0.01)
+
+
+def test_429_is_retried_then_succeeds(server):
+    backend = make_backend(server.url)
+    [result] = backend.generate([user("flaky one")], PARAMS)
+    assert server.attempts == {"flaky one": 2}
+    assert (result.text, result.finish_reason, result.prompt_tokens, result.completion_tokens, result.error) == (
+        "echo: flaky one", "stop", 2, 2, None)
+
+
+def test_batch_in_order_with_bounded_concurrency_model_and_key(server):
+    backend = make_backend(server.url, concurrency=3)
+    prompts = [f"delay-{(7 * i) % 5 * 30} item {i}" for i in range(10)]  # finish out of order
+    results = backend.generate([user(p) for p in prompts], PARAMS)
+    assert [r.text for r in results] == [f"echo: {p}" for p in prompts]
+    assert server.max_in_flight == 3
+    assert backend.model_name == "fake-model"
+    assert {b["model"] for b in server.bodies} == {"fake-model"}
+    assert server.bodies[0]["max_tokens"] == 16 and server.bodies[0]["temperature"] == 0.0
+    assert "seed" not in server.bodies[0] and "stop" not in server.bodies[0]
+    assert set(server.auth) == {f"Bearer {SECRET}"}
+
+
+def test_seed_and_stop_are_sent(server):
+    make_backend(server.url).generate([user("ok")], SamplingParams(seed=3, stop=("###",)))
+    assert (server.bodies[0]["seed"], server.bodies[0]["stop"]) == (3, ["###"])
+
+
+def test_timeout_gives_item_error_after_retries(server):
+    backend = make_backend(server.url, timeout=0.3, retries=1)
+    results = backend.generate([user("slow one"), user("ok fine")], PARAMS)
+    assert server.attempts["slow one"] == 2
+    assert results[0].error.startswith("failed after 2 attempts: ReadTimeout")
+    assert (results[0].text, results[0].finish_reason) == ("", "error")
+    assert results[1].ok and results[1].text == "echo: ok fine"
+
+
+def test_500_that_never_recovers_and_400_not_retried(server, caplog):
+    backend = make_backend(server.url, retries=2)
+    with caplog.at_level(logging.DEBUG):
+        results = backend.generate([user("broken thing"), user("bad request"), user("ok")], PARAMS)
+    assert server.attempts["broken thing"] == 3 and server.attempts["bad request"] == 1
+    assert results[0].error.startswith("failed after 3 attempts: HTTP 500: internal error, request had Bearer ***")
+    assert results[1].error == 'HTTP 400: {"error": {"message": "max_tokens is too large"}}'
+    assert results[2].ok
+    assert "HTTP 500" in caplog.text  # the retries are logged ...
+    for text in (results[0].error, results[1].error, caplog.text, repr(backend), repr(backend.settings)):
+        assert SECRET not in text  # ... and the key is never in an error, a log line or a repr
+
+
+def free_port() -> int:
+    """A port on 127.0.0.1 where nothing listens (just closed)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_unreachable_server_raises_backend_error():
+    backend = make_backend(f"http://127.0.0.1:{free_port()}/v1", retries=1)
+    with pytest.raises(BackendError, match="not usable") as err:
+        backend.generate([user("ok")], PARAMS)  # "default" asks /models first
+    assert SECRET not in str(err.value)
+    named = OpenAIBackend("some-model", backend.settings, max_retries=1, backoff_s=0.01)
+    with pytest.raises(BackendError, match="unreachable: failed after 2 attempts: ConnectError") as err:
+        named.generate([user("a"), user("b")], PARAMS)
+    assert SECRET not in str(err.value)
+
+
+def test_generate_works_from_a_thread_and_inside_a_running_loop(server):
+    backend = make_backend(server.url)
+    out: list = []
+    t = threading.Thread(target=lambda: out.append(backend.generate([user("ok a")], PARAMS)))
+    t.start()
+    t.join(timeout=30)
+
+    async def inside_loop():
+        return backend.generate([user("ok b")], PARAMS)
+
+    out.append(asyncio.run(inside_loop()))
+    assert [r[0].text for r in out] == ["echo: ok a", "echo: ok b"]
+
+
+def test_empty_batch_makes_no_request(server):
+    assert make_backend(server.url).generate([], PARAMS) == []
+    assert server.bodies == []
+
+
+# ---- a real `vllm serve` of the bundled model ------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def vllm_server(tmp_path_factory):
+    from tasks.llm.vllm_backend import cpu_env_defaults
+
+    model = prepare_default_model(os.environ.get("EVOL_LLM__MODELS_DIR") or tmp_path_factory.getbasetemp() / "models")
+    port = free_port()
+    log_path = tmp_path_factory.mktemp("vllm-serve") / "server.log"
+    env = {**cpu_env_defaults(), **os.environ}
+    cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model),
+           "--served-model-name", "smollm2", "--host", "127.0.0.1", "--port", str(port),
+           "--max-model-len", "1024", "--enforce-eager", "--dtype", "float32"]
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+    try:
+        deadline = time.time() + HEALTH_TIMEOUT_S
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"vllm serve exited with {proc.returncode}:\n{log_path.read_text()[-3000:]}")
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.time() > deadline:
+                pytest.fail(f"vllm serve not healthy after {HEALTH_TIMEOUT_S} s:\n{log_path.read_text()[-3000:]}")
+            time.sleep(1)
+        yield f"http://127.0.0.1:{port}/v1", model
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@pytest.mark.vllm
+def test_real_vllm_serve_batch_in_order(vllm_server):
+    from transformers import AutoTokenizer
+
+    url, model = vllm_server
+    backend = OpenAIBackend("default", LLMEnvSettings(base_url=url, request_timeout_s=120), max_retries=1)
+    assert backend.model_name == "smollm2"
+    convs = [user("Hello" + " there" * i) for i in range(4)]
+    results = backend.generate(convs, PARAMS)
+    tokenizer = AutoTokenizer.from_pretrained(str(model))
+    expected = [len(tokenizer.encode(tokenizer.apply_chat_template(c, add_generation_prompt=True, tokenize=False),
+                                      add_special_tokens=False)) for c in convs]
+    assert [r.prompt_tokens for r in results] == expected  # distinct lengths, so this checks the order
+    for r in results:
+        assert r.ok and r.text and r.finish_reason in ("stop", "length")
+        assert 1 <= r.completion_tokens <= PARAMS.max_tokens

@@ -1,0 +1,56 @@
+"""The pipeline on the real vLLM CPU engine and the bundled model: one round on 8 demo seeds through the flow."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from flows.evol_instruct import evol_instruct
+from prompts import load_pack
+from storage import list_committed_shards, read_shard
+from tasks.config import parse_run_config
+from tasks.plan import plan_run
+from tests.flow_script import load_seeds
+
+pytestmark = pytest.mark.vllm
+
+
+def test_one_round_on_8_seeds_with_vllm(prefect_harness, tmp_path, model_dir, monkeypatch):
+    monkeypatch.setenv("EVOL_LLM__MODELS_DIR", str(model_dir.parent))
+    src = tmp_path / "seeds.jsonl"
+    src.write_text("\n".join(json.dumps(s) for s in load_seeds(n=8)))
+    config = parse_run_config({
+        "seeds": str(src), "output_root": str(tmp_path / "runs"), "rounds": 1, "shard_size": 4, "seed": 5,
+        "llm": {"backend": "vllm", "model": "default", "engine_args": {"max_model_len": 1024}},
+        "sampling": {"evolve": {"temperature": 0.7, "max_tokens": 64, "seed": 1},
+                     "respond": {"temperature": 0.7, "max_tokens": 64, "seed": 1}},
+        "dedup": {"near": False},
+    })
+    result = evol_instruct(config)
+    (r1,) = result.rounds
+    assert r1.pool_in == 8 and r1.evolved + r1.carried == 8
+    assert sum(r1.rejected.values()) == r1.carried
+    assert r1.prompt_tokens > 0 and r1.completion_tokens > 0
+
+    layout = plan_run(config).layout
+    shas = load_pack("general").template_shas()
+    candidates = [row for uri in list_committed_shards(layout.stage_dir(1, "candidates"))
+                  for row in read_shard(uri).to_pylist()]
+    seeds = {row["id"]: row for uri in list_committed_shards(layout.stage_dir(0, "pool"))
+             for row in read_shard(uri).to_pylist()}
+    assert len(candidates) == 8
+    assert {c["parent_id"] for c in candidates} == set(seeds)
+    for c in candidates:
+        assert c["root_id"] == c["parent_id"] and c["round"] == 1
+        assert c["model"].endswith("smollm2-135m-instruct")
+        assert c["prompt_sha"] == shas[c["operation"]]
+        assert c["finish_reason"] in ("stop", "length")
+        assert c["prompt_tokens"] > 0 and c["completion_tokens"] > 0
+        if c["response"] is not None:
+            assert c["response_prompt_sha"] == shas["answer"]
+    evolved_uris = list_committed_shards(layout.stage_dir(1, "evolved"))
+    evolved = [row for uri in evolved_uris for row in read_shard(uri).to_pylist()]
+    assert len(evolved) == r1.evolved
+    assert result.mix.final == result.export.rows
+    assert result.mix.by_round.get("0", 0) <= 8
