@@ -1,0 +1,104 @@
+"""Against a real `prefect server start` on 127.0.0.1, and with s3:// storage on the moto server."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import pytest
+import yaml
+from prefect.client.orchestration import PrefectClient
+from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterParentFlowRunId
+
+from tests.conftest import free_port
+
+pytestmark = pytest.mark.server
+BIN = Path(sys.executable).parent
+
+
+@pytest.fixture(scope="module")
+def prefect_server(tmp_path_factory):
+    """A real Prefect server (SQLite) on 127.0.0.1, as a user would start it."""
+    port = free_port()
+    home = tmp_path_factory.mktemp("prefect-home")
+    env = {**os.environ, "PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+           "PREFECT_API_URL": ""}
+    proc = subprocess.Popen([str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}/api"
+    try:
+        for _ in range(240):
+            try:
+                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if proc.poll() is not None:
+                raise RuntimeError("prefect server exited")
+            asyncio.run(asyncio.sleep(0.5))
+        else:
+            raise TimeoutError("prefect server did not answer in 120 s")
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def run_cli(config: dict, tmp_path: Path, extra_env: dict[str, str]) -> subprocess.CompletedProcess:
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump(config))
+    env = {**os.environ, **extra_env}
+    return subprocess.run([str(BIN / "evol"), "run", str(path), "--no-progress"], env=env, capture_output=True,
+                          text=True, timeout=600)
+
+
+async def inspect_server(url: str):
+    async with PrefectClient(api=url) as client:
+        (parent,) = [f for f in await client.read_flow_runs(limit=50) if f.parent_task_run_id is None]
+        rounds = await client.read_flow_runs(
+            flow_run_filter=FlowRunFilter(parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[parent.id])))
+        task_runs = await client.read_task_runs(limit=200)
+        artifacts = await client.read_artifacts(limit=50)
+        return parent, rounds, task_runs, artifacts
+
+
+def test_run_against_a_real_prefect_server(prefect_server, tmp_path):
+    config = {"name": "srv", "seeds": str(Path("data/demo_seeds.jsonl").resolve()),
+              "output_root": str(tmp_path / "runs"), "rounds": 2, "shard_size": 40,
+              "llm": {"backend": "scripted", "model": "demo"}}
+    done = run_cli(config, tmp_path, {"PREFECT_API_URL": prefect_server})
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert prefect_server in done.stdout
+    parent, rounds, task_runs, artifacts = asyncio.run(inspect_server(prefect_server))
+    assert parent.state.is_completed()
+    assert sorted(r.name for r in rounds) == ["round-1", "round-2"]
+    evolve_runs = sorted(t.name for t in task_runs if t.name.startswith("evolve-"))
+    assert evolve_runs == [f"evolve-r{k}-s{i:05d}" for k in (1, 2) for i in range(3)]  # 96 seeds / 40
+    keys = {a.key for a in artifacts}
+    assert {"round-1", "round-2", "evol-summary"} <= keys
+    summary = next(a for a in artifacts if a.key == "evol-summary")
+    assert "Rejections by reason" in summary.data and "Mean instruction length" in summary.data
+
+
+def test_full_run_on_s3(s3_bucket, s3_settings, tmp_path):
+    from storage import list_committed_shards, resolve
+
+    fs, path = resolve(s3_bucket + "/seeds/demo.jsonl", s3_settings)
+    fs.put_file("data/demo_seeds.jsonl", path)
+    config = {"name": "s3run", "seeds": s3_bucket + "/seeds/demo.jsonl", "output_root": s3_bucket + "/runs",
+              "rounds": 1, "shard_size": 50, "llm": {"backend": "scripted", "model": "demo"}}
+    env = {"EVOL_STORAGE__ENDPOINT_URL": s3_settings.endpoint_url, "EVOL_STORAGE__KEY": "testing",
+           "EVOL_STORAGE__SECRET": "testing", "PREFECT_API_URL": "", "PREFECT_HOME": str(tmp_path / "ph")}
+    done = run_cli(config, tmp_path, env)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    runs = fs.ls(f"{s3_bucket[5:]}/runs")
+    assert len(runs) == 1
+    run_uri = "s3://" + runs[0]
+    assert len(list_committed_shards(run_uri + "/round=1/evolved", s3_settings)) == 2
+    alpaca = fs.cat_file(runs[0] + "/export/alpaca.json")
+    assert alpaca.startswith(b"[")
+    assert "s3://" in done.stdout
