@@ -167,7 +167,16 @@ def ingest_seeds(
     rejected_dir = rejected_dir or join_uri(dest_dir, "_rejected")
     now = datetime.now(UTC)
     seen: dict[str, int] = {}
-    accepted: list[dict[str, Any]] = []
+    pending: list[dict[str, Any]] = []  # rows of the shard being filled; shards are written as they fill
+    shards: list[str] = []
+    accepted = 0
+
+    def flush() -> None:
+        uri = join_uri(dest_dir, shard_name(len(shards)))
+        write_shard(uri, records_table(pending), settings=settings)
+        shards.append(uri)
+        pending.clear()
+
     rejected: list[dict[str, Any]] = []
     read = 0
     for rec in iter_raw_records(src, settings):
@@ -187,25 +196,22 @@ def ingest_seeds(
                              "detail": f"same normalised text as line {seen[rid]}"})
             continue
         seen[rid] = rec.line
-        accepted.append({
+        accepted += 1
+        pending.append({
             "id": rid, "root_id": rid, "round": 0, "operation": "seed", "status": "seed",
             "instruction": fields["instruction"], "input": fields["input"], "response": fields["output"],
             "created_at": now,
         })
-    shards = []
-    for i in range(0, max(len(accepted), 1), shard_size):
-        chunk = accepted[i:i + shard_size]
-        if not chunk and shards:
-            break
-        uri = join_uri(dest_dir, shard_name(i // shard_size))
-        write_shard(uri, records_table(chunk), settings=settings)
-        shards.append(uri)
+        if len(pending) == shard_size:
+            flush()
+    if pending or not shards:
+        flush()
     rejected_uri = None
     if rejected:
         rejected_uri = join_uri(rejected_dir, shard_name(0))
         write_shard(rejected_uri, records_table(rejected, REJECTED_INPUT_SCHEMA), REJECTED_INPUT_SCHEMA, settings)
     reasons = Counter(r["reason"] for r in rejected)
-    return IngestSummary(source=src, read=read, accepted=len(accepted), rejected=dict(sorted(reasons.items())),
+    return IngestSummary(source=src, read=read, accepted=accepted, rejected=dict(sorted(reasons.items())),
                          duplicates=reasons.get("duplicate", 0), shards=shards, rejected_uri=rejected_uri)
 
 
