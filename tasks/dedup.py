@@ -16,14 +16,14 @@ from storage import StorageSettings, duck_connect, read_parquet_sql
 from storage.duck import sql_list
 from tasks.text import normalize_sql, normalize_text
 
-# A text without tab, newline, vertical tab, form feed, carriage return or double space normalises to
-# trim(lower(text)): the regexp_replace, most of the cost, only runs where it can change something.
-_NEEDS_FOLDING = "[\t\n\x0b\x0c\r]|  "
+# Text without a tab, newline, vertical tab, form feed, carriage return, double space or space at either end
+# normalises to lower(text): the regexp_replace and trim, most of the cost, only run where they change something.
+_NEEDS_FOLDING = r"^ |[\t\n\x0b\x0c\r]|  | $"
 
 
 def _normalized_sql(column: str) -> str:
-    return (f"CASE WHEN regexp_matches({column}, '{_NEEDS_FOLDING}') "
-            f"THEN {normalize_sql(column)} ELSE trim(lower({column})) END")
+    return (f"CASE WHEN regexp_matches({column}, '{_NEEDS_FOLDING}') THEN {normalize_sql(column)} "
+            f"ELSE lower({column}) END")
 
 
 _INPUT = "coalesce(\"input\", '')"
@@ -287,14 +287,9 @@ def minhash_signatures(
 
 def _band_pairs(key: np.ndarray) -> np.ndarray:
     """Positions sharing a bucket in one band: each member with the bucket's first and with its neighbour."""
-    # Only keys whose low bits collide can be equal: sort those few instead of the whole band.
-    bits = min(24, max(10, int(len(key)).bit_length() + 3))
-    low = (key & np.uint64((1 << bits) - 1)).astype(np.intp)
-    maybe = np.flatnonzero(np.bincount(low, minlength=1 << bits)[low] > 1)
-    if maybe.size < 2:
-        return np.zeros((2, 0), dtype=np.int64)
-    order = maybe[np.argsort(key[maybe])]
-    same = key[order][1:] == key[order][:-1]
+    order = np.argsort(key)
+    sorted_key = key[order]
+    same = sorted_key[1:] == sorted_key[:-1]
     opens = np.concatenate([[True], ~same])
     first, member = np.flatnonzero(opens)[np.cumsum(opens) - 1], ~opens
     return np.concatenate([np.stack([order[:-1][same], order[1:][same]]),

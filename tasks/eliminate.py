@@ -81,11 +81,11 @@ def equality_reason(parsed: str | None) -> str | None:
     raise ValueError(f"unknown equality verdict {parsed!r}")
 
 
-def _regex_literal(word: str) -> str:
+def _regex_literal(word: str, fold_apostrophes: bool = True) -> str:
     """A word as an RE2 pattern matching any case of it; anything but ASCII letters and digits escaped."""
     parts = []
     for ch in word:
-        if ch in "'\u2019":
+        if fold_apostrophes and ch in "'\u2019":
             parts.append(f"[{_APOS}]")
             continue
         forms = sorted({c for c in (ch, ch.lower(), ch.upper()) if len(c) == 1})
@@ -110,14 +110,16 @@ def stopwords_only_pattern(stop_words: Sequence[str]) -> str:
     return rf"{sep}*(?:(?:{alternatives}){word_end})*"
 
 
-def _any_contains(column: str, prefix: str, words: Sequence[str], params: dict[str, object]) -> str:
-    """``contains(lower(column), $p0) OR ...`` with each word as a query parameter."""
-    terms = []
-    for i, word in enumerate(words):
-        name = f"{prefix}{i}"
-        params[name] = word.lower()
-        terms.append(f"contains(lower({column}), ${name})")
-    return " OR ".join(terms) if terms else "false"
+def _contains_any(column: str, name: str, words: Sequence[str], params: dict[str, object]) -> str:
+    """SQL: ``column`` contains one of ``words``, in any case; the pattern travels as parameter ``name``.
+
+    (A case-folded RE2 pattern scans faster than ``lower()`` plus ``contains()`` per word.)
+    """
+    words = [w for w in words if w]
+    if not words:
+        return "false"
+    params[name] = "|".join(_regex_literal(w, fold_apostrophes=False) for w in words)
+    return f"regexp_matches({column}, ${name})"
 
 
 def text_rule_reasons(
@@ -147,8 +149,8 @@ def text_rule_reasons(
         "max_words": cfg.sorry_max_words,
         "stop_pattern": stopwords_only_pattern(stop_words),
     }
-    scaffolding = _any_contains("instruction", "scaffold", [p for p in phrases if p], params)
-    sorry = _any_contains("response", "sorry", [w for w in cfg.sorry_words if w], params)
+    scaffolding = _contains_any("instruction", "scaffolding_pattern", phrases, params)
+    sorry = _contains_any("response", "sorry_pattern", cfg.sorry_words, params)
     codes = {reason: i for i, reason in enumerate(TEXT_RULE_REASONS)}
     query = f"""
         SELECT row_index, CASE
@@ -158,7 +160,7 @@ def text_rule_reasons(
             WHEN {scaffolding} THEN {codes['scaffolding_copied']}
             WHEN response IS NULL OR regexp_full_match(response, '{_BLANK_RE}') THEN {codes['empty_response']}
             WHEN response_finish_reason = 'length' THEN {codes['response_truncated']}
-            WHEN ({sorry}) AND len(regexp_extract_all(response, '{_WORD_RE}')) < $max_words
+            WHEN {sorry} AND len(regexp_extract_all(response, '{_WORD_RE}')) < $max_words
                 THEN {codes['sorry_short_response']}
             WHEN regexp_full_match(response, $stop_pattern) THEN {codes['stopwords_only_response']}
         END AS code
