@@ -98,6 +98,15 @@ class OrchestrationConfig(_Strict):
     retry_delay_s: float = Field(5.0, ge=0)
 
 
+class TrainConfig(_Strict):
+    """Fine-tuning after the export: the recipe, and the deployment (``flow-name/deployment-name``) that runs it
+    on the GPU pool when it exists (otherwise the train flow runs in-process)."""
+
+    recipe: str  # a name under recipes/ or a YAML path
+    deployment: str = Field("train/gpu", pattern=r"^[^/]+/[^/]+$")
+    enabled: bool = True
+
+
 class RunConfig(_Strict):
     """Everything that decides what a run produces. Frozen; unknown keys are errors."""
 
@@ -116,6 +125,7 @@ class RunConfig(_Strict):
     dedup: DedupConfig = DedupConfig()
     mix: MixConfig = MixConfig()
     orchestration: OrchestrationConfig = OrchestrationConfig()
+    train: TrainConfig | None = None
 
     @field_validator("operation_weights")
     @classmethod

@@ -55,10 +55,12 @@ def test_engine_kwargs_defaults_and_overrides(monkeypatch):
 
 def test_sampling_params_translation():
     params = vllm_backend.to_vllm_sampling_params(
-        SamplingParams(temperature=0.7, top_p=0.9, max_tokens=33, seed=5, stop=("###", "\n\n")))
+        SamplingParams(temperature=0.7, top_p=0.9, max_tokens=33, seed=5, stop=("###", "\n\n")), on_cpu=False)
     assert (params.temperature, params.top_p, params.max_tokens, params.seed) == (0.7, 0.9, 33, 5)
     assert params.stop == ["###", "\n\n"]
     assert vllm_backend.to_vllm_sampling_params(SamplingParams()).stop == []
+    with pytest.raises(BackendError, match="remove `seed`"):
+        vllm_backend.to_vllm_sampling_params(SamplingParams(seed=5), on_cpu=True)
 
 
 def test_factory(tmp_path):
@@ -112,11 +114,12 @@ def test_batch_comes_back_in_order_with_exact_token_counts(backend):
 
 
 @pytest.mark.vllm
-def test_greedy_is_deterministic_and_seeded_sampling_repeats(backend):
+def test_greedy_is_deterministic_and_seeded_sampling_is_refused_on_cpu(backend):
     convs = [user("Name three fruits."), user("Write a haiku about rain."), user("What is 2 + 2?")]
     assert backend.generate(convs, GREEDY) == backend.generate(convs, GREEDY)
     seeded = SamplingParams(temperature=1.0, top_p=0.95, max_tokens=8, seed=7)
-    assert [c.text for c in backend.generate(convs, seeded)] == [c.text for c in backend.generate(convs, seeded)]
+    with pytest.raises(BackendError, match="seed is not supported by vLLM on CPU"):
+        backend.generate(convs, seeded)
 
 
 @pytest.mark.vllm

