@@ -26,6 +26,7 @@ RECORD_SCHEMA = pa.schema(
         pa.field("response_prompt_sha", pa.string()),
         pa.field("response_finish_reason", pa.string()),
         pa.field("raw_evolution", pa.string()),
+        pa.field("equality_raw", pa.string()),
         pa.field("created_at", pa.timestamp("us", tz="UTC"), nullable=False),
     ]
 )
@@ -56,6 +57,7 @@ RECORD_DEFAULTS = {
     "response_prompt_sha": None,
     "response_finish_reason": None,
     "raw_evolution": None,
+    "equality_raw": None,
 }
 
 
