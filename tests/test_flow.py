@@ -113,3 +113,22 @@ def test_failed_shards_rerun_alone_and_export_is_identical(prefect_harness, tmp_
     result = state2.result()
     for kind in ("parquet", "alpaca", "messages"):
         assert read_bytes(result.export.files[kind]) == read_bytes(clean.export.files[kind]), kind
+
+
+def test_cached_shard_whose_output_was_deleted_is_recomputed(prefect_harness, tmp_path):
+    _, config = make_config(tmp_path, str(tmp_path / "runs"), name="stale", rounds=1,
+                            llm={"backend": "scripted", "model": "demo"})
+    first = evol_instruct(config)
+    from storage import is_committed
+    from tasks.plan import plan_run
+
+    layout = plan_run(config).layout
+    shard = layout.shard(1, "candidates", 0)
+    fs, path = resolve(shard)
+    fs.rm(path + ".done")
+    fs.rm(path)
+    state = evol_instruct(config, return_state=True)
+    assert state.is_completed() and is_committed(shard)
+    runs = asyncio.run(task_runs_of_round(state.state_details.flow_run_id, 1))
+    assert sorted(r.name for r in runs if r.state.name == "Completed") == ["evolve-r1-s00000"]
+    assert read_bytes(state.result().export.files["messages"]) == read_bytes(first.export.files["messages"])
