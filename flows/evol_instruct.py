@@ -1,4 +1,4 @@
-"""The Evol-Instruct flow: ingest, M rounds (each a mapped task over shards), mix, export, train."""
+"""The Evol-Instruct flow: ingest, M rounds (each a mapped task over shards), mix, export, then training."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.task_runners import ThreadPoolTaskRunner
 from pydantic import BaseModel
 
+from flows.train import train
 from storage import RunLayout, is_committed, list_committed_shards
 from storage.shards import write_file_atomic
 from tasks.config import RunConfig
@@ -19,6 +20,7 @@ from tasks.mix import MixSummary, mix_final_task
 from tasks.plan import plan_run
 from tasks.report import final_markdown, instruction_length_by_round, round_table
 from tasks.round import RoundSummary, finish_round_task
+from tasks.trigger import TriggerResult, trigger_training
 
 
 class RoundFailed(RuntimeError):
@@ -34,6 +36,7 @@ class RunResult(BaseModel):
     rounds: list[RoundSummary]
     mix: MixSummary
     export: ExportSummary
+    training: TriggerResult | None = None
 
 
 @flow(name="evol-round", flow_run_name="round-{round_index}", task_runner=ThreadPoolTaskRunner(max_workers=2))
@@ -93,5 +96,9 @@ def evol_instruct(config: RunConfig) -> RunResult:
                                 instruction_length_by_round(layout, config.rounds), export.files),
         description=f"Evol-Instruct run {layout.run_id}",
     )
+    training = None
+    if config.train is not None:
+        training = trigger_training(export.files["messages"], layout.run_uri, config.train, in_process=train)
+        logger.info("training %s: flow run %s -> %s", training.mode, training.flow_run_id, training.output_uri)
     return RunResult(run_uri=layout.run_uri, fingerprint=fingerprint, ingest=ingest, rounds=rounds, mix=mix,
-                     export=export)
+                     export=export, training=training)

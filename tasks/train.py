@@ -1,12 +1,10 @@
 """Supervised fine-tuning on the exported ``messages.jsonl``: YAML recipes, TRL ``SFTTrainer`` with the loss on the
-assistant turn only, and the outputs (model, metrics, loss curve) on any storage URI.
-
-torch, transformers, trl and peft are imported inside the functions that need them: flows and the CLI import this
-module, and a data-only worker must not pay for (or need) the training stack.
-"""
+assistant turn only, outputs (model, metrics, loss curve) on any storage URI. The training stack is imported inside
+the functions: flows import this module on workers that may not have it."""
 
 from __future__ import annotations
 
+import io
 import json
 import tempfile
 from pathlib import Path
@@ -18,8 +16,12 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from storage import StorageSettings, join_uri, resolve
 from storage.shards import write_file_atomic
+from tasks.config import EnvSettings
+from tasks.llm.models import resolve_model
 
 RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
+Scheduler = Literal["linear", "cosine", "cosine_with_min_lr", "cosine_with_restarts", "polynomial", "constant",
+                    "constant_with_warmup", "inverse_sqrt", "warmup_stable_decay"]
 
 
 class _Strict(BaseModel):
@@ -47,25 +49,27 @@ class TrainRecipe(_Strict):
     per_device_train_batch_size: int = Field(8, ge=1)
     gradient_accumulation_steps: int = Field(1, ge=1)
     max_length: int = Field(2048, ge=8)
-    lr_scheduler_type: str = "cosine"
+    lr_scheduler_type: Scheduler = "cosine"
     warmup_ratio: float = Field(0.03, ge=0.0, lt=1.0)
     bf16: bool = False
     gradient_checkpointing: bool = False
     seed: int = 42
     logging_steps: int = Field(1, ge=1)
     cpu_threads: int | None = Field(None, ge=1)  # CPU runs only: torch intra-op threads (None: torch's default)
+    # The Prefect task runs `accelerate launch` with this config (a name under recipes/accelerate/ or a path).
+    accelerate_config: str | None = None
 
 
 class RecipeError(ValueError):
     """A recipe that can't be used; the message names the file and the keys."""
 
 
-def recipe_path(recipe: str) -> Path:
-    """A recipe name (``smoke-cpu`` -> ``recipes/smoke-cpu.yaml``) or a path to a YAML file."""
+def recipe_path(recipe: str, folder: Path = RECIPES_DIR) -> Path:
+    """A name (``smoke-cpu`` -> ``recipes/smoke-cpu.yaml``) or a path to a YAML file."""
     path = Path(recipe).expanduser()
     if path.suffix in (".yaml", ".yml") or path.is_file():
         return path
-    return RECIPES_DIR / f"{recipe}.yaml"
+    return folder / f"{recipe}.yaml"
 
 
 def recipe_name(recipe: str) -> str:
@@ -133,11 +137,12 @@ def build_trainer(recipe: TrainRecipe, model_path: str, rows: list[dict[str, Any
     from transformers import AutoTokenizer
     from trl import SFTConfig, SFTTrainer
 
+    # transformers 5 folded warmup_ratio into warmup_steps: a float in [0, 1) is a ratio of the total steps.
     args = SFTConfig(
         output_dir=output_dir, learning_rate=recipe.learning_rate, num_train_epochs=recipe.num_train_epochs,
         max_steps=recipe.max_steps or -1, per_device_train_batch_size=recipe.per_device_train_batch_size,
         gradient_accumulation_steps=recipe.gradient_accumulation_steps, max_length=recipe.max_length,
-        lr_scheduler_type=recipe.lr_scheduler_type, warmup_ratio=recipe.warmup_ratio, bf16=recipe.bf16,
+        lr_scheduler_type=recipe.lr_scheduler_type, warmup_steps=recipe.warmup_ratio, bf16=recipe.bf16,
         gradient_checkpointing=recipe.gradient_checkpointing, seed=recipe.seed, logging_steps=recipe.logging_steps,
         completion_only_loss=True, save_strategy="no", report_to=[], disable_tqdm=True,
     )
@@ -190,16 +195,8 @@ class TrainResult(BaseModel):
     log: list[LossPoint]
 
 
-def loss_log(log_history: list[dict[str, Any]]) -> list[LossPoint]:
-    """The per-step losses from a trainer's ``state.log_history``."""
-    return [LossPoint(step=h["step"], loss=h["loss"], learning_rate=h.get("learning_rate"))
-            for h in log_history if "loss" in h]
-
-
 def plot_loss(log: list[LossPoint], title: str) -> bytes:
     """The loss curve as PNG bytes."""
-    import io
-
     import matplotlib
 
     matplotlib.use("Agg")  # no display on workers
@@ -258,9 +255,6 @@ def run_training(dataset_uri: str, recipe: str, output_uri: str, models_dir: str
     ``metrics.json`` and ``loss.png`` under ``output_uri``; training happens in a local temporary folder."""
     import torch
 
-    from tasks.config import EnvSettings
-    from tasks.llm.models import resolve_model
-
     spec = load_recipe(recipe)
     model_path = resolve_model(spec.base_model, models_dir or EnvSettings().llm.models_dir)
     rows = read_sft_rows(dataset_uri, settings)
@@ -273,7 +267,8 @@ def run_training(dataset_uri: str, recipe: str, output_uri: str, models_dir: str
             trainer = build_trainer(spec, model_path, rows, str(work / "checkpoints"))
             output = trainer.train()
             _save_model(trainer, spec, model_path, work)
-            log = loss_log(trainer.state.log_history)
+            log = [LossPoint(step=h["step"], loss=h["loss"], learning_rate=h.get("learning_rate"))
+                   for h in trainer.state.log_history if "loss" in h]
             result = TrainResult(
                 output_uri=output_uri, model_uri=join_uri(output_uri, "model"),
                 adapter_uri=join_uri(output_uri, "adapter") if spec.method == "lora" else None,
@@ -298,5 +293,12 @@ def run_training(dataset_uri: str, recipe: str, output_uri: str, models_dir: str
 
 @task(name="train-sft")
 def train_task(dataset_uri: str, recipe: str, output_uri: str) -> TrainResult:
-    """Fine-tune on the exported messages and write the model and metrics under ``output_uri``."""
+    """Fine-tune on the exported messages and write the model and metrics under ``output_uri``: in this process, or
+    under ``accelerate launch`` (one process per device) when the recipe names an accelerate config."""
+    accelerate_config = load_recipe(recipe).accelerate_config
+    if accelerate_config:
+        from tasks.train_cli import launch_with_accelerate  # the CLI module imports this one
+
+        return launch_with_accelerate(dataset_uri, recipe, output_uri, recipe_path(accelerate_config,
+                                                                                   RECIPES_DIR / "accelerate"))
     return run_training(dataset_uri, recipe, output_uri)

@@ -8,10 +8,16 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import subprocess
 import sys
+from pathlib import Path
 
-from tasks.train import RecipeError, run_training
+from storage import StorageSettings, join_uri, resolve
+from tasks.train import RecipeError, TrainResult, run_training
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -35,6 +41,24 @@ def main(argv: list[str] | None = None) -> int:
     if int(os.environ.get("RANK", "0")) == 0:
         print(result.model_dump_json(indent=2, exclude={"log"}))
     return 0
+
+
+def launch_with_accelerate(dataset_uri: str, recipe: str, output_uri: str, accelerate_config: Path,
+                           models_dir: str | None = None, settings: StorageSettings | None = None) -> TrainResult:
+    """Run this command under ``accelerate launch --config_file accelerate_config``, wait for it, and read the
+    result back from ``metrics.json`` (so ``output_uri`` must be storage the launched processes share)."""
+    if not accelerate_config.is_file():
+        raise RecipeError(f"accelerate config not found: {accelerate_config}")
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(accelerate_config),
+           "-m", "tasks.train_cli", "--dataset", dataset_uri, "--recipe", recipe, "--output", output_uri]
+    if models_dir:
+        cmd += ["--models-dir", models_dir]
+    code = subprocess.run(cmd, cwd=REPO_ROOT).returncode
+    if code != 0:
+        raise RuntimeError(f"accelerate launch exited with {code}: {' '.join(cmd)}")
+    fs, path = resolve(join_uri(output_uri, "metrics.json"), settings)
+    metrics = json.loads(fs.cat_file(path))
+    return TrainResult.model_validate({k: metrics[k] for k in TrainResult.model_fields})
 
 
 if __name__ == "__main__":

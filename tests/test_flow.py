@@ -132,3 +132,17 @@ def test_cached_shard_whose_output_was_deleted_is_recomputed(prefect_harness, tm
     runs = asyncio.run(task_runs_of_round(state.state_details.flow_run_id, 1))
     assert sorted(r.name for r in runs if r.state.name == "Completed") == ["evolve-r1-s00000"]
     assert read_bytes(state.result().export.files["messages"]) == read_bytes(first.export.files["messages"])
+
+
+def test_run_hands_its_export_to_the_training_deployment(prefect_harness, tmp_path):
+    from tests.test_train import _create_deployment
+
+    name = f"gpu-{tmp_path.name[-8:]}"
+    _create_deployment(f"pool-{name}", name)
+    _, config = make_config(tmp_path, str(tmp_path / "runs"), name="handoff", rounds=1,
+                            llm={"backend": "scripted", "model": "demo"},
+                            train={"recipe": "smoke-cpu", "deployment": f"train/{name}"})
+    result = evol_instruct(config)
+    assert result.training is not None and result.training.mode == "deployment"
+    assert result.training.output_uri == f"{result.run_uri}/train/smoke-cpu"
+    assert result.training.flow_run_id
