@@ -31,7 +31,7 @@ class RecordingBackend:
         self.inner = inner
         self.model_name = inner.model_name
         self.batches: list[tuple[list, object]] = []
-        self.engine_s = 0.0  # time inside the real backend: the rest of the round is pipeline overhead
+        self.engine_s = 0.0  # time inside the real backend (lock waits included when shards run in parallel)
 
     def generate(self, conversations, params):
         self.batches.append((conversations, params))
@@ -47,8 +47,10 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=48)
     parser.add_argument("--shard-size", type=int, default=16)
     parser.add_argument("--max-tokens", type=int, default=64)
+    parser.add_argument("--parallel", type=int, default=1, help="orchestration.max_parallel_shards")
     args = parser.parse_args()
 
+    from prefect.task_runners import ThreadPoolTaskRunner
     from prefect.testing.utilities import prefect_test_harness
 
     from flows.evol_instruct import evol_round
@@ -59,7 +61,8 @@ def main() -> None:
     from tasks.llm.vllm_backend import VLLMBackend, to_vllm_sampling_params
     from tasks.plan import plan_run
 
-    engine_args = {"max_model_len": 2048}
+    # No prefix cache: the replay sends the very same prompts and would skip their prefill.
+    engine_args = {"max_model_len": 2048, "enable_prefix_caching": False}
     backend = VLLMBackend(resolve_model("default", EnvSettings().llm.models_dir), engine_args)
     recorder = RecordingBackend(backend)
     register_scripted_backend(recorder, "bench-vllm")
@@ -72,14 +75,15 @@ def main() -> None:
             "name": "bench-round", "seeds": str(seeds), "output_root": f"{tmp}/runs", "rounds": 1,
             "shard_size": args.shard_size, "llm": {"backend": "scripted", "model": "bench-vllm"},
             "sampling": {"evolve": greedy, "respond": greedy},
-            "orchestration": {"max_parallel_shards": 2, "retries": 0}})
+            "orchestration": {"max_parallel_shards": args.parallel, "retries": 0}})
         plan = plan_run(config)
         ingest_run_seeds(config, plan.layout)
         llm = backend.engine
         llm.chat([[{"role": "user", "content": "Warm up."}]], to_vllm_sampling_params(config.sampling.equality),
                  use_tqdm=False)
         started = time.perf_counter()
-        summary = evol_round(config, plan.layout, 1, plan.fingerprint)
+        round_flow = evol_round.with_options(task_runner=ThreadPoolTaskRunner(max_workers=args.parallel))
+        summary = round_flow(config, plan.layout, 1, plan.fingerprint)
         pipeline_s = time.perf_counter() - started
         pipeline_tokens = summary.completion_tokens
 
@@ -91,7 +95,7 @@ def main() -> None:
         raw_s = time.perf_counter() - started
     print(json.dumps({
         "bench": "round", "seeds": args.seeds, "shards": -(-args.seeds // args.shard_size),
-        "batches": len(recorder.batches), "max_tokens": args.max_tokens,
+        "batches": len(recorder.batches), "max_tokens": args.max_tokens, "parallel_shards": args.parallel,
         "pipeline_tokens": pipeline_tokens, "pipeline_s": round(pipeline_s, 2),
         "pipeline_tok_s": round(pipeline_tokens / pipeline_s, 1),
         "pipeline_backend_s": round(recorder.engine_s, 2),
