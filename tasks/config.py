@@ -14,15 +14,6 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from storage import StorageSettings
 from tasks.llm.base import SamplingParams
 
-OPERATIONS = (
-    "add_constraints",
-    "deepening",
-    "concretizing",
-    "increase_reasoning_steps",
-    "complicate_input",
-    "in_breadth",
-)
-
 
 class LLMEnvSettings(BaseModel):
     """Where models and servers are: ``EVOL_LLM__MODELS_DIR``, ``EVOL_LLM__BASE_URL``, ``EVOL_LLM__API_KEY``."""
