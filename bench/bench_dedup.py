@@ -22,7 +22,7 @@ import pyarrow as pa
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from tasks.config import EliminationConfig  # noqa: E402
+from tasks.core.config import EliminationConfig  # noqa: E402
 from tasks.dedup import exact_dedup_table  # noqa: E402
 from tasks.eliminate import text_rule_reasons  # noqa: E402
 from tasks.near_dedup import find_near_duplicates  # noqa: E402

@@ -41,7 +41,7 @@ def main() -> None:
 
     import os
 
-    from tasks.config import EnvSettings, LLMConfig, LLMEnvSettings
+    from tasks.core.config import EnvSettings, LLMConfig, LLMEnvSettings
     from tasks.llm.base import SamplingParams
     from tasks.llm.factory import get_backend
     from tasks.llm.vllm_backend import _on_cpu, engine_kwargs, get_vllm_engine, to_vllm_sampling_params

@@ -41,7 +41,7 @@ def main() -> None:
     from flows.evol_instruct import evol_round
     from prompts import load_pack
     from storage import list_committed_shards
-    from tasks.config import parse_run_config
+    from tasks.core.config import parse_run_config
     from tasks.evolve import evolve_shard
     from tasks.ingest import ingest_run_seeds
     from tasks.llm.scripted import scripted_backend

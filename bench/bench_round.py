@@ -54,7 +54,7 @@ def main() -> None:
     from prefect.testing.utilities import prefect_test_harness
 
     from flows.evol_instruct import evol_round
-    from tasks.config import EnvSettings, parse_run_config
+    from tasks.core.config import EnvSettings, parse_run_config
     from tasks.ingest import ingest_run_seeds
     from tasks.llm.models import resolve_model
     from tasks.llm.scripted import register_scripted_backend

@@ -14,7 +14,7 @@ def prepare(
                                    help="Where prepared models live (default: EVOL_LLM__MODELS_DIR, else models)"),
 ) -> None:
     """Convert the bundled GGUF model into a safetensors folder (once) and print the folder."""
-    from tasks.config import EnvSettings
+    from tasks.core.config import EnvSettings
     from tasks.llm.models import ModelPreparationError, prepare_default_model
 
     try:

@@ -34,7 +34,7 @@ def _watch_progress(plan: Any, rounds: int, stop: threading.Event) -> None:
 def run_command(config_path: Path, rounds: int | None, output_root: str | None, show_progress: bool) -> None:
     """Load the config, run the flow (ephemeral Prefect API unless PREFECT_API_URL is set), print the outputs."""
     from flows.cli import fail
-    from tasks.config import ConfigError, load_run_config
+    from tasks.core.config import ConfigError, load_run_config
     from tasks.plan import plan_run
 
     overrides = {k: v for k, v in (("rounds", rounds), ("output_root", output_root)) if v is not None}

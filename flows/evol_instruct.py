@@ -12,7 +12,7 @@ from pydantic import BaseModel
 from flows.train import train
 from storage import RunLayout, is_committed, list_committed_shards
 from storage.shards import write_file_atomic
-from tasks.config import RunConfig
+from tasks.core.config import RunConfig
 from tasks.evolve import ShardSummary, evolve_shard_task
 from tasks.export import ExportSummary, export_final_task
 from tasks.ingest import IngestSummary, ingest_run_seeds_task

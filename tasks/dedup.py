@@ -7,7 +7,7 @@ import pyarrow as pa
 
 from storage import StorageSettings, duck_connect, read_parquet_sql
 from storage.duck import sql_list
-from tasks.text import normalize_sql
+from tasks.core.text import normalize_sql
 
 # Text without a tab, newline, vertical tab, form feed, carriage return, double space or space at either end
 # normalises to lower(text): the regexp_replace and trim, most of the cost, only run where they change something.
@@ -20,7 +20,7 @@ def _normalized_sql(column: str) -> str:
 
 
 _INPUT = "coalesce(\"input\", '')"
-# Must equal tasks.text.content_key: the instruction, plus a newline and the input when it is not blank.
+# Must equal tasks.core.text.content_key: the instruction, plus a newline and the input when it is not blank.
 KEY_SQL = (f"CASE WHEN {_INPUT} = '' OR {_normalized_sql(_INPUT)} = '' THEN {_normalized_sql('instruction')} "
            f"ELSE {_normalized_sql('instruction')} || chr(10) || {_normalized_sql(_INPUT)} END")
 

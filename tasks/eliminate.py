@@ -10,7 +10,7 @@ import numpy as np
 import pyarrow as pa
 
 from storage import duck_connect
-from tasks.config import EliminationConfig
+from tasks.core.config import EliminationConfig
 
 # The text rules in the order they are checked; the first that matches is the row's reason.
 TEXT_RULE_REASONS: tuple[str, ...] = (

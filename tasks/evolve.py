@@ -16,12 +16,12 @@ from storage import StorageSettings, is_committed, read_shard, write_shard
 from storage.schema import records_table
 from storage.shards import read_marker
 from tasks.clean import clean_evolved_instruction
-from tasks.config import RunConfig
+from tasks.core.config import RunConfig
+from tasks.core.text import parent_text, record_id
 from tasks.eliminate import equality_reason, parse_equality, text_rule_reasons
 from tasks.llm.base import Completion, LLMBackend
 from tasks.llm.factory import get_backend
 from tasks.operations import choose_operation, resolve_weights
-from tasks.text import record_id
 
 # Reasons decided from the evolution alone: such candidates are not answered.
 EVOLUTION_REASONS = frozenset({"llm_error", "empty_evolution", "evolution_truncated", "scaffolding_copied"})
@@ -40,11 +40,6 @@ class ShardSummary(BaseModel):
     prompt_tokens: int
     completion_tokens: int
     seconds: float
-
-
-def parent_text(row: dict[str, Any]) -> str:
-    """The parent instruction as the model sees it: the instruction, then its input when there is one."""
-    return f"{row['instruction']}\n{row['input']}".strip() if row.get("input") else row["instruction"]
 
 
 def _tokens(*completions: Completion | None) -> tuple[int, int]:

@@ -13,8 +13,8 @@ from pydantic import BaseModel
 
 from storage import RunLayout, StorageSettings, read_shard
 from storage.shards import write_file_atomic
-from tasks.config import RunConfig
-from tasks.evolve import parent_text
+from tasks.core.config import RunConfig
+from tasks.core.text import parent_text
 from tasks.mix import MixSummary
 from tasks.round import RoundSummary
 

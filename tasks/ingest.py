@@ -18,8 +18,8 @@ from pydantic import BaseModel
 from storage import REJECTED_INPUT_SCHEMA, RunLayout, StorageSettings, join_uri, resolve, write_shard
 from storage.schema import records_table
 from storage.shards import shard_name, write_file_atomic
-from tasks.config import RunConfig
-from tasks.text import has_lone_surrogate, record_id
+from tasks.core.config import RunConfig
+from tasks.core.text import has_lone_surrogate, record_id
 
 TARGET_FIELDS = ("instruction", "input", "output")
 USER_ROLES = {"user", "human"}

@@ -10,9 +10,9 @@ from pydantic import BaseModel
 
 from storage import RunLayout, StorageSettings, list_committed_shards, read_shard, write_shard
 from storage.schema import RECORD_SCHEMA
-from tasks.config import RunConfig
+from tasks.core.config import RunConfig
+from tasks.core.text import parent_text
 from tasks.dedup import exact_dedup_table
-from tasks.evolve import parent_text
 from tasks.near_dedup import find_near_duplicates
 
 

@@ -12,7 +12,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from tasks.text import normalize_text
+from tasks.core.text import normalize_text
 
 
 @lru_cache(maxsize=64)

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from prompts import load_pack
 from storage import RunLayout
-from tasks.config import RunConfig, run_fingerprint, run_id_for
+from tasks.core.config import RunConfig, run_fingerprint, run_id_for
 
 
 @dataclass(frozen=True)

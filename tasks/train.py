@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from storage import StorageSettings, join_uri, resolve
 from storage.shards import write_file_atomic
-from tasks.config import EnvSettings
+from tasks.core.config import EnvSettings
 from tasks.llm.models import resolve_model
 
 RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"

@@ -16,7 +16,7 @@ from prefect.exceptions import MissingContextError, ObjectNotFound
 from pydantic import BaseModel
 
 from storage import join_uri
-from tasks.config import TrainConfig
+from tasks.core.config import TrainConfig
 from tasks.train import recipe_name
 
 
@@ -52,7 +52,7 @@ def deployment_exists(name: str) -> bool:
 
 
 def trigger_training(export_messages_uri: str, run_uri: str, train_config: TrainConfig,
-                     in_process: Callable[..., Any] | None = None) -> TriggerResult:
+                     in_process: Callable[..., Any]) -> TriggerResult:
     """Start fine-tuning on a run's ``messages.jsonl``: through ``train_config.deployment`` if it exists (not
     waited for), else by running ``in_process`` (the ``train`` flow) here and waiting for it."""
     output_uri = training_output_uri(run_uri, train_config)
@@ -64,9 +64,6 @@ def trigger_training(export_messages_uri: str, run_uri: str, train_config: Train
         _log("training started through deployment %s: flow run %s", train_config.deployment, flow_run.id)
         return TriggerResult(mode="deployment", flow_run_id=str(flow_run.id), output_uri=output_uri,
                              deployment=train_config.deployment)
-    if in_process is None:
-        # Imported here, not at the top: tasks must not depend on flows at import time (flows -> tasks -> storage).
-        from flows.train import train as in_process
     _log("no deployment %s: training in-process with %s", train_config.deployment, train_config.recipe)
     state = in_process(**parameters, return_state=True)
     state.result()  # a failed training fails the caller

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import threading
 
-from tasks.evolve import parent_text
+from tasks.core.text import parent_text
 from tasks.llm.base import Completion, Conversation, SamplingParams
 from tasks.llm.scripted import GIVEN, given_prompt
 

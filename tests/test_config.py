@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from tasks.config import ConfigError, EnvSettings, RunConfig, load_run_config, parse_run_config, run_fingerprint
+from tasks.core.config import ConfigError, EnvSettings, RunConfig, load_run_config, parse_run_config, run_fingerprint
 
 
 def write(tmp_path, text: str):

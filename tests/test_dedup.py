@@ -11,9 +11,9 @@ import pytest
 
 from storage import RECORD_SCHEMA, RunLayout, duck_connect, write_shard
 from storage.schema import records_table
+from tasks.core.text import content_key, normalize_text
 from tasks.dedup import KEY_SQL, exact_dedup_table, find_exact_duplicates
 from tasks.near_dedup import find_near_duplicates, minhash_signatures, optimal_lsh_params
-from tasks.text import content_key, normalize_text
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
 

@@ -75,6 +75,6 @@ def test_prefect_yaml_entrypoints_and_schedule():
         module = importlib.import_module(module_path.removesuffix(".py").replace("/", "."))
         flow = getattr(module, func)
         assert hasattr(flow, "deploy"), f"{dep['entrypoint']} is not a Prefect flow"
-    from tasks.config import parse_run_config
+    from tasks.core.config import parse_run_config
 
     parse_run_config(by_name["nightly"]["parameters"]["config"], "prefect.yaml")

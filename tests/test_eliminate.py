@@ -8,7 +8,7 @@ from collections import Counter
 import pyarrow as pa
 import pytest
 
-from tasks.config import EliminationConfig
+from tasks.core.config import EliminationConfig
 from tasks.eliminate import (
     _TOKEN_PY,
     DEFAULT_STOP_WORDS,

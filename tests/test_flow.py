@@ -12,7 +12,7 @@ from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterParentFlo
 
 from flows.evol_instruct import evol_instruct
 from storage import resolve
-from tasks.config import parse_run_config
+from tasks.core.config import parse_run_config
 from tasks.llm.scripted import ScriptedBackend, register_scripted_backend
 from tests.flow_script import ROUND1_REJECTED, ROUND2_REJECTED, PlannedScript, load_seeds
 

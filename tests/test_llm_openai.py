@@ -18,7 +18,7 @@ import httpx
 import pytest
 from pydantic import SecretStr
 
-from tasks.config import LLMEnvSettings
+from tasks.core.config import LLMEnvSettings
 from tasks.llm.base import BackendError, SamplingParams
 from tasks.llm.models import prepare_default_model
 from tasks.llm.openai_backend import OpenAIBackend

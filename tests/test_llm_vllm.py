@@ -6,7 +6,7 @@ import threading
 
 import pytest
 
-from tasks.config import EnvSettings, LLMConfig, LLMEnvSettings
+from tasks.core.config import EnvSettings, LLMConfig, LLMEnvSettings
 from tasks.llm import vllm_backend
 from tasks.llm.base import BackendError, SamplingParams
 from tasks.llm.factory import get_backend

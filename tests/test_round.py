@@ -8,7 +8,7 @@ import pytest
 
 from prompts import load_pack
 from storage import RunLayout, list_committed_shards, read_shard
-from tasks.config import RunConfig
+from tasks.core.config import RunConfig
 from tasks.evolve import evolve_shard
 from tasks.ingest import ingest_seeds
 from tasks.llm.scripted import ScriptedBackend

@@ -15,7 +15,7 @@ import yaml
 from prefect import flow
 
 from storage import resolve
-from tasks.config import ConfigError, RunConfig, TrainConfig, parse_run_config, run_fingerprint
+from tasks.core.config import ConfigError, RunConfig, TrainConfig, parse_run_config, run_fingerprint
 from tasks.llm.models import prepare_default_model
 from tasks.train import (
     RECIPES_DIR,
@@ -199,7 +199,9 @@ def test_smoke_model_is_served_by_vllm(smoke_run):
 @flow(name="hand-off")
 def hand_off(dataset_uri: str, run_uri: str, train_config: TrainConfig, in_process: Any = None) -> TriggerResult:
     """What the end of evol_instruct does: the trigger, called from a parent flow."""
-    return trigger_training(dataset_uri, run_uri, train_config, in_process=in_process)
+    from flows.train import train
+
+    return trigger_training(dataset_uri, run_uri, train_config, in_process=in_process or train)
 
 
 async def _flow_run_and_artifacts(flow_run_id: str):
@@ -238,7 +240,7 @@ def test_trigger_trains_in_process_without_a_deployment(prefect_harness, model_d
     metrics = json.loads((out / "metrics.json").read_text())
     assert (metrics["steps"], metrics["samples"], metrics["method"], metrics["adapter_uri"]) == (1, 2, "full", None)
     assert {"model.safetensors", "config.json", "tokenizer.json"} <= {p.name for p in (out / "model").iterdir()}
-    disabled = trigger_training(dataset, run_uri, TrainConfig(recipe=str(tiny), enabled=False))
+    disabled = trigger_training(dataset, run_uri, TrainConfig(recipe=str(tiny), enabled=False), in_process=print)
     assert (disabled.mode, disabled.flow_run_id) == ("disabled", None)
 
 

@@ -9,7 +9,7 @@ import pytest
 from flows.evol_instruct import evol_instruct
 from prompts import load_pack
 from storage import list_committed_shards, read_shard
-from tasks.config import parse_run_config
+from tasks.core.config import parse_run_config
 from tasks.plan import plan_run
 from tests.flow_script import load_seeds
 

@@ -1,7 +1,6 @@
 """LLM backends: one protocol, a vLLM offline engine, an OpenAI-compatible client, a scripted fake.
 
-The backends are loaded on first access: ``tasks.config`` imports ``tasks.llm.base``, and the factory imports
-``tasks.config``, so importing them here would be circular (and importing ``tasks.llm`` stays cheap).
+The backends are loaded on first access, so importing ``tasks.llm`` stays cheap (no vLLM, no HTTP client).
 """
 
 from __future__ import annotations

@@ -4,22 +4,14 @@ from __future__ import annotations
 
 from typing import Protocol, runtime_checkable
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict
+
+from tasks.core.config import SamplingParams
 
 Message = dict[str, str]
 Conversation = list[Message]
 
-
-class SamplingParams(BaseModel):
-    """The project's sampling parameters; each backend translates them."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    temperature: float = Field(1.0, ge=0.0, le=2.0)
-    top_p: float = Field(0.95, gt=0.0, le=1.0)
-    max_tokens: int = Field(2048, ge=1)
-    seed: int | None = None
-    stop: tuple[str, ...] = ()
+__all__ = ["BackendError", "Completion", "Conversation", "LLMBackend", "Message", "SamplingParams"]
 
 
 class Completion(BaseModel):

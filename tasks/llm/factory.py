@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tasks.config import EnvSettings, LLMConfig
+from tasks.core.config import EnvSettings, LLMConfig
 from tasks.llm.base import LLMBackend
 
 

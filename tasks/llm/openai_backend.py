@@ -10,7 +10,7 @@ from typing import Any
 
 import httpx
 
-from tasks.config import LLMEnvSettings
+from tasks.core.config import LLMEnvSettings
 from tasks.llm.base import BackendError, Completion, Conversation, SamplingParams
 
 logger = logging.getLogger(__name__)

@@ -12,7 +12,18 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, f
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from storage import StorageSettings
-from tasks.llm.base import SamplingParams
+
+
+class SamplingParams(BaseModel):
+    """The project's sampling parameters; each backend translates them."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    temperature: float = Field(1.0, ge=0.0, le=2.0)
+    top_p: float = Field(0.95, gt=0.0, le=1.0)
+    max_tokens: int = Field(2048, ge=1)
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
 
 
 class LLMEnvSettings(BaseModel):

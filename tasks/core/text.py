@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+from typing import Any
 
 # RE2 (DuckDB) and Python agree on this explicit class; ``\s`` differs between them.
 _WS = "[ \t\n\r\f\v]+"
@@ -39,3 +40,8 @@ def has_lone_surrogate(text: str) -> bool:
     except UnicodeEncodeError:
         return True
     return False
+
+
+def parent_text(row: dict[str, Any]) -> str:
+    """An instruction as the model sees it: the instruction, then its input when there is one."""
+    return f"{row['instruction']}\n{row['input']}".strip() if row.get("input") else row["instruction"]
