@@ -77,11 +77,17 @@ def run(
     rounds: int = typer.Option(None, "--rounds", min=0, help="Override the number of rounds"),
     output_root: str = typer.Option(None, "--output-root", help="Override where runs are written"),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show per-round progress"),
+    recompute: list[str] = typer.Option([], "--recompute",
+                                        help="Redo a stage even if its outputs are current: ingest, round=K, mix, "
+                                             "export or all (repeatable)"),
+    take_over: bool = typer.Option(False, "--take-over", help="Take the run folder from a run that holds it"),
 ) -> None:
-    """Run the whole pipeline: ingest, evolve round after round, mix, deduplicate, export."""
+    """Run the whole pipeline: ingest, evolve round after round, mix, deduplicate, export.
+
+    The run folder is OUTPUT_ROOT/NAME; a rerun reuses every stage whose inputs did not change."""
     from flows.cli_run import run_command
 
-    run_command(config, rounds, output_root, progress)
+    run_command(config, rounds, output_root, progress, recompute, take_over)
 
 
 if __name__ == "__main__":

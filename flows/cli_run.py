@@ -15,7 +15,7 @@ from rich.table import Table
 console = Console()
 
 
-def _watch_progress(plan: Any, rounds: int, stop: threading.Event) -> None:
+def _watch_progress(layout: Any, rounds: int, stop: threading.Event) -> None:
     """Poll the run's committed candidate shards and show one bar per round."""
     from storage import list_committed_shards
 
@@ -24,50 +24,70 @@ def _watch_progress(plan: Any, rounds: int, stop: threading.Event) -> None:
         bars = [progress.add_task(f"round {k}", total=None) for k in range(1, rounds + 1)]
         while True:
             for k, bar in enumerate(bars, start=1):
-                done = len(list_committed_shards(plan.layout.stage_dir(k, "candidates")))
-                pool = len(list_committed_shards(plan.layout.stage_dir(k - 1, "pool")))
+                done = len(list_committed_shards(layout.stage_dir(k, "candidates")))
+                pool = len(list_committed_shards(layout.stage_dir(k - 1, "pool")))
                 progress.update(bar, completed=done, total=pool or None)
             if stop.wait(1.0):
                 break
 
 
-def run_command(config_path: Path, rounds: int | None, output_root: str | None, show_progress: bool) -> None:
-    """Load the config, run the flow (ephemeral Prefect API unless PREFECT_API_URL is set), print the outputs."""
+def run_command(config_path: Path, rounds: int | None, output_root: str | None, show_progress: bool,
+                recompute: list[str] | None = None, take_over: bool = False) -> None:
+    """Load the config, run the flow (a private local Prefect API unless PREFECT_API_URL is set), print the
+    outputs."""
     from flows.cli import fail
+    from storage.lease import RunLease, is_stale
+    from tasks.context import check_recompute, run_layout
     from tasks.core.config import ConfigError, load_run_config
-    from tasks.plan import plan_run
 
     overrides = {k: v for k, v in (("rounds", rounds), ("output_root", output_root)) if v is not None}
     try:
         config = load_run_config(config_path, overrides)
-    except ConfigError as err:
+        check_recompute(tuple(recompute or ()), config.rounds)
+    except (ConfigError, ValueError) as err:
         fail(str(err))
-    plan = plan_run(config)
-    where = os.environ.get("PREFECT_API_URL") or "Prefect's ephemeral local API"
-    console.print(f"run [bold]{plan.layout.run_id}[/] ({config.rounds} rounds, {config.llm.backend} backend, "
-                  f"model {config.llm.model}) on {where}")
+    layout = run_layout(config)
+    held = RunLease(layout.run_uri).read()
+    if held is not None and not take_over and not is_stale(held):
+        fail(f"run folder {layout.run_uri} is in use by {held.get('purpose')} (pid {held.get('pid')} on "
+             f"{held.get('host')}, since {held.get('started')}); wait for it, or pass --take-over if it is dead")
+    api = os.environ.get("PREFECT_API_URL")
+    console.print(f"run [bold]{layout.run_id}[/] ({config.rounds} rounds, {config.llm.backend} backend, "
+                  f"model {config.llm.model}) on {api or 'a local Prefect API for this run'}")
+    if api:
+        result = _run_flow(config, layout, show_progress, recompute, take_over)
+    else:
+        from flows.local_api import local_api
+
+        with local_api():
+            result = _run_flow(config, layout, show_progress, recompute, take_over)
+    table = Table(title="rounds")
+    for col in ("round", "pool in", "evolved", "carried", "rejected", "reused"):
+        table.add_column(col, justify="left" if col == "rejected" else "right")
+    for r in result.rounds:
+        table.add_row(str(r.round), str(r.pool_in), str(r.evolved), str(r.carried),
+                      ", ".join(f"{k}={v}" for k, v in r.rejected.items()),
+                      "yes" if r.reused else f"{r.shards_reused}/{r.shards} shards")
+    console.print(table)
+    console.print(f"final rows: [bold]{result.mix.final}[/] (seeds and survivors after dedup)"
+                  + (" (reused)" if result.mix.reused else ""))
+    console.print(f"outputs: {result.run_uri}", soft_wrap=True)
+    for kind, uri in result.export.files.items():
+        console.print(f"  {kind:9s} {uri}", soft_wrap=True)
+    raise typer.Exit(code=0)
+
+
+def _run_flow(config: Any, layout: Any, show_progress: bool, recompute: list[str] | None, take_over: bool) -> Any:
     from flows.evol_instruct import evol_instruct
 
     stop = threading.Event()
     watcher = None
     if show_progress:
-        watcher = threading.Thread(target=_watch_progress, args=(plan, config.rounds, stop), daemon=True)
+        watcher = threading.Thread(target=_watch_progress, args=(layout, config.rounds, stop), daemon=True)
         watcher.start()
     try:
-        result = evol_instruct(config)
+        return evol_instruct(config, recompute=list(recompute or []), take_over=take_over)
     finally:
         stop.set()
         if watcher:
             watcher.join(timeout=5)
-    table = Table(title="rounds")
-    for col in ("round", "pool in", "evolved", "carried", "rejected"):
-        table.add_column(col, justify="right" if col != "rejected" else "left")
-    for r in result.rounds:
-        table.add_row(str(r.round), str(r.pool_in), str(r.evolved), str(r.carried),
-                      ", ".join(f"{k}={v}" for k, v in r.rejected.items()))
-    console.print(table)
-    console.print(f"final rows: [bold]{result.mix.final}[/] (seeds and survivors after dedup)")
-    console.print(f"outputs: {result.run_uri}", soft_wrap=True)
-    for kind, uri in result.export.files.items():
-        console.print(f"  {kind:9s} {uri}", soft_wrap=True)
-    raise typer.Exit(code=0)

@@ -1,8 +1,14 @@
-"""The Evol-Instruct flow: ingest, M rounds (each a mapped task over shards), mix, export, then training."""
+"""The Evol-Instruct flow: ingest, M rounds (each a mapped task over shards), mix, export, then training.
+
+Wiring only. Each stage decides from its storage marker whether its work is already done (see
+``tasks.context``); the flow hands each stage the shards its upstream stage recorded and checks that the
+counts add up from one stage to the next.
+"""
 
 from __future__ import annotations
 
 import json
+import time
 
 from prefect import flow, get_run_logger, unmapped
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
@@ -10,14 +16,15 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from pydantic import BaseModel
 
 from flows.train import train
-from storage import RunLayout, is_committed, list_committed_shards
-from storage.shards import write_file_atomic
+from storage import ShardRef, StageMismatch, total_rows
+from storage.lease import RunLease
+from storage.shards import sweep_temp_files, write_file_atomic
+from tasks.context import RunContext, build_context, run_layout
 from tasks.core.config import RunConfig
-from tasks.evolve import ShardSummary, evolve_shard_task
+from tasks.evolve import ShardSummary, evolve_shard_task, reset_stage_runtimes
 from tasks.export import ExportSummary, export_final_task
 from tasks.ingest import IngestSummary, ingest_run_seeds_task
 from tasks.mix import MixSummary, mix_final_task
-from tasks.plan import plan_run
 from tasks.report import final_markdown, instruction_length_by_round, round_table
 from tasks.round import RoundSummary, finish_round_task
 from tasks.trigger import TriggerResult, trigger_training
@@ -31,7 +38,7 @@ class RunResult(BaseModel):
     """Where a run's outputs are and what it did."""
 
     run_uri: str
-    fingerprint: str
+    data_key: str
     ingest: IngestSummary
     rounds: list[RoundSummary]
     mix: MixSummary
@@ -39,66 +46,102 @@ class RunResult(BaseModel):
     training: TriggerResult | None = None
 
 
-@flow(name="evol-round", flow_run_name="round-{round_index}", task_runner=ThreadPoolTaskRunner(max_workers=2))
-def evol_round(config: RunConfig, layout: RunLayout, round_index: int, fingerprint: str) -> RoundSummary:
-    """Map the shard task over the pool's shards, then finish the round."""
-    pool_uris = list_committed_shards(layout.stage_dir(round_index - 1, "pool"))
-    if not pool_uris:
-        pool_dir = layout.stage_dir(round_index - 1, "pool")
-        raise RoundFailed(f"round {round_index}: no committed pool shards in {pool_dir}")
-    candidate_uris = [layout.shard(round_index, "candidates", i) for i in range(len(pool_uris))]
+def _check_chain(stage: str, expected: int, refs: list[ShardRef]) -> None:
+    if total_rows(refs) != expected:
+        raise StageMismatch(f"{stage}: its input shards hold {total_rows(refs)} rows, the stage before it "
+                            f"recorded {expected}: {[r.uri for r in refs]}")
+
+
+@flow(name="evol-round", flow_run_name="round-{round_index}")
+def evol_round(ctx: RunContext, round_index: int, pool_in: list[ShardRef], references: list[ShardRef],
+               expected_pool: int) -> RoundSummary:
+    """Map the shard task over the pool's shards, then finish the round.
+
+    Tasks are submitted and their results taken, so a task that reports ``Reused`` hands on its data."""
+    started = time.time()
+    _check_chain(f"round {round_index}", expected_pool, pool_in)
+    layout, force = ctx.layout, ctx.forced(f"round={round_index}")
+    candidate_uris = [layout.shard(round_index, "candidates", i) for i in range(len(pool_in))]
+    keys = [ctx.evolve_shard_key(ref.sha256, round_index) for ref in pool_in]
     shard_task = evolve_shard_task.with_options(
-        retries=config.orchestration.retries, retry_delay_seconds=config.orchestration.retry_delay_s
+        retries=ctx.config.orchestration.retries, retry_delay_seconds=ctx.config.orchestration.retry_delay_s
     )
-    futures = shard_task.map(pool_uris, candidate_uris, round_index, list(range(len(pool_uris))),
-                             unmapped(config), unmapped(fingerprint))
+    futures = shard_task.map(pool_in, candidate_uris, round_index, list(range(len(pool_in))),
+                             unmapped(ctx.evolve), keys, unmapped(force))
     summaries: list[ShardSummary] = []
     failed: list[str] = []
-    for uri, future in zip(pool_uris, futures, strict=True):
+    for ref, future in zip(pool_in, futures, strict=True):
         result = future.result(raise_on_failure=False)
         if isinstance(result, ShardSummary):
             summaries.append(result)
         else:
-            failed.append(f"{uri} ({type(result).__name__}: {result})")
-    # A Prefect cache hit whose candidates shard is gone from storage (deleted by hand) is recomputed.
-    stale = [i for i, s in enumerate(summaries) if not failed and not is_committed(s.candidates_uri)]
-    for i in stale:
-        summaries[i] = shard_task.with_options(refresh_cache=True)(
-            pool_uris[i], candidate_uris[i], round_index, i, config, fingerprint)
+            failed.append(f"{ref.uri} ({type(result).__name__}: {result})")
     if failed:
         raise RoundFailed(f"round {round_index}: {len(failed)} shard(s) failed after retries; rerun the flow to "
                           f"compute only these: " + "; ".join(failed))
-    summary = finish_round_task(layout, round_index, summaries)
+    summary = finish_round_task.submit(layout, round_index, summaries, pool_in, references, started, force).result()
     create_table_artifact(key=f"round-{round_index}", table=round_table(summary),
                           description=f"Round {round_index} of run {layout.run_id}")
     return summary
 
 
 @flow(name="evol-instruct")
-def evol_instruct(config: RunConfig) -> RunResult:
-    """Evolve the seeds for ``config.rounds`` rounds, then mix, deduplicate and export the data."""
+def evol_instruct(config: RunConfig, recompute: list[str] | None = None, take_over: bool = False) -> RunResult:
+    """Evolve the seeds for ``config.rounds`` rounds, then mix, deduplicate and export the data.
+
+    ``recompute`` names stages to redo even when their outputs are current (ingest, round=K, mix, export,
+    all); ``take_over`` takes the run folder from a run that holds its lease.
+    """
     logger = get_run_logger()
-    plan = plan_run(config)
-    layout, fingerprint, template_shas = plan.layout, plan.fingerprint, plan.template_shas
-    write_file_atomic(layout.file("config.json"), json.dumps(config.model_dump(mode="json"), indent=2).encode())
-    logger.info("run %s: outputs under %s", fingerprint, layout.run_uri)
-    ingest = ingest_run_seeds_task(config, layout)
-    logger.info("seeds: %d accepted, rejected %s", ingest.accepted, ingest.rejected)
+    layout = run_layout(config)
+    with RunLease(layout.run_uri, take_over=take_over) as lease:
+        if lease.previous:
+            logger.warning("took over the run folder from %s", lease.previous)
+        swept = sweep_temp_files(layout.run_uri)
+        if swept:
+            logger.info("removed %d temp file(s) left by killed runs", len(swept))
+        ctx = build_context(config, tuple(recompute or ()))
+        reset_stage_runtimes()
+        write_file_atomic(layout.file("config.json"), json.dumps(config.model_dump(mode="json"), indent=2).encode())
+        logger.info("run %s: outputs under %s", layout.run_id, layout.run_uri)
+        result = _run_stages(ctx)
+    return result
+
+
+def _run_stages(ctx: RunContext) -> RunResult:
+    logger = get_run_logger()
+    config, layout = ctx.config, ctx.layout
+    ingest = ingest_run_seeds_task.submit(config, layout, ctx.ingest_key, ctx.forced("ingest")).result()
+    for problem in ingest.problems:
+        logger.warning("%s", problem)
+    logger.info("seeds: %d accepted, rejected %s%s", ingest.accepted, ingest.rejected,
+                " (reused)" if ingest.reused else "")
     round_flow = evol_round.with_options(
         task_runner=ThreadPoolTaskRunner(max_workers=config.orchestration.max_parallel_shards)
     )
-    rounds = [round_flow(config, layout, k, fingerprint) for k in range(1, config.rounds + 1)]
-    mix = mix_final_task(layout, config)
-    export = export_final_task(layout, config, fingerprint, config.llm.model, template_shas, rounds, mix)
+    rounds: list[RoundSummary] = []
+    pool, expected = ingest.refs, ingest.accepted
+    for k in range(1, config.rounds + 1):
+        references = ingest.refs + [ref for r in rounds for ref in r.evolved_shards] + (pool if k > 1 else [])
+        summary = round_flow(ctx, k, pool, references, expected)
+        rounds.append(summary)
+        pool, expected = summary.pool_out, summary.pool_in
+    inputs = (ingest.refs if config.mix.include_seeds else []) + [ref for r in rounds for ref in r.evolved_shards]
+    _check_chain("mix", (ingest.accepted if config.mix.include_seeds else 0) + sum(r.evolved for r in rounds),
+                 inputs)
+    data_key = ctx.mix_key([r.sha256 for r in inputs])
+    mix = mix_final_task.submit(layout, config, inputs, data_key, ctx.forced("mix")).result()
+    export = export_final_task.submit(layout, config, data_key, config.llm.model, ctx.template_shas, rounds, mix,
+                                      ctx.forced("export")).result()
     create_markdown_artifact(
         key="evol-summary",
-        markdown=final_markdown(layout.run_uri, fingerprint, rounds, mix,
-                                instruction_length_by_round(layout, config.rounds), export.files),
+        markdown=final_markdown(layout.run_uri, data_key, rounds, mix,
+                                instruction_length_by_round(ingest.refs, rounds), export.files),
         description=f"Evol-Instruct run {layout.run_id}",
     )
     training = None
     if config.train is not None:
         training = trigger_training(export.files["messages"], layout.run_uri, config.train, in_process=train)
         logger.info("training %s: flow run %s -> %s", training.mode, training.flow_run_id, training.output_uri)
-    return RunResult(run_uri=layout.run_uri, fingerprint=fingerprint, ingest=ingest, rounds=rounds, mix=mix,
+    return RunResult(run_uri=layout.run_uri, data_key=data_key, ingest=ingest, rounds=rounds, mix=mix,
                      export=export, training=training)

@@ -1,49 +1,82 @@
-"""Parquet shards with atomic commit.
+"""Parquet shards with atomic commit and verified reads.
 
-A shard is visible under its final name only once complete, and a marker written after it says
-that it is done. Readers and reruns trust only shards that have their marker.
+A shard is visible under its final name only once complete, and a marker written after it records its
+rows, size, SHA-256 and the key of the stage that wrote it. Readers trust a shard only when it matches
+its marker; a shard that does not is reported with its URI and counts as not committed.
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import tempfile
 import uuid
+from datetime import UTC, datetime
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 from fsspec.implementations.local import LocalFileSystem
 
+from storage import faults
 from storage.schema import RECORD_SCHEMA
 from storage.uri import StorageSettings, join_uri, resolve
 
 MARKER_SUFFIX = ".done"
+TMP_SUFFIX = ".tmp"
+
+
+class ShardCorrupt(RuntimeError):
+    """A committed shard does not match its marker (missing, truncated, changed, unreadable)."""
+
+    def __init__(self, uri: str, why: str):
+        super().__init__(f"shard {uri} can't be trusted: {why}; a rerun recomputes it")
+        self.uri, self.why = uri, why
+
+
+def _umask() -> int:
+    """The process umask, read without changing it (``os.umask`` is not thread-safe to probe)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
+    return 0o022
+
+
+def local_temp_path(final_path: str, local_dir: str | None) -> str:
+    """A temp file next to ``final_path`` (local) or in the system temp folder (remote); the pid in its name
+    lets a later run tell a dead writer's leftovers from a live one's."""
+    folder = local_dir or os.path.join(tempfile.gettempdir(), "evol-tmp")
+    os.makedirs(folder, exist_ok=True)
+    name = f".{os.path.basename(final_path)}.{os.getpid()}.{uuid.uuid4().hex[:8]}{TMP_SUFFIX}"
+    path = os.path.join(folder, name)
+    # Same permissions as any other file the process writes (mkstemp would give 0600).
+    fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666 & ~_umask())
+    os.close(fd)
+    return path
 
 
 class ShardWriter:
-    """Write one Parquet shard; commit it on a clean exit, leave nothing behind on an error.
+    """Write one Parquet shard; commit it on a clean exit, leave nothing behind on any error.
 
-    Rows go to a local temporary file first (fsspec's own file ``__exit__`` would commit
-    partial data on an exception); the finished file is then moved (local) or uploaded in one
-    request (S3, memory) to its final name, and the ``.done`` marker is written last.
+    Rows go to a local temporary file first; the finished file is then moved (local) or uploaded in
+    one request (S3, memory) to its final name, and the ``.done`` marker is written last.
     """
 
-    def __init__(self, uri: str, schema: pa.Schema = RECORD_SCHEMA, settings: StorageSettings | None = None):
-        self.uri = uri
-        self.schema = schema
+    def __init__(self, uri: str, schema: pa.Schema = RECORD_SCHEMA, settings: StorageSettings | None = None,
+                 key: str | None = None):
+        self.uri, self.schema, self.key = uri, schema, key
         self.fs, self.path = resolve(uri, settings)
         self.rows = 0
         self._local = isinstance(self.fs, LocalFileSystem)
         if self._local:
             os.makedirs(os.path.dirname(self.path), exist_ok=True)
-            tmp_dir = os.path.dirname(self.path)
-        else:
-            tmp_dir = None
-        fd, self._tmp = tempfile.mkstemp(prefix=f".{os.path.basename(self.path)}.", suffix=".tmp", dir=tmp_dir)
-        os.close(fd)
+        self._tmp = local_temp_path(self.path, os.path.dirname(self.path) if self._local else None)
         self._writer: pq.ParquetWriter | None = pq.ParquetWriter(self._tmp, schema, compression="zstd")
 
     def write(self, table: pa.Table) -> None:
@@ -56,20 +89,31 @@ class ShardWriter:
     def commit(self) -> dict[str, Any]:
         """Publish the shard under its final name, then its marker; returns the marker."""
         assert self._writer is not None, "writer already closed"
-        self._writer.close()
-        self._writer = None
-        digest = _file_sha256(self._tmp)
-        if self._local:
-            os.replace(self._tmp, self.path)
-        else:
-            self.fs.put_file(self._tmp, self.path)
-            os.unlink(self._tmp)
-        marker = {"rows": self.rows, "sha256": digest, "uri": self.uri}
-        self.fs.pipe_file(self.path + MARKER_SUFFIX, json.dumps(marker).encode())
-        return marker
+        try:
+            self._writer.close()
+            self._writer = None
+            digest, size = _file_sha256(self._tmp), os.path.getsize(self._tmp)
+            faults.checkpoint("shard-before-publish")
+            if self._local:
+                # An old marker must not vouch for the new file while it is being replaced.
+                if os.path.exists(self.path + MARKER_SUFFIX):
+                    os.unlink(self.path + MARKER_SUFFIX)
+                os.replace(self._tmp, self.path)
+            else:
+                if self.fs.exists(self.path + MARKER_SUFFIX):
+                    self.fs.rm_file(self.path + MARKER_SUFFIX)
+                self.fs.put_file(self._tmp, self.path)
+                os.unlink(self._tmp)
+            faults.checkpoint("shard-before-marker")
+            marker = {"rows": self.rows, "size": size, "sha256": digest, "uri": self.uri, "key": self.key,
+                      "written_at": datetime.now(UTC).isoformat()}
+            write_file_atomic(self.uri + MARKER_SUFFIX, json.dumps(marker).encode(), fs=self.fs)
+            return marker
+        finally:
+            self.abort()
 
     def abort(self) -> None:
-        """Drop everything written so far."""
+        """Drop everything written so far (a no-op once committed)."""
         if self._writer is not None:
             self._writer.close()
             self._writer = None
@@ -80,7 +124,7 @@ class ShardWriter:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is None:
+        if exc_type is None and self._writer is not None:
             self.commit()
         else:
             self.abort()
@@ -94,38 +138,85 @@ def _file_sha256(path: str) -> str:
     return h.hexdigest()
 
 
-def write_shard(
-    uri: str, table: pa.Table, schema: pa.Schema = RECORD_SCHEMA, settings: StorageSettings | None = None
-) -> dict[str, Any]:
-    """Write a whole table as one committed shard; returns its marker (rows, sha256)."""
-    with ShardWriter(uri, schema, settings) as writer:
+def write_shard(uri: str, table: pa.Table, schema: pa.Schema = RECORD_SCHEMA,
+                settings: StorageSettings | None = None, key: str | None = None) -> dict[str, Any]:
+    """Write a whole table as one committed shard; returns its marker."""
+    with ShardWriter(uri, schema, settings, key) as writer:
         writer.write(table)
-    return read_marker(uri, settings)
+        return writer.commit()
 
 
 def read_marker(uri: str, settings: StorageSettings | None = None) -> dict[str, Any]:
-    """The commit marker of a shard; raises FileNotFoundError when the shard is not committed."""
+    """The commit marker of a shard; raises ShardCorrupt when there is none or it can't be read."""
     fs, path = resolve(uri, settings)
-    return json.loads(fs.cat_file(path + MARKER_SUFFIX))
+    try:
+        return json.loads(fs.cat_file(path + MARKER_SUFFIX))
+    except FileNotFoundError:
+        raise ShardCorrupt(uri, f"no {MARKER_SUFFIX} marker (not committed)") from None
+    except ValueError as err:
+        raise ShardCorrupt(uri, f"unreadable marker: {err}") from None
+
+
+def _checked_bytes(uri: str, settings: StorageSettings | None, expected: dict[str, Any] | None) -> tuple[
+        bytes, dict[str, Any]]:
+    marker = read_marker(uri, settings)
+    if expected is not None and marker.get("sha256") != expected.get("sha256"):
+        raise ShardCorrupt(uri, "its marker is not the one its stage recorded (rewritten by another run?)")
+    fs, path = resolve(uri, settings)
+    try:
+        data = fs.cat_file(path)
+    except FileNotFoundError:
+        raise ShardCorrupt(uri, "the file is missing") from None
+    if "size" in marker and len(data) != marker["size"]:
+        raise ShardCorrupt(uri, f"{len(data)} bytes, its marker says {marker['size']}")
+    if hashlib.sha256(data).hexdigest() != marker["sha256"]:
+        raise ShardCorrupt(uri, "its SHA-256 differs from its marker's")
+    return data, marker
+
+
+def verify_shard(uri: str, settings: StorageSettings | None = None,
+                 expected: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Check a shard against its marker (and the marker against ``expected``); returns the marker."""
+    return _checked_bytes(uri, settings, expected)[1]
+
+
+def committed_marker(uri: str, key: str | None = None, settings: StorageSettings | None = None) -> dict[
+        str, Any] | None:
+    """The marker of a shard that verifies and was written under ``key`` (when given), else None."""
+    try:
+        marker = verify_shard(uri, settings)
+    except ShardCorrupt:
+        return None
+    return marker if key is None or marker.get("key") == key else None
 
 
 def is_committed(uri: str, settings: StorageSettings | None = None) -> bool:
-    """Whether the shard and its marker are both there."""
-    fs, path = resolve(uri, settings)
-    return fs.exists(path + MARKER_SUFFIX) and fs.exists(path)
+    """Whether the shard is there and matches its marker."""
+    return committed_marker(uri, None, settings) is not None
 
 
-def read_shard(uri: str, settings: StorageSettings | None = None, columns: list[str] | None = None) -> pa.Table:
-    """Read a committed shard."""
+def read_shard(uri: str, settings: StorageSettings | None = None, columns: list[str] | None = None,
+               expected: dict[str, Any] | None = None) -> pa.Table:
+    """Read a committed shard after checking it against its marker; ShardCorrupt names the URI otherwise."""
+    data, marker = _checked_bytes(uri, settings, expected)
+    try:
+        table = pq.read_table(io.BytesIO(data), columns=columns)
+    except (pa.ArrowInvalid, OSError) as err:
+        raise ShardCorrupt(uri, f"not readable as Parquet: {err}") from None
+    if table.num_rows != marker["rows"]:
+        raise ShardCorrupt(uri, f"{table.num_rows} rows, its marker says {marker['rows']}")
+    return table
+
+
+def read_shard_unverified(uri: str, settings: StorageSettings | None = None) -> pa.Table:
+    """Read a shard without checking it (benchmarks compare against this)."""
     fs, path = resolve(uri, settings)
-    if not fs.exists(path + MARKER_SUFFIX):
-        raise FileNotFoundError(f"shard {uri} is not committed (no {MARKER_SUFFIX} marker)")
     with fs.open(path, "rb") as f:
-        return pq.read_table(f, columns=columns)
+        return pq.read_table(f)
 
 
 def list_committed_shards(dir_uri: str, settings: StorageSettings | None = None) -> list[str]:
-    """URIs of the committed ``shard-*.parquet`` files in a folder, in name order."""
+    """URIs of the ``shard-*.parquet`` files in a folder that have a marker, in name order (not verified)."""
     fs, path = resolve(dir_uri, settings)
     if not fs.exists(path):
         return []
@@ -140,20 +231,40 @@ def list_committed_shards(dir_uri: str, settings: StorageSettings | None = None)
     ]
 
 
+def remove_shards_except(dir_uri: str, keep: list[str], settings: StorageSettings | None = None) -> list[str]:
+    """Remove the shards (and markers) of a folder that a stage's new output no longer names."""
+    fs, path = resolve(dir_uri, settings)
+    if not fs.exists(path):
+        return []
+    kept = {os.path.basename(u) for u in keep}
+    removed = []
+    for p in fs.ls(path, detail=False):
+        name = os.path.basename(p)
+        base = name[: -len(MARKER_SUFFIX)] if name.endswith(MARKER_SUFFIX) else name
+        if name.startswith("shard-") and base not in kept:
+            fs.rm_file(p)
+            removed.append(join_uri(dir_uri, name))
+    return removed
+
+
 def shard_name(index: int) -> str:
     """File name of shard ``index``."""
     return f"shard-{index:05d}.parquet"
 
 
-def write_file_atomic(uri: str, data: bytes, settings: StorageSettings | None = None) -> str:
+def write_file_atomic(uri: str, data: bytes, settings: StorageSettings | None = None, fs: Any = None) -> str:
     """Write a whole file so that it appears complete or not at all; returns its SHA-256."""
-    fs, path = resolve(uri, settings)
+    if fs is None:
+        fs, path = resolve(uri, settings)
+    else:
+        path = resolve(uri, settings)[1]
     if isinstance(fs, LocalFileSystem):
         os.makedirs(os.path.dirname(path), exist_ok=True)
-        tmp = f"{os.path.dirname(path)}/.{os.path.basename(path)}.{uuid.uuid4().hex}.tmp"
+        tmp = local_temp_path(path, os.path.dirname(path))
         try:
             with open(tmp, "wb") as f:
                 f.write(data)
+            faults.checkpoint("file-before-publish")
             os.replace(tmp, path)
         finally:
             if os.path.exists(tmp):
@@ -161,3 +272,35 @@ def write_file_atomic(uri: str, data: bytes, settings: StorageSettings | None = 
     else:
         fs.pipe_file(path, data)  # one PUT: S3 shows the object only once complete
     return hashlib.sha256(data).hexdigest()
+
+
+def sweep_temp_files(dir_uri: str, settings: StorageSettings | None = None) -> list[str]:
+    """Remove temp files that killed writers left: under ``dir_uri`` (local) and, for any location, in the
+    system temp folder when their writer's process is gone. Call it while holding the run's lease."""
+    removed = []
+    fs, path = resolve(dir_uri, settings)
+    if isinstance(fs, LocalFileSystem) and os.path.isdir(path):
+        for folder, _dirs, files in os.walk(path):
+            for name in files:
+                if name.startswith(".") and name.endswith(TMP_SUFFIX):
+                    os.unlink(os.path.join(folder, name))
+                    removed.append(os.path.join(folder, name))
+    shared = os.path.join(tempfile.gettempdir(), "evol-tmp")
+    if os.path.isdir(shared):
+        for name in os.listdir(shared):
+            parts = name.split(".")
+            pid = int(parts[-3]) if len(parts) >= 4 and parts[-3].isdigit() else None
+            if pid is not None and not _pid_alive(pid):
+                os.unlink(os.path.join(shared, name))
+                removed.append(os.path.join(shared, name))
+    return removed
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from collections import Counter
 from datetime import UTC, datetime
@@ -9,14 +10,16 @@ from typing import Any
 
 import pyarrow as pa
 from prefect import task
+from prefect.logging import get_logger
+from prefect.states import Completed
 from pydantic import BaseModel
 
 from prompts import PromptPack, load_pack
-from storage import StorageSettings, is_committed, read_shard, write_shard
+from storage import ShardCorrupt, ShardRef, StorageSettings, read_shard, write_shard
 from storage.schema import records_table
 from storage.shards import read_marker
 from tasks.clean import clean_evolved_instruction
-from tasks.core.config import RunConfig
+from tasks.context import EvolveSpec
 from tasks.core.text import parent_text, record_id
 from tasks.eliminate import equality_reason, parse_equality, text_rule_reasons
 from tasks.llm.base import Completion, LLMBackend
@@ -31,8 +34,8 @@ class ShardSummary(BaseModel):
     """What one shard task did; small enough for Prefect to record."""
 
     round: int
-    shard: str
-    candidates_uri: str
+    pool_uri: str
+    candidates: ShardRef
     pool_in: int
     passed: int
     rejected: dict[str, int]
@@ -40,6 +43,7 @@ class ShardSummary(BaseModel):
     prompt_tokens: int
     completion_tokens: int
     seconds: float
+    reused: bool = False
 
 
 def _tokens(*completions: Completion | None) -> tuple[int, int]:
@@ -48,7 +52,7 @@ def _tokens(*completions: Completion | None) -> tuple[int, int]:
 
 
 def evolve_rows(
-    rows: list[dict[str, Any]], round_index: int, config: RunConfig, backend: LLMBackend, pack: PromptPack
+    rows: list[dict[str, Any]], round_index: int, config: EvolveSpec, backend: LLMBackend, pack: PromptPack
 ) -> list[dict[str, Any]]:
     """One candidate per pool row, in order, with status ``evolved`` or ``rejected`` and its reason."""
     weights = resolve_weights(pack, config.operation_weights)
@@ -117,61 +121,89 @@ def evolve_rows(
 
 
 def evolve_shard(
-    pool_uri: str,
+    pool: ShardRef,
     candidates_uri: str,
     round_index: int,
-    config: RunConfig,
+    spec: EvolveSpec,
     backend: LLMBackend,
     pack: PromptPack,
+    key: str | None = None,
     settings: StorageSettings | None = None,
 ) -> ShardSummary:
-    """Evolve every row of a committed pool shard and commit the candidates shard."""
+    """Evolve every row of a pool shard (checked against its ref) and commit the candidates shard under ``key``."""
     started = time.perf_counter()
-    rows = read_shard(pool_uri, settings).to_pylist()
-    candidates = evolve_rows(rows, round_index, config, backend, pack) if rows else []
-    write_shard(candidates_uri, records_table(candidates), settings=settings)
-    return summarize(round_index, pool_uri, candidates_uri, candidates, time.perf_counter() - started)
+    rows = read_shard(pool.uri, settings, expected=pool.model_dump()).to_pylist()
+    candidates = evolve_rows(rows, round_index, spec, backend, pack) if rows else []
+    marker = write_shard(candidates_uri, records_table(candidates), settings=settings, key=key)
+    return summarize(round_index, pool.uri, ShardRef.of(marker), candidates, time.perf_counter() - started)
 
 
-def summarize(round_index: int, pool_uri: str, candidates_uri: str, candidates: list[dict[str, Any]],
-              seconds: float) -> ShardSummary:
+def summarize(round_index: int, pool_uri: str, candidates: ShardRef, rows: list[dict[str, Any]],
+              seconds: float, reused: bool = False) -> ShardSummary:
     """The summary of a candidates shard."""
     return ShardSummary(
         round=round_index,
-        shard=pool_uri,
-        candidates_uri=candidates_uri,
-        pool_in=len(candidates),
-        passed=sum(1 for c in candidates if c["status"] == "evolved"),
-        rejected=dict(sorted(Counter(c["reject_reason"] for c in candidates if c["reject_reason"]).items())),
-        operations=dict(sorted(Counter(c["operation"] for c in candidates).items())),
-        prompt_tokens=sum(c["prompt_tokens"] for c in candidates),
-        completion_tokens=sum(c["completion_tokens"] for c in candidates),
+        pool_uri=pool_uri,
+        candidates=candidates,
+        pool_in=len(rows),
+        passed=sum(1 for c in rows if c["status"] == "evolved"),
+        rejected=dict(sorted(Counter(c["reject_reason"] for c in rows if c["reject_reason"]).items())),
+        operations=dict(sorted(Counter(c["operation"] for c in rows).items())),
+        prompt_tokens=sum(c["prompt_tokens"] for c in rows),
+        completion_tokens=sum(c["completion_tokens"] for c in rows),
         seconds=round(seconds, 3),
+        reused=reused,
     )
 
 
-def _shard_cache_key(context: Any, parameters: dict[str, Any]) -> str:
-    """A shard's work is the same when its pool shard content, round and run fingerprint are."""
-    marker = read_marker(parameters["pool_uri"])
-    fingerprint, round_index, pool_uri = parameters["fingerprint"], parameters["round_index"], parameters["pool_uri"]
-    return f"evolve:{fingerprint}:r{round_index}:{pool_uri}:{marker['sha256']}"
+def reusable_candidates(candidates_uri: str, key: str, settings: StorageSettings | None = None) -> tuple[
+        ShardRef, pa.Table] | None:
+    """The committed candidates shard written under ``key``, if it still verifies; None means compute it."""
+    try:
+        marker = read_marker(candidates_uri, settings)
+    except ShardCorrupt:
+        return None  # never committed
+    if marker.get("key") != key:
+        return None
+    try:
+        return ShardRef.of(marker), read_shard(candidates_uri, settings, expected=marker)
+    except ShardCorrupt as err:
+        logger = get_logger(__name__)
+        logger.warning("%s", err)
+        return None
 
 
-@task(
-    name="evolve-shard",
-    task_run_name="evolve-r{round_index}-s{shard_index:05d}",
-    cache_key_fn=_shard_cache_key,
-    persist_result=True,
-    retries=2,
-    retry_delay_seconds=[2, 10],
-    tags=["llm"],
-)
-def evolve_shard_task(pool_uri: str, candidates_uri: str, round_index: int, shard_index: int,
-                      config: RunConfig, fingerprint: str) -> ShardSummary:
-    """Evolve one pool shard; a shard whose candidates are already committed is read, not recomputed."""
-    if is_committed(candidates_uri):
-        rows = read_shard(candidates_uri).to_pylist()
-        return summarize(round_index, pool_uri, candidates_uri, rows, 0.0)
-    backend = get_backend(config.llm)
-    pack = load_pack(config.prompt_pack)
-    return evolve_shard(pool_uri, candidates_uri, round_index, config, backend, pack)
+_RUNTIMES: dict[str, tuple[PromptPack, LLMBackend]] = {}
+_RUNTIMES_LOCK = threading.Lock()
+
+
+def reset_stage_runtimes() -> None:
+    """Forget the packs and backends of earlier runs in this process (a run calls it at its start, so an
+    edited pack or a newly registered backend is picked up; vLLM engines stay cached on their own)."""
+    with _RUNTIMES_LOCK:
+        _RUNTIMES.clear()
+
+
+def stage_runtime(spec: EvolveSpec) -> tuple[PromptPack, LLMBackend]:
+    """The prompt pack and backend of a spec, built once per run and shared by its shard tasks."""
+    cache_key = spec.model_dump_json()
+    with _RUNTIMES_LOCK:
+        if cache_key not in _RUNTIMES:
+            _RUNTIMES[cache_key] = (load_pack(spec.prompt_pack), get_backend(spec.llm))
+        return _RUNTIMES[cache_key]
+
+
+@task(name="evolve-shard", task_run_name="evolve-r{round_index}-s{shard_index:05d}", retries=2,
+      retry_delay_seconds=[2, 10], tags=["llm"])
+def evolve_shard_task(pool: ShardRef, candidates_uri: str, round_index: int, shard_index: int,
+                      spec: EvolveSpec, key: str, force: bool = False) -> ShardSummary:
+    """Evolve one pool shard; a candidates shard already committed under the same key is reused (state
+    ``Reused`` in the UI), so the storage marker is the only record of what is done."""
+    if not force:
+        found = reusable_candidates(candidates_uri, key)
+        if found is not None:
+            ref, table = found
+            return Completed(data=summarize(round_index, pool.uri, ref, table.to_pylist(), 0.0, reused=True),
+                             name="Reused", message=f"{candidates_uri} was committed under the same key")
+    pack, backend = stage_runtime(spec)
+    return evolve_shard(pool, candidates_uri, round_index, spec, backend, pack, key=key)

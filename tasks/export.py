@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 
@@ -9,10 +10,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import yaml
 from prefect import task
+from prefect.states import Completed
 from pydantic import BaseModel
 
-from storage import RunLayout, StorageSettings, read_shard
+from storage import RunLayout, StorageSettings, read_shard, resolve
 from storage.shards import write_file_atomic
+from tasks.context import content_key
 from tasks.core.config import RunConfig
 from tasks.core.text import parent_text
 from tasks.mix import MixSummary
@@ -30,11 +33,12 @@ class ExportSummary(BaseModel):
     rows: int
     files: dict[str, str]  # kind -> URI
     sha256: dict[str, str]  # kind -> SHA-256 of the file
+    reused: bool = False
 
 
-def export_table(final_uri: str, settings: StorageSettings | None = None) -> pa.Table:
+def export_table(final_uri: str, sha256: str, settings: StorageSettings | None = None) -> pa.Table:
     """The final data with the exported columns (no wall-clock fields, so exports are reproducible)."""
-    return read_shard(final_uri, settings).select(EXPORT_COLUMNS)
+    return read_shard(final_uri, settings, expected={"sha256": sha256}).select(EXPORT_COLUMNS)
 
 
 def to_parquet_bytes(table: pa.Table) -> bytes:
@@ -57,11 +61,13 @@ def to_messages_bytes(table: pa.Table) -> bytes:
     return ("\n".join(lines) + "\n").encode("utf-8") if lines else b""
 
 
-def dataset_card(config: RunConfig, fingerprint: str, model: str, template_shas: dict[str, str],
+def dataset_card(config: RunConfig, data_key: str, model: str, template_shas: dict[str, str],
                  rounds: list[RoundSummary], mix: MixSummary) -> str:
-    """A Markdown dataset card: counts per round and operation, rejections, config, model, prompts."""
-    lines = [f"# Evol-Instruct data: {config.name or fingerprint}", "",
-             f"- fingerprint: `{fingerprint}`", f"- model: `{model}`", f"- prompt pack: `{config.prompt_pack}`",
+    """A Markdown dataset card: counts per round and operation, rejections, config, model, prompts.
+
+    It holds no wall-clock figures, so the same data always gives the same card."""
+    lines = [f"# Evol-Instruct data: {config.name or data_key}", "",
+             f"- data key: `{data_key}`", f"- model: `{model}`", f"- prompt pack: `{config.prompt_pack}`",
              f"- rows: {mix.final}", "", "## Rounds", "",
              "| round | pool in | evolved | carried | prompt tokens | completion tokens |",
              "| --- | --- | --- | --- | --- | --- |"]
@@ -82,31 +88,63 @@ def dataset_card(config: RunConfig, fingerprint: str, model: str, template_shas:
               "## Prompt templates", "", "| template | sha |", "| --- | --- |"]
     lines += [f"| {k} | `{v}` |" for k, v in sorted(template_shas.items())]
     lines += ["", "## Configuration", "", "```yaml",
-              yaml.safe_dump(config.model_dump(mode="json"), sort_keys=True).rstrip(), "```", ""]
+              yaml.safe_dump(config.model_dump(mode="json", exclude={"orchestration"}), sort_keys=True).rstrip(),
+              "```", ""]
     return "\n".join(lines)
 
 
-def export_final(layout: RunLayout, config: RunConfig, fingerprint: str, model: str,
-                 template_shas: dict[str, str], rounds: list[RoundSummary], mix: MixSummary,
+def export_final(layout: RunLayout, config: RunConfig, data_key: str, model: str,
+                 template_shas: dict[str, str], rounds: list[RoundSummary], mix: MixSummary, force: bool = False,
                  settings: StorageSettings | None = None) -> ExportSummary:
-    """Write every export under ``{run}/export/``."""
-    table = export_table(mix.final_uri, settings)
+    """Write every export under ``{run}/export/``, then ``_export.json``; reused when the final shard and
+    the card are what the last export was made from and every file still has its recorded SHA-256."""
+    card = dataset_card(config, data_key, model, template_shas, rounds, mix).encode()
+    key = content_key("export", mix.final_sha256, hashlib.sha256(card).hexdigest())
+    marker_uri = layout.file("export", "_export.json")
+    if not force:
+        reused = _reusable_export(marker_uri, key, settings)
+        if reused is not None:
+            return reused
+    table = export_table(mix.final_uri, mix.final_sha256, settings)
     payloads = {
         "parquet": ("data.parquet", to_parquet_bytes(table)),
         "alpaca": ("alpaca.json", to_alpaca_bytes(table)),
         "messages": ("messages.jsonl", to_messages_bytes(table)),
-        "card": ("README.md", dataset_card(config, fingerprint, model, template_shas, rounds, mix).encode()),
+        "card": ("README.md", card),
     }
     files, hashes = {}, {}
     for kind, (name, data) in payloads.items():
         uri = layout.file("export", name)
         hashes[kind] = write_file_atomic(uri, data, settings)
         files[kind] = uri
-    return ExportSummary(rows=table.num_rows, files=files, sha256=hashes)
+    summary = ExportSummary(rows=table.num_rows, files=files, sha256=hashes)
+    write_file_atomic(marker_uri, json.dumps({"key": key, "summary": summary.model_dump()}).encode(), settings)
+    return summary
+
+
+def _reusable_export(marker_uri: str, key: str, settings: StorageSettings | None) -> ExportSummary | None:
+    fs, path = resolve(marker_uri, settings)
+    try:
+        record = json.loads(fs.cat_file(path))
+    except (FileNotFoundError, ValueError):
+        return None
+    if record.get("key") != key:
+        return None
+    summary = ExportSummary.model_validate(record["summary"])
+    for kind, uri in summary.files.items():
+        file_fs, file_path = resolve(uri, settings)
+        try:
+            if hashlib.sha256(file_fs.cat_file(file_path)).hexdigest() != summary.sha256[kind]:
+                return None
+        except FileNotFoundError:
+            return None
+    return summary.model_copy(update={"reused": True})
 
 
 @task(name="export", retries=1, retry_delay_seconds=5)
-def export_final_task(layout: RunLayout, config: RunConfig, fingerprint: str, model: str,
-                      template_shas: dict[str, str], rounds: list[RoundSummary], mix: MixSummary) -> ExportSummary:
-    """Write the exports of the final data."""
-    return export_final(layout, config, fingerprint, model, template_shas, rounds, mix)
+def export_final_task(layout: RunLayout, config: RunConfig, data_key: str, model: str,
+                      template_shas: dict[str, str], rounds: list[RoundSummary], mix: MixSummary,
+                      force: bool = False) -> ExportSummary:
+    """Write the exports of the final data (or reuse them)."""
+    summary = export_final(layout, config, data_key, model, template_shas, rounds, mix, force)
+    return Completed(data=summary, name="Reused") if summary.reused else summary

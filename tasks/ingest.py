@@ -13,11 +13,24 @@ from typing import Any
 
 import pyarrow.parquet as pq
 from prefect import task
+from prefect.states import Completed
 from pydantic import BaseModel
 
-from storage import REJECTED_INPUT_SCHEMA, RunLayout, StorageSettings, join_uri, resolve, write_shard
+from storage import (
+    REJECTED_INPUT_SCHEMA,
+    RunLayout,
+    ShardRef,
+    StageMismatch,
+    StorageSettings,
+    join_uri,
+    read_stage,
+    resolve,
+    total_rows,
+    write_shard,
+    write_stage,
+)
 from storage.schema import records_table
-from storage.shards import shard_name, write_file_atomic
+from storage.shards import read_marker, remove_shards_except, shard_name
 from tasks.core.config import RunConfig
 from tasks.core.text import has_lone_surrogate, record_id
 
@@ -40,6 +53,9 @@ class IngestSummary(BaseModel):
     duplicates: int
     shards: list[str]
     rejected_uri: str | None
+    refs: list[ShardRef] = []
+    reused: bool = False
+    problems: list[str] = []  # why an earlier ingest of this run folder was not reused
 
 
 @dataclass
@@ -215,19 +231,30 @@ def ingest_seeds(
                          duplicates=reasons.get("duplicate", 0), shards=shards, rejected_uri=rejected_uri)
 
 
-def ingest_run_seeds(config: RunConfig, layout: RunLayout, settings: StorageSettings | None = None) -> IngestSummary:
-    """Round 0 of a run: ingest once; a run whose seeds are already ingested reads the summary back."""
-    summary_uri = layout.file("round=0", "_ingest.json")
-    fs, path = resolve(summary_uri, settings)
-    if fs.exists(path):
-        return IngestSummary.model_validate_json(fs.cat_file(path))
-    summary = ingest_seeds(config.seeds, layout.stage_dir(0, "pool"), layout.stage_dir(0, "rejected_input"),
-                           config.shard_size, config.field_map, settings)
-    write_file_atomic(summary_uri, summary.model_dump_json(indent=2).encode(), settings)
+def ingest_run_seeds(config: RunConfig, layout: RunLayout, key: str, force: bool = False,
+                     settings: StorageSettings | None = None) -> IngestSummary:
+    """Round 0 of a run: the seed shards. Reused when ``_ingest.json`` was written under ``key`` (the seed
+    file's content, field map, shard size, reader) and every shard it names still verifies."""
+    marker_uri = layout.file("round=0", "_ingest.json")
+    problems: list[str] = []
+    record = None if force else read_stage(marker_uri, key, settings, problems)
+    if record is not None:
+        return IngestSummary.model_validate({**record["summary"], "reused": True})
+    pool_dir, rejected_dir = layout.stage_dir(0, "pool"), layout.stage_dir(0, "rejected_input")
+    summary = ingest_seeds(config.seeds, pool_dir, rejected_dir, config.shard_size, config.field_map, settings)
+    refs = [ShardRef.of(read_marker(uri, settings)) for uri in summary.shards]
+    if total_rows(refs) != summary.accepted:
+        raise StageMismatch(f"ingest: {summary.accepted} rows accepted but the shards hold {total_rows(refs)}")
+    rejected = [ShardRef.of(read_marker(summary.rejected_uri, settings))] if summary.rejected_uri else []
+    remove_shards_except(pool_dir, summary.shards, settings)
+    remove_shards_except(rejected_dir, [r.uri for r in rejected], settings)
+    summary = summary.model_copy(update={"refs": refs, "problems": problems})
+    write_stage(marker_uri, key, summary.model_dump(mode="json"), {"pool": refs, "rejected": rejected}, settings)
     return summary
 
 
 @task(name="ingest-seeds", retries=2, retry_delay_seconds=5)
-def ingest_run_seeds_task(config: RunConfig, layout: RunLayout) -> IngestSummary:
-    """Ingest the run's seed file into round 0."""
-    return ingest_run_seeds(config, layout)
+def ingest_run_seeds_task(config: RunConfig, layout: RunLayout, key: str, force: bool = False) -> IngestSummary:
+    """Ingest the run's seed file into round 0 (or reuse it)."""
+    summary = ingest_run_seeds(config, layout, key, force)
+    return Completed(data=summary, name="Reused") if summary.reused else summary

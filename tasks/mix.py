@@ -6,9 +6,20 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 from prefect import task
+from prefect.states import Completed
 from pydantic import BaseModel
 
-from storage import RunLayout, StorageSettings, list_committed_shards, read_shard, write_shard
+from storage import (
+    RunLayout,
+    ShardRef,
+    StageMismatch,
+    StorageSettings,
+    read_shard,
+    read_stage,
+    total_rows,
+    write_shard,
+    write_stage,
+)
 from storage.schema import RECORD_SCHEMA
 from tasks.core.config import RunConfig
 from tasks.core.text import parent_text
@@ -29,15 +40,13 @@ class MixSummary(BaseModel):
     by_operation: dict[str, int]
     final_uri: str
     dropped_uri: str
+    final_sha256: str
+    reused: bool = False
 
 
-def gather_survivors(layout: RunLayout, rounds: int, include_seeds: bool,
-                     settings: StorageSettings | None = None) -> pa.Table:
-    """Seeds (optionally) and every round's evolved rows, seeds first, then by round and shard."""
-    uris = list_committed_shards(layout.stage_dir(0, "pool"), settings) if include_seeds else []
-    for k in range(1, rounds + 1):
-        uris += list_committed_shards(layout.stage_dir(k, "evolved"), settings)
-    tables = [read_shard(u, settings) for u in uris]
+def gather_survivors(inputs: list[ShardRef], settings: StorageSettings | None = None) -> pa.Table:
+    """The input shards (seeds first, then each round's evolved rows), each checked against its ref."""
+    tables = [read_shard(ref.uri, settings, expected=ref.model_dump()) for ref in inputs]
     return pa.concat_tables(tables) if tables else RECORD_SCHEMA.empty_table()
 
 
@@ -46,9 +55,19 @@ def _with_reason(table: pa.Table, reason: str) -> pa.Table:
                             pa.array([reason] * table.num_rows, pa.string()))
 
 
-def mix_final(layout: RunLayout, config: RunConfig, settings: StorageSettings | None = None) -> MixSummary:
-    """Build and commit ``final/`` (the training data) and ``final_dropped/`` (with reasons)."""
-    table = gather_survivors(layout, config.rounds, config.mix.include_seeds, settings)
+def mix_final(layout: RunLayout, config: RunConfig, inputs: list[ShardRef], key: str, force: bool = False,
+              settings: StorageSettings | None = None) -> MixSummary:
+    """Build and commit ``final/`` (the training data) and ``final_dropped/`` (with reasons) from ``inputs``.
+
+    Reused when ``final/_mix.json`` was written under ``key`` and both shards still verify.
+    """
+    marker_uri = layout.file("final", "_mix.json")
+    record = None if force else read_stage(marker_uri, key, settings)
+    if record is not None:
+        return MixSummary.model_validate({**record["summary"], "reused": True})
+    table = gather_survivors(inputs, settings)
+    if table.num_rows != total_rows(inputs):
+        raise StageMismatch(f"mix: read {table.num_rows} rows from shards that hold {total_rows(inputs)}")
     candidates = table.num_rows
     has_response = pc.invert(pc.fill_null(pc.equal(pc.utf8_trim_whitespace(table["response"]), ""), True))
     has_response = pc.and_(pc.is_valid(table["response"]), pc.fill_null(has_response, False))
@@ -86,21 +105,26 @@ def mix_final(layout: RunLayout, config: RunConfig, settings: StorageSettings | 
 
     final_uri = layout.run_shard("final", 0)
     dropped_uri = layout.run_shard("final_dropped", 0)
-    write_shard(final_uri, table, settings=settings)
-    write_shard(dropped_uri, pa.concat_tables([d.select(RECORD_SCHEMA.names).cast(RECORD_SCHEMA) for d in dropped]),
-                settings=settings)
+    final_ref = ShardRef.of(write_shard(final_uri, table, settings=settings, key=key))
+    dropped_table = pa.concat_tables([d.select(RECORD_SCHEMA.names).cast(RECORD_SCHEMA) for d in dropped])
+    dropped_ref = ShardRef.of(write_shard(dropped_uri, dropped_table, settings=settings, key=key))
     rounds = pc.value_counts(table["round"]).to_pylist()
     ops = pc.value_counts(table["operation"]).to_pylist()
-    return MixSummary(
+    summary = MixSummary(
         candidates=candidates, no_response=dropped[0].num_rows, exact_duplicates=exact_dropped.num_rows,
         near_duplicates=near_count, sampled_out=sampled_out, final=table.num_rows,
         by_round={str(r["values"]): r["counts"] for r in sorted(rounds, key=lambda r: r["values"])},
         by_operation={r["values"]: r["counts"] for r in sorted(ops, key=lambda r: r["values"])},
-        final_uri=final_uri, dropped_uri=dropped_uri,
+        final_uri=final_uri, dropped_uri=dropped_uri, final_sha256=final_ref.sha256,
     )
+    write_stage(marker_uri, key, summary.model_dump(mode="json"), {"final": [final_ref], "dropped": [dropped_ref]},
+                settings)
+    return summary
 
 
 @task(name="mix-final", retries=1, retry_delay_seconds=5)
-def mix_final_task(layout: RunLayout, config: RunConfig) -> MixSummary:
-    """Mix every round's survivors into the final data."""
-    return mix_final(layout, config)
+def mix_final_task(layout: RunLayout, config: RunConfig, inputs: list[ShardRef], key: str,
+                   force: bool = False) -> MixSummary:
+    """Mix the seeds and every round's survivors into the final data (or reuse it)."""
+    summary = mix_final(layout, config, inputs, key, force)
+    return Completed(data=summary, name="Reused") if summary.reused else summary

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from storage import RunLayout, StorageSettings, duck_connect, list_committed_shards, read_parquet_sql
+from storage import ShardRef, StorageSettings, duck_connect, read_parquet_sql, total_rows
 from tasks.mix import MixSummary
 from tasks.round import RoundSummary
 
@@ -21,7 +21,9 @@ def round_table(summary: RoundSummary) -> list[dict[str, object]]:
     rows += [
         {"metric": "prompt tokens", "value": summary.prompt_tokens},
         {"metric": "completion tokens", "value": summary.completion_tokens},
-        {"metric": "shard seconds (sum)", "value": summary.seconds},
+        {"metric": "wall seconds", "value": summary.wall_seconds},
+        {"metric": "shard seconds (sum)", "value": summary.shard_seconds},
+        {"metric": "shards reused", "value": summary.shards_reused},
     ]
     return rows
 
@@ -37,23 +39,23 @@ def bar_chart(title: str, values: dict[str, float]) -> str:
     return f"**{title}**\n\n```\n" + "\n".join(lines) + "\n```\n"
 
 
-def instruction_length_by_round(layout: RunLayout, rounds: int,
+def instruction_length_by_round(seeds: list[ShardRef], rounds: list[RoundSummary],
                                 settings: StorageSettings | None = None) -> dict[str, float]:
-    """Mean instruction length in words: the seeds, then each round's evolutions."""
+    """Mean instruction length in words: the seeds, then each round's evolutions (rounds with none left out)."""
     out: dict[str, float] = {}
-    for k in range(0, rounds + 1):
-        uris = list_committed_shards(layout.stage_dir(k, "pool" if k == 0 else "evolved"), settings)
-        if not uris:
+    for label, refs in [("seeds", seeds)] + [(f"round {r.round}", r.evolved_shards) for r in rounds]:
+        if not total_rows(refs):
             continue
+        uris = [r.uri for r in refs]
         con = duck_connect(*uris, settings=settings)
         mean = con.execute(
             f"SELECT avg(len(string_split(trim(instruction), ' '))) FROM {read_parquet_sql(uris)}"
         ).fetchone()[0]
-        out["seeds" if k == 0 else f"round {k}"] = round(mean or 0.0, 1)
+        out[label] = round(mean, 1)
     return out
 
 
-def final_markdown(run_uri: str, fingerprint: str, rounds: list[RoundSummary], mix: MixSummary,
+def final_markdown(run_uri: str, data_key: str, rounds: list[RoundSummary], mix: MixSummary,
                    lengths: dict[str, float], exports: dict[str, str]) -> str:
     """The run's final summary."""
     reasons: dict[str, float] = {}
@@ -64,8 +66,8 @@ def final_markdown(run_uri: str, fingerprint: str, rounds: list[RoundSummary], m
         for k, v in r.operations.items():
             operations[k] = operations.get(k, 0) + v
     parts = [
-        f"# Evol-Instruct run `{fingerprint}`\n",
-        f"Outputs: `{run_uri}`; final rows: **{mix.final}**.\n",
+        f"# Evol-Instruct run `{run_uri}`\n",
+        f"Data key `{data_key}`; final rows: **{mix.final}**.\n",
         "| round | pool in | evolved | carried | tokens |\n| --- | --- | --- | --- | --- |\n"
         + "".join(f"| {r.round} | {r.pool_in} | {r.evolved} | {r.carried} | "
                   f"{r.prompt_tokens + r.completion_tokens} |\n" for r in rounds),

@@ -2,17 +2,29 @@
 
 from __future__ import annotations
 
-import json
+import time
 from collections import Counter
 from typing import Any
 
 from prefect import task
+from prefect.states import Completed
 from pydantic import BaseModel
 
-from storage import RunLayout, StorageSettings, duck_connect, list_committed_shards, read_parquet_sql, read_shard
+from storage import (
+    RunLayout,
+    ShardRef,
+    StorageSettings,
+    duck_connect,
+    read_parquet_sql,
+    read_shard,
+    read_stage,
+    verify_shard,
+    write_shard,
+    write_stage,
+)
 from storage.schema import records_table
-from storage.shards import write_shard
-from storage.uri import resolve
+from storage.shards import remove_shards_except
+from tasks.context import content_key
 from tasks.dedup import find_exact_duplicates
 from tasks.evolve import ShardSummary
 
@@ -22,7 +34,7 @@ class RoundInvariantError(RuntimeError):
 
 
 class RoundSummary(BaseModel):
-    """One round, as shown in the UI and the dataset card."""
+    """One round, as shown in the UI and the dataset card, with the shards it handed on."""
 
     round: int
     shards: int
@@ -33,17 +45,13 @@ class RoundSummary(BaseModel):
     operations: dict[str, int]
     prompt_tokens: int
     completion_tokens: int
-    seconds: float
-
-
-def reference_shards(layout: RunLayout, round_index: int, settings: StorageSettings | None = None) -> list[str]:
-    """Shards an evolution must not duplicate: the seeds, every earlier round's evolutions, the current pool."""
-    uris = list_committed_shards(layout.stage_dir(0, "pool"), settings)
-    for k in range(1, round_index):
-        uris += list_committed_shards(layout.stage_dir(k, "evolved"), settings)
-    if round_index > 1:
-        uris += list_committed_shards(layout.stage_dir(round_index - 1, "pool"), settings)
-    return uris
+    wall_seconds: float  # from the round's start to its end
+    shard_seconds: float  # summed over its shard tasks
+    shards_reused: int = 0
+    reused: bool = False
+    pool_out: list[ShardRef] = []
+    evolved_shards: list[ShardRef] = []
+    rejected_shards: list[ShardRef] = []
 
 
 def next_pool_rows(pool: list[dict[str, Any]], candidates: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -53,26 +61,45 @@ def next_pool_rows(pool: list[dict[str, Any]], candidates: list[dict[str, Any]])
     return [c if c["status"] == "evolved" else p for p, c in zip(pool, candidates, strict=True)]
 
 
+def round_key(shard_summaries: list[ShardSummary], pool_in: list[ShardRef], references: list[ShardRef]) -> str:
+    """What finishing a round depends on: its pool and candidate shards and the shards its dedup reads."""
+    return content_key("round", [p.sha256 for p in pool_in], [s.candidates.sha256 for s in shard_summaries],
+                       [r.sha256 for r in references])
+
+
 def finish_round(
     layout: RunLayout,
     round_index: int,
     shard_summaries: list[ShardSummary],
+    pool_in: list[ShardRef],
+    references: list[ShardRef],
+    started: float,
+    force: bool = False,
     settings: StorageSettings | None = None,
 ) -> RoundSummary:
-    """Mark cross-shard duplicates, write evolved / rejected / next pool shards, check the invariant."""
-    summary_uri = layout.file(f"round={round_index}", "_round.json")
-    fs, summary_path = resolve(summary_uri, settings)
-    if fs.exists(summary_path):
-        return RoundSummary.model_validate_json(fs.cat_file(summary_path))
-    candidate_uris = [s.candidates_uri for s in shard_summaries]
-    duplicates = find_exact_duplicates(candidate_uris, reference_shards(layout, round_index, settings), settings)
+    """Mark cross-shard duplicates, write evolved / rejected / next pool shards, check the invariant.
+
+    ``references`` are the shards an evolution must not duplicate (seeds, earlier rounds' evolutions, the
+    pool). Reused when ``_round.json`` was written under the same key and its shards still verify.
+    """
+    key = round_key(shard_summaries, pool_in, references)
+    marker_uri = layout.file(f"round={round_index}", "_round.json")
+    record = None if force else read_stage(marker_uri, key, settings)
+    if record is not None:
+        return RoundSummary.model_validate({**record["summary"], "reused": True})
+    candidate_uris = [s.candidates.uri for s in shard_summaries]
+    for ref in references:
+        verify_shard(ref.uri, settings, expected=ref.model_dump())
+    duplicates = find_exact_duplicates(candidate_uris, [r.uri for r in references], settings)
     duplicate_of = dict(zip(duplicates.column("id").to_pylist(), duplicates.column("duplicate_of").to_pylist(),
                             strict=True))
     reasons: Counter[str] = Counter()
     operations: Counter[str] = Counter()
-    for i, summary in enumerate(shard_summaries):
-        pool = read_shard(summary.shard, settings).to_pylist()
-        candidates = read_shard(summary.candidates_uri, settings).to_pylist()
+    outputs: dict[str, list[ShardRef]] = {"evolved": [], "rejected": [], "pool": []}
+    for i, (summary, pool_ref) in enumerate(zip(shard_summaries, pool_in, strict=True)):
+        pool = read_shard(pool_ref.uri, settings, expected=pool_ref.model_dump()).to_pylist()
+        candidates = read_shard(summary.candidates.uri, settings,
+                                expected=summary.candidates.model_dump()).to_pylist()
         for c in candidates:
             if c["status"] == "evolved" and c["id"] in duplicate_of:
                 c.update(status="rejected", reject_reason="duplicate", duplicate_of=duplicate_of[c["id"]])
@@ -80,11 +107,13 @@ def finish_round(
         rejected = [c for c in candidates if c["status"] == "rejected"]
         reasons.update(c["reject_reason"] for c in rejected)
         operations.update(c["operation"] for c in evolved)
-        write_shard(layout.shard(round_index, "evolved", i), records_table(evolved), settings=settings)
-        write_shard(layout.shard(round_index, "rejected", i), records_table(rejected), settings=settings)
-        write_shard(layout.shard(round_index, "pool", i), records_table(next_pool_rows(pool, candidates)),
-                    settings=settings)
-    counts = check_round_invariant(layout, round_index, [s.shard for s in shard_summaries], settings)
+        for stage, rows in (("evolved", evolved), ("rejected", rejected), ("pool", next_pool_rows(pool, candidates))):
+            marker = write_shard(layout.shard(round_index, stage, i), records_table(rows), settings=settings, key=key)
+            outputs[stage].append(ShardRef.of(marker))
+    for stage, refs in outputs.items():
+        remove_shards_except(layout.stage_dir(round_index, stage), [r.uri for r in refs], settings)
+    remove_shards_except(layout.stage_dir(round_index, "candidates"), candidate_uris, settings)
+    counts = check_round_invariant(round_index, [r.uri for r in pool_in], outputs, settings)
     result = RoundSummary(
         round=round_index,
         shards=len(shard_summaries),
@@ -95,22 +124,24 @@ def finish_round(
         operations=dict(sorted(operations.items())),
         prompt_tokens=sum(s.prompt_tokens for s in shard_summaries),
         completion_tokens=sum(s.completion_tokens for s in shard_summaries),
-        seconds=round(sum(s.seconds for s in shard_summaries), 3),
+        wall_seconds=round(time.time() - started, 3),
+        shard_seconds=round(sum(s.seconds for s in shard_summaries), 3),
+        shards_reused=sum(1 for s in shard_summaries if s.reused),
+        pool_out=outputs["pool"],
+        evolved_shards=outputs["evolved"],
+        rejected_shards=outputs["rejected"],
     )
-    fs.pipe_file(summary_path, json.dumps(result.model_dump(), indent=2).encode())
+    write_stage(marker_uri, key, result.model_dump(mode="json"), outputs, settings)
     return result
 
 
-def check_round_invariant(
-    layout: RunLayout, round_index: int, pool_in_uris: list[str], settings: StorageSettings | None = None
-) -> dict[str, int]:
+def check_round_invariant(round_index: int, pool_in_uris: list[str], outputs: dict[str, list[ShardRef]],
+                          settings: StorageSettings | None = None) -> dict[str, int]:
     """Pool in = evolved + carried, and every carried row has exactly one rejected candidate with a reason.
 
     Computed with DuckDB over the committed shards, independently of how they were written.
     """
-    evolved_uris = list_committed_shards(layout.stage_dir(round_index, "evolved"), settings)
-    rejected_uris = list_committed_shards(layout.stage_dir(round_index, "rejected"), settings)
-    next_uris = list_committed_shards(layout.stage_dir(round_index, "pool"), settings)
+    evolved_uris, rejected_uris, next_uris = ([r.uri for r in outputs[k]] for k in ("evolved", "rejected", "pool"))
     con = duck_connect(*(pool_in_uris + evolved_uris), settings=settings)
     pool_in = con.execute(f"SELECT count(*) FROM {read_parquet_sql(pool_in_uris)}").fetchone()[0]
     evolved = con.execute(f"SELECT count(*) FROM {read_parquet_sql(evolved_uris)}").fetchone()[0]
@@ -135,6 +166,9 @@ def check_round_invariant(
 
 
 @task(name="finish-round", task_run_name="finish-r{round_index}", retries=1, retry_delay_seconds=5)
-def finish_round_task(layout: RunLayout, round_index: int, shard_summaries: list[ShardSummary]) -> RoundSummary:
-    """Finish a round once all its shards are done."""
-    return finish_round(layout, round_index, shard_summaries)
+def finish_round_task(layout: RunLayout, round_index: int, shard_summaries: list[ShardSummary],
+                      pool_in: list[ShardRef], references: list[ShardRef], started: float,
+                      force: bool = False) -> RoundSummary:
+    """Finish a round once all its shards are done (or reuse its committed outputs)."""
+    summary = finish_round(layout, round_index, shard_summaries, pool_in, references, started, force)
+    return Completed(data=summary, name="Reused") if summary.reused else summary

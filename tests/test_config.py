@@ -1,11 +1,11 @@
-"""RunConfig loading, errors that name the key and file, and the run fingerprint."""
+"""RunConfig loading, errors that name the key and file, and the run folder."""
 
 from __future__ import annotations
 
 import pytest
 from pydantic import ValidationError
 
-from tasks.core.config import ConfigError, EnvSettings, RunConfig, load_run_config, parse_run_config, run_fingerprint
+from tasks.core.config import ConfigError, EnvSettings, RunConfig, load_run_config, parse_run_config
 
 
 def write(tmp_path, text: str):
@@ -58,15 +58,11 @@ def test_missing_seeds_and_bad_yaml(tmp_path):
         parse_run_config({"seeds": "s", "operation_weights": {"deepening": 0}})
 
 
-def test_fingerprint_is_stable_and_sensitive():
-    a = RunConfig(seeds="s3://b/seeds.jsonl")
-    b = RunConfig(seeds="s3://b/seeds.jsonl", name="other", output_root="elsewhere")
-    assert run_fingerprint(a) == run_fingerprint(b)  # names and locations don't change outputs
-    assert run_fingerprint(a) != run_fingerprint(RunConfig(seeds="s3://b/seeds.jsonl", seed=1))
-    assert run_fingerprint(a, {"deepening": "abc"}) != run_fingerprint(a, {"deepening": "abd"})
-    assert run_fingerprint(a, model_id="m1") != run_fingerprint(a, model_id="m2")
-    assert len(run_fingerprint(a)) == 16
+def test_run_folder_is_the_name_or_the_seed_file_stem():
+    from tasks.context import run_layout
 
+    assert run_layout(RunConfig(seeds="s3://b/seeds.jsonl", name="nightly", output_root="/o")).run_uri == "/o/nightly"
+    assert run_layout(RunConfig(seeds="s3://b/my seeds.v2.jsonl.gz", output_root="/o")).run_uri == "/o/my-seeds"
 
 def test_env_settings_nested(monkeypatch):
     monkeypatch.setenv("EVOL_STORAGE__ENDPOINT_URL", "http://127.0.0.1:9000")

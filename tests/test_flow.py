@@ -52,7 +52,7 @@ def test_full_flow_exact_counts_and_golden_export(prefect_harness, tmp_path):
     alpaca = json.loads(read_bytes(result.export.files["alpaca"]))
     assert {a["instruction"] for a in alpaca} >= {s["instruction"] for s in seeds}
     card = read_bytes(result.export.files["card"]).decode()
-    assert result.fingerprint in card and "| duplicate | 4 |" in card
+    assert result.data_key in card and "| duplicate | 4 |" in card
     digest = hashlib.sha256(messages).hexdigest()
     assert digest == GOLDEN_MESSAGES_SHA
     assert result.export.sha256["messages"] == digest
@@ -107,7 +107,7 @@ def test_failed_shards_rerun_alone_and_export_is_identical(prefect_harness, tmp_
     state2 = evol_instruct(config, return_state=True)
     assert state2.is_completed()
     runs = asyncio.run(task_runs_of_round(state2.state_details.flow_run_id, 1))
-    assert sorted(r.state.name for r in runs) == ["Cached"] * 3 + ["Completed"]
+    assert sorted(r.state.name for r in runs) == ["Completed"] + ["Reused"] * 3
     recomputed = [r.name for r in runs if r.state.name == "Completed"]
     assert recomputed == ["evolve-r1-s00003"]
     result = state2.result()
@@ -120,9 +120,9 @@ def test_cached_shard_whose_output_was_deleted_is_recomputed(prefect_harness, tm
                             llm={"backend": "scripted", "model": "demo"})
     first = evol_instruct(config)
     from storage import is_committed
-    from tasks.plan import plan_run
+    from tasks.context import run_layout
 
-    layout = plan_run(config).layout
+    layout = run_layout(config)
     shard = layout.shard(1, "candidates", 0)
     fs, path = resolve(shard)
     fs.rm(path + ".done")

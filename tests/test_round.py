@@ -7,9 +7,11 @@ import json
 import pytest
 
 from prompts import load_pack
-from storage import RunLayout, list_committed_shards, read_shard
+from storage import RunLayout, ShardRef, list_committed_shards, read_shard
+from storage.shards import read_marker
+from tasks.context import EvolveSpec
 from tasks.core.config import RunConfig
-from tasks.evolve import evolve_shard
+from tasks.evolve import evolve_shard, summarize
 from tasks.ingest import ingest_seeds
 from tasks.llm.scripted import ScriptedBackend
 from tasks.round import RoundInvariantError, check_round_invariant, finish_round
@@ -27,12 +29,19 @@ def seeded(tmp_path):
     return seeds, layout, config
 
 
+def refs(layout, k, stage):
+    return [ShardRef.of(read_marker(u)) for u in list_committed_shards(layout.stage_dir(k, stage))]
+
+
 def run_round(layout, config, backend, k):
+    """What the round flow does, without Prefect: evolve every pool shard, then finish the round."""
     pack = load_pack("general")
-    pool = list_committed_shards(layout.stage_dir(k - 1, "pool"))
-    summaries = [evolve_shard(uri, layout.shard(k, "candidates", i), k, config, backend, pack)
-                 for i, uri in enumerate(pool)]
-    return finish_round(layout, k, summaries)
+    pool = refs(layout, k - 1, "pool")
+    references = refs(layout, 0, "pool") + [r for j in range(1, k) for r in refs(layout, j, "evolved")]
+    references += pool if k > 1 else []
+    summaries = [evolve_shard(ref, layout.shard(k, "candidates", i), k, EvolveSpec.of(config), backend, pack)
+                 for i, ref in enumerate(pool)]
+    return finish_round(layout, k, summaries, pool, references, started=0.0)
 
 
 def test_two_rounds_exact_counts_and_pool_semantics(seeded):
@@ -79,20 +88,23 @@ def test_invariant_fails_loudly_when_a_rejection_is_missing(seeded):
     rows = read_shard(uri).to_pylist()
     write_shard(uri, records_table(rows[1:]))  # lose one rejected candidate
     pool_in = list_committed_shards(layout.stage_dir(0, "pool"))
+    outputs = {stage: refs(layout, 1, stage) for stage in ("evolved", "rejected", "pool")}
     with pytest.raises(RoundInvariantError, match="without exactly one rejected candidate: 1"):
-        check_round_invariant(layout, 1, pool_in)
+        check_round_invariant(1, pool_in, outputs)
 
 
-def test_finished_round_is_not_redone(seeded):
+def test_finished_round_is_reused_from_its_marker_without_the_model(seeded):
     seeds, layout, config = seeded
     backend = ScriptedBackend(PlannedScript(seeds))
     first = run_round(layout, config, backend, 1)
-    calls = backend.calls
-    pack = load_pack("general")
-    pool = list_committed_shards(layout.stage_dir(0, "pool"))
-    from tasks.evolve import summarize
-
-    summaries = [summarize(1, u, layout.shard(1, "candidates", i), read_shard(layout.shard(1, "candidates", i))
-                           .to_pylist(), 0.0) for i, u in enumerate(pool)]
-    assert finish_round(layout, 1, summaries) == first
-    assert backend.calls == calls and pack is not None
+    pool = refs(layout, 0, "pool")
+    summaries = [summarize(1, p.uri, ShardRef.of(read_marker(layout.shard(1, "candidates", i))),
+                           read_shard(layout.shard(1, "candidates", i)).to_pylist(), 0.0)
+                 for i, p in enumerate(pool)]
+    again = finish_round(layout, 1, summaries, pool, pool, started=0.0)
+    assert again.reused and not first.reused
+    assert again.model_dump(exclude={"reused"}) == first.model_dump(exclude={"reused"})
+    # a different reference set is a different key: the round is finished anew. Without seed 13's shard
+    # among the references, one of its two copies is no longer a duplicate.
+    redone = finish_round(layout, 1, summaries, pool, pool[:1], started=0.0)
+    assert not redone.reused and (redone.evolved, redone.rejected["duplicate"]) == (first.evolved + 1, 1)

@@ -10,6 +10,7 @@ import pytest
 from storage import (
     RECORD_SCHEMA,
     RunLayout,
+    ShardCorrupt,
     ShardWriter,
     duck_connect,
     is_committed,
@@ -80,7 +81,7 @@ def test_uncommitted_shard_is_not_listed_or_read(tmp_path):
     fs, path = resolve(uri)
     fs.rm(path + ".done")
     assert list_committed_shards(RunLayout(str(tmp_path), "r").stage_dir(0, "pool")) == []
-    with pytest.raises(FileNotFoundError, match="not committed"):
+    with pytest.raises(ShardCorrupt, match="not committed"):
         read_shard(uri)
 
 

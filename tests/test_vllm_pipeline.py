@@ -10,7 +10,7 @@ from flows.evol_instruct import evol_instruct
 from prompts import load_pack
 from storage import list_committed_shards, read_shard
 from tasks.core.config import parse_run_config
-from tasks.plan import plan_run
+from tasks.context import run_layout
 from tests.flow_script import load_seeds
 
 pytestmark = pytest.mark.vllm
@@ -33,7 +33,7 @@ def test_one_round_on_8_seeds_with_vllm(prefect_harness, tmp_path, model_dir, mo
     assert sum(r1.rejected.values()) == r1.carried
     assert r1.prompt_tokens > 0 and r1.completion_tokens > 0
 
-    layout = plan_run(config).layout
+    layout = run_layout(config)
     shas = load_pack("general").template_shas()
     candidates = [row for uri in list_committed_shards(layout.stage_dir(1, "candidates"))
                   for row in read_shard(uri).to_pylist()]

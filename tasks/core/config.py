@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 from pathlib import Path
 from typing import Any, Literal
 
@@ -180,19 +178,3 @@ def load_run_config(path: str | Path, overrides: dict[str, Any] | None = None) -
             if isinstance(value, str) and "://" not in value and not Path(value).is_absolute():
                 data[key] = str((path.parent / value).resolve())
     return parse_run_config(data, str(path))
-
-
-def run_fingerprint(config: RunConfig, template_shas: dict[str, str] | None = None, model_id: str | None = None) -> str:
-    """A stable hash of everything that decides the outputs: config, templates, model."""
-    payload = {
-        "config": config.model_dump(mode="json", exclude={"name", "output_root", "orchestration"}),
-        "templates": dict(sorted((template_shas or {}).items())),
-        "model": model_id or config.llm.model,
-    }
-    blob = json.dumps(payload, sort_keys=True, separators=(",", ":")).encode()
-    return hashlib.sha256(blob).hexdigest()[:16]
-
-
-def run_id_for(config: RunConfig, fingerprint: str) -> str:
-    """The run folder's name: the config's name (if any) and the fingerprint."""
-    return f"{config.name}-{fingerprint}" if config.name else fingerprint

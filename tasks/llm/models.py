@@ -135,3 +135,37 @@ def resolve_model(name: str, models_dir: str | Path) -> str:
     if path.is_dir():
         return str(path.resolve())
     return name
+
+
+# Engine arguments that change speed or memory, never what the model generates: not part of its identity.
+PERFORMANCE_ENGINE_ARGS = frozenset({
+    "tensor_parallel_size", "pipeline_parallel_size", "data_parallel_size", "gpu_memory_utilization",
+    "enforce_eager", "max_num_seqs", "max_num_batched_tokens", "swap_space", "enable_prefix_caching",
+    "disable_log_stats", "distributed_executor_backend", "enable_chunked_prefill", "cpu_offload_gb",
+})
+_IDENTITY_CACHE: dict[tuple, str] = {}
+
+
+def _folder_identity(folder: Path) -> str:
+    """SHA-256 over the names, sizes and SHA-256 of a model folder's files, cached per (name, size, mtime)."""
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.name != MARKER)
+    stamp = tuple((p.relative_to(folder).as_posix(), p.stat().st_size, p.stat().st_mtime_ns) for p in files)
+    cache_key = (str(folder), stamp)
+    if cache_key not in _IDENTITY_CACHE:
+        listing = [(name, size, _file_sha256(folder / name)) for name, size, _ in stamp]
+        _IDENTITY_CACHE[cache_key] = hashlib.sha256(json.dumps(listing).encode()).hexdigest()
+    return _IDENTITY_CACHE[cache_key]
+
+
+def model_identity(backend: str, name: str, engine_args: dict, models_dir: str | Path) -> dict[str, object]:
+    """What decides a model's outputs: a local folder's files (names, sizes, SHA-256), or a hub id with its
+    revision, or a served model's name; plus the engine arguments that change generation."""
+    generation_args = {k: v for k, v in sorted(engine_args.items()) if k not in PERFORMANCE_ENGINE_ARGS}
+    if backend == "vllm":
+        resolved = resolve_model(name, models_dir)
+        folder = Path(resolved)
+        if folder.is_dir():
+            return {"backend": backend, "folder_sha": _folder_identity(folder), "engine_args": generation_args}
+        return {"backend": backend, "hub_id": resolved, "revision": engine_args.get("revision"),
+                "engine_args": generation_args}
+    return {"backend": backend, "model": name, "engine_args": generation_args}

@@ -1,0 +1,150 @@
+"""One run per run folder: a lease object (holder, host, pid, start, expiry) at ``{run}/_lease.json``.
+
+The lease is created with an exclusive create (``O_EXCL`` locally, a conditional put on S3), renewed
+by a heartbeat thread while the run lives, and deleted when it ends. A lease whose expiry has passed,
+or whose holder was a process on this host that is gone, is stale and taken over.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import threading
+import uuid
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from fsspec.implementations.local import LocalFileSystem
+
+from storage.uri import StorageSettings, join_uri, resolve
+
+LEASE_NAME = "_lease.json"
+_memory_lock = threading.Lock()
+
+
+class LeaseHeld(RuntimeError):
+    """Another live run holds the run folder."""
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _proc_start(pid: int) -> str | None:
+    """The start time of a process (clock ticks since boot), to tell a reused pid from the holder."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+def holder_alive(lease: dict[str, Any]) -> bool:
+    """Whether the lease's holder may still be running (always True for a holder on another host)."""
+    if lease.get("host") != socket.gethostname():
+        return True
+    start = _proc_start(int(lease.get("pid", -1)))
+    return start is not None and start == lease.get("pid_start")
+
+
+def is_stale(lease: dict[str, Any]) -> bool:
+    """A lease past its expiry, or held by a process of this host that is gone."""
+    return datetime.fromisoformat(lease["expires"]) < _now() or not holder_alive(lease)
+
+
+class RunLease:
+    """Hold ``{run_uri}/_lease.json`` for the life of a run (a context manager)."""
+
+    def __init__(self, run_uri: str, ttl_s: float = 120.0, settings: StorageSettings | None = None,
+                 take_over: bool = False, purpose: str = "evol run"):
+        self.uri = join_uri(run_uri, LEASE_NAME)
+        self.fs, self.path = resolve(self.uri, settings)
+        self.ttl = ttl_s
+        self.take_over = take_over
+        self.record = {"holder": uuid.uuid4().hex, "purpose": purpose, "host": socket.gethostname(),
+                       "pid": os.getpid(), "pid_start": _proc_start(os.getpid()), "started": _now().isoformat()}
+        self.previous: dict[str, Any] | None = None  # a stale lease this run took over
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def _payload(self) -> bytes:
+        return json.dumps({**self.record, "expires": (_now() + timedelta(seconds=self.ttl)).isoformat()}).encode()
+
+    def _create(self) -> bool:
+        """Create the lease file only if there is none; False when one exists."""
+        data = self._payload()
+        if isinstance(self.fs, LocalFileSystem):
+            os.makedirs(os.path.dirname(self.path), exist_ok=True)
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                return False
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+            return True
+        if self.fs.protocol == "memory" or "memory" in self.fs.protocol:
+            with _memory_lock:
+                if self.fs.exists(self.path):
+                    return False
+                self.fs.pipe_file(self.path, data)
+                return True
+        try:
+            self.fs.pipe_file(self.path, data, mode="create")  # If-None-Match: *
+        except FileExistsError:
+            return False
+        return True
+
+    def read(self) -> dict[str, Any] | None:
+        """The lease as stored now, or None."""
+        try:
+            return json.loads(self.fs.cat_file(self.path))
+        except FileNotFoundError:
+            return None
+        except ValueError:  # a torn write: treat as expired
+            return {"holder": "?", "host": "?", "pid": -1, "started": "?", "expires": _now().isoformat()}
+
+    def acquire(self) -> RunLease:
+        """Take the lease or raise LeaseHeld saying who holds it since when."""
+        for _ in range(3):
+            if self._create():
+                self._start_heartbeat()
+                return self
+            current = self.read()
+            if current is None:
+                continue
+            if not (self.take_over or is_stale(current)):
+                raise LeaseHeld(
+                    f"run folder {self.uri.rsplit('/', 1)[0]} is in use by {current.get('purpose', 'a run')} "
+                    f"(pid {current.get('pid')} on {current.get('host')}, since {current.get('started')}, "
+                    f"lease renewed until {current.get('expires')}); wait for it to finish, or take the folder "
+                    "over with --take-over if that run is dead")
+            self.previous = current
+            self.fs.rm_file(self.path)
+        raise LeaseHeld(f"could not take the lease {self.uri}: another run keeps taking it")
+
+    def _start_heartbeat(self) -> None:
+        self._thread = threading.Thread(target=self._beat, name="run-lease", daemon=True)
+        self._thread.start()
+
+    def _beat(self) -> None:
+        while not self._stop.wait(self.ttl / 3):
+            current = self.read()
+            if current is None or current.get("holder") != self.record["holder"]:
+                return  # taken over: the other run owns the folder now
+            self.fs.pipe_file(self.path, self._payload())
+
+    def release(self) -> None:
+        """Stop renewing and delete the lease if it is still ours."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        current = self.read()
+        if current is not None and current.get("holder") == self.record["holder"]:
+            self.fs.rm_file(self.path)
+
+    def __enter__(self) -> RunLease:
+        return self.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
