@@ -9,8 +9,8 @@ import pytest
 from flows.evol_instruct import evol_instruct
 from prompts import load_pack
 from storage import list_committed_shards, read_shard
-from tasks.core.config import parse_run_config
 from tasks.context import run_layout
+from tasks.core.config import parse_run_config
 from tests.flow_script import load_seeds
 
 pytestmark = pytest.mark.vllm
