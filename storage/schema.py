@@ -27,7 +27,6 @@ RECORD_SCHEMA = pa.schema(
         pa.field("response_finish_reason", pa.string()),
         pa.field("raw_evolution", pa.string()),
         pa.field("equality_raw", pa.string()),
-        pa.field("created_at", pa.timestamp("us", tz="UTC"), nullable=False),
     ]
 )
 

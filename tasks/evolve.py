@@ -5,7 +5,6 @@ from __future__ import annotations
 import threading
 import time
 from collections import Counter
-from datetime import UTC, datetime
 from typing import Any
 
 import pyarrow as pa
@@ -91,7 +90,6 @@ def evolve_rows(
             reasons[i] = "llm_error" if not completion.ok else equality_reason(parse_equality(completion.text))
 
     answer_sha = pack.answer_messages("x", "")[1]
-    now = datetime.now(UTC)
     out = []
     for i, row in enumerate(rows):
         prompt_tokens, completion_tokens = _tokens(evolved[i], answers[i], checks[i])
@@ -115,7 +113,6 @@ def evolve_rows(
             "response_finish_reason": answers[i].finish_reason if answers[i] is not None else None,
             "raw_evolution": evolved[i].text if evolved[i].ok else evolved[i].error,
             "equality_raw": (checks[i].text if checks[i].ok else checks[i].error) if checks[i] is not None else None,
-            "created_at": now,
         })
     return out
 

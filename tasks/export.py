@@ -27,6 +27,10 @@ EXPORT_COLUMNS = [
 ]
 
 
+# Settings that do not shape the data: kept out of the card, so changing them leaves the exports as they are.
+CARD_EXCLUDES = {"orchestration", "train", "output_root"}
+
+
 class ExportSummary(BaseModel):
     """Where the exports are, with their row count and hashes."""
 
@@ -88,7 +92,7 @@ def dataset_card(config: RunConfig, data_key: str, model: str, template_shas: di
               "## Prompt templates", "", "| template | sha |", "| --- | --- |"]
     lines += [f"| {k} | `{v}` |" for k, v in sorted(template_shas.items())]
     lines += ["", "## Configuration", "", "```yaml",
-              yaml.safe_dump(config.model_dump(mode="json", exclude={"orchestration"}), sort_keys=True).rstrip(),
+              yaml.safe_dump(config.model_dump(mode="json", exclude=CARD_EXCLUDES), sort_keys=True).rstrip(),
               "```", ""]
     return "\n".join(lines)
 

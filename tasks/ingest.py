@@ -8,7 +8,6 @@ import json
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
 import pyarrow.parquet as pq
@@ -181,7 +180,6 @@ def ingest_seeds(
     if unknown:
         raise IngestError(f"field map names unknown target fields {sorted(unknown)}; use {list(TARGET_FIELDS)}")
     rejected_dir = rejected_dir or join_uri(dest_dir, "_rejected")
-    now = datetime.now(UTC)
     seen: dict[str, int] = {}
     pending: list[dict[str, Any]] = []  # rows of the shard being filled; shards are written as they fill
     shards: list[str] = []
@@ -216,7 +214,6 @@ def ingest_seeds(
         pending.append({
             "id": rid, "root_id": rid, "round": 0, "operation": "seed", "status": "seed",
             "instruction": fields["instruction"], "input": fields["input"], "response": fields["output"],
-            "created_at": now,
         })
         if len(pending) == shard_size:
             flush()

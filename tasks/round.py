@@ -86,7 +86,8 @@ def finish_round(
     marker_uri = layout.file(f"round={round_index}", "_round.json")
     record = None if force else read_stage(marker_uri, key, settings)
     if record is not None:
-        return RoundSummary.model_validate({**record["summary"], "reused": True})
+        return RoundSummary.model_validate({**record["summary"], "reused": True,
+                                            "shards_reused": sum(1 for s in shard_summaries if s.reused)})
     candidate_uris = [s.candidates.uri for s in shard_summaries]
     for ref in references:
         verify_shard(ref.uri, settings, expected=ref.model_dump())

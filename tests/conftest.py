@@ -104,3 +104,35 @@ def model_dir(tmp_path_factory):
     from tasks.llm.models import prepare_default_model
 
     return prepare_default_model(os.environ.get("EVOL_LLM__MODELS_DIR") or tmp_path_factory.getbasetemp() / "models")
+
+
+@pytest.fixture(scope="session")
+def prefect_server(tmp_path_factory):
+    """A real Prefect server (SQLite) on 127.0.0.1, as a user would start it; yields its API URL."""
+    import httpx
+
+    port = free_port()
+    home = tmp_path_factory.mktemp("prefect-home")
+    env = {**os.environ, "PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+           "PREFECT_API_URL": ""}
+    prefect = os.path.join(os.path.dirname(sys.executable), "prefect")
+    proc = subprocess.Popen([prefect, "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}/api"
+    try:
+        deadline = time.time() + 120
+        while True:
+            try:
+                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if proc.poll() is not None:
+                raise RuntimeError("prefect server exited")
+            if time.time() > deadline:
+                raise TimeoutError("prefect server did not answer in 120 s")
+            time.sleep(0.5)
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)

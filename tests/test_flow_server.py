@@ -8,44 +8,13 @@ import subprocess
 import sys
 from pathlib import Path
 
-import httpx
 import pytest
 import yaml
 from prefect.client.orchestration import PrefectClient
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterParentFlowRunId
 
-from tests.conftest import free_port
-
 pytestmark = pytest.mark.server
 BIN = Path(sys.executable).parent
-
-
-@pytest.fixture(scope="module")
-def prefect_server(tmp_path_factory):
-    """A real Prefect server (SQLite) on 127.0.0.1, as a user would start it."""
-    port = free_port()
-    home = tmp_path_factory.mktemp("prefect-home")
-    env = {**os.environ, "PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-           "PREFECT_API_URL": ""}
-    proc = subprocess.Popen([str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}/api"
-    try:
-        for _ in range(240):
-            try:
-                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if proc.poll() is not None:
-                raise RuntimeError("prefect server exited")
-            asyncio.run(asyncio.sleep(0.5))
-        else:
-            raise TimeoutError("prefect server did not answer in 120 s")
-        yield url
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
 
 
 def run_cli(config: dict, tmp_path: Path, extra_env: dict[str, str]) -> subprocess.CompletedProcess:
