@@ -93,7 +93,7 @@ class ShardWriter:
             self._writer.close()
             self._writer = None
             digest, size = _file_sha256(self._tmp), os.path.getsize(self._tmp)
-            faults.checkpoint("shard-before-publish")
+            faults.checkpoint(f"shard-before-publish {self.uri}")
             if self._local:
                 # An old marker must not vouch for the new file while it is being replaced.
                 if os.path.exists(self.path + MARKER_SUFFIX):
@@ -104,7 +104,7 @@ class ShardWriter:
                     self.fs.rm_file(self.path + MARKER_SUFFIX)
                 self.fs.put_file(self._tmp, self.path)
                 os.unlink(self._tmp)
-            faults.checkpoint("shard-before-marker")
+            faults.checkpoint(f"shard-before-marker {self.uri}")
             marker = {"rows": self.rows, "size": size, "sha256": digest, "uri": self.uri, "key": self.key,
                       "written_at": datetime.now(UTC).isoformat()}
             write_file_atomic(self.uri + MARKER_SUFFIX, json.dumps(marker).encode(), fs=self.fs)
@@ -264,7 +264,7 @@ def write_file_atomic(uri: str, data: bytes, settings: StorageSettings | None = 
         try:
             with open(tmp, "wb") as f:
                 f.write(data)
-            faults.checkpoint("file-before-publish")
+            faults.checkpoint(f"file-before-publish {uri}")
             os.replace(tmp, path)
         finally:
             if os.path.exists(tmp):
