@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from pathlib import Path
 from typing import Any, Literal
 
@@ -109,12 +110,20 @@ class TrainConfig(_Strict):
     enabled: bool = True
 
 
+class IngestConfig(_Strict):
+    """How seeds are read, and how much of a seed file may be rejected before a run stops."""
+
+    max_rejected_share: float = Field(0.5, ge=0.0, le=1.0)
+    csv_header: Literal["auto"] | bool = "auto"  # auto: the first row is a header when it names a known field
+
+
 class RunConfig(_Strict):
     """Everything that decides what a run produces. Frozen; unknown keys are errors."""
 
     name: str | None = Field(None, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
     seeds: str
     field_map: dict[str, str] = Field(default_factory=dict)
+    ingest: IngestConfig = IngestConfig()
     output_root: str = "runs"
     rounds: int = Field(4, ge=0, le=50)
     shard_size: int = Field(1000, ge=1)
@@ -134,8 +143,8 @@ class RunConfig(_Strict):
     def _weights_valid(cls, value: dict[str, float] | None) -> dict[str, float] | None:
         if value is None:
             return None
-        if any(w < 0 for w in value.values()):
-            raise ValueError("weights must be >= 0")
+        if any(not math.isfinite(w) or w < 0 for w in value.values()):
+            raise ValueError("weights must be finite and >= 0")
         if not any(w > 0 for w in value.values()):
             raise ValueError("at least one weight must be > 0")
         return value
