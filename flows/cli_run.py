@@ -42,6 +42,11 @@ def run_command(config_path: Path, rounds: int | None, output_root: str | None, 
         config = load_run_config(config_path, overrides)
     except ConfigError as err:
         fail(str(err))
+    # Plan-time validation: a config that can't run fails here, before Prefect starts or a run folder exists.
+    from flows.cli import fail_on_problems
+    from tasks.validate import check_prefect_api, validate_run
+    fail_on_problems(validate_run(config, str(config_path)) + check_prefect_api())
+
     plan = plan_run(config)
     where = os.environ.get("PREFECT_API_URL") or "Prefect's ephemeral local API"
     console.print(f"run [bold]{plan.layout.run_id}[/] ({config.rounds} rounds, {config.llm.backend} backend, "
@@ -53,8 +58,11 @@ def run_command(config_path: Path, rounds: int | None, output_root: str | None, 
     if show_progress:
         watcher = threading.Thread(target=_watch_progress, args=(plan, config.rounds, stop), daemon=True)
         watcher.start()
+    from tasks.ingest import IngestError
     try:
         result = evol_instruct(config)
+    except IngestError as err:  # the seeds as a whole can't be used (nothing accepted, too much rejected)
+        fail(str(err))
     finally:
         stop.set()
         if watcher:

@@ -155,18 +155,19 @@ class ConfigError(ValueError):
 
 
 def _format_errors(source: str, err: ValidationError) -> str:
-    lines = [f"invalid configuration in {source}:"]
+    """One line per bad key: ``<file>: <key>: <what>``."""
+    lines = []
     for e in err.errors():
         key = ".".join(str(p) for p in e["loc"]) or "(top level)"
         msg = "unknown key" if e["type"] == "extra_forbidden" else e["msg"]
-        lines.append(f"  {key}: {msg}")
+        lines.append(f"{source}: {key}: {msg}")
     return "\n".join(lines)
 
 
 def parse_run_config(data: Any, source: str = "<config>") -> RunConfig:
     """Validate a mapping as a RunConfig; errors name ``source`` and each bad key."""
     if not isinstance(data, dict):
-        raise ConfigError(f"invalid configuration in {source}: expected a mapping of keys, got {type(data).__name__}")
+        raise ConfigError(f"{source}: (top level): expected a mapping of keys, got {type(data).__name__}")
     try:
         return RunConfig.model_validate(data)
     except ValidationError as err:
@@ -179,9 +180,9 @@ def load_run_config(path: str | Path, overrides: dict[str, Any] | None = None) -
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise ConfigError(f"configuration file not found: {path}") from None
+        raise ConfigError(f"{path}: configuration file not found") from None
     except yaml.YAMLError as err:
-        raise ConfigError(f"invalid YAML in {path}: {err}") from None
+        raise ConfigError(f"{path}: invalid YAML: {' '.join(str(err).split())}") from None
     if isinstance(data, dict):
         data = {**data, **(overrides or {})}
         for key in ("seeds", "output_root"):
