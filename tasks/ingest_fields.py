@@ -48,14 +48,6 @@ class Extracted:
     rest: dict[str, Any]
 
 
-def parse_path(text: str) -> tuple[str, ...]:
-    """``instances.0.input`` -> ``("instances", "0", "input")``; empty segments are errors."""
-    parts = tuple(text.split("."))
-    if not text or any(p == "" for p in parts):
-        raise ValueError(f"invalid field path {text!r}: keys joined with dots, e.g. instances.0.input")
-    return parts
-
-
 def lookup(value: Any, text: str) -> tuple[Any, Path] | None:
     """The value at a field path and its concrete path, or None when the record does not have it.
 
@@ -64,7 +56,7 @@ def lookup(value: Any, text: str) -> tuple[Any, Path] | None:
     if isinstance(value, dict) and text in value:
         return value[text], (text,)
     current, path = value, []
-    for part in parse_path(text):
+    for part in text.split("."):
         if isinstance(current, dict) and part in current:
             current = current[part]
             path.append(part)

@@ -131,11 +131,11 @@ def detect_format(uri: str) -> tuple[str, str | None]:
 
 def check_source(uri: str, settings: StorageSettings | None = None) -> None:
     """Raise an IngestError (one line) unless ``uri`` is an existing, readable file of a known format."""
-    detect_format(uri)
     try:
         fs, path = resolve(uri, settings)
         if fs.isdir(path):
             raise IngestError(f"{uri}: is a folder; give the seed file itself")
+        detect_format(uri)
         if fs.exists(path):
             return
         if uri.startswith("s3://"):
@@ -165,8 +165,8 @@ def _s3_reason(err: Exception) -> str:
 def iter_blocks(uri: str, settings: StorageSettings | None = None, csv_header: CsvHeader = "auto",
                 header_names: frozenset[str] = frozenset()) -> Iterator[Block]:
     """The source's records in blocks, streamed (a JSON document is read whole)."""
-    fmt, compression = detect_format(uri)
     check_source(uri, settings)
+    fmt, compression = detect_format(uri)
     fs, path = resolve(uri, settings)
     with fs.open(path, "rb", compression=compression) as f:
         if fmt == "parquet":
