@@ -234,3 +234,42 @@ def test_gzip_bytes_round_trip(tmp_path):
     (tmp_path / "s.jsonl.gz").write_bytes(buf.getvalue())
     s = ingest_seeds(str(tmp_path / "s.jsonl.gz"), str(tmp_path / "o"))
     assert [r["instruction"] for r in seed_rows(s)] == ["one", "two"]
+
+
+def test_meta_follows_lineage_into_exports(prefect_harness, tmp_path):
+    from flows.evol_instruct import evol_instruct
+    from storage import list_committed_shards
+    from tasks.core.config import parse_run_config
+
+    rows = [{"Instruction": f"Describe animal number {i} and where it lives.", "Output": "A fine answer.",
+             "idx": i, "Skill": "zoology"} for i in range(8)]
+    (tmp_path / "seeds.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    config = parse_run_config({"name": "meta", "seeds": str(tmp_path / "seeds.jsonl"),
+                               "output_root": str(tmp_path / "runs"), "rounds": 2, "shard_size": 3,
+                               "dedup": {"near": False},  # the seeds are near duplicates of each other
+                               "llm": {"backend": "scripted", "model": "demo"},
+                               "orchestration": {"retries": 0, "retry_delay_s": 0}})
+    result = evol_instruct(config)
+    seeds_dir = f"{result.run_uri}/round=0/pool"
+    seed_meta = {r["id"]: r["meta"] for u in list_committed_shards(seeds_dir) for r in read_shard(u).to_pylist()}
+    assert [json.loads(m)["fields"] for m in seed_meta.values()] == [{"idx": i, "Skill": "zoology"} for i in range(8)]
+    fs, path = resolve_path(result.export.files["parquet"])
+    exported = pq.read_table(fs.open(path, "rb")).to_pylist()
+    assert any(r["round"] > 0 for r in exported)
+    for r in exported:
+        assert r["meta"] == seed_meta[r["root_id"]]
+    for k in (1, 2):
+        for stage in ("candidates", "rejected"):
+            for u in list_committed_shards(f"{result.run_uri}/round={k}/{stage}"):
+                assert all(r["meta"] == seed_meta[r["root_id"]] for r in read_shard(u).to_pylist())
+    fs, path = resolve_path(result.export.files["alpaca"])
+    alpaca = json.loads(fs.cat_file(path))
+    by_seed = {r["Instruction"]: r["idx"] for r in rows}
+    assert {a["instruction"]: a["meta"]["fields"]["idx"] for a in alpaca if a["instruction"] in by_seed} == by_seed
+    assert all(a["meta"]["fields"]["Skill"] == "zoology" for a in alpaca) and len(alpaca) > len(rows)
+
+
+def resolve_path(uri: str):
+    from storage import resolve
+
+    return resolve(uri)
