@@ -273,3 +273,23 @@ def resolve_path(uri: str):
     from storage import resolve
 
     return resolve(uri)
+
+
+def test_run_ingest_check_stops_fresh_and_cached_and_is_not_retried(tmp_path):
+    from prefect.states import Failed
+
+    from storage import RunLayout
+    from tasks.core.config import parse_run_config
+    from tasks.ingest import EmptySeedsError, _retry_unless_bad_input, ingest_run_seeds
+
+    (tmp_path / "s.jsonl").write_text('{"instruction": "only one"}\nbroken\n{"instruction": ""}\n')
+    config = parse_run_config({"seeds": str(tmp_path / "s.jsonl"), "ingest": {"max_rejected_share": 0.6}})
+    layout = RunLayout(str(tmp_path / "runs"), "r")
+    for _ in range(2):  # the second time from the cached summary
+        with pytest.raises(EmptySeedsError, match=r"2 of 3 rows rejected, more than ingest.max_rejected_share=0.6 "
+                                                  r"\(rejected: empty_instruction=1, malformed_json=1\)"):
+            ingest_run_seeds(config, layout)
+    assert _retry_unless_bad_input(None, None, Failed(data=EmptySeedsError("x"))) is False
+    assert _retry_unless_bad_input(None, None, Failed(data=ConnectionError("x"))) is True
+    relaxed = parse_run_config({"seeds": str(tmp_path / "s.jsonl"), "ingest": {"max_rejected_share": 0.7}})
+    assert ingest_run_seeds(relaxed, RunLayout(str(tmp_path / "runs"), "r2")).accepted == 1
