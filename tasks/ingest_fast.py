@@ -13,7 +13,7 @@ import duckdb
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from tasks.core.text import content_key
+from tasks.core.text import record_id
 from tasks.ingest_fields import RECOGNISED, TARGET_FIELDS
 
 _EDGE_SPACE = r"^[\t-\r\x1c-\x1f ]|[\t-\r\x1c-\x1f ]$"  # what str.strip() removes from ASCII text
@@ -75,19 +75,25 @@ def fast_extract(table: pa.Table, field_map: dict[str, str]) -> pa.Table | None:
 
 
 def record_ids(table: pa.Table, con: duckdb.DuckDBPyConnection) -> pa.Array:
-    """``record_id`` of every row's (instruction, input), as ``tasks.core.text`` computes it."""
-    instr, inp = table["instruction"].combine_chunks(), table["input"].combine_chunks()
-    simple = pc.and_(pc.and_(pc.string_is_ascii(instr), pc.string_is_ascii(inp)),
-                     pc.invert(pc.or_(pc.match_substring_regex(instr, _NEEDS_FOLDING),
-                                      pc.match_substring_regex(inp, _NEEDS_FOLDING))))
-    lower_i, lower_in = pc.ascii_lower(instr), pc.ascii_lower(inp)
-    keys = pc.if_else(pc.equal(inp, ""), lower_i, pc.binary_join_element_wise(lower_i, lower_in, "\n"))
-    odd = pc.invert(simple)
+    """``record_id`` of every row's (instruction, input), as ``tasks.core.text`` computes it.
+
+    DuckDB hashes ASCII text that needs no whitespace folding (its ``lower`` is then Python's); Python
+    computes the key of every other row.
+    """
+    rows = table.select(["instruction", "input"])  # noqa: F841 (DuckDB reads it by name)
+    out = con.sql("""
+        SELECT strlen(instruction) = length(instruction) AND strlen(input) = length(input)
+                   AND NOT regexp_matches(instruction, $fold) AND NOT regexp_matches(input, $fold) AS simple,
+               left(sha256(CASE WHEN input = '' THEN lower(instruction)
+                                ELSE lower(instruction) || chr(10) || lower(input) END), 16) AS id
+        FROM rows""", params={"fold": _NEEDS_FOLDING}).to_arrow_table()
+    ids = out["id"].combine_chunks()
+    odd = pc.invert(out["simple"].combine_chunks())
     if pc.any(odd).as_py():
+        instr, inp = table["instruction"].combine_chunks(), table["input"].combine_chunks()
         pairs = zip(instr.filter(odd).to_pylist(), inp.filter(odd).to_pylist(), strict=True)
-        keys = pc.replace_with_mask(keys, odd, pa.array([content_key(a, b) for a, b in pairs], pa.string()))
-    keys_table = pa.table({"k": keys})  # noqa: F841 (DuckDB reads it by name)
-    return con.sql("SELECT left(sha256(k), 16) AS id FROM keys_table").to_arrow_table()["id"].combine_chunks()
+        ids = pc.replace_with_mask(ids, odd, pa.array([record_id(a, b) for a, b in pairs], pa.string()))
+    return ids
 
 
 def meta_column(source_json: str, lines: pa.Array) -> pa.Array:
