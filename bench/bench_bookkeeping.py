@@ -2,8 +2,11 @@
 
     python bench/bench_bookkeeping.py --rows 1000000 [--shard-size 100000]
 
-Complements ``bench_dedup.py`` (near dedup, in-table exact dedup, the text rules). Rows are the same
-synthetic ~100-character instructions; peak memory is the process's maximum resident set.
+Ingest runs twice on the same JSONL file, each in a fresh process so that its peak resident memory is
+its own: row by row (every record parsed and validated in Python, the path for blocks with bad rows
+or extra fields) and vectorised (blocks parsed by Arrow, validated column-wise, ids hashed by DuckDB).
+Both write the same shards. Complements ``bench_dedup.py`` (near dedup, in-table exact dedup, the text
+rules). Rows are the same synthetic ~100-character instructions.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import argparse
 import json
 import os
 import resource
+import subprocess
 import sys
 import tempfile
 import time
@@ -33,11 +37,31 @@ def peak_mb() -> int:
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
 
 
+def ingest_in_child(src: str, dest: str, shard_size: int, vectorised: bool) -> dict[str, float]:
+    """Ingest in a fresh interpreter: rows/s and that process's peak RSS."""
+    cmd = [sys.executable, __file__, "--ingest-only", src, dest, "--shard-size", str(shard_size)]
+    out = subprocess.run(cmd + ([] if vectorised else ["--per-row"]), check=True, capture_output=True, text=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def ingest_only(src: str, dest: str, shard_size: int, vectorised: bool) -> None:
+    started = time.perf_counter()
+    summary = ingest_seeds(src, dest, shard_size=shard_size, vectorised=vectorised)
+    seconds = time.perf_counter() - started
+    assert summary.accepted == summary.read, summary
+    print(json.dumps({"rows_per_s": round(summary.read / seconds), "s": round(seconds, 2), "peak_rss_mb": peak_mb()}))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--shard-size", type=int, default=100_000)
+    parser.add_argument("--ingest-only", nargs=2, metavar=("SRC", "DEST"), help=argparse.SUPPRESS)
+    parser.add_argument("--per-row", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.ingest_only:
+        ingest_only(*args.ingest_only, args.shard_size, vectorised=not args.per_row)
+        return
     rng = np.random.default_rng(0)
     texts = sentences(rng, args.rows, 14)
     out: dict[str, object] = {"bench": "bookkeeping", "rows": args.rows, "shard_size": args.shard_size}
@@ -47,11 +71,12 @@ def main() -> None:
             for i, text in enumerate(texts):
                 f.write(json.dumps({"instruction": f"{text} ({i})", "input": "", "output": "ok"}) + "\n")
         del texts
-        started = time.perf_counter()
-        summary = ingest_seeds(str(src), f"{tmp}/seeds", shard_size=args.shard_size)
-        ingest_s = time.perf_counter() - started
-        out.update(ingest_rows_per_s=round(summary.read / ingest_s), ingest_s=round(ingest_s, 2),
-                   peak_rss_after_ingest_mb=peak_mb())
+        per_row = ingest_in_child(str(src), f"{tmp}/seeds-per-row", args.shard_size, vectorised=False)
+        vectorised = ingest_in_child(str(src), f"{tmp}/seeds", args.shard_size, vectorised=True)
+        out.update(ingest_per_row_rows_per_s=per_row["rows_per_s"], ingest_per_row_peak_rss_mb=per_row["peak_rss_mb"],
+                   ingest_vectorised_rows_per_s=vectorised["rows_per_s"],
+                   ingest_vectorised_peak_rss_mb=vectorised["peak_rss_mb"],
+                   ingest_speedup=round(vectorised["rows_per_s"] / per_row["rows_per_s"], 2))
 
         shards = list_committed_shards(f"{tmp}/seeds")
         started = time.perf_counter()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import typer
@@ -18,9 +19,13 @@ console = Console()
 err_console = Console(stderr=True)
 
 
+DEBUG = {"on": False}
+
+
 @app.callback()
-def main() -> None:
+def main(debug: bool = typer.Option(False, "--debug", help="Show the traceback behind an error")) -> None:
     """Evol-Instruct data pipeline."""
+    DEBUG["on"] = DEBUG["on"] or debug
     # Offline machines log an error for every telemetry attempt of the ephemeral server.
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     # The ephemeral API starts a local server; on a busy 2-core machine that can take over 20 s.
@@ -28,8 +33,18 @@ def main() -> None:
 
 
 def fail(message: str) -> None:
-    err_console.print(f"[bold red]error:[/] {message}")
+    """Print ``error: <message>`` (one line per line of the message) and exit 2; ``--debug`` adds the traceback."""
+    if DEBUG["on"] and sys.exc_info()[0] is not None:
+        err_console.print_exception()
+    for line in str(message).splitlines() or [""]:
+        err_console.print(f"[bold red]error:[/] {line}", soft_wrap=True, markup=True, highlight=False)
     raise typer.Exit(code=2)
+
+
+def fail_on_problems(problems: list) -> None:
+    """Exit 2 with one ``error: <file>: <key>: <what>`` line per problem, if there are any."""
+    if problems:
+        fail("\n".join(str(p) for p in problems))
 
 
 def _parse_map(pairs: list[str]) -> dict[str, str]:
@@ -44,20 +59,30 @@ def _parse_map(pairs: list[str]) -> dict[str, str]:
 
 @app.command()
 def ingest(
-    src: str = typer.Argument(..., help="Seed file: .json (array or lines), .jsonl, .csv or .parquet; local or s3://"),
+    src: str = typer.Argument(..., help="Seed file: .json, .jsonl, .csv or .parquet (.gz, .zst, .bz2 too); local or s3://"),
     dest: str = typer.Argument(..., help="Folder for the seed shards (local, s3:// or memory://)"),
     shard_size: int = typer.Option(1000, "--shard-size", min=1, help="Rows per shard"),
-    field_map: list[str] = typer.Option([], "--map", help="TARGET=SOURCE field mapping, e.g. instruction=Instruction"),
+    field_map: list[str] = typer.Option([], "--map", help="TARGET=SOURCE, SOURCE a field path: "
+                                        "instruction=Instruction, input=instances.0.input"),
     rejected: str = typer.Option(None, "--rejected", help="Folder for quarantined rows (default DEST/_rejected)"),
+    csv_header: str = typer.Option("auto", "--csv-header", help="CSV: auto (a header names a known or mapped "
+                                   "field), yes or no"),
+    max_rejected_share: float = typer.Option(0.5, "--max-rejected-share", min=0.0, max=1.0,
+                                             help="Fail when more than this share of the rows is rejected"),
+    debug: bool = typer.Option(False, "--debug", help="Show the traceback behind an error"),
 ) -> None:
     """Read seed instructions into Parquet shards; bad rows are quarantined with their reason."""
-    from tasks.ingest import IngestError, ingest_seeds
+    from tasks.ingest import IngestError, check_ingest_summary, ingest_seeds
 
+    DEBUG["on"] = DEBUG["on"] or debug
+    header = {"auto": "auto", "yes": True, "true": True, "no": False, "false": False}.get(csv_header.lower())
+    if header is None:
+        fail(f"--csv-header takes auto, yes or no, got {csv_header!r}")
     try:
-        summary = ingest_seeds(src, dest, rejected, shard_size, _parse_map(field_map))
-    except (IngestError, FileNotFoundError) as err:
+        summary = ingest_seeds(src, dest, rejected, shard_size, _parse_map(field_map), csv_header=header)
+    except (IngestError, OSError) as err:
         fail(str(err))
-    console.print(f"ingested {src}")
+    console.print(f"ingested {src}", soft_wrap=True)
     table = Table()
     table.add_column("what")
     table.add_column("rows", justify="right")
@@ -66,9 +91,13 @@ def ingest(
     for reason, count in summary.rejected.items():
         table.add_row(f"rejected: {reason}", str(count))
     console.print(table)
-    console.print(f"{len(summary.shards)} shard(s) in {dest}")
+    console.print(f"{len(summary.shards)} shard(s) in {dest}", soft_wrap=True)
     if summary.rejected_uri:
-        console.print(f"quarantined rows: {summary.rejected_uri}")
+        console.print(f"quarantined rows: {summary.rejected_uri}", soft_wrap=True)
+    try:
+        check_ingest_summary(summary, max_rejected_share)
+    except IngestError as err:
+        fail(str(err))
 
 
 @app.command()
@@ -81,11 +110,14 @@ def run(
                                         help="Redo a stage even if its outputs are current: ingest, round=K, mix, "
                                              "export or all (repeatable)"),
     take_over: bool = typer.Option(False, "--take-over", help="Take the run folder from a run that holds it"),
+    debug: bool = typer.Option(False, "--debug", help="Show the traceback behind an error"),
 ) -> None:
     """Run the whole pipeline: ingest, evolve round after round, mix, deduplicate, export.
 
     The run folder is OUTPUT_ROOT/NAME; a rerun reuses every stage whose inputs did not change."""
     from flows.cli_run import run_command
+
+    DEBUG["on"] = DEBUG["on"] or debug
 
     run_command(config, rounds, output_root, progress, recompute, take_over)
 

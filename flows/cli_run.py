@@ -46,6 +46,11 @@ def run_command(config_path: Path, rounds: int | None, output_root: str | None, 
         check_recompute(tuple(recompute or ()), config.rounds)
     except (ConfigError, ValueError) as err:
         fail(str(err))
+    # Plan-time validation: a config that can't run fails here, before Prefect starts or a run folder exists.
+    from flows.cli import fail_on_problems
+    from tasks.validate import check_prefect_api, validate_run
+    fail_on_problems(validate_run(config, str(config_path)) + check_prefect_api())
+
     layout = run_layout(config)
     held = RunLease(layout.run_uri).read()
     if held is not None and not take_over and not is_stale(held):
@@ -78,6 +83,7 @@ def run_command(config_path: Path, rounds: int | None, output_root: str | None, 
 
 
 def _run_flow(config: Any, layout: Any, show_progress: bool, recompute: list[str] | None, take_over: bool) -> Any:
+    from flows.cli import fail
     from flows.evol_instruct import evol_instruct
 
     stop = threading.Event()
@@ -85,8 +91,11 @@ def _run_flow(config: Any, layout: Any, show_progress: bool, recompute: list[str
     if show_progress:
         watcher = threading.Thread(target=_watch_progress, args=(layout, config.rounds, stop), daemon=True)
         watcher.start()
+    from tasks.ingest import IngestError
     try:
         return evol_instruct(config, recompute=list(recompute or []), take_over=take_over)
+    except IngestError as err:  # the seeds as a whole can't be used (nothing accepted, too much rejected)
+        fail(str(err))
     finally:
         stop.set()
         if watcher:

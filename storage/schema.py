@@ -27,6 +27,8 @@ RECORD_SCHEMA = pa.schema(
         pa.field("response_finish_reason", pa.string()),
         pa.field("raw_evolution", pa.string()),
         pa.field("equality_raw", pa.string()),
+        # JSON text: the seed's source file and line, and every source field not used (same in every descendant)
+        pa.field("meta", pa.string()),
     ]
 )
 
@@ -57,6 +59,7 @@ RECORD_DEFAULTS = {
     "response_finish_reason": None,
     "raw_evolution": None,
     "equality_raw": None,
+    "meta": None,
 }
 
 

@@ -136,7 +136,8 @@ def build_context(config: RunConfig, recompute: tuple[str, ...] = (), env: EnvSe
         model=model,
         seeds_sha=seeds_sha,
         evolve=evolve,
-        ingest_key=content_key("ingest", seeds_sha, config.field_map, config.shard_size, READER_VERSION),
+        ingest_key=content_key("ingest", seeds_sha, config.field_map, config.ingest.csv_header, config.shard_size,
+                               READER_VERSION),
         evolve_key=content_key("evolve", template_shas, model, spec),
         recompute=tuple(recompute),
     )

@@ -113,6 +113,7 @@ def evolve_rows(
             "response_finish_reason": answers[i].finish_reason if answers[i] is not None else None,
             "raw_evolution": evolved[i].text if evolved[i].ok else evolved[i].error,
             "equality_raw": (checks[i].text if checks[i].ok else checks[i].error) if checks[i] is not None else None,
+            "meta": row.get("meta"),  # the seed's source fields, down the whole lineage
         })
     return out
 

@@ -23,7 +23,7 @@ from tasks.round import RoundSummary
 
 EXPORT_COLUMNS = [
     "id", "root_id", "parent_id", "round", "operation", "instruction", "input", "response", "model",
-    "prompt_sha", "response_prompt_sha", "prompt_tokens", "completion_tokens", "finish_reason",
+    "prompt_sha", "response_prompt_sha", "prompt_tokens", "completion_tokens", "finish_reason", "meta",
 ]
 
 
@@ -52,8 +52,9 @@ def to_parquet_bytes(table: pa.Table) -> bytes:
 
 
 def to_alpaca_bytes(table: pa.Table) -> bytes:
-    rows = [{"instruction": r["instruction"], "input": r["input"], "output": r["response"]}
-            for r in table.select(["instruction", "input", "response"]).to_pylist()]
+    rows = [{"instruction": r["instruction"], "input": r["input"], "output": r["response"],
+             "meta": json.loads(r["meta"]) if r["meta"] else None}
+            for r in table.select(["instruction", "input", "response", "meta"]).to_pylist()]
     return json.dumps(rows, ensure_ascii=False, indent=1).encode("utf-8")
 
 

@@ -1,16 +1,14 @@
-"""Seed ingestion: JSON, JSONL, CSV or Parquet in; seed shards and quarantined rows out."""
+"""Seed ingestion: a seed file in; seed shards (with every unused source field in ``meta``) and quarantined rows out."""
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 from collections import Counter
-from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import Any
 
-import pyarrow.parquet as pq
+import duckdb
+import numpy as np
+import pyarrow as pa
 from prefect import task
 from prefect.states import Completed
 from pydantic import BaseModel
@@ -23,23 +21,23 @@ from storage import (
     StorageSettings,
     join_uri,
     read_stage,
-    resolve,
     total_rows,
     write_shard,
     write_stage,
 )
-from storage.schema import records_table
+from storage.schema import RECORD_SCHEMA, records_table
 from storage.shards import read_marker, remove_shards_except, shard_name
 from tasks.core.config import RunConfig
-from tasks.core.text import has_lone_surrogate, record_id
+from tasks.ingest_fast import fast_extract, meta_column, record_ids
+from tasks.ingest_fields import TARGET_FIELDS, Rejection, dumps, extract_fields, lookup, meta_json
+from tasks.ingest_read import Block, CsvHeader, IngestError, RawRecord, detect_format, iter_blocks
 
-TARGET_FIELDS = ("instruction", "input", "output")
-USER_ROLES = {"user", "human"}
-ASSISTANT_ROLES = {"assistant", "gpt", "model", "bot"}
+__all__ = ["IngestError", "EmptySeedsError", "IngestSummary", "check_ingest_summary", "detect_format",
+           "find_unmatched_paths", "ingest_seeds", "ingest_run_seeds"]
 
 
-class IngestError(ValueError):
-    """The source as a whole can't be read (unknown format, a JSON array that does not parse)."""
+class EmptySeedsError(IngestError):
+    """Ingest accepted no row, or rejected more than the allowed share."""
 
 
 class IngestSummary(BaseModel):
@@ -57,112 +55,86 @@ class IngestSummary(BaseModel):
     problems: list[str] = []  # why an earlier ingest of this run folder was not reused
 
 
-@dataclass
-class RawRecord:
-    line: int
-    raw: str
-    value: Any = None
-    error: tuple[str, str] | None = None  # (reason, detail) when the row could not be parsed
+def check_field_map(field_map: dict[str, str]) -> None:
+    """Targets are instruction / input / output; sources are field paths."""
+    unknown = set(field_map) - set(TARGET_FIELDS)
+    if unknown:
+        raise IngestError(f"field map names unknown target fields {sorted(unknown)}; use {list(TARGET_FIELDS)}")
+    for target, source in field_map.items():
+        if not isinstance(source, str) or not source.strip():
+            raise IngestError(f"field map: {target}: the source field is empty; give a field path such as "
+                              "instances.0.input")
 
 
-class Rejection(Exception):
-    def __init__(self, reason: str, field: str | None, detail: str):
-        super().__init__(detail)
-        self.reason, self.field, self.detail = reason, field, detail
+def find_unmatched_paths(src: str, field_map: dict[str, str], settings: StorageSettings | None = None,
+                         csv_header: CsvHeader = "auto") -> tuple[list[str], list[str]]:
+    """(mapped source paths that occur in no record, the top-level fields that do occur).
+
+    Stops reading as soon as every mapped path has been seen once.
+    """
+    missing = dict.fromkeys(field_map.values())
+    seen: dict[str, None] = {}
+    for block in iter_blocks(src, settings, csv_header, _header_names(field_map)):
+        for rec in block.iter_records():
+            if isinstance(rec.value, dict):
+                seen.update(dict.fromkeys(str(k) for k in rec.value))
+                for path in [p for p in missing if lookup(rec.value, p) is not None]:
+                    del missing[path]
+            if not missing:
+                return [], list(seen)
+    return list(missing), list(seen)
 
 
-def detect_format(uri: str) -> str:
-    """``json``, ``jsonl``, ``csv`` or ``parquet`` from the file name."""
-    name = uri.lower()
-    for suffix, fmt in ((".jsonl", "jsonl"), (".ndjson", "jsonl"), (".json", "json"), (".csv", "csv"),
-                        (".parquet", "parquet"), (".pq", "parquet")):
-        if name.endswith(suffix):
-            return fmt
-    raise IngestError(f"{uri}: unknown format; use a .json, .jsonl, .csv or .parquet file")
+def _header_names(field_map: dict[str, str]) -> frozenset[str]:
+    return frozenset(p.split(".")[0] for p in field_map.values())
 
 
-def iter_raw_records(uri: str, settings: StorageSettings | None = None) -> Iterator[RawRecord]:
-    """Every record of the source with its line (JSONL, CSV) or record number (JSON array, Parquet)."""
-    fmt = detect_format(uri)
-    fs, path = resolve(uri, settings)
-    if not fs.exists(path):
-        raise IngestError(f"{uri}: no such file")
-    if fmt == "parquet":
-        with fs.open(path, "rb") as f:
-            table = pq.read_table(f)
-        for i, row in enumerate(table.to_pylist(), start=1):
-            yield RawRecord(i, json.dumps(row, default=str, ensure_ascii=False), row)
-        return
-    # surrogateescape keeps invalid UTF-8 bytes visible per row instead of failing the file.
-    text = fs.cat_file(path).decode("utf-8", errors="surrogateescape").lstrip("\ufeff")
-    if fmt == "json" and text.lstrip().startswith("["):
-        try:
-            items = json.loads(text)
-        except json.JSONDecodeError as err:
-            raise IngestError(f"{uri}: not valid JSON at line {err.lineno} column {err.colno}: {err.msg}") from None
-        for i, item in enumerate(items, start=1):
-            yield RawRecord(i, _safe(json.dumps(item, ensure_ascii=False)), item)
-    elif fmt in ("json", "jsonl"):
-        for i, line in enumerate(text.splitlines(), start=1):
-            if not line.strip():
-                continue
-            try:
-                yield RawRecord(i, _safe(line), json.loads(line))
-            except json.JSONDecodeError as err:
-                yield RawRecord(i, _safe(line), error=("malformed_json", f"column {err.colno}: {err.msg}"))
-    else:
-        reader = csv.DictReader(io.StringIO(text, newline=""))
-        for row in reader:
-            yield RawRecord(reader.line_num, _safe(json.dumps(row, ensure_ascii=False)), row)
+class _SeedWriter:
+    """Accepted rows, buffered as Arrow tables and written as committed shards of ``shard_size`` rows."""
+
+    def __init__(self, dest_dir: str, shard_size: int, settings: StorageSettings | None):
+        self.dest_dir, self.shard_size, self.settings = dest_dir, shard_size, settings
+        self.pending: list[pa.Table] = []
+        self.rows = 0
+        self.shards: list[str] = []
+
+    def add(self, table: pa.Table) -> None:
+        self.pending.append(table)
+        self.rows += table.num_rows
+        while self.rows >= self.shard_size:
+            self.flush(self.shard_size)
+
+    def flush(self, n: int | None = None) -> None:
+        table = pa.concat_tables(self.pending) if self.pending else _ACCEPTED.empty_table()
+        n = table.num_rows if n is None else n
+        rest = table.slice(n)
+        self.pending, self.rows = ([rest] if rest.num_rows else []), rest.num_rows
+        uri = join_uri(self.dest_dir, shard_name(len(self.shards)))
+        write_shard(uri, seed_table(table.slice(0, n)), settings=self.settings)
+        self.shards.append(uri)
 
 
-def _safe(text: str) -> str:
-    """Text that can be stored: invalid bytes replaced."""
-    return text.encode("utf-8", errors="replace").decode("utf-8") if has_lone_surrogate(text) else text
+_ACCEPTED = pa.schema([(n, pa.string()) for n in ("id", "instruction", "input", "response", "meta")])
 
 
-def _chat_fields(turns: Any) -> dict[str, Any]:
-    if not isinstance(turns, list):
-        raise Rejection("not_a_list", "messages", "chat turns must be a list")
-    out: dict[str, Any] = {}
-    for turn in turns:
-        if not isinstance(turn, dict):
-            continue
-        role = str(turn.get("role", turn.get("from", ""))).lower()
-        content = turn.get("content", turn.get("value"))
-        if role in USER_ROLES and "instruction" not in out:
-            out["instruction"] = content
-        elif role in ASSISTANT_ROLES and "instruction" in out and "output" not in out:
-            out["output"] = content
-    return out
-
-
-def extract_fields(value: Any, field_map: dict[str, str]) -> dict[str, Any]:
-    """instruction / input / output from one source record; raises Rejection when unusable."""
-    if not isinstance(value, dict):
-        raise Rejection("not_an_object", None, f"expected an object, got {type(value).__name__}")
-    if field_map:
-        fields = {target: value.get(src) for target, src in field_map.items()}
-    elif "instruction" in value:
-        fields = {k: value.get(k) for k in TARGET_FIELDS}
-    elif "messages" in value or "conversations" in value:
-        fields = _chat_fields(value.get("messages", value.get("conversations")))
-    else:
-        fields = {}
-    src_name = field_map.get("instruction", "instruction")
-    if fields.get("instruction") is None:
-        raise Rejection("missing_instruction", src_name, "record has no instruction")
-    for target in TARGET_FIELDS:
-        v = fields.get(target)
-        name = field_map.get(target, target)
-        if v is not None and not isinstance(v, str):
-            raise Rejection("not_a_string", name, f"{name} is {type(v).__name__}, expected a string")
-        if isinstance(v, str) and has_lone_surrogate(v):
-            raise Rejection("invalid_utf8", name, f"{name} holds bytes that are not valid UTF-8")
-    if not fields["instruction"].strip():
-        raise Rejection("empty_instruction", src_name, "instruction is empty or only whitespace")
-    return {"instruction": fields["instruction"].strip(), "input": (fields.get("input") or "").strip(),
-            "output": fields.get("output")}
+def seed_table(accepted: pa.Table) -> pa.Table:
+    """Seed rows (round 0) from a table of ids, instructions, inputs, responses and meta."""
+    n = accepted.num_rows
+    arrays = []
+    for f in RECORD_SCHEMA:
+        if f.name in accepted.column_names:
+            arrays.append(accepted[f.name].cast(f.type))
+        elif f.name == "root_id":
+            arrays.append(accepted["id"])
+        elif f.name == "round":
+            arrays.append(pa.array(np.zeros(n, np.int32)))
+        elif f.name in ("operation", "status"):
+            arrays.append(pa.array(["seed"] * n, f.type))
+        elif f.name in ("prompt_tokens", "completion_tokens"):
+            arrays.append(pa.array(np.zeros(n, np.int64)))
+        else:
+            arrays.append(pa.nulls(n, f.type))
+    return pa.Table.from_arrays(arrays, schema=RECORD_SCHEMA)
 
 
 def ingest_seeds(
@@ -172,73 +144,135 @@ def ingest_seeds(
     shard_size: int = 1000,
     field_map: dict[str, str] | None = None,
     settings: StorageSettings | None = None,
+    csv_header: CsvHeader = "auto",
+    vectorised: bool = True,
 ) -> IngestSummary:
-    """Read a seed file into committed seed shards; every unusable row is quarantined with its reason."""
+    """Read a seed file into committed seed shards; every unusable row is quarantined with its reason.
+
+    Every source field not used for instruction / input / output is kept in the ``meta`` column, with the
+    source and line. Raises IngestError before writing any row when a mapped field occurs in no record, and
+    when no record has an instruction. ``vectorised=False`` reads every row on its own (the reference path).
+    """
     if shard_size < 1:
         raise ValueError("shard_size must be >= 1")
-    unknown = set(field_map or {}) - set(TARGET_FIELDS)
-    if unknown:
-        raise IngestError(f"field map names unknown target fields {sorted(unknown)}; use {list(TARGET_FIELDS)}")
+    field_map = dict(field_map or {})
+    check_field_map(field_map)
+    if field_map:
+        unmatched, fields = find_unmatched_paths(src, field_map, settings, csv_header)
+        if unmatched:
+            pairs = ", ".join(f"{t}={p}" for t, p in field_map.items() if p in unmatched)
+            raise IngestError(f"{src}: field map {pairs}: no record has {', '.join(map(repr, unmatched))}; "
+                              f"fields found: {', '.join(fields[:30]) or '(none)'}")
     rejected_dir = rejected_dir or join_uri(dest_dir, "_rejected")
+    writer = _SeedWriter(dest_dir, shard_size, settings)
+    src_json = json.dumps(src, ensure_ascii=False)
     seen: dict[str, int] = {}
-    pending: list[dict[str, Any]] = []  # rows of the shard being filled; shards are written as they fill
-    shards: list[str] = []
-    accepted = 0
-
-    def flush() -> None:
-        uri = join_uri(dest_dir, shard_name(len(shards)))
-        write_shard(uri, records_table(pending), settings=settings)
-        shards.append(uri)
-        pending.clear()
-
     rejected: list[dict[str, Any]] = []
-    read = 0
-    for rec in iter_raw_records(src, settings):
-        read += 1
-        base = {"source": src, "line": rec.line, "raw": rec.raw, "field": None, "duplicate_of": None}
-        if rec.error:
-            rejected.append({**base, "reason": rec.error[0], "detail": rec.error[1]})
+    fields_seen: dict[str, None] = {}
+    counts: Counter[str] = Counter()  # read, with_instruction
+    con = duckdb.connect()
+
+    def accept(block: Block, rows: pa.Table, lines: list[int], raws: list[str] | None) -> None:
+        ids = record_ids(rows, con)
+        id_list = ids.to_pylist()
+        if len(set(id_list)) == len(id_list) and seen.keys().isdisjoint(id_list):  # the common case, at C speed
+            seen.update(zip(id_list, lines, strict=True))
+            writer.add(rows.append_column("id", ids))
+            return
+        keep = []
+        for i, rid in enumerate(id_list):
+            first = seen.setdefault(rid, lines[i])
+            if first == lines[i]:
+                keep.append(i)
+            else:
+                rejected.append({"source": src, "line": lines[i], "raw": raws[i] if raws else block.raw(i),
+                                 "field": None, "reason": "duplicate", "duplicate_of": rid,
+                                 "detail": f"same normalised text as line {first}"})
+        table = rows.append_column("id", ids)
+        writer.add(table if len(keep) == table.num_rows else table.take(pa.array(keep, pa.int64())))
+
+    for block in iter_blocks(src, settings, csv_header, _header_names(field_map)):
+        parsed = block.as_table() if vectorised else None
+        rows = fast_extract(parsed[0], field_map) if parsed else None
+        if rows is not None:
+            lines = parsed[1]
+            counts.update(read=rows.num_rows, with_instruction=rows.num_rows)
+            fields_seen.update(dict.fromkeys(parsed[0].column_names))
+            accept(block, rows.append_column("meta", meta_column(src_json, lines)), lines.to_pylist(), None)
             continue
-        try:
-            fields = extract_fields(rec.value, field_map or {})
-        except Rejection as rej:
-            rejected.append({**base, "reason": rej.reason, "field": rej.field, "detail": rej.detail})
-            continue
-        rid = record_id(fields["instruction"], fields["input"])
-        if rid in seen:
-            rejected.append({**base, "reason": "duplicate", "duplicate_of": rid,
-                             "detail": f"same normalised text as line {seen[rid]}"})
-            continue
-        seen[rid] = rec.line
-        accepted += 1
-        pending.append({
-            "id": rid, "root_id": rid, "round": 0, "operation": "seed", "status": "seed",
-            "instruction": fields["instruction"], "input": fields["input"], "response": fields["output"],
-        })
-        if len(pending) == shard_size:
-            flush()
-    if pending or not shards:
-        flush()
+        good: dict[str, list[Any]] = {k: [] for k in ("line", "instruction", "input", "response", "meta", "raw")}
+        for rec in block.iter_records():
+            counts["read"] += 1
+            try:
+                row = _extract(rec, field_map, fields_seen)
+            except Rejection as rej:
+                counts["with_instruction"] += rej.reason not in ("missing_instruction", "malformed_json",
+                                                                 "not_an_object")
+                rejected.append({"source": src, "line": rec.line, "raw": rec.raw, "field": rej.field,
+                                 "reason": rej.reason, "detail": rej.detail, "duplicate_of": None})
+                continue
+            counts["with_instruction"] += 1
+            for key, value in (("line", rec.line), ("instruction", row.instruction), ("input", row.input),
+                               ("response", row.output), ("meta", meta_json(src_json, rec.line, dumps(row.rest))),
+                               ("raw", rec.raw)):
+                good[key].append(value)
+        if good["line"]:
+            table = pa.table({k: pa.array(good[k], pa.string()) for k in ("instruction", "input", "response", "meta")})
+            accept(block, table, good["line"], good["raw"])
+
+    if counts["read"] and not counts["with_instruction"] and fields_seen:
+        names = list(fields_seen)
+        raise IngestError(f"{src}: no record has an instruction; fields found: {', '.join(names[:30])}; map one "
+                          f"with --map instruction={names[0]} (field_map in a run config)")
+    if writer.rows or not writer.shards:
+        writer.flush()
     rejected_uri = None
     if rejected:
         rejected_uri = join_uri(rejected_dir, shard_name(0))
+        rejected.sort(key=lambda r: r["line"])
         write_shard(rejected_uri, records_table(rejected, REJECTED_INPUT_SCHEMA), REJECTED_INPUT_SCHEMA, settings)
     reasons = Counter(r["reason"] for r in rejected)
-    return IngestSummary(source=src, read=read, accepted=accepted, rejected=dict(sorted(reasons.items())),
-                         duplicates=reasons.get("duplicate", 0), shards=shards, rejected_uri=rejected_uri)
+    accepted = counts["read"] - len(rejected)
+    return IngestSummary(source=src, read=counts["read"], accepted=accepted, rejected=dict(sorted(reasons.items())),
+                         duplicates=reasons.get("duplicate", 0), shards=writer.shards, rejected_uri=rejected_uri)
+
+
+def _extract(rec: RawRecord, field_map: dict[str, str], fields_seen: dict[str, None]):
+    if rec.error:
+        raise Rejection(rec.error[0], None, rec.error[1])
+    if isinstance(rec.value, dict):
+        fields_seen.update(dict.fromkeys(str(k) for k in rec.value))
+    return extract_fields(rec.value, field_map)
+
+
+def check_ingest_summary(summary: IngestSummary, max_rejected_share: float = 0.5) -> IngestSummary:
+    """The summary unchanged, or EmptySeedsError: no row accepted, or more than ``max_rejected_share`` rejected."""
+    rejected = summary.read - summary.accepted
+    reasons = ", ".join(f"{k}={v}" for k, v in summary.rejected.items()) or "none"
+    where = f"; quarantined rows: {summary.rejected_uri}" if summary.rejected_uri else ""
+    if summary.accepted == 0:
+        raise EmptySeedsError(f"{summary.source}: 0 of {summary.read} rows accepted (rejected: {reasons}){where}")
+    if rejected / summary.read > max_rejected_share:
+        raise EmptySeedsError(
+            f"{summary.source}: {rejected} of {summary.read} rows rejected, more than ingest.max_rejected_share="
+            f"{max_rejected_share:g} (rejected: {reasons}){where}")
+    return summary
 
 
 def ingest_run_seeds(config: RunConfig, layout: RunLayout, key: str, force: bool = False,
                      settings: StorageSettings | None = None) -> IngestSummary:
     """Round 0 of a run: the seed shards. Reused when ``_ingest.json`` was written under ``key`` (the seed
-    file's content, field map, shard size, reader) and every shard it names still verifies."""
+    file's content, field map, ingest settings, shard size, reader) and every shard it names still verifies.
+    Too few accepted rows stop the run either way (EmptySeedsError)."""
     marker_uri = layout.file("round=0", "_ingest.json")
     problems: list[str] = []
     record = None if force else read_stage(marker_uri, key, settings, problems)
     if record is not None:
-        return IngestSummary.model_validate({**record["summary"], "reused": True})
+        summary = IngestSummary.model_validate({**record["summary"], "reused": True})
+        return check_ingest_summary(summary, config.ingest.max_rejected_share)
     pool_dir, rejected_dir = layout.stage_dir(0, "pool"), layout.stage_dir(0, "rejected_input")
-    summary = ingest_seeds(config.seeds, pool_dir, rejected_dir, config.shard_size, config.field_map, settings)
+    summary = ingest_seeds(config.seeds, pool_dir, rejected_dir, config.shard_size, config.field_map, settings,
+                           csv_header=config.ingest.csv_header)
     refs = [ShardRef.of(read_marker(uri, settings)) for uri in summary.shards]
     if total_rows(refs) != summary.accepted:
         raise StageMismatch(f"ingest: {summary.accepted} rows accepted but the shards hold {total_rows(refs)}")
@@ -247,10 +281,21 @@ def ingest_run_seeds(config: RunConfig, layout: RunLayout, key: str, force: bool
     remove_shards_except(rejected_dir, [r.uri for r in rejected], settings)
     summary = summary.model_copy(update={"refs": refs, "problems": problems})
     write_stage(marker_uri, key, summary.model_dump(mode="json"), {"pool": refs, "rejected": rejected}, settings)
-    return summary
+    return check_ingest_summary(summary, config.ingest.max_rejected_share)
 
 
-@task(name="ingest-seeds", retries=2, retry_delay_seconds=5)
+def _retry_unless_bad_input(task: Any, task_run: Any, state: Any) -> bool:
+    """Retry storage hiccups, never a seed file that is wrong: it would fail the same way."""
+    try:
+        state.result()
+    except IngestError:
+        return False
+    except Exception:
+        return True
+    return True
+
+
+@task(name="ingest-seeds", retries=2, retry_delay_seconds=5, retry_condition_fn=_retry_unless_bad_input)
 def ingest_run_seeds_task(config: RunConfig, layout: RunLayout, key: str, force: bool = False) -> IngestSummary:
     """Ingest the run's seed file into round 0 (or reuse it)."""
     summary = ingest_run_seeds(config, layout, key, force)

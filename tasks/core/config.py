@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any, Literal
 
@@ -107,12 +108,20 @@ class TrainConfig(_Strict):
     enabled: bool = True
 
 
+class IngestConfig(_Strict):
+    """How seeds are read, and how much of a seed file may be rejected before a run stops."""
+
+    max_rejected_share: float = Field(0.5, ge=0.0, le=1.0)
+    csv_header: Literal["auto"] | bool = "auto"  # auto: the first row is a header when it names a known field
+
+
 class RunConfig(_Strict):
     """Everything that decides what a run produces. Frozen; unknown keys are errors."""
 
     name: str | None = Field(None, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
     seeds: str
     field_map: dict[str, str] = Field(default_factory=dict)
+    ingest: IngestConfig = IngestConfig()
     output_root: str = "runs"
     rounds: int = Field(4, ge=0, le=50)
     shard_size: int = Field(1000, ge=1)
@@ -132,8 +141,8 @@ class RunConfig(_Strict):
     def _weights_valid(cls, value: dict[str, float] | None) -> dict[str, float] | None:
         if value is None:
             return None
-        if any(w < 0 for w in value.values()):
-            raise ValueError("weights must be >= 0")
+        if any(not math.isfinite(w) or w < 0 for w in value.values()):
+            raise ValueError("weights must be finite and >= 0")
         if not any(w > 0 for w in value.values()):
             raise ValueError("at least one weight must be > 0")
         return value
@@ -144,18 +153,19 @@ class ConfigError(ValueError):
 
 
 def _format_errors(source: str, err: ValidationError) -> str:
-    lines = [f"invalid configuration in {source}:"]
+    """One line per bad key: ``<file>: <key>: <what>``."""
+    lines = []
     for e in err.errors():
         key = ".".join(str(p) for p in e["loc"]) or "(top level)"
         msg = "unknown key" if e["type"] == "extra_forbidden" else e["msg"]
-        lines.append(f"  {key}: {msg}")
+        lines.append(f"{source}: {key}: {msg}")
     return "\n".join(lines)
 
 
 def parse_run_config(data: Any, source: str = "<config>") -> RunConfig:
     """Validate a mapping as a RunConfig; errors name ``source`` and each bad key."""
     if not isinstance(data, dict):
-        raise ConfigError(f"invalid configuration in {source}: expected a mapping of keys, got {type(data).__name__}")
+        raise ConfigError(f"{source}: (top level): expected a mapping of keys, got {type(data).__name__}")
     try:
         return RunConfig.model_validate(data)
     except ValidationError as err:
@@ -168,9 +178,9 @@ def load_run_config(path: str | Path, overrides: dict[str, Any] | None = None) -
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise ConfigError(f"configuration file not found: {path}") from None
+        raise ConfigError(f"{path}: configuration file not found") from None
     except yaml.YAMLError as err:
-        raise ConfigError(f"invalid YAML in {path}: {err}") from None
+        raise ConfigError(f"{path}: invalid YAML: {' '.join(str(err).split())}") from None
     if isinstance(data, dict):
         data = {**data, **(overrides or {})}
         for key in ("seeds", "output_root"):

@@ -1,0 +1,197 @@
+"""Plan-time validation: everything about a run that can be checked without a model, before anything starts.
+
+Each problem is one line, ``<file>: <key>: <what>``: the config file (or template, or environment
+variable) and the key that is wrong, and what to do about it.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+from prompts import PromptPack, PromptPackError, PromptRenderError, load_pack
+from storage import StorageSettings, join_uri, resolve
+from tasks.core.config import EnvSettings, RunConfig
+from tasks.ingest import IngestError, check_field_map, find_unmatched_paths
+from tasks.ingest_fields import TARGET_FIELDS
+from tasks.ingest_read import check_source
+from tasks.operations import resolve_weights
+
+SAMPLE = {"instruction": "Name three primary colours.", "input": "Answer in one line.",
+          "first": "Name three primary colours.", "second": "List the three primary colours in one line."}
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing wrong with a run's configuration."""
+
+    file: str
+    key: str
+    what: str
+
+    def __str__(self) -> str:
+        return f"{self.file}: {self.key}: {self.what}"
+
+
+def _one_line(text: str) -> str:
+    return "; ".join(part.strip() for part in str(text).splitlines() if part.strip())
+
+
+def validate_run(config: RunConfig, config_file: str, settings: StorageSettings | None = None,
+                 env: EnvSettings | None = None) -> list[Problem]:
+    """Every problem found in ``config`` (empty when the run can start); writes one small file to the output root."""
+    env = env or EnvSettings()
+    settings = settings or env.storage
+    problems: list[Problem] = []
+    pack = None
+    try:
+        pack = load_pack(config.prompt_pack)
+    except PromptPackError as err:
+        problems.append(Problem(config_file, "prompt_pack", _one_line(err)))
+    if pack is not None:
+        try:
+            resolve_weights(pack, config.operation_weights)
+        except ValueError as err:
+            problems.append(Problem(config_file, "operation_weights", _one_line(err)))
+        problems += _render_templates(pack)
+    problems += _check_field_map(config, config_file)
+    problems += _check_model(config, config_file, env)
+    seeds_ok = _check_seeds(config, config_file, settings, problems)
+    if seeds_ok and config.field_map and not problems:
+        unmatched, fields = find_unmatched_paths(config.seeds, config.field_map, settings, config.ingest.csv_header)
+        for target, path in config.field_map.items():
+            if path in unmatched:
+                problems.append(Problem(config_file, f"field_map.{target}", f"no record of {config.seeds} has "
+                                        f"'{path}'; fields found: {', '.join(fields[:30]) or '(none)'}"))
+    if config.train is not None:
+        from tasks.train import RecipeError, load_recipe
+
+        try:
+            load_recipe(config.train.recipe)
+        except RecipeError as err:
+            problems.append(Problem(config_file, "train.recipe", _one_line(err)))
+    if not problems:  # the one write, last: nothing is created for a config that can't run
+        problems += _check_writable(config, config_file, settings)
+    return problems
+
+
+def _render_templates(pack: PromptPack) -> list[Problem]:
+    """Render every template once with sample values: an undefined variable is found now, not after a round."""
+    files = getattr(pack, "_files", {})
+    manifest = str(pack.folder / "manifest.yaml")
+    out = []
+    calls = [(f"operations.{op}.template", op, lambda op=op: pack.evolve_messages(op, SAMPLE["instruction"],
+                                                                                 SAMPLE["input"]))
+             for op in pack.operations]
+    calls += [("answer", "answer", lambda: pack.answer_messages(SAMPLE["instruction"], SAMPLE["input"])),
+              ("equality", "equality", lambda: pack.equality_messages(SAMPLE["first"], SAMPLE["second"]))]
+    for key, name, render in calls:
+        try:
+            render()
+        except PromptRenderError as err:
+            file = str(pack.folder / files[name]) if name in files else manifest
+            out.append(Problem(file, key, _one_line(err)))
+    return out
+
+
+def _check_field_map(config: RunConfig, config_file: str) -> list[Problem]:
+    out = []
+    for target, source in config.field_map.items():
+        if target not in TARGET_FIELDS:
+            out.append(Problem(config_file, f"field_map.{target}",
+                               f"unknown target field; use {', '.join(TARGET_FIELDS)}"))
+            continue
+        try:
+            check_field_map({target: source})
+        except IngestError as err:
+            out.append(Problem(config_file, f"field_map.{target}", _one_line(err)))
+    return out
+
+
+def _check_model(config: RunConfig, config_file: str, env: EnvSettings) -> list[Problem]:
+    llm = config.llm
+    if llm.backend == "scripted":
+        from tasks.llm.scripted import scripted_backend
+
+        try:
+            scripted_backend(llm.model)
+        except KeyError as err:
+            return [Problem(config_file, "llm.model", _one_line(err.args[0]))]
+        return []
+    if llm.backend != "vllm":
+        return []  # an OpenAI-compatible server is asked when the run starts
+    from tasks.llm.models import DEFAULT_MODEL, DEFAULT_MODEL_DIRNAME, ModelPreparationError, bundled_gguf
+
+    if llm.model == DEFAULT_MODEL:
+        if (Path(env.llm.models_dir) / DEFAULT_MODEL_DIRNAME / "config.json").is_file():
+            return []
+        try:
+            bundled_gguf()
+        except ModelPreparationError as err:
+            return [Problem(config_file, "llm.model", _one_line(err))]
+        return []
+    path = Path(llm.model).expanduser()
+    if path.is_dir():
+        if (path / "config.json").is_file():
+            return []
+        return [Problem(config_file, "llm.model", f"{path} has no config.json; give a Hugging Face model folder")]
+    if _in_hf_cache(llm.model):
+        return []
+    return [Problem(config_file, "llm.model", f"'{llm.model}' is not a model folder (with config.json) and not in "
+                    "the Hugging Face cache; use 'default' (the bundled model) or a local model folder")]
+
+
+def _in_hf_cache(name: str) -> bool:
+    if name.count("/") != 1 or name.startswith((".", "/", "~")):
+        return False
+    try:
+        from huggingface_hub import try_to_load_from_cache
+    except ImportError:
+        return False
+    try:
+        return isinstance(try_to_load_from_cache(name, "config.json"), str)
+    except Exception:  # an id the hub library refuses is not cached either
+        return False
+
+
+def _check_seeds(config: RunConfig, config_file: str, settings: StorageSettings, problems: list[Problem]) -> bool:
+    try:
+        check_source(config.seeds, settings)
+    except IngestError as err:
+        problems.append(Problem(config_file, "seeds", _one_line(err)))
+        return False
+    return True
+
+
+def _check_writable(config: RunConfig, config_file: str, settings: StorageSettings) -> list[Problem]:
+    """One small write (and its removal) under the output root."""
+    probe = join_uri(config.output_root, f".evol-write-check-{uuid.uuid4().hex[:12]}")
+    try:
+        fs, path = resolve(probe, settings)
+        fs.pipe_file(path, b"ok")
+        fs.rm(path)
+    except Exception as err:  # any storage failure means the run could not write its outputs
+        reason = _one_line(err) or type(err).__name__
+        return [Problem(config_file, "output_root", f"cannot write to {config.output_root}: {reason[:200]}")]
+    return []
+
+
+def check_prefect_api(timeout_s: float = 5.0) -> list[Problem]:
+    """With ``PREFECT_API_URL`` set, the API must answer its health check."""
+    url = os.environ.get("PREFECT_API_URL", "").strip()
+    if not url:
+        return []
+    import httpx
+
+    try:
+        response = httpx.get(f"{url.rstrip('/')}/health", timeout=timeout_s)
+        if response.status_code == 200:
+            return []
+        reason = f"HTTP {response.status_code} from {url}/health"
+    except httpx.HTTPError as err:
+        reason = _one_line(err) or type(err).__name__
+    return [Problem("environment", f"PREFECT_API_URL={url}", f"no Prefect API answers there ({reason}); start one "
+                    "with `prefect server start` and set PREFECT_API_URL to its /api URL, or unset PREFECT_API_URL "
+                    "to use Prefect's ephemeral local API")]
