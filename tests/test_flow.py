@@ -79,13 +79,20 @@ class FlakyBackend(ScriptedBackend):
 
 
 async def task_runs_of_round(flow_run_id, round_index: int):
+    """The round's shard task runs, once the server has recorded their final states (it does so from events,
+    a moment after the flow returns)."""
     async with get_client() as client:
         subflows = await client.read_flow_runs(
             flow_run_filter=FlowRunFilter(parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[flow_run_id])))
         ids = [f.id for f in subflows if f.name == f"round-{round_index}"]
-        runs = await client.read_task_runs(flow_run_filter=FlowRunFilter(id={"any_": ids}),
-                                           task_run_filter=TaskRunFilter())
-        return [r for r in runs if r.name.startswith(f"evolve-r{round_index}-")]
+        for _ in range(120):
+            runs = await client.read_task_runs(flow_run_filter=FlowRunFilter(id={"any_": ids}),
+                                               task_run_filter=TaskRunFilter())
+            runs = [r for r in runs if r.name.startswith(f"evolve-r{round_index}-")]
+            if all(r.state is not None and r.state.is_final() for r in runs):
+                break
+            await asyncio.sleep(0.5)
+        return runs
 
 
 def test_failed_shards_rerun_alone_and_export_is_identical(prefect_harness, tmp_path):
