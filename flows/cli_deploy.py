@@ -45,7 +45,10 @@ async def ensure_process_pools(names: list[str]) -> dict[str, bool]:
 
 def deploy_commands(specs: list[dict], config_uri: str | None, interval: int | None,
                     cron: str | None) -> list[list[str]]:
-    """One ``prefect deploy`` per deployment; the run-config overrides go to deployments that take ``config_uri``."""
+    """``prefect deploy --all``; with overrides, one command per deployment, the overrides going to the
+    deployments that take ``config_uri``."""
+    if not (config_uri or interval or cron):
+        return [[PREFECT, "--no-prompt", "deploy", "--all"]]
     commands = []
     for spec in specs:
         cmd = [PREFECT, "--no-prompt", "deploy", "--name", spec["name"]]
@@ -86,6 +89,7 @@ def deploy_command(project_dir: Path, config_uri: str | None, interval: int | No
         done = subprocess.run(cmd, cwd=project_dir, env=env, capture_output=True, text=True)
         if done.returncode != 0:
             fail(f"{' '.join(cmd[1:])} failed:\n{done.stdout[-2000:]}{done.stderr[-2000:]}")
-        console.print(f"deployed [bold]{cmd[cmd.index('--name') + 1]}[/]")
+        names = [cmd[cmd.index("--name") + 1]] if "--name" in cmd else [spec["name"] for spec in specs]
+        console.print("deployed " + ", ".join(f"[bold]{name}[/]" for name in names))
     console.print(f"on {api_url}; start a worker per pool: "
                   + ", ".join(f"prefect worker start --pool {p}" for p in pools))

@@ -10,6 +10,7 @@ import subprocess
 import time
 from datetime import timedelta
 
+import httpx
 import pytest
 import yaml
 
@@ -84,6 +85,8 @@ def test_readme_deployment_sequence(tmp_path):
         return done.stdout
 
     with prefect_server(steps[1], env, api_url, tmp_path / "server.log"):
+        # the UI asks the API where PREFECT_API_URL says: its own port (else "Oops. Something went wrong")
+        assert httpx.get(f"http://127.0.0.1:{port}/ui-settings", timeout=10).json()["api_url"] == api_url
         out = run(steps[2])
         assert "work pool default: created (process)" in out and "work pool gpu: created (process)" in out
         with background(steps[3], env, tmp_path / "worker.log", cwd=tmp_path) as worker:
