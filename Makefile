@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test lint clean
+.PHONY: setup system-packages demo test lint clean
 
 setup: $(STAMP)
 
@@ -32,7 +32,15 @@ demo: setup
 lint: setup
 	$(VENV)/bin/ruff check .
 
-test: setup lint
+# Debian packages the tests use: PostgreSQL for the team-topology test (tests/test_team_topology.py).
+# Installed as root with apt-get; elsewhere the test skips and says why.
+system-packages:
+	@if ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends postgresql; \
+	else echo "PostgreSQL is not installed and this is not root: the team-topology test will skip"; fi
+
+test: setup system-packages lint
 	$(PY) -m pytest -q
 
 clean:

@@ -122,5 +122,20 @@ def run(
     run_command(config, rounds, output_root, progress, recompute, take_over)
 
 
+@app.command()
+def deploy(
+    project_dir: Path = typer.Option(Path("."), "--project-dir", help="Folder holding prefect.yaml"),
+    config_uri: str = typer.Option(None, "--config-uri",
+                                   help="Run config of the nightly deployment: a path in the workers' project "
+                                        "folder or s3://... (default: prefect.yaml's)"),
+    interval: int = typer.Option(None, "--interval", min=1, help="Also schedule the nightly deployment every N s"),
+    cron: str = typer.Option(None, "--cron", help="Also schedule the nightly deployment on this cron string"),
+) -> None:
+    """Create the work pools prefect.yaml uses (process pools) and register its deployments on PREFECT_API_URL."""
+    from flows.cli_deploy import deploy_command
+
+    deploy_command(project_dir.resolve(), config_uri, interval, cron)
+
+
 if __name__ == "__main__":
     app()

@@ -75,6 +75,30 @@ def test_prefect_yaml_entrypoints_and_schedule():
         module = importlib.import_module(module_path.removesuffix(".py").replace("/", "."))
         flow = getattr(module, func)
         assert hasattr(flow, "deploy"), f"{dep['entrypoint']} is not a Prefect flow"
-    from tasks.core.config import parse_run_config
+    from tasks.core.config import load_run_config_uri
 
-    parse_run_config(by_name["nightly"]["parameters"]["config"], "prefect.yaml")
+    # the nightly run's config is a file in the worker's project folder, not a config inlined here
+    assert set(by_name["nightly"]["parameters"]) == {"config_uri"}
+    assert load_run_config_uri(str(ROOT / by_name["nightly"]["parameters"]["config_uri"])).rounds >= 1
+    # no deployment names a folder: the pull step finds the installed project (a checkout or /app)
+    assert spec["pull"] == [{"flows.deploy_steps.set_code_directory": {}}]
+    assert "/app" not in yaml.safe_dump(spec)
+    assert all("pull" not in dep for dep in spec["deployments"])
+
+
+def test_pull_step_changes_into_the_project(tmp_path, monkeypatch):
+    import os
+
+    import pytest
+
+    from flows.deploy_steps import set_code_directory
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("EVOL_CODE_DIR", raising=False)
+    assert set_code_directory() == {"directory": str(ROOT)} and Path.cwd() == ROOT
+    (tmp_path / "app" / "flows").mkdir(parents=True)
+    monkeypatch.setenv("EVOL_CODE_DIR", str(tmp_path / "app"))
+    assert set_code_directory() == {"directory": str(tmp_path / "app")} and os.getcwd() == str(tmp_path / "app")
+    monkeypatch.setenv("EVOL_CODE_DIR", str(tmp_path))
+    with pytest.raises(FileNotFoundError, match="set EVOL_CODE_DIR"):
+        set_code_directory()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import posixpath
 from pathlib import Path
 from typing import Any, Literal
 
@@ -10,7 +11,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from storage import StorageSettings
+from storage import StorageSettings, resolve
 
 
 class SamplingParams(BaseModel):
@@ -188,3 +189,33 @@ def load_run_config(path: str | Path, overrides: dict[str, Any] | None = None) -
             if isinstance(value, str) and "://" not in value and not Path(value).is_absolute():
                 data[key] = str((path.parent / value).resolve())
     return parse_run_config(data, str(path))
+
+
+def load_run_config_uri(uri: str, overrides: dict[str, Any] | None = None,
+                        settings: StorageSettings | None = None) -> RunConfig:
+    """Load a RunConfig from a YAML file at a local path or a storage URI (``s3://``, ``memory://``).
+
+    Relative ``seeds`` and ``output_root`` in it are taken from the file's folder, as for a local file.
+    """
+    if "://" not in uri or uri.startswith("file://"):
+        return load_run_config(uri.removeprefix("file://"), overrides)
+    try:
+        fs, path = resolve(uri, settings or EnvSettings().storage)
+        text = fs.cat_file(path).decode("utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"configuration file not found: {uri}") from None
+    except ValueError as err:
+        raise ConfigError(f"can't read configuration {uri}: {err}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        raise ConfigError(f"invalid YAML in {uri}: {err}") from None
+    if isinstance(data, dict):
+        data = {**data, **(overrides or {})}
+        protocol, _, path = uri.partition("://")
+        for key in ("seeds", "output_root"):
+            value = data.get(key)
+            if isinstance(value, str) and "://" not in value and not value.startswith("/"):
+                data[key] = f"{protocol}://" + posixpath.normpath(posixpath.join(posixpath.dirname(path), value))
+    return parse_run_config(data, uri)
+

@@ -1,0 +1,95 @@
+"""``evol deploy``: create the work pools the deployments in ``prefect.yaml`` use, then register them."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+from rich.console import Console
+
+console = Console()
+PREFECT = str(Path(sys.executable).parent / "prefect")
+
+
+def deployment_specs(project_dir: Path) -> list[dict]:
+    """The deployments of ``project_dir/prefect.yaml``."""
+    path = project_dir / "prefect.yaml"
+    if not path.is_file():
+        raise FileNotFoundError(f"no prefect.yaml in {project_dir}: run evol deploy in the project's folder")
+    return yaml.safe_load(path.read_text(encoding="utf-8"))["deployments"]
+
+
+async def ensure_process_pools(names: list[str]) -> dict[str, bool]:
+    """Create each missing work pool as a process pool; returns name -> created now."""
+    from prefect import get_client
+    from prefect.client.schemas.actions import WorkPoolCreate
+    from prefect.exceptions import ObjectNotFound
+    from prefect.workers.process import ProcessWorker
+
+    created = {}
+    async with get_client() as client:
+        for name in names:
+            try:
+                await client.read_work_pool(name)
+                created[name] = False
+            except ObjectNotFound:
+                await client.create_work_pool(WorkPoolCreate(
+                    name=name, type="process", base_job_template=ProcessWorker.get_default_base_job_template()))
+                created[name] = True
+    return created
+
+
+def deploy_commands(specs: list[dict], config_uri: str | None, interval: int | None,
+                    cron: str | None) -> list[list[str]]:
+    """``prefect deploy --all``; with overrides, one command per deployment, the overrides going to the
+    deployments that take ``config_uri``."""
+    if not (config_uri or interval or cron):
+        return [[PREFECT, "--no-prompt", "deploy", "--all"]]
+    commands = []
+    for spec in specs:
+        cmd = [PREFECT, "--no-prompt", "deploy", "--name", spec["name"]]
+        if "config_uri" in (spec.get("parameters") or {}):
+            if config_uri:
+                cmd += ["--param", f"config_uri={config_uri}"]
+            if interval:
+                cmd += ["--interval", str(interval)]
+            if cron:
+                cmd += ["--cron", cron]
+        commands.append(cmd)
+    return commands
+
+
+def deploy_command(project_dir: Path, config_uri: str | None, interval: int | None, cron: str | None) -> None:
+    """Create the pools, then deploy every deployment of ``prefect.yaml``; exits non-zero on the first failure."""
+    from prefect.settings import PREFECT_API_URL
+
+    from flows.cli import fail
+
+    api_url = PREFECT_API_URL.value()
+    if not api_url:
+        fail("evol deploy registers deployments on a Prefect server: set PREFECT_API_URL "
+             "(for example http://127.0.0.1:4200/api) or `prefect config set PREFECT_API_URL=...`")
+    try:
+        specs = deployment_specs(project_dir)
+    except FileNotFoundError as err:
+        fail(str(err))
+    pools = sorted({spec["work_pool"]["name"] for spec in specs})
+    try:
+        created = asyncio.run(ensure_process_pools(pools))
+    except Exception as err:  # the server is down or refuses: say where
+        fail(f"can't reach the Prefect API at {api_url}: {type(err).__name__}: {err}")
+    for name, new in created.items():
+        console.print(f"work pool [bold]{name}[/]: {'created (process)' if new else 'exists'}")
+    env = {**os.environ, "PREFECT_API_URL": api_url}
+    for cmd in deploy_commands(specs, config_uri, interval, cron):
+        done = subprocess.run(cmd, cwd=project_dir, env=env, capture_output=True, text=True)
+        if done.returncode != 0:
+            fail(f"{' '.join(cmd[1:])} failed:\n{done.stdout[-2000:]}{done.stderr[-2000:]}")
+        names = [cmd[cmd.index("--name") + 1]] if "--name" in cmd else [spec["name"] for spec in specs]
+        console.print("deployed " + ", ".join(f"[bold]{name}[/]" for name in names))
+    console.print(f"on {api_url}; start a worker per pool: "
+                  + ", ".join(f"prefect worker start --pool {p}" for p in pools))
