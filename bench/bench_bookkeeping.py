@@ -29,6 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_dedup import sentences  # noqa: E402
 
 from storage import list_committed_shards, read_shard  # noqa: E402
+from storage.shards import read_shard_unverified  # noqa: E402
 from tasks.dedup import find_exact_duplicates  # noqa: E402
 from tasks.ingest import ingest_seeds  # noqa: E402
 
@@ -79,10 +80,17 @@ def main() -> None:
                    ingest_speedup=round(vectorised["rows_per_s"] / per_row["rows_per_s"], 2))
 
         shards = list_committed_shards(f"{tmp}/seeds")
-        started = time.perf_counter()
-        rows = sum(read_shard(u).num_rows for u in shards)
-        read_s = time.perf_counter() - started
-        out.update(shard_read_rows_per_s=round(rows / read_s), shards=len(shards))
+        # Verified reads (size and SHA-256 against the marker) against plain reads, alternated, best of 3.
+        timings: dict[str, list[float]] = {"verified": [], "unverified": []}
+        for _ in range(3):
+            for kind, reader in (("verified", read_shard), ("unverified", read_shard_unverified)):
+                started = time.perf_counter()
+                rows = sum(reader(u).num_rows for u in shards)
+                timings[kind].append(time.perf_counter() - started)
+        verified_s, plain_s = min(timings["verified"]), min(timings["unverified"])
+        out.update(shard_read_rows_per_s=round(rows / verified_s),
+                   shard_read_unverified_rows_per_s=round(rows / plain_s),
+                   shard_read_verification_cost=round(verified_s / plain_s, 2), shards=len(shards))
 
         # Candidates: upper-cased copies of half the shards, marked evolved; references: all the shards.
         # Every candidate duplicates a reference: the cross-shard dedup of a round, at full size.

@@ -40,12 +40,11 @@ def main() -> None:
 
     from flows.evol_instruct import evol_round
     from prompts import load_pack
-    from storage import list_committed_shards
+    from tasks.context import build_context
     from tasks.core.config import parse_run_config
     from tasks.evolve import evolve_shard
     from tasks.ingest import ingest_run_seeds
     from tasks.llm.scripted import scripted_backend
-    from tasks.plan import plan_run
     from tasks.round import finish_round
 
     with prefect_test_harness(server_startup_timeout=180), tempfile.TemporaryDirectory() as tmp:
@@ -59,17 +58,16 @@ def main() -> None:
                     "name": f"bench-{mode}", "seeds": str(seeds), "output_root": f"{tmp}/{mode}-{shards}",
                     "rounds": 1, "shard_size": args.rows_per_shard, "llm": {"backend": "scripted", "model": "demo"},
                     "dedup": {"near": False}, "orchestration": {"max_parallel_shards": 2, "retries": 0}})
-                plan = plan_run(config)
-                ingest_run_seeds(config, plan.layout)
+                ctx = build_context(config)
+                pool = ingest_run_seeds(config, ctx.layout, ctx.ingest_key).refs
                 started = time.perf_counter()
                 if mode == "prefect":
-                    evol_round(config, plan.layout, 1, plan.fingerprint)
+                    evol_round(ctx, 1, pool, pool, sum(r.rows for r in pool))
                 else:
                     backend, pack = scripted_backend("demo"), load_pack("general")
-                    pool = list_committed_shards(plan.layout.stage_dir(0, "pool"))
-                    summaries = [evolve_shard(u, plan.layout.shard(1, "candidates", i), 1, config, backend, pack)
-                                 for i, u in enumerate(pool)]
-                    finish_round(plan.layout, 1, summaries)
+                    summaries = [evolve_shard(ref, ctx.layout.shard(1, "candidates", i), 1, ctx.evolve, backend, pack)
+                                 for i, ref in enumerate(pool)]
+                    finish_round(ctx.layout, 1, summaries, pool, pool, started=time.time())
                 results[mode] = time.perf_counter() - started
             print(json.dumps({
                 "bench": "orchestration", "shards": shards, "rows": rows,

@@ -54,12 +54,12 @@ def main() -> None:
     from prefect.testing.utilities import prefect_test_harness
 
     from flows.evol_instruct import evol_round
+    from tasks.context import build_context
     from tasks.core.config import EnvSettings, parse_run_config
     from tasks.ingest import ingest_run_seeds
     from tasks.llm.models import resolve_model
     from tasks.llm.scripted import register_scripted_backend
     from tasks.llm.vllm_backend import VLLMBackend, to_vllm_sampling_params
-    from tasks.plan import plan_run
 
     # No prefix cache: the replay sends the very same prompts and would skip their prefill.
     engine_args = {"max_model_len": 2048, "enable_prefix_caching": False}
@@ -76,14 +76,14 @@ def main() -> None:
             "shard_size": args.shard_size, "llm": {"backend": "scripted", "model": "bench-vllm"},
             "sampling": {"evolve": greedy, "respond": greedy},
             "orchestration": {"max_parallel_shards": args.parallel, "retries": 0}})
-        plan = plan_run(config)
-        ingest_run_seeds(config, plan.layout)
+        ctx = build_context(config)
+        pool = ingest_run_seeds(config, ctx.layout, ctx.ingest_key).refs
         llm = backend.engine
         llm.chat([[{"role": "user", "content": "Warm up."}]], to_vllm_sampling_params(config.sampling.equality),
                  use_tqdm=False)
         started = time.perf_counter()
         round_flow = evol_round.with_options(task_runner=ThreadPoolTaskRunner(max_workers=args.parallel))
-        summary = round_flow(config, plan.layout, 1, plan.fingerprint)
+        summary = round_flow(ctx, 1, pool, pool, sum(r.rows for r in pool))
         pipeline_s = time.perf_counter() - started
         pipeline_tokens = summary.completion_tokens
 
