@@ -39,12 +39,14 @@ _ANSWER_OPENERS = re.compile(
         (?:sure|certainly|of\s+course|absolutely|okay|yes
           | here\s+(?:is|are)|here's
           | the\s+(?:answer|result|solution|response)\s+(?:is|are|was)
-          | it\s+is|it's
-          | i|i'm|i've|i'll|i\s+would|as\s+an\s+ai)\b
+          | as\s+an\s+ai)\b
       | (?:answer|solution|response|output|result)\s*:
     )""",
     re.IGNORECASE | re.VERBOSE,
 )
+# Openers that also begin real requests ("I have this code: ... why does it fail?"): an answer only without a
+# question in the text.
+_STATEMENT_OPENERS = re.compile(r"\A\W*(?:i|i'm|i've|i'll|i\s+would|it\s+is|it's)\b", re.IGNORECASE)
 _CONTINUATION_OPENERS = re.compile(r"\A(?:[,;:)\]}]|\.\.\.|(?:and|or|but|so|then|because)\b)", re.IGNORECASE)
 
 
@@ -70,8 +72,12 @@ def has_scaffolding_fragment(text: str) -> bool:
 
 
 def answers_parent(text: str) -> bool:
-    """The text opens the way answers do ("Sure", "Here is", "It's 37 times 24.", "I would ...")."""
-    return _ANSWER_OPENERS.match(text.strip()) is not None
+    """The text opens the way answers do ("Sure", "Here is", "The answer is"), or as a statement ("It's 37 times
+    24.", "I would ...") and asks nothing."""
+    stripped = text.strip()
+    if _ANSWER_OPENERS.match(stripped):
+        return True
+    return _STATEMENT_OPENERS.match(stripped) is not None and "?" not in stripped
 
 
 def continues_parent(text: str, parent: str) -> bool:

@@ -64,6 +64,8 @@ def test_answers_parent(text):
 
 @pytest.mark.parametrize("text", ["Identify the shortest of the three.", "Is it true that 37 times 24 is 888?",
                                   "Illustrate the water cycle with a diagram.",
+                                  "I ran `ls | wc -l` and it printed 0. Why, and which command counts files?",
+                                  "It is 2 pm in Lisbon. What time is it in Tokyo?",
                                   "Here, in Lisbon, which tram is oldest?"])
 def test_not_an_answer(text):
     assert not answers_parent(text)
