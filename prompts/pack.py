@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 PACKS_DIR = Path(__file__).resolve().parent
 MANIFEST = "manifest.yaml"
-SPECIAL_TEMPLATES = ("system", "equality", "answer")
+SPECIAL_TEMPLATES = ("system", "equality", "answer", "validity")
 KINDS = ("in_depth", "in_breadth")
 _OPERATION_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
 
@@ -30,12 +31,19 @@ class PromptRenderError(ValueError):
 
 @dataclass(frozen=True)
 class OperationSpec:
-    """One evolution operation of a pack: its template file, kind and default weight."""
+    """One evolution operation of a pack: its template file, kind, default weight, output label and variants.
+
+    ``label`` is the heading the template ends with (``#Rewritten Prompt#:``): the assistant's turn may be
+    prefilled with it. ``variants`` are sets of extra template variables, one chosen per row (complicate-input:
+    one named data format with its worked example per prompt).
+    """
 
     name: str
     kind: Literal["in_depth", "in_breadth"]
     template: str
     weight: float
+    label: str | None = None
+    variants: tuple[dict[str, str], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -52,6 +60,8 @@ class _OperationEntry(BaseModel):
     template: str
     kind: Literal["in_depth", "in_breadth"]
     weight: float = Field(1.0, ge=0.0, allow_inf_nan=False)
+    label: str | None = Field(None, min_length=1)
+    variants: tuple[dict[str, str], ...] = ()
 
 
 class _Manifest(BaseModel):
@@ -62,6 +72,7 @@ class _Manifest(BaseModel):
     system: str
     equality: str
     answer: str
+    validity: str
     operations: dict[str, _OperationEntry] = Field(min_length=1)
     scaffolding_phrases: tuple[str, ...] = ()
 
@@ -103,7 +114,7 @@ class PromptPack:
         self.description: str = manifest.description
         self.scaffolding_phrases: tuple[str, ...] = tuple(manifest.scaffolding_phrases)
         self._operations = {
-            name: OperationSpec(name, entry.kind, entry.template, entry.weight)
+            name: OperationSpec(name, entry.kind, entry.template, entry.weight, entry.label, entry.variants)
             for name, entry in manifest.operations.items()
         }
         self._env = jinja2.Environment(
@@ -127,7 +138,8 @@ class PromptPack:
                 raise PromptPackError(f"{where}: template file '{file}' not found in {folder}")
             try:
                 self._templates[name] = self._env.get_template(file)
-                self._shas[name] = self._template_sha(file)
+                variants = self._operations[name].variants if name in self._operations else ()
+                self._shas[name] = self._template_sha(file, variants)
             except jinja2.TemplateSyntaxError as err:
                 raise PromptPackError(f"{where}: syntax error in '{file}' line {err.lineno}: {err.message}") from None
             except jinja2.TemplateNotFound as err:
@@ -149,10 +161,11 @@ class PromptPack:
         """Template name (operations, ``system``, ``equality``, ``answer``) -> sha; for the run fingerprint."""
         return dict(self._shas)
 
-    def _template_sha(self, file: str) -> str:
+    def _template_sha(self, file: str, variants: tuple[dict[str, str], ...] = ()) -> str:
         # Text with normalised newlines, so a checkout with CRLF endings gives the same sha. Templates that
-        # include or extend others hash those too, so an edit to a shared part changes the fingerprint.
-        parts: list[str] = []
+        # include or extend others hash those too, so an edit to a shared part changes the fingerprint; an
+        # operation's variants are part of what it renders, so they are hashed with it.
+        parts: list[str] = [f"\0variants\0{json.dumps(variants, sort_keys=True)}"] if variants else []
         seen: set[str] = set()
         pending = [file]
         while pending:
@@ -189,12 +202,33 @@ class PromptPack:
         ]
         return messages, rendered.sha
 
-    def evolve_messages(self, operation: str, instruction: str, input: str = "") -> tuple[list[dict[str, str]], str]:
-        """The conversation that evolves ``instruction`` (and its input) with ``operation``, and the template sha."""
-        if operation not in self._operations:
+    def evolve_messages(self, operation: str, instruction: str, input: str = "", prefill: bool = False,
+                        variant: int = 0) -> tuple[list[dict[str, str]], str]:
+        """The conversation that evolves ``instruction`` (and its input) with ``operation``, and the template sha.
+
+        ``prefill``: the assistant's turn is opened with the operation's label, so the model writes the rewrite
+        right after it. ``variant``: which of the operation's variants (taken modulo their number).
+        """
+        spec = self._operations.get(operation)
+        if spec is None:
             known = ", ".join(self._operations)
             raise PromptRenderError(f"prompt pack '{self.name}' has no operation '{operation}' (known: {known})")
-        return self._messages(operation, instruction=instruction, input=input or "")
+        extra = spec.variants[variant % len(spec.variants)] if spec.variants else {}
+        messages, sha = self._messages(operation, **extra, instruction=instruction, input=input or "")
+        if prefill and spec.label:
+            messages.append({"role": "assistant", "content": self.label(operation, variant)})
+        return messages, sha
+
+    def label(self, operation: str, variant: int = 0) -> str | None:
+        """The operation's output label as the prompt shows it (variant variables filled in), or None."""
+        spec = self._operations[operation]
+        if spec.label is None:
+            return None
+        extra = spec.variants[variant % len(spec.variants)] if spec.variants else {}
+        try:
+            return self._env.from_string(spec.label).render(**extra)
+        except jinja2.UndefinedError as err:
+            raise PromptRenderError(f"label of operation '{operation}' of prompt pack '{self.name}': {err}") from None
 
     def answer_messages(self, instruction: str, input: str = "") -> tuple[list[dict[str, str]], str]:
         """The conversation that asks for a response to ``instruction`` (and its input), and the template sha."""
@@ -203,6 +237,10 @@ class PromptPack:
     def equality_messages(self, first: str, second: str) -> tuple[list[dict[str, str]], str]:
         """The conversation asking whether two instructions are equal, and the template sha."""
         return self._messages("equality", first=first, second=second)
+
+    def validity_messages(self, parent: str, candidate: str) -> tuple[list[dict[str, str]], str]:
+        """The conversation asking whether ``candidate`` (a rewrite of ``parent``) is an instruction, and the sha."""
+        return self._messages("validity", parent=parent, candidate=candidate)
 
 
 def bundled_packs() -> tuple[str, ...]:

@@ -29,6 +29,13 @@ RECORD_SCHEMA = pa.schema(
         pa.field("equality_raw", pa.string()),
         # JSON text: the seed's source file and line, and every source field not used (same in every descendant)
         pa.field("meta", pa.string()),
+        pa.field("equality_method", pa.string()),  # "constrained" (forced choice) or "text" (strict parse)
+        pa.field("equality_margin", pa.float64()),  # log-probability margin of a constrained verdict
+        pa.field("validity_raw", pa.string()),  # the rewrite-validity check's answer ("Yes"/"No")
+        pa.field("validity_method", pa.string()),
+        pa.field("validity_margin", pa.float64()),
+        pa.field("respond_model", pa.string()),  # the answering stage's model ("model" is the evolving stage's)
+        pa.field("judge_model", pa.string()),  # the judging stage's model (equality and validity checks)
     ]
 )
 
@@ -60,6 +67,13 @@ RECORD_DEFAULTS = {
     "raw_evolution": None,
     "equality_raw": None,
     "meta": None,
+    "equality_method": None,
+    "equality_margin": None,
+    "validity_raw": None,
+    "validity_method": None,
+    "validity_margin": None,
+    "respond_model": None,
+    "judge_model": None,
 }
 
 

@@ -72,3 +72,45 @@ def clean_evolved_instruction(text: str) -> str:
             break
         current = cleaned
     return current
+
+
+def _label_core(text: str) -> str:
+    return " ".join(text.casefold().strip(" \t\r\n:").split())
+
+
+def split_stops(stops: tuple[str, ...] | list[str],
+                labels: list[str | None]) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """The stop strings for the engine, and those to apply after generation (a part of an output label).
+
+    A model often opens its output with the label it was asked for (``#Rewritten Prompt#:``); as an engine stop
+    string such a label would cut the output to nothing. Those stops are applied by :func:`cut_at_stops`,
+    which skips a leading label.
+    """
+    cores = [_label_core(label) for label in labels if label]
+    deferred = tuple(s for s in stops if _label_core(s) and any(_label_core(s) in core for core in cores))
+    return tuple(s for s in stops if s not in deferred), deferred
+
+
+def cut_at_stops(text: str, stops: tuple[str, ...] | list[str]) -> tuple[str, bool]:
+    """``text`` cut at the first stop string that follows some content (leading labels are not content), and
+    whether it was cut. Matching ignores case."""
+    if not stops:
+        return text, False
+    body = text.lstrip()
+    while True:  # skip any leading labels: they are not content
+        rest = strip_label(body).lstrip()
+        if rest == body:
+            break
+        body = rest
+    start = len(text) - len(body)
+    folded = text.casefold()
+    cuts = []
+    for stop in stops:
+        pos = folded.find(stop.casefold(), start)
+        while pos != -1 and not text[start:pos].strip():
+            pos = folded.find(stop.casefold(), pos + 1)
+        if pos != -1:
+            cuts.append(pos)
+    if not cuts:
+        return text, False
+    return text[: min(cuts)], True

@@ -24,6 +24,7 @@ from pydantic import BaseModel, ConfigDict
 
 from prompts import load_pack
 from storage import RunLayout, StorageSettings, resolve
+from tasks.core.config import STAGES as LLM_STAGES
 from tasks.core.config import EliminationConfig, EnvSettings, LLMConfig, RunConfig, StageSampling
 
 # Bump when the reading of seed files changes what ingest produces.
@@ -57,6 +58,7 @@ class EvolveSpec(BaseModel):
     prompt_pack: str
     operation_weights: dict[str, float] | None
     seed: int
+    prefill: bool
     llm: LLMConfig
     sampling: StageSampling
     elimination: EliminationConfig
@@ -64,7 +66,7 @@ class EvolveSpec(BaseModel):
     @classmethod
     def of(cls, config: RunConfig) -> EvolveSpec:
         return cls(prompt_pack=config.prompt_pack, operation_weights=config.operation_weights, seed=config.seed,
-                   llm=config.llm, sampling=config.sampling, elimination=config.elimination)
+                   prefill=config.prefill, llm=config.llm, sampling=config.sampling, elimination=config.elimination)
 
 
 class RunContext(BaseModel):
@@ -125,9 +127,14 @@ def build_context(config: RunConfig, recompute: tuple[str, ...] = (), env: EnvSe
     check_recompute(recompute, config.rounds)
     env = env or EnvSettings()
     template_shas = load_pack(config.prompt_pack).template_shas()
-    model = model_identity(config.llm.backend, config.llm.model, config.llm.engine_args, env.llm.models_dir)
+    model = {}
+    for stage in LLM_STAGES:  # each stage's own model: a judge changed alone redoes the shards it judged
+        llm = config.llm.for_stage(stage)
+        model[stage] = {**model_identity(llm.backend, llm.model, llm.engine_args, env.llm.models_dir),
+                        "structured_outputs": llm.structured_outputs}
     seeds_sha = seeds_content_sha(config.seeds, settings)
     evolve = EvolveSpec.of(config)
+    # the model enters the key through its identity; the rest of `llm` (per-stage overrides) through `model`
     spec = evolve.model_dump(mode="json", exclude={"llm"})
     return RunContext(
         config=config,

@@ -11,6 +11,7 @@ import pyarrow as pa
 
 from storage import duck_connect
 from tasks.core.config import EliminationConfig
+from tasks.validity import VALIDITY_REASONS
 
 # The text rules in the order they are checked; the first that matches is the row's reason.
 TEXT_RULE_REASONS: tuple[str, ...] = (
@@ -23,7 +24,11 @@ TEXT_RULE_REASONS: tuple[str, ...] = (
     "sorry_short_response",
     "stopwords_only_response",
 )
-REJECT_REASONS: tuple[str, ...] = TEXT_RULE_REASONS + (
+# The equality check's forced choice, and what each answer means.
+EQUALITY_CHOICES: tuple[str, ...] = ("Equal", "Not Equal")
+EQUALITY_VERDICTS: dict[str, Literal["equal", "not_equal"]] = {"Equal": "equal", "Not Equal": "not_equal"}
+
+REJECT_REASONS: tuple[str, ...] = TEXT_RULE_REASONS + VALIDITY_REASONS + (
     "no_information_gain",  # the equality check said "Equal"
     "equality_unparseable",  # the equality check said neither "Equal" nor "Not Equal"
     "duplicate",  # exact duplicate of an existing instruction (dedup)

@@ -17,13 +17,15 @@ from prompts import PromptPack, load_pack
 from storage import ShardCorrupt, ShardRef, StorageSettings, read_shard, write_shard
 from storage.schema import records_table
 from storage.shards import read_marker
-from tasks.clean import clean_evolved_instruction
+from tasks.clean import clean_evolved_instruction, cut_at_stops, split_stops
 from tasks.context import EvolveSpec
+from tasks.core.config import SamplingParams
 from tasks.core.text import parent_text, record_id
-from tasks.eliminate import equality_reason, parse_equality, text_rule_reasons
+from tasks.eliminate import EQUALITY_CHOICES, EQUALITY_VERDICTS, equality_reason, parse_equality, text_rule_reasons
 from tasks.llm.base import Completion, LLMBackend
-from tasks.llm.factory import get_backend
-from tasks.operations import choose_operation, resolve_weights
+from tasks.llm.factory import StageBackends, stage_backends
+from tasks.operations import choose_operation, choose_variant, resolve_weights
+from tasks.validity import VALIDITY_CHOICES, llm_validity_reason, parse_yes_no, validity_rule_reason
 
 # Reasons decided from the evolution alone: such candidates are not answered.
 EVOLUTION_REASONS = frozenset({"llm_error", "empty_evolution", "evolution_truncated", "scaffolding_copied"})
@@ -50,49 +52,104 @@ def _tokens(*completions: Completion | None) -> tuple[int, int]:
     return sum(c.prompt_tokens for c in done), sum(c.completion_tokens for c in done)
 
 
+def _judge(backend: LLMBackend, prompts: list[list[dict[str, str]]], params: SamplingParams,
+           choices: tuple[str, ...]) -> list[Completion]:
+    """Ask the judge a forced choice: constrained where the backend can, free text to parse otherwise."""
+    return backend.generate(prompts, params.model_copy(update={"choices": choices}))
+
+
+def _method(completion: Completion | None) -> str | None:
+    if completion is None or not completion.ok:
+        return None
+    return "constrained" if completion.constrained else "text"
+
+
+def _raw(completion: Completion | None) -> str | None:
+    if completion is None:
+        return None
+    return completion.text if completion.ok else completion.error
+
+
 def evolve_rows(
-    rows: list[dict[str, Any]], round_index: int, config: EvolveSpec, backend: LLMBackend, pack: PromptPack
+    rows: list[dict[str, Any]], round_index: int, config: EvolveSpec, backends: StageBackends | LLMBackend,
+    pack: PromptPack,
 ) -> list[dict[str, Any]]:
-    """One candidate per pool row, in order, with status ``evolved`` or ``rejected`` and its reason."""
+    """One candidate per pool row, in order, with status ``evolved`` or ``rejected`` and its reason.
+
+    ``backends``: the evolving, answering and judging backends (one backend serves all three).
+    """
+    stages = backends if isinstance(backends, StageBackends) else StageBackends.single(backends)
     weights = resolve_weights(pack, config.operation_weights)
     scaffolding = config.elimination.scaffolding_phrases or pack.scaffolding_phrases
     ops = [choose_operation(config.seed, row["id"], round_index, weights) for row in rows]
+    variants = [choose_variant(config.seed, row["id"], round_index, len(pack.operations[op].variants))
+                for row, op in zip(rows, ops, strict=True)]
     parents = [parent_text(row) for row in rows]
-    rendered = [pack.evolve_messages(op, parent, "") for op, parent in zip(ops, parents, strict=True)]
-    evolved = backend.generate([m for m, _ in rendered], config.sampling.evolve)
-    instructions = [clean_evolved_instruction(c.text) if c.ok else "" for c in evolved]
+    rendered = [pack.evolve_messages(op, parent, "", prefill=config.prefill, variant=v)
+                for op, parent, v in zip(ops, parents, variants, strict=True)]
+    # A stop string that is part of an output label would cut a label the model repeats to nothing: those
+    # stops are applied after generation, past the label.
+    engine_stops, label_stops = split_stops(config.sampling.evolve.stop,
+                                            [pack.label(op, v) for op, v in zip(ops, variants, strict=True)])
+    evolved = stages.evolve.generate([m for m, _ in rendered],
+                                     config.sampling.evolve.model_copy(update={"stop": engine_stops}))
+    cuts = [cut_at_stops(c.text, label_stops) if c.ok else (c.text, False) for c in evolved]
+    finish = ["stop" if was_cut else c.finish_reason for c, (_, was_cut) in zip(evolved, cuts, strict=True)]
+    instructions = [clean_evolved_instruction(text) if c.ok else "" for c, (text, _) in zip(evolved, cuts, strict=True)]
 
     def reasons_with(responses: list[Completion | None]) -> list[str | None]:
         table = pa.table({
             "instruction": instructions,
             "response": [r.text if r is not None and r.ok else None for r in responses],
-            "finish_reason": [c.finish_reason for c in evolved],
+            "finish_reason": finish,
             "response_finish_reason": [r.finish_reason if r is not None else None for r in responses],
             "error": [c.error or (r.error if r is not None else None) for c, r in zip(evolved, responses, strict=True)],
         })
         return text_rule_reasons(table, config.elimination, scaffolding)
 
     early = reasons_with([None] * len(rows))
-    to_answer = [i for i, reason in enumerate(early) if reason not in EVOLUTION_REASONS]
+    invalid: list[str | None] = [None] * len(rows)
+    validity: list[Completion | None] = [None] * len(rows)
+    if config.elimination.validity_check:
+        for i, reason in enumerate(early):
+            if reason not in EVOLUTION_REASONS:
+                invalid[i] = validity_rule_reason(instructions[i], parents[i], pack.operations[ops[i]].kind,
+                                                  config.elimination.shorter_than_parent_ratio,
+                                                  "\n".join(m["content"] for m in rendered[i][0]))
+        to_judge = [i for i, reason in enumerate(early) if reason not in EVOLUTION_REASONS and invalid[i] is None]
+        prompts = [pack.validity_messages(parents[i], instructions[i])[0] for i in to_judge]
+        for i, c in zip(to_judge, _judge(stages.judge, prompts, config.sampling.validity, VALIDITY_CHOICES),
+                        strict=True):
+            validity[i] = c
+            invalid[i] = "llm_error" if not c.ok else llm_validity_reason(c.text if c.constrained
+                                                                          else parse_yes_no(c.text))
+
+    to_answer = [i for i, reason in enumerate(early) if reason not in EVOLUTION_REASONS and invalid[i] is None]
     answer_prompts = [pack.answer_messages(instructions[i], "") for i in to_answer]
     answers: list[Completion | None] = [None] * len(rows)
-    for i, completion in zip(to_answer, backend.generate([m for m, _ in answer_prompts], config.sampling.respond),
-                             strict=True):
+    for i, completion in zip(to_answer, stages.respond.generate([m for m, _ in answer_prompts],
+                                                                config.sampling.respond), strict=True):
         answers[i] = completion
     reasons = reasons_with(answers)
+    for i, reason in enumerate(invalid):
+        if reason is not None and early[i] not in EVOLUTION_REASONS:
+            reasons[i] = reason
 
     checks: list[Completion | None] = [None] * len(rows)
     if config.elimination.equality_check:
         to_check = [i for i, reason in enumerate(reasons) if reason is None]
         prompts = [pack.equality_messages(parents[i], instructions[i])[0] for i in to_check]
-        for i, completion in zip(to_check, backend.generate(prompts, config.sampling.equality), strict=True):
-            checks[i] = completion
-            reasons[i] = "llm_error" if not completion.ok else equality_reason(parse_equality(completion.text))
+        for i, c in zip(to_check, _judge(stages.judge, prompts, config.sampling.equality, EQUALITY_CHOICES),
+                        strict=True):
+            checks[i] = c
+            verdict = EQUALITY_VERDICTS[c.text] if c.constrained else parse_equality(c.text)
+            reasons[i] = "llm_error" if not c.ok else equality_reason(verdict)
 
     answer_sha = pack.answer_messages("x", "")[1]
+    models = stages.model_names()
     out = []
     for i, row in enumerate(rows):
-        prompt_tokens, completion_tokens = _tokens(evolved[i], answers[i], checks[i])
+        prompt_tokens, completion_tokens = _tokens(evolved[i], validity[i], answers[i], checks[i])
         out.append({
             "id": record_id(f"{row['id']}\n{round_index}\n{instructions[i]}"),
             "root_id": row["root_id"],
@@ -104,15 +161,22 @@ def evolve_rows(
             "response": answers[i].text if answers[i] is not None and answers[i].ok else None,
             "status": "rejected" if reasons[i] else "evolved",
             "reject_reason": reasons[i],
-            "model": backend.model_name,
+            "model": models["evolve"],
+            "respond_model": models["respond"],
+            "judge_model": models["judge"],
             "prompt_sha": rendered[i][1],
             "prompt_tokens": prompt_tokens,
             "completion_tokens": completion_tokens,
-            "finish_reason": evolved[i].finish_reason,
+            "finish_reason": finish[i],
             "response_prompt_sha": answer_sha if answers[i] is not None else None,
             "response_finish_reason": answers[i].finish_reason if answers[i] is not None else None,
             "raw_evolution": evolved[i].text if evolved[i].ok else evolved[i].error,
-            "equality_raw": (checks[i].text if checks[i].ok else checks[i].error) if checks[i] is not None else None,
+            "equality_raw": _raw(checks[i]),
+            "equality_method": _method(checks[i]),
+            "equality_margin": checks[i].choice_margin if checks[i] is not None else None,
+            "validity_raw": _raw(validity[i]),
+            "validity_method": _method(validity[i]),
+            "validity_margin": validity[i].choice_margin if validity[i] is not None else None,
             "meta": row.get("meta"),  # the seed's source fields, down the whole lineage
         })
     return out
@@ -123,7 +187,7 @@ def evolve_shard(
     candidates_uri: str,
     round_index: int,
     spec: EvolveSpec,
-    backend: LLMBackend,
+    backend: StageBackends | LLMBackend,
     pack: PromptPack,
     key: str | None = None,
     settings: StorageSettings | None = None,
@@ -171,7 +235,7 @@ def reusable_candidates(candidates_uri: str, key: str, settings: StorageSettings
         return None
 
 
-_RUNTIMES: dict[str, tuple[PromptPack, LLMBackend]] = {}
+_RUNTIMES: dict[str, tuple[PromptPack, StageBackends]] = {}
 _RUNTIMES_LOCK = threading.Lock()
 
 
@@ -182,12 +246,12 @@ def reset_stage_runtimes() -> None:
         _RUNTIMES.clear()
 
 
-def stage_runtime(spec: EvolveSpec) -> tuple[PromptPack, LLMBackend]:
+def stage_runtime(spec: EvolveSpec) -> tuple[PromptPack, StageBackends]:
     """The prompt pack and backend of a spec, built once per run and shared by its shard tasks."""
     cache_key = spec.model_dump_json()
     with _RUNTIMES_LOCK:
         if cache_key not in _RUNTIMES:
-            _RUNTIMES[cache_key] = (load_pack(spec.prompt_pack), get_backend(spec.llm))
+            _RUNTIMES[cache_key] = (load_pack(spec.prompt_pack), stage_backends(spec.llm))
         return _RUNTIMES[cache_key]
 
 

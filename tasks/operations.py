@@ -64,3 +64,11 @@ def choose_operation(run_seed: int, row_id: str, round_index: int, weights: Mapp
             return name
     # Rounding can leave target a hair above the running sum; the draw then belongs to the last live operation.
     return next(name for name in reversed(names) if weights[name] > 0)
+
+
+def choose_variant(run_seed: int, row_id: str, round_index: int, count: int) -> int:
+    """Which of an operation's ``count`` variants a row gets (0 when it has none): a seeded hash draw, like
+    :func:`choose_operation`, but independent of it."""
+    if count <= 1:
+        return 0
+    return int(uniform_draw(run_seed, f"{row_id}\x1fvariant", round_index) * count)

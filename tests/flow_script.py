@@ -7,7 +7,7 @@ import threading
 
 from tasks.core.text import parent_text
 from tasks.llm.base import Completion, Conversation, SamplingParams
-from tasks.llm.scripted import GIVEN, given_prompt
+from tasks.llm.scripted import given_prompt, is_evolution_prompt, last_user_text
 
 EXTRA = [
     "Additionally, compare two alternative approaches and justify which one you would recommend to a beginner.",
@@ -55,12 +55,14 @@ class PlannedScript:
         return matches[0]
 
     def __call__(self, conversation: Conversation, params: SamplingParams) -> Completion | str:
-        text = conversation[-1]["content"]
-        if GIVEN in text:
+        text = last_user_text(conversation)
+        if is_evolution_prompt(text):
             given = given_prompt(text)
             return self.evolve(self.seed_of(given), given)
-        if "The second instruction:" in text:
-            second = text.split("The second instruction:", 1)[1].split("Your verdict", 1)[0]
+        if params.choices == ("Yes", "No"):  # the rewrite-validity check
+            return "Yes"
+        if "The Second Prompt:" in text:
+            second = text.split("The Second Prompt:", 1)[1].split("Your Judgement", 1)[0]
             behaviour = self.plan.get(self.seed_of(second))
             return {"equal": "Equal", "unparseable": "Maybe"}.get(behaviour, "Not Equal")
         behaviour = self.plan.get(self.seed_of(text))
@@ -77,7 +79,7 @@ class PlannedScript:
         if behaviour == "truncated":
             return Completion(text=given + " and then", finish_reason="length", prompt_tokens=5, completion_tokens=9)
         if behaviour == "duplicate":
-            return self.parents[13].upper()
+            return self.parents[17].upper()  # a seed long enough to be a full rewrite of either parent
         if behaviour == "error_once":
             with self.lock:
                 first = idx not in self.errored

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tasks.clean import clean_evolved_instruction
+from tasks.clean import clean_evolved_instruction, cut_at_stops, split_stops
 
 TABLE = "| name | age |\n| --- | --- |\n| Ann | 31 |"
 CODE = "```python\ndef f(x):\n    return x * 2\n```"
@@ -82,3 +82,33 @@ def test_cleaning_is_idempotent():
     for raw, _ in CASES:
         once = clean_evolved_instruction(raw)
         assert clean_evolved_instruction(once) == once
+
+
+# ---- stop strings and output labels ------------------------------------------------------------------------
+
+DEMO_STOPS = ("#Given Prompt#", "#The Given Prompt#", "#Rewritten Prompt#", "#Created Prompt#")
+
+
+def test_stops_that_are_part_of_a_label_are_kept_from_the_engine():
+    engine, deferred = split_stops(DEMO_STOPS, ["#Rewritten Prompt#:", "#Created Prompt#:", None])
+    assert engine == ("#Given Prompt#", "#The Given Prompt#")
+    assert deferred == ("#Rewritten Prompt#", "#Created Prompt#")
+    assert split_stops(DEMO_STOPS, [None]) == (DEMO_STOPS, ())
+
+
+@pytest.mark.parametrize("raw, kept", [
+    ("#Rewritten Prompt#: Write a haiku about fog.", "Write a haiku about fog."),
+    ("\n#Rewritten Prompt#:\nWrite a haiku about fog.\n#Rewritten Prompt#: again", "Write a haiku about fog."),
+    ("Write a haiku about fog.\n\n#REWRITTEN PROMPT#:\nmore", "Write a haiku about fog."),
+    ("**Rewritten Prompt:** Write a haiku.\n#Created Prompt#: x", "Write a haiku."),
+    ("Write a haiku about fog.", "Write a haiku about fog."),
+])
+def test_a_labelled_output_never_becomes_empty(raw, kept):
+    text, _ = cut_at_stops(raw, ("#Rewritten Prompt#", "#Created Prompt#"))
+    assert clean_evolved_instruction(text) == kept
+
+
+def test_cut_reports_whether_it_cut():
+    assert cut_at_stops("Do X.\n#Rewritten Prompt#: Y", ("#Rewritten Prompt#",)) == ("Do X.\n", True)
+    assert cut_at_stops("#Rewritten Prompt#:\n", ("#Rewritten Prompt#",)) == ("#Rewritten Prompt#:\n", False)
+    assert cut_at_stops("Do X.", ()) == ("Do X.", False)

@@ -196,7 +196,8 @@ def test_equality_reason_and_reason_names():
     with pytest.raises(ValueError):
         equality_reason("maybe")
     assert REJECT_REASONS[: len(TEXT_RULE_REASONS)] == TEXT_RULE_REASONS
-    for name in ("no_information_gain", "equality_unparseable", "duplicate", "near_duplicate"):
+    for name in ("no_information_gain", "equality_unparseable", "duplicate", "near_duplicate", "not_an_instruction",
+                 "validity_unparseable", "answers_parent", "shorter_than_parent"):
         assert name in REJECT_REASONS
-    assert len(set(REJECT_REASONS)) == len(REJECT_REASONS) == 12
+    assert len(set(REJECT_REASONS)) == len(REJECT_REASONS) == 20  # 8 text rules, 8 validity, 4 more
     assert 140 <= len(DEFAULT_STOP_WORDS) <= 200 and len(set(DEFAULT_STOP_WORDS)) == len(DEFAULT_STOP_WORDS)

@@ -145,6 +145,32 @@ def test_seed_and_stop_are_sent(server):
     assert (server.bodies[0]["seed"], server.bodies[0]["stop"]) == (3, ["###"])
 
 
+def test_forced_choice_and_prefill_are_sent_as_vllm_request_fields(server):
+    prefilled = [{"role": "user", "content": "ok rewrite"}, {"role": "assistant", "content": "#Rewritten Prompt#:"}]
+    choice = SamplingParams(max_tokens=8, choices=("Equal", "Not Equal"))
+    [judged, continued] = make_backend(server.url).generate([user("ok judge"), prefilled], choice)
+    first, second = server.bodies
+    assert first["structured_outputs"] == {"choice": ["Equal", "Not Equal"]}
+    assert (first["logprobs"], first["top_logprobs"]) == (True, 20)
+    assert "continue_final_message" not in first and "add_generation_prompt" not in first
+    assert (second["continue_final_message"], second["add_generation_prompt"]) == (True, False)
+    # this server ignores the field and answers in prose: the answer is not marked constrained
+    assert judged.ok and judged.text == "echo: ok judge" and not judged.constrained and judged.choice_margin is None
+    settings = LLMEnvSettings(base_url=server.url, api_key=SecretStr(SECRET))
+    OpenAIBackend("default", settings, structured_outputs=False).generate([user("ok plain")], choice)
+    assert not {"structured_outputs", "logprobs", "top_logprobs"} & set(server.bodies[-1])
+
+
+def test_constrained_answer_and_margin_are_read_from_the_response():
+    data = {"choices": [{"message": {"content": "Not Equal"}, "finish_reason": "stop", "logprobs": {"content": [
+        {"token": "Not", "logprob": -0.1, "top_logprobs": [{"token": "Not", "logprob": -0.1},
+                                                           {"token": "Equal", "logprob": -2.6}]}]}}],
+            "usage": {"prompt_tokens": 9, "completion_tokens": 3}}
+    done = OpenAIBackend._parse(data, ("Equal", "Not Equal"))
+    assert done.constrained and done.text == "Not Equal" and done.choice_margin == pytest.approx(2.5)
+    assert not OpenAIBackend._parse(data, None).constrained
+
+
 def test_timeout_gives_item_error_after_retries(server):
     backend = make_backend(server.url, timeout=0.3, retries=1)
     results = backend.generate([user("slow one"), user("ok fine")], PARAMS)
@@ -259,3 +285,27 @@ def test_real_vllm_serve_batch_in_order(vllm_server):
     for r in results:
         assert r.ok and r.text and r.finish_reason in ("stop", "length")
         assert 1 <= r.completion_tokens <= PARAMS.max_tokens
+
+
+@pytest.mark.vllm
+def test_real_vllm_serve_honours_the_forced_choice_and_the_prefill(vllm_server):
+    from transformers import AutoTokenizer
+
+    from prompts import load_pack
+
+    url, model = vllm_server
+    backend = OpenAIBackend("default", LLMEnvSettings(base_url=url, request_timeout_s=120), max_retries=1)
+    pack = load_pack("general")
+    pairs = [("Name three fruits.", "Name three tropical fruits and where each grows."),
+             ("What is 2 + 2?", "What is 2 + 2?"), ("Explain rain.", "#")]
+    judge = SamplingParams(temperature=0.0, top_p=1.0, max_tokens=8, choices=("Equal", "Not Equal"))
+    for r in backend.generate([pack.equality_messages(a, b)[0] for a, b in pairs], judge):
+        assert r.ok and r.constrained and r.text in judge.choices
+        assert r.choice_margin is not None and r.choice_margin >= 0
+    convs = [pack.evolve_messages("add_constraints", s, prefill=True)[0] for s in ("Name a colour.", "Count to 3.")]
+    tokenizer = AutoTokenizer.from_pretrained(str(model))
+    expected = [len(tokenizer.encode(tokenizer.apply_chat_template(c, continue_final_message=True, tokenize=False),
+                                      add_special_tokens=False)) for c in convs]
+    results = backend.generate(convs, PARAMS)
+    assert [r.prompt_tokens for r in results] == expected  # the label is in the prompt: the turn was continued
+    assert all(r.ok and r.completion_tokens >= 1 for r in results)

@@ -168,3 +168,55 @@ def test_calls_from_threads_are_serialised(backend):
     for t in threads:
         t.join(timeout=300)
     assert out == {0: expected, 1: expected}
+
+
+# ---- forced choices and prefilled turns on the real engine ----------------------------------------------------
+
+JUDGE = SamplingParams(temperature=0.0, top_p=1.0, max_tokens=8, choices=("Equal", "Not Equal"))
+
+
+@pytest.mark.vllm
+def test_constrained_judge_answers_exactly_one_choice_with_a_margin(backend):
+    from prompts import load_pack
+
+    pack = load_pack("general")
+    pairs = [("Write a haiku about a lighthouse.", "Write a haiku about a lighthouse."),
+             ("Name three fruits.", "Name three tropical fruits and give the country each mostly comes from."),
+             ("What is 2 + 2?", "It's 4."), ("Summarise the text.", "#"),
+             ("Explain photosynthesis.", "Explain photosynthesis to a ten-year-old, in five sentences or fewer.")]
+    results = backend.generate([pack.equality_messages(a, b)[0] for a, b in pairs], JUDGE)
+    for r in results:
+        assert r.ok and r.constrained and r.text in JUDGE.choices
+        assert r.choice_margin is not None and r.choice_margin >= 0  # greedy picks the better first token
+    yes_no = SamplingParams(temperature=0.0, top_p=1.0, max_tokens=4, choices=("Yes", "No"))
+    results = backend.generate([pack.validity_messages(a, b)[0] for a, b in pairs], yes_no)
+    assert all(r.ok and r.constrained and r.text in ("Yes", "No") for r in results)
+    # max_tokens below the longest choice cannot complete it: such an answer is not marked constrained
+    cut = backend.generate([user("Is the sky green? Answer Equal or Not Equal.")],
+                           SamplingParams(temperature=0.0, max_tokens=1, choices=("Not Equal", "Equal")))[0]
+    assert cut.text in ("Equal", "Not Equal") or not cut.constrained
+
+
+@pytest.mark.vllm
+def test_prefilled_turn_is_continued_and_a_repeated_label_never_empties_the_output(backend):
+    from prompts import load_pack
+    from tasks.clean import clean_evolved_instruction, cut_at_stops, split_stops
+
+    pack = load_pack("general")
+    seeds = ["Write a haiku about a lighthouse.", "Name three primary colours.", "What is 37 multiplied by 24?",
+             "Explain why the sky is blue.", "Give three tips for better sleep.", "Sort these numbers: 5, 2, 9."]
+    stops = ("#Given Prompt#", "#The Given Prompt#", "#Rewritten Prompt#", "#Created Prompt#")
+    for op in ("add_constraints", "in_breadth"):
+        convs = [pack.evolve_messages(op, s, prefill=True)[0] for s in seeds]
+        assert all(c[-1] == {"role": "assistant", "content": pack.label(op)} for c in convs)
+        engine_stops, label_stops = split_stops(stops, [pack.label(op)])
+        assert not label_stops or all(s not in engine_stops for s in label_stops)
+        params = SamplingParams(temperature=0.0, top_p=1.0, max_tokens=48, stop=engine_stops)
+        results = backend.generate(convs, params)
+        tokenizer = backend.engine.get_tokenizer()
+        assert [r.prompt_tokens for r in results] == [chat_prompt_tokens(tokenizer, c) for c in convs]
+        for r in results:
+            assert r.ok and r.completion_tokens >= 1
+            text, _ = cut_at_stops(r.text, label_stops)
+            if clean_evolved_instruction(r.text):  # the model wrote something besides labels: it is kept
+                assert clean_evolved_instruction(text), r.text

@@ -46,41 +46,112 @@ def test_bundled_packs_and_their_operations():
         assert "given prompt" in p.scaffolding_phrases and "#rewritten prompt#" in p.scaffolding_phrases
 
 
+def render_op(pack, name, variant=0, **variables):
+    spec = pack.operations[name]
+    extra = spec.variants[variant] if spec.variants else {}
+    return pack.render(name, **extra, **variables).text
+
+
+def given_heading(pack, name):
+    if name == "complicate_input":
+        return "The Given Prompt:"
+    return "#The Given Prompt#:" if pack.name == "general" and name != "in_breadth" else "#Given Prompt#:"
+
+
 def test_every_operation_renders_with_and_without_input(pack):
-    for name, spec in pack.operations.items():
-        with_input = pack.render(name, instruction="Sort the list.", input="[3, 1, 2]").text
-        without = pack.render(name, instruction="Sort the list.", input="").text
-        blank = pack.render(name, instruction="Sort the list.", input="  \n ").text
-        assert "#Given Prompt#:\nSort the list.\n\n[3, 1, 2]\n" in with_input
+    for name in pack.operations:
+        with_input = render_op(pack, name, instruction="Sort the list.", input="[3, 1, 2]")
+        without = render_op(pack, name, instruction="Sort the list.", input="")
+        blank = render_op(pack, name, instruction="Sort the list.", input="  \n ")
+        given = given_heading(pack, name)
+        assert f"{given}\nSort the list.\n\n[3, 1, 2]\n" in with_input
         assert "[3, 1, 2]" not in without and without == blank
-        assert "#Given Prompt#:\nSort the list.\n\n#" in without  # no empty lines left by the input block
-        label = "#Created Prompt#:" if spec.kind == "in_breadth" else "#Rewritten Prompt#:"
-        assert without.rstrip().endswith(label)
+        assert f"{given}\nSort the list.\n" in without and "Sort the list.\n\n\n" not in without
+        assert without.rstrip().endswith(pack.label(name))  # the prompt ends with the label a prefill repeats
         assert "{{" not in without and "{#" not in without
 
 
-def test_in_depth_prompts_follow_the_method(pack):
+def test_code_in_depth_prompts_follow_the_method():
+    pack = load_pack("code")
     methods = set()
-    in_depth = [name for name, spec in pack.operations.items() if spec.kind == "in_depth"]
-    for name in in_depth:
+    for name in pack.operations:
         text = pack.render(name, instruction="x", input="").text
         lines = [line for line in text.splitlines() if line.startswith("Method:")]
         assert len(lines) == 1, name
         methods.add(lines[0])
         for words in ("'#Given Prompt#'", "'#Rewritten Prompt#'", "'given prompt'", "'rewritten prompt'"):
             assert words in text, (name, words)
-    assert len(methods) == len(in_depth) == 5  # one method line of its own per operation
+    assert len(methods) == len(pack.operations) == 5  # one method line of its own per operation
 
 
-def test_general_in_depth_rules_and_in_breadth():
+# The paper's key phrases (WizardLM's Evol_Instruct/depth.py and breadth.py, and the paper's appendix).
+PAPER_IN_DEPTH = (
+    "I want you to act as a Prompt Rewriter.",
+    "to make those famous AI systems (e.g., ChatGPT and GPT4) a bit harder to handle.",
+    "But the rewritten prompt must be reasonable and must be understood and responded by humans.",
+    "Your rewriting cannot omit the non-text parts such as the table and code in #The Given Prompt#.",
+    "Also, please do not omit the input in #The Given Prompt#.",
+    "You SHOULD complicate the given prompt using the following method:",
+    "#Rewritten Prompt# can only add 10 to 20 words into #The Given Prompt#.",
+    "'#The Given Prompt#', '#Rewritten Prompt#', 'given prompt' and 'rewritten prompt' are not allowed to appear "
+    "in #Rewritten Prompt#",
+)
+PAPER_METHODS = {
+    "add_constraints": "Please add one more constraint or requirement into #The Given Prompt#.",
+    "deepening": "If #The Given Prompt# contains inquiries about certain issues, the depth and breadth of the "
+                 "inquiry can be increased.",
+    "concretizing": "Please replace general concepts with more specific concepts.",
+    "increase_reasoning_steps": "If #The Given Prompt# can be solved with just a few simple thinking processes, "
+                                "you can rewrite it to explicitly request multiple-step reasoning.",
+}
+PAPER_IN_BREADTH = (
+    "I want you to act as a Prompt Creator.",
+    "Your goal is to draw inspiration from the #Given Prompt# to create a brand new prompt.",
+    "This new prompt should belong to the same domain as the #Given Prompt# but be even more rare.",
+    "The LENGTH and complexity of the #Created Prompt# should be similar to that of the #Given Prompt#.",
+    "The #Created Prompt# must be reasonable and must be understood and responded by humans.",
+    "'#Given Prompt#', '#Created Prompt#', 'given prompt' and 'created prompt' are not allowed to appear in "
+    "#Created Prompt#",
+)
+
+
+def test_general_pack_has_the_papers_wording():
     pack = load_pack("general")
-    for name, spec in pack.operations.items():
+    for name, method in PAPER_METHODS.items():
         text = pack.render(name, instruction="x", input="").text
-        if spec.kind == "in_depth":
-            assert "10 to 20 words" in text and "tables and code" in text and "input" in text
-        else:
-            assert "brand-new" in text and "same domain" in text and "rarer" in text
-            assert "same length and difficulty" in text
+        for phrase in PAPER_IN_DEPTH + (method,):
+            assert phrase in text, (name, phrase)
+    text = pack.render("in_breadth", instruction="x", input="").text
+    for phrase in PAPER_IN_BREADTH:
+        assert phrase in text, phrase
+
+
+def test_general_complicate_input_names_one_format_with_its_example():
+    pack = load_pack("general")
+    spec = pack.operations["complicate_input"]
+    assert len(spec.variants) == 6
+    formats = set()
+    for i, variant in enumerate(spec.variants):
+        text = render_op(pack, "complicate_input", variant=i, instruction="Name a colour.", input="")
+        fmt = variant["format"]
+        formats.add(fmt)
+        assert f"You must add [{fmt}] format text as input data in [Rewritten Prompt]." in text
+        assert text.count(f"MUST contain a specific {fmt} as input, in question style") == 2  # example + task
+        assert variant["example_given"] in text and variant["example_rewritten"] in text
+        assert text.index(variant["example_rewritten"]) < text.index("Name a colour.")
+        assert pack.label("complicate_input", i) == (f"Rewritten Prompt (MUST contain a specific {fmt} as input, "
+                                                     "in question style):")
+        messages, _ = pack.evolve_messages("complicate_input", "Name a colour.", prefill=True, variant=i)
+        assert messages[-1] == {"role": "assistant", "content": pack.label("complicate_input", i)}
+    assert len(formats) == 6
+
+
+def test_prefill_opens_the_assistant_turn_with_the_label(pack):
+    for name in pack.operations:
+        plain, sha = pack.evolve_messages(name, "Sort the list.")
+        filled, filled_sha = pack.evolve_messages(name, "Sort the list.", prefill=True)
+        assert [m["role"] for m in plain] == ["system", "user"] and sha == filled_sha
+        assert filled[:2] == plain and filled[2] == {"role": "assistant", "content": pack.label(name)}
 
 
 def test_answer_equality_and_system(pack):
@@ -88,7 +159,9 @@ def test_answer_equality_and_system(pack):
     assert pack.render("answer", instruction="Say hi.", input="to Bob").text == "Say hi.\n\nto Bob\n"
     text = pack.render("equality", first="A one", second="B two").text
     assert text.index("A one") < text.index("B two")
-    assert '"Equal"' in text and '"Not Equal"' in text
+    assert "Equal" in text and "Not Equal" in text
+    text = pack.render("validity", parent="A one", candidate="B two").text
+    assert text.index("A one") < text.index("B two") and "Yes or No" in text
     assert pack.render("system").text.strip()
 
 
@@ -97,12 +170,14 @@ def test_messages(pack):
     messages, sha = pack.evolve_messages(op, "Sort the list.", "[3, 1, 2]")
     assert [m["role"] for m in messages] == ["system", "user"]
     assert messages[0]["content"] == pack.render("system").text.strip()
-    assert messages[1]["content"] == pack.render(op, instruction="Sort the list.", input="[3, 1, 2]").text.rstrip()
+    assert messages[1]["content"] == render_op(pack, op, instruction="Sort the list.", input="[3, 1, 2]").rstrip()
     assert sha == pack.template_shas()[op]
     messages, sha = pack.answer_messages("Say hi.")
     assert messages[1]["content"] == "Say hi." and sha == pack.template_shas()["answer"]
     messages, sha = pack.equality_messages("a", "b")
     assert sha == pack.template_shas()["equality"] and "a" in messages[1]["content"]
+    messages, sha = pack.validity_messages("first", "second")
+    assert sha == pack.template_shas()["validity"] and "second" in messages[1]["content"]
     with pytest.raises(PromptRenderError, match="no operation 'answer'"):
         pack.evolve_messages("answer", "x")
 
@@ -120,7 +195,7 @@ def test_missing_variable_and_unknown_template_raise(pack):
 
 def test_template_shas_are_stable_and_distinct(pack):
     shas = pack.template_shas()
-    assert set(shas) == set(pack.operations) | {"system", "equality", "answer"}
+    assert set(shas) == set(pack.operations) | {"system", "equality", "answer", "validity"}
     assert all(len(s) == 16 and int(s, 16) >= 0 for s in shas.values())
     assert len(set(shas.values())) == len(shas)
     assert load_pack(pack.name).template_shas() == shas

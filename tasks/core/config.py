@@ -24,6 +24,17 @@ class SamplingParams(BaseModel):
     max_tokens: int = Field(2048, ge=1)
     seed: int | None = None
     stop: tuple[str, ...] = ()
+    # A forced choice: the output must be exactly one of these (constrained decoding where the backend can).
+    choices: tuple[str, ...] | None = None
+
+    @field_validator("choices")
+    @classmethod
+    def _choices_valid(cls, value: tuple[str, ...] | None) -> tuple[str, ...] | None:
+        if value is None:
+            return None
+        if len(value) < 2 or len(set(value)) != len(value) or not all(c.strip() for c in value):
+            raise ValueError("choices must be at least two distinct non-blank strings")
+        return value
 
 
 class LLMEnvSettings(BaseModel):
@@ -49,12 +60,45 @@ class _Strict(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
 
-class LLMConfig(_Strict):
-    """Which backend and model a run uses; ``engine_args`` go to ``vllm.LLM`` unchanged."""
+BackendName = Literal["vllm", "openai", "scripted"]
+STAGES: tuple[str, ...] = ("evolve", "respond", "judge")
 
-    backend: Literal["vllm", "openai", "scripted"] = "vllm"
+
+class StageLLMConfig(_Strict):
+    """One stage's backend and model; a key left out is taken from the run's ``llm`` section."""
+
+    backend: BackendName | None = None
+    model: str | None = None
+    engine_args: dict[str, Any] | None = None
+    structured_outputs: bool | None = None
+
+
+class LLMConfig(_Strict):
+    """Which backend and model a run uses; ``engine_args`` go to ``vllm.LLM`` unchanged.
+
+    ``evolve``, ``respond`` and ``judge`` may name another backend or model for that stage (a strong judge, a
+    cheap evolver); by default every stage uses this one. ``structured_outputs`` (``openai`` backend) says
+    whether the server honours vLLM's ``structured_outputs`` request field; without it yes/no judgements fall
+    back to a strict text parse.
+    """
+
+    backend: BackendName = "vllm"
     model: str = "default"
     engine_args: dict[str, Any] = Field(default_factory=dict)
+    structured_outputs: bool = True
+    evolve: StageLLMConfig | None = None
+    respond: StageLLMConfig | None = None
+    judge: StageLLMConfig | None = None
+
+    def for_stage(self, stage: str) -> LLMConfig:
+        """The backend settings of one stage (``evolve``, ``respond`` or ``judge``), with no stage overrides."""
+        if stage not in STAGES:
+            raise ValueError(f"unknown stage {stage!r} (expected one of {', '.join(STAGES)})")
+        override = getattr(self, stage)
+        base = self.model_dump(include={"backend", "model", "engine_args", "structured_outputs"})
+        if override is not None:
+            base.update({k: v for k, v in override.model_dump().items() if v is not None})
+        return LLMConfig.model_validate(base)
 
 
 class StageSampling(_Strict):
@@ -63,12 +107,15 @@ class StageSampling(_Strict):
     evolve: SamplingParams = SamplingParams()
     respond: SamplingParams = SamplingParams()
     equality: SamplingParams = SamplingParams(temperature=0.0, top_p=1.0, max_tokens=8)
+    validity: SamplingParams = SamplingParams(temperature=0.0, top_p=1.0, max_tokens=4)
 
 
 class EliminationConfig(_Strict):
     """Thresholds and word lists of the elimination rules."""
 
     equality_check: bool = True
+    validity_check: bool = True  # the rewrite-validity rules (heuristics and the LLM yes/no check)
+    shorter_than_parent_ratio: float = Field(0.5, gt=0.0, le=1.0)  # an in-depth rewrite under this share fails
     sorry_max_words: int = Field(80, ge=1)
     sorry_words: tuple[str, ...] = ("sorry",)
     stop_words: tuple[str, ...] | None = None  # None: the built-in English list
@@ -129,6 +176,7 @@ class RunConfig(_Strict):
     seed: int = 0
     prompt_pack: str = "general"
     operation_weights: dict[str, float] | None = None
+    prefill: bool = True  # start the assistant's turn with the template's output label (#Rewritten Prompt#:)
     llm: LLMConfig = LLMConfig()
     sampling: StageSampling = StageSampling()
     elimination: EliminationConfig = EliminationConfig()

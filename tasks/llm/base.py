@@ -1,7 +1,16 @@
-"""The backend protocol: a batch of conversations and sampling parameters in, completions out, in order."""
+"""The backend protocol: a batch of conversations and sampling parameters in, completions out, in order.
+
+A conversation whose last message is the assistant's is *prefilled*: the backend continues that message
+instead of opening a new turn, and the completion holds only the continuation. ``SamplingParams.choices``
+asks for a forced choice: a backend that can constrain decoding returns exactly one choice with
+``constrained=True`` and the log-probability margin of the decision; one that can't returns free text with
+``constrained=False``, for the caller to parse strictly.
+"""
 
 from __future__ import annotations
 
+import math
+from collections.abc import Mapping, Sequence
 from typing import Protocol, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict
@@ -11,11 +20,20 @@ from tasks.core.config import SamplingParams
 Message = dict[str, str]
 Conversation = list[Message]
 
-__all__ = ["BackendError", "Completion", "Conversation", "LLMBackend", "Message", "SamplingParams"]
+__all__ = ["BackendError", "Completion", "Conversation", "LLMBackend", "Message", "SamplingParams",
+           "choice_margin", "is_prefilled", "TOP_LOGPROBS"]
+
+# How many alternatives a backend asks for at the deciding position of a forced choice.
+TOP_LOGPROBS = 20
 
 
 class Completion(BaseModel):
-    """One completion. ``error`` is set (and ``text`` empty) when this item failed alone."""
+    """One completion. ``error`` is set (and ``text`` empty) when this item failed alone.
+
+    ``constrained``: the text was produced under a forced choice (it is exactly one of the choices).
+    ``choice_margin``: for a forced choice, the log-probability of the chosen answer's best first token minus
+    that of the best first token of any other choice (>= 0 for a greedy decision; ``None`` when unknown).
+    """
 
     model_config = ConfigDict(frozen=True)
 
@@ -24,6 +42,8 @@ class Completion(BaseModel):
     prompt_tokens: int = 0
     completion_tokens: int = 0
     error: str | None = None
+    constrained: bool = False
+    choice_margin: float | None = None
 
     @property
     def ok(self) -> bool:
@@ -43,3 +63,33 @@ class LLMBackend(Protocol):
     def generate(self, conversations: list[Conversation], params: SamplingParams) -> list[Completion]:
         """Complete every conversation; the i-th completion answers the i-th conversation."""
         ...
+
+
+def is_prefilled(conversation: Conversation) -> bool:
+    """Whether the conversation ends with the assistant's (prefilled) turn, to be continued."""
+    return bool(conversation) and conversation[-1].get("role") == "assistant"
+
+
+def choice_margin(top_logprobs: Mapping[str, float], chosen: str, choices: Sequence[str]) -> float | None:
+    """The margin of a forced choice at its first token, from that position's top log-probabilities.
+
+    Each token (text) counts for the choices it begins (surrounding whitespace ignored); a token that begins
+    several choices decides nothing and is skipped. The margin is the best log-probability among tokens
+    beginning ``chosen`` minus the best among tokens beginning any other choice. When no token of another
+    choice is in the list, the lowest listed log-probability bounds it (the margin is then a lower bound).
+    ``None`` when no listed token begins ``chosen``.
+    """
+    finite = {t: lp for t, lp in top_logprobs.items() if math.isfinite(lp)}  # masked-out tokens are -inf
+    best: dict[str, float] = {}
+    for token, logprob in finite.items():
+        piece = token.strip()
+        if not piece:
+            continue
+        begun = [c for c in choices if c.startswith(piece)]
+        if len(begun) == 1:
+            best[begun[0]] = max(best.get(begun[0], float("-inf")), logprob)
+    if chosen not in best:
+        return None
+    others = [lp for c, lp in best.items() if c != chosen]
+    other = max(others) if others else min(finite.values())
+    return best[chosen] - other

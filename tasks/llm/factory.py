@@ -1,8 +1,10 @@
-"""Build the backend a run's ``LLMConfig`` asks for."""
+"""Build the backends a run's ``LLMConfig`` asks for: one per stage, shared where the stages agree."""
 
 from __future__ import annotations
 
-from tasks.core.config import EnvSettings, LLMConfig
+from dataclasses import dataclass
+
+from tasks.core.config import STAGES, EnvSettings, LLMConfig
 from tasks.llm.base import LLMBackend
 
 
@@ -18,9 +20,40 @@ def get_backend(llm_config: LLMConfig, env: EnvSettings | None = None) -> LLMBac
     if llm_config.backend == "openai":
         from tasks.llm.openai_backend import OpenAIBackend
 
-        return OpenAIBackend(llm_config.model, env.llm)
+        return OpenAIBackend(llm_config.model, env.llm, structured_outputs=llm_config.structured_outputs)
     if llm_config.backend == "scripted":
         from tasks.llm.scripted import scripted_backend
 
         return scripted_backend(llm_config.model)
     raise ValueError(f"unknown LLM backend {llm_config.backend!r} (expected 'vllm', 'openai' or 'scripted')")
+
+
+@dataclass(frozen=True)
+class StageBackends:
+    """The backend of each LLM stage: evolving, answering, judging (equality and validity checks)."""
+
+    evolve: LLMBackend
+    respond: LLMBackend
+    judge: LLMBackend
+
+    @classmethod
+    def single(cls, backend: LLMBackend) -> StageBackends:
+        """One backend for every stage."""
+        return cls(backend, backend, backend)
+
+    def model_names(self) -> dict[str, str]:
+        """Stage -> the model name that stage's backend reports."""
+        return {stage: getattr(self, stage).model_name for stage in STAGES}
+
+
+def stage_backends(llm_config: LLMConfig, env: EnvSettings | None = None) -> StageBackends:
+    """The backends of the three stages; stages whose resolved settings are equal share one backend object."""
+    built: dict[str, LLMBackend] = {}
+    by_stage: dict[str, LLMBackend] = {}
+    for stage in STAGES:
+        resolved = llm_config.for_stage(stage)
+        key = resolved.model_dump_json()
+        if key not in built:
+            built[key] = get_backend(resolved, env)
+        by_stage[stage] = built[key]
+    return StageBackends(**by_stage)

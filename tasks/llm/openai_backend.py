@@ -11,7 +11,15 @@ from typing import Any
 import httpx
 
 from tasks.core.config import LLMEnvSettings
-from tasks.llm.base import BackendError, Completion, Conversation, SamplingParams
+from tasks.llm.base import (
+    TOP_LOGPROBS,
+    BackendError,
+    Completion,
+    Conversation,
+    SamplingParams,
+    choice_margin,
+    is_prefilled,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -31,10 +39,15 @@ class OpenAIBackend:
 
     Retries 408/409/429/5xx, timeouts and connection errors ``max_retries`` times with exponential back-off; an
     item that still fails gets an ``error`` completion. ``BackendError`` only when no request reached the server.
+
+    A forced choice (``SamplingParams.choices``) is sent as vLLM's ``structured_outputs: {"choice": [...]}`` with
+    ``logprobs``/``top_logprobs`` when ``structured_outputs`` is on (a vLLM server); an answer that is not exactly
+    one of the choices (a server that ignored the field) comes back with ``constrained=False``. A prefilled
+    conversation is sent with vLLM's ``continue_final_message: true, add_generation_prompt: false``.
     """
 
     def __init__(self, model: str = "default", settings: LLMEnvSettings | None = None, max_retries: int = 3,
-                 backoff_s: float = 0.5, max_backoff_s: float = 30.0):
+                 backoff_s: float = 0.5, max_backoff_s: float = 30.0, structured_outputs: bool = True):
         if max_retries < 0:
             raise ValueError("max_retries must be >= 0")
         self.settings = settings or LLMEnvSettings()
@@ -43,6 +56,7 @@ class OpenAIBackend:
         self.backoff_s = backoff_s
         self.max_backoff_s = max_backoff_s
         self._model = None if model == "default" else model
+        self.structured_outputs = structured_outputs
 
     def __repr__(self) -> str:
         return f"OpenAIBackend(model={self._model!r}, base_url={self.base_url!r})"
@@ -96,7 +110,9 @@ class OpenAIBackend:
         async with httpx.AsyncClient(base_url=self.base_url, headers=self._headers(), limits=limits,
                                      timeout=self.settings.request_timeout_s) as client:
             results = await asyncio.gather(
-                *(self._one(client, semaphore, self._body(model, conv, params)) for conv in conversations)
+                *(self._one(client, semaphore, self._body(model, conv, params, self.structured_outputs),
+                            params.choices if self.structured_outputs else None)
+                  for conv in conversations)
             )
         completions = [c for c, _ in results]
         if all(unreachable for _, unreachable in results):
@@ -104,20 +120,29 @@ class OpenAIBackend:
         return completions
 
     @staticmethod
-    def _body(model: str, conversation: Conversation, params: SamplingParams) -> dict[str, Any]:
+    def _body(model: str, conversation: Conversation, params: SamplingParams,
+              structured_outputs: bool = True) -> dict[str, Any]:
+        """The request body for one conversation."""
         body: dict[str, Any] = {"model": model, "messages": conversation, "temperature": params.temperature,
                                 "top_p": params.top_p, "max_tokens": params.max_tokens}
         if params.seed is not None:
             body["seed"] = params.seed
         if params.stop:
             body["stop"] = list(params.stop)
+        if is_prefilled(conversation):
+            body["add_generation_prompt"] = False
+            body["continue_final_message"] = True
+        if params.choices is not None and structured_outputs:
+            body["structured_outputs"] = {"choice": list(params.choices)}
+            body["logprobs"] = True
+            body["top_logprobs"] = TOP_LOGPROBS
         return body
 
-    async def _one(self, client: httpx.AsyncClient, semaphore: asyncio.Semaphore,
-                   body: dict[str, Any]) -> tuple[Completion, bool]:
+    async def _one(self, client: httpx.AsyncClient, semaphore: asyncio.Semaphore, body: dict[str, Any],
+                   choices: tuple[str, ...] | None = None) -> tuple[Completion, bool]:
         async with semaphore:
             try:
-                return self._parse(await self._post_with_retries(client, body)), False
+                return self._parse(await self._post_with_retries(client, body), choices), False
             except _ItemFailed as err:
                 return Completion(error=self._redact(str(err)), finish_reason="error"), err.unreachable
 
@@ -150,14 +175,21 @@ class OpenAIBackend:
         raise _ItemFailed(f"failed after {self.max_retries + 1} attempts: {problem}", unreachable=not reached)
 
     @staticmethod
-    def _parse(data: dict[str, Any]) -> Completion:
+    def _parse(data: dict[str, Any], choices: tuple[str, ...] | None = None) -> Completion:
         try:
             choice = data["choices"][0]
             text = choice["message"].get("content") or ""
             usage = data.get("usage") or {}
+            constrained = choices is not None and text in choices
+            margin = None
+            content = (choice.get("logprobs") or {}).get("content") or []
+            if constrained and content:
+                first = {t["token"]: float(t["logprob"]) for t in content[0].get("top_logprobs") or []}
+                margin = choice_margin(first, text, choices) if first else None
             return Completion(text=text, finish_reason=choice.get("finish_reason"),
                               prompt_tokens=int(usage.get("prompt_tokens") or 0),
-                              completion_tokens=int(usage.get("completion_tokens") or 0))
+                              completion_tokens=int(usage.get("completion_tokens") or 0),
+                              constrained=constrained, choice_margin=margin)
         except (KeyError, IndexError, TypeError, AttributeError, ValueError) as err:
             return Completion(error=f"unexpected response shape: {type(err).__name__}: {err}", finish_reason="error")
 

@@ -11,11 +11,18 @@ Responder = Callable[[Conversation, SamplingParams], "Completion | str"]
 
 
 class ScriptedBackend:
-    """Answers with ``responder(conversation, params)``; a plain string becomes a ``stop`` completion."""
+    """Answers with ``responder(conversation, params)``; a plain string becomes a ``stop`` completion.
 
-    def __init__(self, responder: Responder, model_name: str = "scripted"):
+    ``constrained=True`` plays a backend with constrained decoding: under a forced choice an answer must be one
+    of the choices (anything else fails the item) and is marked ``constrained`` with ``margin``.
+    """
+
+    def __init__(self, responder: Responder, model_name: str = "scripted", constrained: bool = False,
+                 margin: float | None = None):
         self.responder = responder
         self.model_name = model_name
+        self.constrained = constrained
+        self.margin = margin
         self.calls = 0
         self.items = 0
         self._lock = threading.Lock()
@@ -36,11 +43,19 @@ class ScriptedBackend:
                 prompt_tokens = sum(len(m["content"].split()) for m in conv)
                 result = Completion(text=result, finish_reason="stop", prompt_tokens=prompt_tokens,
                                     completion_tokens=max(1, len(result.split())))
+            if self.constrained and params.choices is not None and result.ok:
+                if result.text not in params.choices:
+                    result = Completion(error=f"scripted answer {result.text!r} is not one of {params.choices}",
+                                        finish_reason="error")
+                else:
+                    result = result.model_copy(update={"constrained": True, "choice_margin": self.margin})
             out.append(result)
         return out
 
 
 GIVEN = "#Given Prompt#:"
+# The headings an evolution prompt shows its instruction under (in-breadth, in-depth, complicate-input).
+GIVEN_HEADINGS = ("#Given Prompt#:", "#The Given Prompt#:", "The Given Prompt:")
 ADDITIONS = {
     "constraint": "Answer in no more than 100 words and cite one concrete example.",
     "depth": "Also explain the underlying principles and discuss two edge cases.",
@@ -50,21 +65,34 @@ ADDITIONS = {
 }
 
 
+def is_evolution_prompt(text: str) -> bool:
+    """Whether a prompt asks to evolve an instruction (it shows one under a given-prompt heading)."""
+    return any(heading in text for heading in GIVEN_HEADINGS)
+
+
 def given_prompt(text: str) -> str:
-    """The instruction an evolution prompt shows under ``#Given Prompt#``."""
-    body = text.split(GIVEN, 1)[1]
-    for end in ("#Rewritten Prompt#:", "#Created Prompt#:"):
+    """The instruction an evolution prompt shows under its last given-prompt heading (after any worked example)."""
+    at, heading = max((text.rfind(h), h) for h in GIVEN_HEADINGS)
+    body = text[at + len(heading):]
+    for end in ("#Rewritten Prompt#:", "#Created Prompt#:", "Rewritten Prompt ("):
         body = body.split(end, 1)[0]
     return body.strip()
 
 
+def last_user_text(conversation: Conversation) -> str:
+    """The content of the conversation's last user message (a prefilled assistant turn may follow it)."""
+    return next(m["content"] for m in reversed(conversation) if m["role"] == "user")
+
+
 def demo_responder(conversation: Conversation, params: SamplingParams) -> str:
     """A deterministic stand-in for a capable model, reading the prompt packs' scaffolding."""
-    text = conversation[-1]["content"]
+    text = last_user_text(conversation)
+    if params.choices is not None and "Yes" in params.choices:
+        return "Yes"
     if GIVEN in text and "#Created Prompt#" in text:
         words = given_prompt(text).split()
         return "Devise an uncommon variant of this task: " + " ".join(reversed(words[:12]))
-    if GIVEN in text:
+    if is_evolution_prompt(text):
         method = text.lower()
         key = next((k for k, hint in (("constraint", "constraint"), ("depth", "depth"), ("specific", "specific"),
                                       ("steps", "step"), ("input", "input")) if hint in method), "constraint")

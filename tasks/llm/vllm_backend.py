@@ -12,7 +12,15 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from tasks.llm.base import BackendError, Completion, Conversation, SamplingParams
+from tasks.llm.base import (
+    TOP_LOGPROBS,
+    BackendError,
+    Completion,
+    Conversation,
+    SamplingParams,
+    choice_margin,
+    is_prefilled,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -135,33 +143,60 @@ def to_vllm_sampling_params(params: SamplingParams, on_cpu: bool | None = None) 
             "sampling seed is not supported by vLLM on CPU (its engine dies on seeded requests in large "
             "batches); remove `seed` from the run's sampling settings"
         )
+    extra: dict[str, Any] = {}
+    if params.choices is not None:
+        from vllm.sampling_params import StructuredOutputsParams
+
+        # The decision's margin is read from the first position's alternatives.
+        extra = {"structured_outputs": StructuredOutputsParams(choice=list(params.choices)), "logprobs": TOP_LOGPROBS}
     return vllm.SamplingParams(
         temperature=params.temperature,
         top_p=params.top_p,
         max_tokens=params.max_tokens,
         seed=params.seed,
         stop=list(params.stop) or None,
+        **extra,
     )
+
+
+def chat_kwargs(conversation: Conversation) -> dict[str, bool]:
+    """How ``llm.chat`` renders a conversation: a prefilled assistant turn is continued, otherwise one is opened."""
+    prefilled = is_prefilled(conversation)
+    return {"add_generation_prompt": not prefilled, "continue_final_message": prefilled}
 
 
 def chat_prompt_tokens(tokenizer: Any, conversation: Conversation) -> int:
     """The prompt length vLLM's ``chat`` will see: the rendered chat template, tokenized without extra specials."""
-    text = tokenizer.apply_chat_template(conversation, add_generation_prompt=True, tokenize=False)
+    text = tokenizer.apply_chat_template(conversation, tokenize=False, **chat_kwargs(conversation))
     return len(tokenizer.encode(text, add_special_tokens=False))
 
 
-def _completion(output: Any) -> Completion:
+def _completion(output: Any, choices: tuple[str, ...] | None = None) -> Completion:
     choice = output.outputs[0]
+    constrained = choices is not None and choice.text in choices
+    margin = None
+    if constrained and choice.logprobs:
+        first = {lp.decoded_token or "": lp.logprob for lp in choice.logprobs[0].values()}
+        margin = choice_margin(first, choice.text, choices)
     return Completion(
         text=choice.text,
         finish_reason=choice.finish_reason,
         prompt_tokens=len(output.prompt_token_ids or ()),
         completion_tokens=len(choice.token_ids),
+        constrained=constrained,
+        choice_margin=margin,
     )
 
 
 def _error(message: str) -> Completion:
     return Completion(error=message, finish_reason="error")
+
+
+def _by_rendering(indices: list[int], conversations: list[Conversation]) -> list[list[int]]:
+    """The indices split into the open conversations and the prefilled ones (each group in order)."""
+    groups = [[i for i in indices if not is_prefilled(conversations[i])],
+              [i for i in indices if is_prefilled(conversations[i])]]
+    return [g for g in groups if g]
 
 
 class VLLMBackend:
@@ -209,9 +244,12 @@ class VLLMBackend:
             if not todo:
                 return [r for r in results if r is not None]
             try:
-                outputs = llm.chat([conversations[i] for i in todo], vparams, use_tqdm=False)
-                for i, out in zip(todo, outputs, strict=True):
-                    results[i] = _completion(out)
+                # llm.chat renders a whole call one way: prefilled and open conversations go in separate calls.
+                for group in _by_rendering(todo, conversations):
+                    outputs = llm.chat([conversations[i] for i in group], vparams, use_tqdm=False,
+                                       **chat_kwargs(conversations[group[0]]))
+                    for i, out in zip(group, outputs, strict=True):
+                        results[i] = _completion(out, params.choices)
             except Exception as err:
                 try:
                     self._raise_if_dead(err)
@@ -220,12 +258,13 @@ class VLLMBackend:
                     raise
                 logger.warning("batch of %d failed (%s); retrying item by item", len(todo), err)
                 for i in todo:
-                    results[i] = self._one(llm, conversations[i], vparams)
+                    results[i] = self._one(llm, conversations[i], vparams, params.choices)
         return [r if r is not None else _error("no output") for r in results]
 
-    def _one(self, llm: Any, conversation: Conversation, vparams: Any) -> Completion:
+    def _one(self, llm: Any, conversation: Conversation, vparams: Any, choices: tuple[str, ...] | None) -> Completion:
         try:
-            return _completion(llm.chat([conversation], vparams, use_tqdm=False)[0])
+            return _completion(llm.chat([conversation], vparams, use_tqdm=False, **chat_kwargs(conversation))[0],
+                               choices)
         except Exception as err:
             self._raise_if_dead(err)
             return _error(f"{type(err).__name__}: {err}")

@@ -1,0 +1,117 @@
+"""The rewrite-validity rules: each rule rejects what it names and passes real rewrites; the yes/no parse."""
+
+from __future__ import annotations
+
+import pytest
+
+from tasks.validity import (
+    LLM_VALIDITY_REASON,
+    VALIDITY_RULE_REASONS,
+    answers_parent,
+    continues_parent,
+    copies_prompt,
+    has_scaffolding_fragment,
+    is_degenerate,
+    llm_validity_reason,
+    parse_yes_no,
+    validity_rule_reason,
+)
+
+PARENT = "Write a haiku about a lighthouse."
+REWRITES = [
+    "Write a haiku about a lighthouse in a winter storm, and end it with the image of a ship turning home.",
+    "Explain why the sky looks blue during the day and red at sunset, using the idea of light scattering.",
+    "What is 37 multiplied by 24? Show each step of the long multiplication.",
+    "In C#, how do I reverse a list of strings without LINQ?",
+    "Summarise this markdown table:\n# Sales\n| month | total |\n| May | 30 |",
+]
+
+
+@pytest.mark.parametrize("text", REWRITES)
+def test_real_rewrites_pass_every_rule(text):
+    assert validity_rule_reason(text, PARENT, "in_depth", 0.5, prompt="#The Given Prompt#:\n" + PARENT) is None
+
+
+@pytest.mark.parametrize("text", ["#", "###", "...", "42", "", "go go go go go go go go go go go go go",
+                                  "Name it.\nName it.\nName it."])
+def test_degenerate(text):
+    assert is_degenerate(text)
+
+
+@pytest.mark.parametrize("text", ["Name a colour.", "Write a haiku."])
+def test_not_degenerate(text):
+    assert not is_degenerate(text)
+
+
+@pytest.mark.parametrize("text", ["Write a haiku about fog. #", "#Rewritten Prompt#: none", "#The Given Prompt#",
+                                  "Write a poem.\n#\nAbout the sea.", "Rewritten Prompt#: write a poem",
+                                  "Describe the sea #Answer# calm"])
+def test_scaffolding_fragment(text):
+    assert has_scaffolding_fragment(text)
+
+
+@pytest.mark.parametrize("text", ["In C# reverse a list.", "# Sales\nSummarise the table.", "Use issue #12 as input."])
+def test_no_scaffolding_fragment(text):
+    assert not has_scaffolding_fragment(text)
+
+
+@pytest.mark.parametrize("text", ["It's 37 times 24.", "Sure! Here is a haiku: waves ...", "Here's the poem.",
+                                  "I'd be the lighthouse keeper.", "The answer is 888.", "Answer: Carla",
+                                  "Certainly, the shortest is Carla.", "As an AI, I cannot do that."])
+def test_answers_parent(text):
+    assert answers_parent(text)
+
+
+@pytest.mark.parametrize("text", ["Identify the shortest of the three.", "Is it true that 37 times 24 is 888?",
+                                  "Illustrate the water cycle with a diagram.",
+                                  "I ran `ls | wc -l` and it printed 0. Why, and which command counts files?",
+                                  "It is 2 pm in Lisbon. What time is it in Tokyo?",
+                                  "Here, in Lisbon, which tram is oldest?"])
+def test_not_an_answer(text):
+    assert not answers_parent(text)
+
+
+def test_continues_parent():
+    assert continues_parent("and then describe its light at night.", PARENT)
+    assert continues_parent(", with a storm in the last line.", PARENT)
+    assert continues_parent("at night, with a storm.", PARENT)
+    assert not continues_parent("at night, with a storm.", "write a haiku about a lighthouse")  # parent in lower case
+    assert not continues_parent("Write it at night.", PARENT)
+
+
+def test_copies_prompt():
+    prompt = ("You should try your best not to make the rewrite verbose, it can only add 10 to 20 words.\n"
+              "#The Given Prompt#:\nWrite a haiku about a lighthouse on a rocky coast at night.")
+    assert copies_prompt("Please try your best not to make the rewrite verbose, it can only add words.", prompt,
+                         "Write a haiku.")
+    # Repeating the parent (which the prompt holds) is not copying the prompt.
+    parent = "Write a haiku about a lighthouse on a rocky coast at night."
+    assert not copies_prompt(parent + " Use the word amber.", prompt, parent)
+    assert not copies_prompt("Short text.", prompt, parent)
+
+
+def test_rule_order_and_reasons():
+    prompt = "Rewrite it. Keep every table and code block of the original prompt exactly as it is."
+    cases = {
+        "#": "degenerate_evolution",
+        "Write a haiku about the sea. #": "scaffolding_fragment",
+        "Keep every table and code block of the original prompt exactly as it is, please.": "copies_prompt",
+        "It's a haiku about a lighthouse.": "answers_parent",
+        "and a storm at night.": "continues_parent",
+        "Write a haiku.": "shorter_than_parent",
+    }
+    parent = "Write a haiku about a lighthouse standing alone on a cliff during a storm at night."
+    for text, reason in cases.items():
+        assert validity_rule_reason(text, parent, "in_depth", 0.5, prompt) == reason, text
+    assert validity_rule_reason("Write a haiku.", parent, "in_breadth", 0.5, prompt) is None  # breadth may be short
+    assert set(cases.values()) == set(VALIDITY_RULE_REASONS)
+
+
+def test_llm_verdicts_and_strict_yes_no_parse():
+    assert llm_validity_reason("Yes") is None
+    assert llm_validity_reason("No") == LLM_VALIDITY_REASON
+    assert llm_validity_reason(None) == "validity_unparseable"
+    with pytest.raises(ValueError):
+        llm_validity_reason("Maybe")
+    assert parse_yes_no(" **Yes.** ") == "Yes" and parse_yes_no("no") == "No"
+    assert parse_yes_no("Yes, it is an instruction") is None and parse_yes_no("") is None and parse_yes_no(None) is None
