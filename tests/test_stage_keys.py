@@ -59,9 +59,10 @@ def baseline(prefect_harness, tmp_path_factory):
 
 
 def edited_seeds(tmp: Path) -> str:
+    """The seed file edited in place, as a user would (rows keep their source file in ``meta``)."""
     rows = load_seeds()
     rows[3]["instruction"] += " Use at most three sentences."
-    path = tmp / "edited.jsonl"
+    path = tmp / "seeds.jsonl"
     path.write_text("\n".join(json.dumps(s) for s in rows) + "\n")
     return str(path)
 
@@ -105,7 +106,11 @@ def test_a_change_recomputes_exactly_the_stages_that_depend_on_it(baseline, chan
     shutil.copytree(tmp / "base", root)
     run_dir = root / "keys"
     before = snapshot(run_dir)
-    result = evol_instruct(parse_run_config(edit(tmp, {**base, "output_root": str(root)})))
+    seeds = Path(base["seeds"]).read_bytes()
+    try:
+        result = evol_instruct(parse_run_config(edit(tmp, {**base, "output_root": str(root)})))
+    finally:
+        Path(base["seeds"]).write_bytes(seeds)
     assert recomputed(before, snapshot(run_dir)) == expected
     if "export" not in expected:
         assert result.export.sha256 == first.export.sha256
