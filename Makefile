@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup system-packages demo test lint clean
+.PHONY: setup system-packages demo test test-fast lint clean
 
 setup: $(STAMP)
 
@@ -42,6 +42,10 @@ system-packages:
 
 test: setup system-packages lint
 	$(PY) -m pytest -q
+
+# The fast loop while editing: no vLLM engine, no S3 server, no Prefect server (CI runs `make test`).
+test-fast: setup
+	$(PY) -m pytest -q -m "not vllm and not s3 and not server"
 
 clean:
 	rm -rf $(VENV) runs models

@@ -136,3 +136,16 @@ def prefect_server(tmp_path_factory):
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+# A test that uses one of these fixtures is marked by it, so `-m "not vllm and not s3 and not server"` (the
+# fast loop, `make test-fast`) never starts an engine or a server, whatever marks a test file forgot.
+FIXTURE_MARKS = {"prefect_harness": "server", "prefect_server": "server", "s3_server": "s3", "s3_settings": "s3",
+                 "s3_bucket": "s3", "model_dir": "vllm"}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        for fixture in getattr(item, "fixturenames", ()):
+            if fixture in FIXTURE_MARKS:
+                item.add_marker(FIXTURE_MARKS[fixture])
