@@ -27,11 +27,14 @@ def run_cli(config: dict, tmp_path: Path, extra_env: dict[str, str]) -> subproce
 
 async def inspect_server(url: str):
     async with PrefectClient(api=url) as client:
-        (parent,) = [f for f in await client.read_flow_runs(limit=50) if f.parent_task_run_id is None]
+        # the server is shared by the session's tests: this run is the top-level one whose config is "srv"
+        (parent,) = [f for f in await client.read_flow_runs(limit=200)
+                     if f.parent_task_run_id is None and (f.parameters.get("config") or {}).get("name") == "srv"]
         rounds = await client.read_flow_runs(
             flow_run_filter=FlowRunFilter(parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[parent.id])))
-        task_runs = await client.read_task_runs(limit=200)
-        artifacts = await client.read_artifacts(limit=50)
+        ids = [parent.id] + [r.id for r in rounds]
+        task_runs = await client.read_task_runs(flow_run_filter=FlowRunFilter(id={"any_": ids}), limit=200)
+        artifacts = [a for a in await client.read_artifacts(limit=200) if a.flow_run_id in ids]
         return parent, rounds, task_runs, artifacts
 
 
