@@ -51,6 +51,12 @@ def error_lines(result) -> list[str]:
     return [line for line in result.output.splitlines() if line.strip() and not _is_log_record(line)]
 
 
+def only_error_line(result) -> str:
+    lines = error_lines(result)
+    assert len(lines) == 1, result.output
+    return lines[0]
+
+
 def _is_log_record(line: str) -> bool:
     return any(f"| {level}" in line for level in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")) \
         or line.startswith(("DEBUG:", "INFO:", "WARNING:"))
@@ -127,7 +133,7 @@ def test_prefect_api_unreachable_is_one_line(tmp_path, monkeypatch):
     monkeypatch.setenv("PREFECT_API_URL", url)
     result = run_cli("run", write_run(tmp_path), "--no-progress")
     assert result.exit_code == 2
-    (line,) = error_lines(result)
+    line = only_error_line(result)
     assert line.startswith(f"error: environment: PREFECT_API_URL={url}: no Prefect API answers there")
     assert "prefect server start" in line and "unset PREFECT_API_URL" in line
 
@@ -187,13 +193,13 @@ def s3_with_auth():
 def test_s3_missing_bucket_and_wrong_credentials_one_line(s3_settings, s3_with_auth, monkeypatch):
     result = run_cli("ingest", "s3://no-such-bucket-xyz/seeds.jsonl", "memory://o")
     assert result.exit_code == 2
-    (line,) = error_lines(result)
+    line = only_error_line(result)
     assert "bucket 'no-such-bucket-xyz' does not exist at http://127.0.0.1:" in line
     monkeypatch.setenv("EVOL_STORAGE__ENDPOINT_URL", s3_with_auth)
     monkeypatch.setenv("EVOL_STORAGE__KEY", "wrong")
     monkeypatch.setenv("EVOL_STORAGE__SECRET", "wrong")
     result = run_cli("ingest", "s3://some-bucket/seeds.jsonl", "memory://o")
     assert result.exit_code == 2 and "Traceback" not in result.output
-    (line,) = error_lines(result)
+    line = only_error_line(result)
     assert line.startswith("error: s3://some-bucket/seeds.jsonl: cannot read: ")
     assert "check EVOL_STORAGE__KEY, EVOL_STORAGE__SECRET and EVOL_STORAGE__ENDPOINT_URL" in line
