@@ -10,14 +10,15 @@ from __future__ import annotations
 import json
 import time
 
-from prefect import flow, get_run_logger, unmapped
+from prefect import flow, get_client, get_run_logger, runtime, unmapped
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.settings import PREFECT_API_URL
 from prefect.task_runners import ThreadPoolTaskRunner
 from pydantic import BaseModel
 
 from flows.train import train
 from storage import ShardRef, StageMismatch, total_rows
-from storage.lease import RunLease
+from storage.lease import RunLease, is_stale
 from storage.shards import sweep_temp_files, write_file_atomic
 from tasks.context import RunContext, build_context, run_layout
 from tasks.core.config import RunConfig
@@ -25,6 +26,7 @@ from tasks.evolve import ShardSummary, evolve_shard_task, reset_stage_runtimes
 from tasks.export import ExportSummary, export_final_task
 from tasks.ingest import IngestSummary, ingest_run_seeds_task
 from tasks.mix import MixSummary, mix_final_task
+from tasks.recovery import crash_dead_flow_run
 from tasks.report import final_markdown, instruction_length_by_round, round_table
 from tasks.round import RoundSummary, finish_round_task
 from tasks.trigger import TriggerResult, trigger_training
@@ -94,9 +96,17 @@ def evol_instruct(config: RunConfig, recompute: list[str] | None = None, take_ov
     """
     logger = get_run_logger()
     layout = run_layout(config)
-    with RunLease(layout.run_uri, take_over=take_over) as lease:
+    api_url = PREFECT_API_URL.value()
+    holder = {"flow_run_id": str(runtime.flow_run.id), "prefect_api": api_url}
+    with RunLease(layout.run_uri, take_over=take_over, extra=holder) as lease:
         if lease.previous:
             logger.warning("took over the run folder from %s", lease.previous)
+            if is_stale(lease.previous):
+                with get_client(sync_client=True) as client:
+                    report = crash_dead_flow_run(client, lease.previous, api_url)
+                logger.warning("dead run's flow run %s: %s", report.flow_run_id, report.note or
+                               f"marked {len(report.flow_runs_crashed)} flow run(s) and {report.task_runs_crashed} "
+                               "task run(s) Crashed; `prefect flow-run retry` works on it now")
         swept = sweep_temp_files(layout.run_uri)
         if swept:
             logger.info("removed %d temp file(s) left by killed runs", len(swept))
