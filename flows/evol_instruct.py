@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import time
+from contextlib import ExitStack
+from uuid import UUID
 
 from prefect import flow, get_client, get_run_logger, runtime, unmapped
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
@@ -20,6 +22,7 @@ from flows.train import train
 from storage import ShardRef, StageMismatch, total_rows
 from storage.lease import RunLease, is_stale
 from storage.shards import sweep_temp_files, write_file_atomic
+from tasks.cancel import CancelWatcher, cancel_and_exit
 from tasks.context import RunContext, build_context, run_layout
 from tasks.core.config import RunConfig
 from tasks.evolve import ShardSummary, evolve_shard_task, reset_stage_runtimes
@@ -98,7 +101,7 @@ def evol_instruct(config: RunConfig, recompute: list[str] | None = None, take_ov
     layout = run_layout(config)
     api_url = PREFECT_API_URL.value()
     holder = {"flow_run_id": str(runtime.flow_run.id), "prefect_api": api_url}
-    with RunLease(layout.run_uri, take_over=take_over, extra=holder) as lease:
+    with RunLease(layout.run_uri, take_over=take_over, extra=holder) as lease, ExitStack() as stack:
         if lease.previous:
             logger.warning("took over the run folder from %s", lease.previous)
             if is_stale(lease.previous):
@@ -107,6 +110,10 @@ def evol_instruct(config: RunConfig, recompute: list[str] | None = None, take_ov
                 logger.warning("dead run's flow run %s: %s", report.flow_run_id, report.note or
                                f"marked {len(report.flow_runs_crashed)} flow run(s) and {report.task_runs_crashed} "
                                "task run(s) Crashed; `prefect flow-run retry` works on it now")
+        if api_url:  # a run outside a worker stops itself when cancelled in the UI or the API
+            flow_run_id = UUID(holder["flow_run_id"])
+            watcher = CancelWatcher(api_url, flow_run_id, lambda c: cancel_and_exit(c, flow_run_id, lease.release))
+            stack.enter_context(watcher)
         swept = sweep_temp_files(layout.run_uri)
         if swept:
             logger.info("removed %d temp file(s) left by killed runs", len(swept))

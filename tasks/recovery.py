@@ -45,7 +45,7 @@ def dead_holder_message(lease: dict[str, Any]) -> str:
             f"{lease.get('started')}) died; the next run of its run folder marked it Crashed")
 
 
-def _flow_run_tree(client: SyncPrefectClient, root: UUID) -> list[Any]:
+def flow_run_tree(client: SyncPrefectClient, root: UUID) -> list[Any]:
     """The flow run ``root`` and every flow run under it (round flows, training), parents first."""
     found = [client.read_flow_run(root)]
     frontier = [root]
@@ -55,6 +55,13 @@ def _flow_run_tree(client: SyncPrefectClient, root: UUID) -> list[Any]:
         found += children
         frontier = [c.id for c in children]
     return found
+
+
+def unfinished_task_runs(client: SyncPrefectClient, flow_run_id: UUID) -> list[Any]:
+    """The task runs of one flow run that are not in a final state."""
+    return client.read_task_runs(task_run_filter=TaskRunFilter(
+        flow_run_id=TaskRunFilterFlowRunId(any_=[flow_run_id]),
+        state=TaskRunFilterState(type=TaskRunFilterStateType(any_=UNFINISHED), name=None)))
 
 
 def crash_dead_flow_run(client: SyncPrefectClient, lease: dict[str, Any], api_url: str | None) -> CrashReport:
@@ -71,16 +78,14 @@ def crash_dead_flow_run(client: SyncPrefectClient, lease: dict[str, Any], api_ur
         report.note = f"flow run {flow_run_id} ran on another Prefect API ({lease['prefect_api']})"
         return report
     try:
-        tree = _flow_run_tree(client, UUID(flow_run_id))
+        tree = flow_run_tree(client, UUID(flow_run_id))
     except ObjectNotFound:
         report.note = f"flow run {flow_run_id} is not on this Prefect API"
         return report
     report.found = True
     message = dead_holder_message(lease)
     for flow_run in reversed(tree):  # children first, so a parent is never final while a child still runs
-        task_runs = client.read_task_runs(task_run_filter=TaskRunFilter(
-            flow_run_id=TaskRunFilterFlowRunId(any_=[flow_run.id]),
-            state=TaskRunFilterState(type=TaskRunFilterStateType(any_=UNFINISHED), name=None)))
+        task_runs = unfinished_task_runs(client, flow_run.id)
         for task_run in task_runs:
             client.set_task_run_state(task_run.id, Crashed(message=message), force=True)
         report.task_runs_crashed += len(task_runs)
