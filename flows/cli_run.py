@@ -74,6 +74,11 @@ def run_command(config_path: Path, rounds: int | None, output_root: str | None, 
                       ", ".join(f"{k}={v}" for k, v in r.rejected.items()),
                       "yes" if r.reused else f"{r.shards_reused}/{r.shards} shards")
     console.print(table)
+    from tasks.monitor import low_evolution_warning
+    for r in result.rounds:
+        warning = low_evolution_warning(r, config.orchestration.min_evolved_share)
+        if warning:
+            console.print(f"[bold yellow]warning:[/] {warning}", soft_wrap=True, highlight=False)
     console.print(f"final rows: [bold]{result.mix.final}[/] (seeds and survivors after dedup)"
                   + (" (reused)" if result.mix.reused else ""))
     console.print(f"outputs: {result.run_uri}", soft_wrap=True)

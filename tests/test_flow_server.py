@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -27,11 +28,13 @@ def run_cli(config: dict, tmp_path: Path, extra_env: dict[str, str]) -> subproce
 
 async def inspect_server(url: str):
     async with PrefectClient(api=url) as client:
-        (parent,) = [f for f in await client.read_flow_runs(limit=50) if f.parent_task_run_id is None]
+        # the server is shared by the session's tests: this run's flow run is named after it
+        (parent,) = [f for f in await client.read_flow_runs(limit=200)
+                     if f.parent_task_run_id is None and f.name.startswith("srv-")]
         rounds = await client.read_flow_runs(
             flow_run_filter=FlowRunFilter(parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[parent.id])))
         task_runs = await client.read_task_runs(limit=200)
-        artifacts = await client.read_artifacts(limit=50)
+        artifacts = await client.read_artifacts(limit=200)
         return parent, rounds, task_runs, artifacts
 
 
@@ -44,12 +47,13 @@ def test_run_against_a_real_prefect_server(prefect_server, tmp_path):
     assert prefect_server in done.stdout
     parent, rounds, task_runs, artifacts = asyncio.run(inspect_server(prefect_server))
     assert parent.state.is_completed()
+    assert re.fullmatch(r"srv-\d{4}-\d\d-\d\d-\d{6}", parent.name)
     assert sorted(r.name for r in rounds) == ["round-1", "round-2"]
     evolve_runs = sorted(t.name for t in task_runs if t.name.startswith("evolve-"))
     assert evolve_runs == [f"evolve-r{k}-s{i:05d}" for k in (1, 2) for i in range(3)]  # 96 seeds / 40
     keys = {a.key for a in artifacts}
-    assert {"round-1", "round-2", "evol-summary"} <= keys
-    summary = next(a for a in artifacts if a.key == "evol-summary")
+    assert {"srv-round-1", "srv-round-2", "srv-round-1-progress", "srv-round-2-progress", "srv-summary"} <= keys
+    summary = next(a for a in artifacts if a.key == "srv-summary")
     assert "Rejections by reason" in summary.data and "Mean instruction length" in summary.data
 
 
