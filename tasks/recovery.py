@@ -57,6 +57,15 @@ def flow_run_tree(client: SyncPrefectClient, root: UUID) -> list[Any]:
     return found
 
 
+def root_flow_run_id(client: SyncPrefectClient, flow_run_id: UUID) -> UUID:
+    """The outermost flow run above ``flow_run_id`` (a deployment's ``evol-run`` calls ``evol-instruct`` as a
+    subflow: the whole run crashed, not only its inner flow)."""
+    flow_run = client.read_flow_run(flow_run_id)
+    while flow_run.parent_task_run_id is not None:
+        flow_run = client.read_flow_run(client.read_task_run(flow_run.parent_task_run_id).flow_run_id)
+    return flow_run.id
+
+
 def unfinished_task_runs(client: SyncPrefectClient, flow_run_id: UUID) -> list[Any]:
     """The task runs of one flow run that are not in a final state."""
     return client.read_task_runs(task_run_filter=TaskRunFilter(
@@ -78,7 +87,7 @@ def crash_dead_flow_run(client: SyncPrefectClient, lease: dict[str, Any], api_ur
         report.note = f"flow run {flow_run_id} ran on another Prefect API ({lease['prefect_api']})"
         return report
     try:
-        tree = flow_run_tree(client, UUID(flow_run_id))
+        tree = flow_run_tree(client, root_flow_run_id(client, UUID(flow_run_id)))
     except ObjectNotFound:
         report.note = f"flow run {flow_run_id} is not on this Prefect API"
         return report
