@@ -10,12 +10,14 @@ temp file is swept by the next run, which reuses every committed shard.
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 import threading
 import time
 from collections.abc import Callable
 from uuid import UUID
 
+import httpx
 from prefect.client.orchestration import SyncPrefectClient
 from prefect.client.schemas.objects import StateType
 from prefect.states import Cancelled
@@ -42,15 +44,31 @@ EXIT_CANCELLED = 130
 
 
 def cancel_and_exit(client: SyncPrefectClient, flow_run_id: UUID, release: Callable[[], None]) -> None:
-    """Record the cancellation on the flow run tree, give the run folder back (``release``), end the process."""
-    changed = 0
-    for pause in (0.0, 2.0):  # again once the server has recorded task-run events still on their way
-        time.sleep(pause)
-        changed += cancel_flow_run_tree(client, flow_run_id)
+    """Record the cancellation on the flow run tree, give the run folder back (``release``), end the process.
+
+    Task runs report their states through events the server records a moment later, so a task that started
+    just before the end can show up Running after the first pass: a detached sweeper makes the same pass
+    again once this process (and so every event it sends) is gone."""
+    changed = cancel_flow_run_tree(client, flow_run_id)
     release()
+    subprocess.Popen([sys.executable, "-m", "tasks.cancel", str(client.api_url), str(flow_run_id)],
+                     start_new_session=True, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
     print(f"run cancelled through the Prefect API (flow run {flow_run_id}, {changed} run(s) marked Cancelled); "
           "committed shards are kept, a rerun resumes from them", file=sys.stderr, flush=True)
     os._exit(EXIT_CANCELLED)  # the shard threads hold no state worth waiting for: commits are atomic
+
+
+def sweep_after_exit(api_url: str, flow_run_id: UUID, pauses: tuple[float, ...] = (2.0, 3.0)) -> int:
+    """Cancel what the server recorded late; a local API that ended with the run leaves nothing to sweep."""
+    changed = 0
+    for pause in pauses:
+        time.sleep(pause)
+        try:
+            with SyncPrefectClient(api=api_url) as client:
+                changed += cancel_flow_run_tree(client, flow_run_id)
+        except httpx.ConnectError:
+            return changed  # the run's private API ended with it
+    return changed
 
 
 class CancelWatcher:
@@ -77,3 +95,7 @@ class CancelWatcher:
 
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
+
+
+if __name__ == "__main__":
+    sweep_after_exit(sys.argv[1], UUID(sys.argv[2]))

@@ -44,8 +44,12 @@ def test_cancel_through_the_api_stops_the_run_and_a_rerun_reuses_its_shards(pref
             cancelled_at = time.time()
             output = proc.communicate(timeout=30)[0]
             stopped_after = time.time() - cancelled_at
-            tree = flow_run_tree(client, flow_run_id)
-            task_states = [t.state.type.value for t in task_runs_of(client, [r.id for r in tree])]
+            for _ in range(40):  # the run's sweeper cancels what the server recorded after the process ended
+                tree = flow_run_tree(client, flow_run_id)
+                task_states = [t.state.type.value for t in task_runs_of(client, [r.id for r in tree])]
+                if not {"RUNNING", "PENDING", "SCHEDULED"} & set(task_states):
+                    break
+                time.sleep(0.5)
     finally:
         if proc.poll() is None:
             proc.kill()

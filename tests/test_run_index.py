@@ -9,6 +9,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+import yaml
 from typer.testing import CliRunner
 
 from flows.cli import app
@@ -72,10 +73,16 @@ def test_runs_and_show_commands(tmp_path):
 def test_evol_run_logs_to_the_run_folder_and_runs_lists_it(prefect_server, tmp_path):
     root = tmp_path / "runs"
     config = write_config(tmp_path, root)
+    data = yaml.safe_load(config.read_text())
+    # every evolution "copies scaffolding": rounds evolve below the default 5% and the warnings reach the terminal
+    data["elimination"] = {"scaffolding_phrases": ["e"]}
+    config.write_text(yaml.safe_dump(data))
     done = evol_run(config, {"PREFECT_API_URL": prefect_server})
     assert done.returncode == 0, done.stderr[-3000:]
     terminal = done.stdout + done.stderr
     assert "Finished in state" not in terminal and "shard 1/2" not in terminal
+    assert len(re.findall(r"warning: round [12] evolved only \d+ of 20 rows", done.stdout)) == 2, done.stdout
+    assert len(re.findall(r"WARNING .*round [12] evolved only", done.stderr)) == 2, done.stderr  # live, from Prefect
     (log,) = (root / "crash" / "logs").glob("run-*.log")
     text = log.read_text()
     assert len(re.findall(r"round [12] shard [12]/2: 10 rows", text)) == 4
