@@ -110,6 +110,8 @@ def run(
                                         help="Redo a stage even if its outputs are current: ingest, round=K, mix, "
                                              "export or all (repeatable)"),
     take_over: bool = typer.Option(False, "--take-over", help="Take the run folder from a run that holds it"),
+    verbose: bool = typer.Option(False, "--verbose", help="Show Prefect's and vLLM's logs in the terminal too "
+                                 "(they always go to RUN/logs/run-*.log)"),
     debug: bool = typer.Option(False, "--debug", help="Show the traceback behind an error"),
 ) -> None:
     """Run the whole pipeline: ingest, evolve round after round, mix, deduplicate, export.
@@ -119,7 +121,46 @@ def run(
 
     DEBUG["on"] = DEBUG["on"] or debug
 
-    run_command(config, rounds, output_root, progress, recompute, take_over)
+    run_command(config, rounds, output_root, progress, recompute, take_over, verbose)
+
+
+@app.command("runs")
+def runs_command(
+    output_root: str = typer.Argument("runs", help="Where runs are written (a config's output_root)"),
+) -> None:
+    """List the runs under an output root: status, rounds done, rows, started."""
+    from tasks.run_index import list_runs
+
+    try:
+        runs = list_runs(output_root)
+    except (FileNotFoundError, OSError) as err:
+        fail(str(err))
+    table = Table(title=f"runs under {output_root}")
+    for col in ("run", "status", "rounds", "rows", "started (UTC)"):
+        table.add_column(col, justify="right" if col in ("rounds", "rows") else "left")
+    for r in runs:
+        table.add_row(r.name, r.status, f"{r.rounds_done}/{r.rounds if r.rounds is not None else '?'}",
+                      "-" if r.rows is None else str(r.rows), r.started or "-")
+    console.print(table)
+    if not runs:
+        console.print(f"no runs under {output_root}", soft_wrap=True)
+
+
+@app.command("show")
+def show_command(
+    run_name: str = typer.Argument(..., help="A run's name under --output-root, or the run folder's URI"),
+    output_root: str = typer.Option("runs", "--output-root", help="Where runs are written"),
+) -> None:
+    """Print a run's dataset card (its export/README.md)."""
+    from storage.uri import join_uri
+    from tasks.run_index import run_card
+
+    uri = run_name if ("/" in run_name or "://" in run_name) else join_uri(output_root, run_name)
+    try:
+        card = run_card(uri)
+    except (FileNotFoundError, OSError) as err:
+        fail(str(err))
+    print(card, end="" if card.endswith("\n") else "\n")
 
 
 @app.command()

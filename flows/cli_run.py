@@ -32,7 +32,7 @@ def _watch_progress(layout: Any, rounds: int, stop: threading.Event) -> None:
 
 
 def run_command(config_path: Path, rounds: int | None, output_root: str | None, show_progress: bool,
-                recompute: list[str] | None = None, take_over: bool = False) -> None:
+                recompute: list[str] | None = None, take_over: bool = False, verbose: bool = False) -> None:
     """Load the config, run the flow (a private local Prefect API unless PREFECT_API_URL is set), print the
     outputs."""
     from flows.cli import fail
@@ -60,12 +60,12 @@ def run_command(config_path: Path, rounds: int | None, output_root: str | None, 
     console.print(f"run [bold]{layout.run_id}[/] ({config.rounds} rounds, {config.llm.backend} backend, "
                   f"model {config.llm.model}) on {api or 'a local Prefect API for this run'}")
     if api:
-        result = _run_flow(config, layout, show_progress, recompute, take_over)
+        result = _run_flow(config, layout, show_progress, recompute, take_over, verbose)
     else:
         from flows.local_api import local_api
 
         with local_api():
-            result = _run_flow(config, layout, show_progress, recompute, take_over)
+            result = _run_flow(config, layout, show_progress, recompute, take_over, verbose)
     table = Table(title="rounds")
     for col in ("round", "pool in", "evolved", "carried", "rejected", "reused"):
         table.add_column(col, justify="left" if col == "rejected" else "right")
@@ -74,6 +74,11 @@ def run_command(config_path: Path, rounds: int | None, output_root: str | None, 
                       ", ".join(f"{k}={v}" for k, v in r.rejected.items()),
                       "yes" if r.reused else f"{r.shards_reused}/{r.shards} shards")
     console.print(table)
+    from tasks.monitor import low_evolution_warning
+    for r in result.rounds:
+        warning = low_evolution_warning(r, config.orchestration.min_evolved_share)
+        if warning:
+            console.print(f"[bold yellow]warning:[/] {warning}", soft_wrap=True, highlight=False)
     console.print(f"final rows: [bold]{result.mix.final}[/] (seeds and survivors after dedup)"
                   + (" (reused)" if result.mix.reused else ""))
     console.print(f"outputs: {result.run_uri}", soft_wrap=True)
@@ -82,9 +87,16 @@ def run_command(config_path: Path, rounds: int | None, output_root: str | None, 
     raise typer.Exit(code=0)
 
 
-def _run_flow(config: Any, layout: Any, show_progress: bool, recompute: list[str] | None, take_over: bool) -> Any:
+def _run_flow(config: Any, layout: Any, show_progress: bool, recompute: list[str] | None, take_over: bool,
+              verbose: bool = False) -> Any:
     from flows.cli import fail
     from flows.evol_instruct import evol_instruct
+    from tasks.runlog import RunLog
+
+    run_log = RunLog.for_run(layout.run_uri)
+    run_log.start(verbose)
+    shown = "" if verbose else " (Prefect's and vLLM's logs; --verbose shows them here)"
+    console.print(f"log: {run_log.uri}{shown}", soft_wrap=True, highlight=False)
 
     stop = threading.Event()
     watcher = None
@@ -100,3 +112,4 @@ def _run_flow(config: Any, layout: Any, show_progress: bool, recompute: list[str
         stop.set()
         if watcher:
             watcher.join(timeout=5)
+        run_log.finish()

@@ -9,22 +9,41 @@ from __future__ import annotations
 
 import json
 import time
+from contextlib import ExitStack
+from uuid import UUID
 
-from prefect import flow, get_run_logger, unmapped
-from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect import flow, get_client, get_run_logger, runtime, unmapped
+from prefect.artifacts import (
+    create_markdown_artifact,
+    create_progress_artifact,
+    create_table_artifact,
+    update_progress_artifact,
+)
+from prefect.futures import as_completed
+from prefect.settings import PREFECT_API_URL
 from prefect.task_runners import ThreadPoolTaskRunner
 from pydantic import BaseModel
 
 from flows.train import train
 from storage import ShardRef, StageMismatch, total_rows
-from storage.lease import RunLease
+from storage.lease import RunLease, is_stale
 from storage.shards import sweep_temp_files, write_file_atomic
+from tasks.cancel import CancelWatcher, cancel_and_exit
 from tasks.context import RunContext, build_context, run_layout
 from tasks.core.config import RunConfig
 from tasks.evolve import ShardSummary, evolve_shard_task, reset_stage_runtimes
 from tasks.export import ExportSummary, export_final_task
 from tasks.ingest import IngestSummary, ingest_run_seeds_task
 from tasks.mix import MixSummary, mix_final_task
+from tasks.monitor import (
+    RoundProgress,
+    artifact_key,
+    flow_run_name_for,
+    low_evolution_warning,
+    run_name_of,
+    shard_log_line,
+)
+from tasks.recovery import crash_dead_flow_run
 from tasks.report import final_markdown, instruction_length_by_round, round_table
 from tasks.round import RoundSummary, finish_round_task
 from tasks.trigger import TriggerResult, trigger_training
@@ -68,24 +87,42 @@ def evol_round(ctx: RunContext, round_index: int, pool_in: list[ShardRef], refer
     )
     futures = shard_task.map(pool_in, candidate_uris, round_index, list(range(len(pool_in))),
                              unmapped(ctx.evolve), keys, unmapped(force))
-    summaries: list[ShardSummary] = []
+    logger = get_run_logger()
+    progress = RoundProgress(round_index, len(pool_in), started=started)
+    progress_key = artifact_key(layout.run_id, "round", round_index, "progress")
+    progress_id = create_progress_artifact(0.0, key=progress_key, description=progress.description())
+    index_of = {id(f): i for i, f in enumerate(futures)}
+    results: dict[int, ShardSummary] = {}
     failed: list[str] = []
-    for ref, future in zip(pool_in, futures, strict=True):
+    for future in as_completed(list(futures)):
+        i = index_of[id(future)]
         result = future.result(raise_on_failure=False)
         if isinstance(result, ShardSummary):
-            summaries.append(result)
+            results[i] = result
+            progress.add(result)
+            logger.info("%s", shard_log_line(result, i, len(pool_in)))
         else:
-            failed.append(f"{ref.uri} ({type(result).__name__}: {result})")
+            failed.append(f"{pool_in[i].uri} ({type(result).__name__}: {result})")
+            progress.done += 1
+        update_progress_artifact(progress_id, progress.percent, description=progress.description())
+    summaries = [results[i] for i in sorted(results)]
     if failed:
         raise RoundFailed(f"round {round_index}: {len(failed)} shard(s) failed after retries; rerun the flow to "
                           f"compute only these: " + "; ".join(failed))
     summary = finish_round_task.submit(layout, round_index, summaries, pool_in, references, started, force).result()
-    create_table_artifact(key=f"round-{round_index}", table=round_table(summary),
+    create_table_artifact(key=artifact_key(layout.run_id, "round", round_index), table=round_table(summary),
                           description=f"Round {round_index} of run {layout.run_id}")
+    warning = low_evolution_warning(summary, ctx.config.orchestration.min_evolved_share)
+    if warning:
+        logger.warning("%s", warning)
     return summary
 
 
-@flow(name="evol-instruct")
+def _flow_run_name() -> str:
+    return flow_run_name_for(run_name_of(runtime.flow_run.parameters))
+
+
+@flow(name="evol-instruct", flow_run_name=_flow_run_name)
 def evol_instruct(config: RunConfig, recompute: list[str] | None = None, take_over: bool = False) -> RunResult:
     """Evolve the seeds for ``config.rounds`` rounds, then mix, deduplicate and export the data.
 
@@ -94,9 +131,21 @@ def evol_instruct(config: RunConfig, recompute: list[str] | None = None, take_ov
     """
     logger = get_run_logger()
     layout = run_layout(config)
-    with RunLease(layout.run_uri, take_over=take_over) as lease:
+    api_url = PREFECT_API_URL.value()
+    holder = {"flow_run_id": str(runtime.flow_run.id), "prefect_api": api_url}
+    with RunLease(layout.run_uri, take_over=take_over, extra=holder) as lease, ExitStack() as stack:
         if lease.previous:
             logger.warning("took over the run folder from %s", lease.previous)
+            if is_stale(lease.previous):
+                with get_client(sync_client=True) as client:
+                    report = crash_dead_flow_run(client, lease.previous, api_url)
+                logger.warning("dead run's flow run %s: %s", report.flow_run_id, report.note or
+                               f"marked {len(report.flow_runs_crashed)} flow run(s) and {report.task_runs_crashed} "
+                               "task run(s) Crashed; `prefect flow-run retry` works on it now")
+        if api_url:  # a run outside a worker stops itself when cancelled in the UI or the API
+            flow_run_id = UUID(holder["flow_run_id"])
+            watcher = CancelWatcher(api_url, flow_run_id, lambda c: cancel_and_exit(c, flow_run_id, lease.release))
+            stack.enter_context(watcher)
         swept = sweep_temp_files(layout.run_uri)
         if swept:
             logger.info("removed %d temp file(s) left by killed runs", len(swept))
@@ -134,7 +183,7 @@ def _run_stages(ctx: RunContext) -> RunResult:
     export = export_final_task.submit(layout, config, data_key, config.llm.model, ctx.template_shas, rounds, mix,
                                       ctx.forced("export")).result()
     create_markdown_artifact(
-        key="evol-summary",
+        key=artifact_key(layout.run_id, "summary"),
         markdown=final_markdown(layout.run_uri, data_key, rounds, mix,
                                 instruction_length_by_round(ingest.refs, rounds), export.files),
         description=f"Evol-Instruct run {layout.run_id}",

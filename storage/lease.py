@@ -57,13 +57,14 @@ class RunLease:
     """Hold ``{run_uri}/_lease.json`` for the life of a run (a context manager)."""
 
     def __init__(self, run_uri: str, ttl_s: float = 120.0, settings: StorageSettings | None = None,
-                 take_over: bool = False, purpose: str = "evol run"):
+                 take_over: bool = False, purpose: str = "evol run", extra: dict[str, Any] | None = None):
         self.uri = join_uri(run_uri, LEASE_NAME)
         self.fs, self.path = resolve(self.uri, settings)
         self.ttl = ttl_s
         self.take_over = take_over
         self.record = {"holder": uuid.uuid4().hex, "purpose": purpose, "host": socket.gethostname(),
-                       "pid": os.getpid(), "pid_start": _proc_start(os.getpid()), "started": _now().isoformat()}
+                       "pid": os.getpid(), "pid_start": _proc_start(os.getpid()), "started": _now().isoformat(),
+                       **(extra or {})}  # extra: what the holder wants a successor to know (its flow run id)
         self.previous: dict[str, Any] | None = None  # a stale lease this run took over
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None

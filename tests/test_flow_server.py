@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -47,12 +48,13 @@ def test_run_against_a_real_prefect_server(prefect_server, tmp_path):
     assert prefect_server in done.stdout
     parent, rounds, task_runs, artifacts = asyncio.run(inspect_server(prefect_server))
     assert parent.state.is_completed()
+    assert re.fullmatch(r"srv-\d{4}-\d\d-\d\d-\d{6}", parent.name)
     assert sorted(r.name for r in rounds) == ["round-1", "round-2"]
     evolve_runs = sorted(t.name for t in task_runs if t.name.startswith("evolve-"))
     assert evolve_runs == [f"evolve-r{k}-s{i:05d}" for k in (1, 2) for i in range(3)]  # 96 seeds / 40
     keys = {a.key for a in artifacts}
-    assert {"round-1", "round-2", "evol-summary"} <= keys
-    summary = next(a for a in artifacts if a.key == "evol-summary")
+    assert {"srv-round-1", "srv-round-2", "srv-round-1-progress", "srv-round-2-progress", "srv-summary"} <= keys
+    summary = next(a for a in artifacts if a.key == "srv-summary")
     assert "Rejections by reason" in summary.data and "Mean instruction length" in summary.data
 
 

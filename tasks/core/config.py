@@ -145,6 +145,7 @@ class OrchestrationConfig(_Strict):
     max_parallel_shards: int = Field(2, ge=1)
     retries: int = Field(2, ge=0)
     retry_delay_s: float = Field(5.0, ge=0)
+    min_evolved_share: float = Field(0.05, ge=0.0, le=1.0)  # a round evolving less logs a warning
 
 
 class TrainConfig(_Strict):

@@ -1,0 +1,91 @@
+"""The run's log file: Prefect's and vLLM's logs go to ``{run}/logs/run-{start}.log`` instead of the terminal.
+
+The terminal keeps warnings and errors (the low-evolution warning among them), the progress bars and the
+round tables; ``evol run --verbose`` shows every log line as well. vLLM's engine runs in a spawned process:
+it reads its logging configuration from ``VLLM_LOGGING_CONFIG_PATH``, which the parent sets before the
+engine starts, so the child appends to the same file. A run folder on S3 gets the file when the run ends.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+from storage import resolve
+from storage.uri import join_uri
+
+FORMAT = "%(asctime)s %(levelname)-7s %(name)s - %(message)s"
+
+
+@dataclass
+class RunLog:
+    """Where this process writes its log (``local``) and where the file belongs (``uri``, in the run folder)."""
+
+    local: Path
+    uri: str
+    handler: logging.Handler | None = None
+
+    @classmethod
+    def for_run(cls, run_uri: str, when: datetime | None = None) -> RunLog:
+        name = f"run-{(when or datetime.now()):%Y%m%d-%H%M%S}.log"
+        uri = join_uri(run_uri, "logs", name)
+        fs, path = resolve(uri)
+        if "file" in fs.protocol:
+            local = Path(path)
+        else:  # written locally, uploaded when the run ends
+            local = Path(tempfile.mkdtemp(prefix="evol-log-")) / name
+        local.parent.mkdir(parents=True, exist_ok=True)
+        return cls(local=local, uri=uri)
+
+    def _vllm_config_path(self) -> Path:
+        return Path(tempfile.gettempdir()) / f"evol-vllm-logging-{os.getpid()}.json"
+
+    def vllm_config(self) -> dict:
+        """vLLM's logging configuration (``logging.config.dictConfig``): everything of ``vllm`` to the file."""
+        return {"version": 1, "disable_existing_loggers": False,
+                "formatters": {"plain": {"format": FORMAT}},
+                "handlers": {"file": {"class": "logging.FileHandler", "filename": str(self.local), "mode": "a",
+                                      "formatter": "plain"}},
+                "loggers": {"vllm": {"handlers": ["file"], "level": "INFO", "propagate": False}}}
+
+    def start(self, verbose: bool) -> None:
+        """Send this process's logs (and vLLM's engine process's) to the file; the terminal keeps warnings
+        unless ``verbose``."""
+        config_path = self._vllm_config_path()
+        config_path.write_text(json.dumps(self.vllm_config()))
+        if not verbose:
+            os.environ["VLLM_LOGGING_CONFIG_PATH"] = str(config_path)
+            os.environ["PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL"] = "WARNING"
+            quiet_prefect_console()
+        self.handler = logging.FileHandler(self.local, mode="a")
+        self.handler.setFormatter(logging.Formatter(FORMAT))
+        self.handler.setLevel(logging.INFO)
+        logging.getLogger().addHandler(self.handler)
+
+    def finish(self) -> None:
+        """Close the file; upload it to the run folder when that is not local."""
+        if self.handler is not None:
+            logging.getLogger().removeHandler(self.handler)
+            self.handler.close()
+            self.handler = None
+        self._vllm_config_path().unlink(missing_ok=True)
+        fs, path = resolve(self.uri)
+        if "file" not in fs.protocol:
+            fs.put_file(str(self.local), path)
+
+
+def quiet_prefect_console(level: int = logging.WARNING) -> None:
+    """Raise the level of Prefect's console handlers (set up already, or later from the environment)."""
+    from prefect.logging.configuration import ensure_logging_setup
+    from prefect.logging.handlers import PrefectConsoleHandler
+
+    ensure_logging_setup()
+    for logger in [logging.getLogger(), *[logging.getLogger(n) for n in logging.root.manager.loggerDict]]:
+        for handler in getattr(logger, "handlers", []):
+            if isinstance(handler, PrefectConsoleHandler):
+                handler.setLevel(level)
