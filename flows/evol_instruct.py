@@ -103,6 +103,7 @@ def evol_round(ctx: RunContext, round_index: int, pool_in: list[ShardRef], refer
             logger.info("%s", shard_log_line(result, i, len(pool_in)))
         else:
             failed.append(f"{pool_in[i].uri} ({type(result).__name__}: {result})")
+            logger.error("round %d shard %d/%d failed: %s", round_index, i + 1, len(pool_in), failed[-1])
             progress.done += 1
         update_progress_artifact(progress_id, progress.percent, description=progress.description())
     summaries = [results[i] for i in sorted(results)]
