@@ -84,7 +84,7 @@ class RunLease:
             with os.fdopen(fd, "wb") as f:
                 f.write(data)
             return True
-        if self.fs.protocol == "memory" or "memory" in self.fs.protocol:
+        if "memory" in self.fs.protocol:  # a str or a tuple of names
             with _memory_lock:
                 if self.fs.exists(self.path):
                     return False

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import subprocess
@@ -33,13 +34,13 @@ def wait_for_port(port: int, timeout: float = 30.0) -> None:
     raise TimeoutError(f"nothing listens on 127.0.0.1:{port} after {timeout}s")
 
 
-@pytest.fixture(scope="session")
-def s3_server():
-    """moto's standalone S3 server on 127.0.0.1: a real HTTP S3 endpoint."""
+@contextlib.contextmanager
+def moto_server(**env: str):
+    """moto's standalone S3 server on 127.0.0.1 (a real HTTP S3 endpoint); yields its URL."""
     port = free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        env={**os.environ, **env}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
     try:
         wait_for_port(port)
@@ -47,6 +48,13 @@ def s3_server():
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """The session's S3 server."""
+    with moto_server() as url:
+        yield url
 
 
 @pytest.fixture(scope="session")

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
-import sys
 import time
 
 import pytest
@@ -17,7 +15,7 @@ from prompts.pack import PACKS_DIR
 from storage import resolve
 from tasks.core.config import parse_run_config
 from tasks.validate import validate_run
-from tests.conftest import free_port, wait_for_port
+from tests.conftest import free_port, moto_server
 
 SEEDS = [{"instruction": f"Explain topic number {i} in two sentences.", "output": "Fine.", "Skill": "x"}
          for i in range(6)]
@@ -175,18 +173,8 @@ def test_debug_shows_the_traceback(tmp_path):
 @pytest.fixture(scope="module")
 def s3_with_auth():
     """A moto S3 server that checks credentials (any key it does not know is refused)."""
-    port = free_port()
-    import os
-
-    env = {**os.environ, "INITIAL_NO_AUTH_ACTION_COUNT": "0"}
-    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        wait_for_port(port)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
+    with moto_server(INITIAL_NO_AUTH_ACTION_COUNT="0") as url:
+        yield url
 
 
 @pytest.mark.s3
