@@ -181,7 +181,7 @@ def _run_stages(ctx: RunContext) -> RunResult:
                  inputs)
     data_key = ctx.mix_key([r.sha256 for r in inputs])
     mix = mix_final_task.submit(layout, config, inputs, data_key, ctx.forced("mix")).result()
-    export = export_final_task.submit(layout, config, data_key, config.llm.model, ctx.template_shas, rounds, mix,
+    export = export_final_task.submit(layout, config, data_key, ctx.template_shas, rounds, mix,
                                       ctx.forced("export")).result()
     create_markdown_artifact(
         key=artifact_key(layout.run_id, "summary"),

@@ -16,7 +16,7 @@ from pydantic import BaseModel
 from storage import RunLayout, StorageSettings, read_shard, resolve
 from storage.shards import write_file_atomic
 from tasks.context import content_key
-from tasks.core.config import RunConfig
+from tasks.core.config import STAGES, RunConfig
 from tasks.core.text import parent_text
 from tasks.mix import MixSummary
 from tasks.round import RoundSummary
@@ -66,13 +66,22 @@ def to_messages_bytes(table: pa.Table) -> bytes:
     return ("\n".join(lines) + "\n").encode("utf-8") if lines else b""
 
 
-def dataset_card(config: RunConfig, data_key: str, model: str, template_shas: dict[str, str],
+def _model_lines(config: RunConfig) -> list[str]:
+    """One line when every stage uses the same model, else one line per stage (evolve, respond, judge)."""
+    stages = {stage: config.llm.for_stage(stage) for stage in STAGES}
+    names = {stage: f"{c.backend}:{c.model}" for stage, c in stages.items()}
+    if len(set(names.values())) == 1:
+        return [f"- model: `{names['evolve']}` (evolve, respond, judge)"]
+    return [f"- {stage} model: `{name}`" for stage, name in names.items()]
+
+
+def dataset_card(config: RunConfig, data_key: str, template_shas: dict[str, str],
                  rounds: list[RoundSummary], mix: MixSummary) -> str:
     """A Markdown dataset card: counts per round and operation, rejections, config, model, prompts.
 
     It holds no wall-clock figures, so the same data always gives the same card."""
     lines = [f"# Evol-Instruct data: {config.name or data_key}", "",
-             f"- data key: `{data_key}`", f"- model: `{model}`", f"- prompt pack: `{config.prompt_pack}`",
+             f"- data key: `{data_key}`", *_model_lines(config), f"- prompt pack: `{config.prompt_pack}`",
              f"- rows: {mix.final}", "", "## Rounds", "",
              "| round | pool in | evolved | carried | prompt tokens | completion tokens |",
              "| --- | --- | --- | --- | --- | --- |"]
@@ -98,12 +107,12 @@ def dataset_card(config: RunConfig, data_key: str, model: str, template_shas: di
     return "\n".join(lines)
 
 
-def export_final(layout: RunLayout, config: RunConfig, data_key: str, model: str,
+def export_final(layout: RunLayout, config: RunConfig, data_key: str,
                  template_shas: dict[str, str], rounds: list[RoundSummary], mix: MixSummary, force: bool = False,
                  settings: StorageSettings | None = None) -> ExportSummary:
     """Write every export under ``{run}/export/``, then ``_export.json``; reused when the final shard and
     the card are what the last export was made from and every file still has its recorded SHA-256."""
-    card = dataset_card(config, data_key, model, template_shas, rounds, mix).encode()
+    card = dataset_card(config, data_key, template_shas, rounds, mix).encode()
     key = content_key("export", mix.final_sha256, hashlib.sha256(card).hexdigest())
     marker_uri = layout.file("export", "_export.json")
     if not force:
@@ -147,9 +156,9 @@ def _reusable_export(marker_uri: str, key: str, settings: StorageSettings | None
 
 
 @task(name="export", retries=1, retry_delay_seconds=5)
-def export_final_task(layout: RunLayout, config: RunConfig, data_key: str, model: str,
+def export_final_task(layout: RunLayout, config: RunConfig, data_key: str,
                       template_shas: dict[str, str], rounds: list[RoundSummary], mix: MixSummary,
                       force: bool = False) -> ExportSummary:
     """Write the exports of the final data (or reuse them)."""
-    summary = export_final(layout, config, data_key, model, template_shas, rounds, mix, force)
+    summary = export_final(layout, config, data_key, template_shas, rounds, mix, force)
     return Completed(data=summary, name="Reused") if summary.reused else summary

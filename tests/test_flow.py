@@ -153,3 +153,14 @@ def test_run_hands_its_export_to_the_training_deployment(prefect_harness, tmp_pa
     assert result.training is not None and result.training.mode == "deployment"
     assert result.training.output_uri == f"{result.run_uri}/train/smoke-cpu"
     assert result.training.flow_run_id
+
+
+def test_card_names_the_model_of_each_stage(tmp_path):
+    from tasks.export import _model_lines
+
+    _, same = make_config(tmp_path, str(tmp_path / "runs"))
+    assert _model_lines(same) == ["- model: `scripted:flowtest` (evolve, respond, judge)"]
+    _, split = make_config(tmp_path, str(tmp_path / "runs"),
+                           llm={"backend": "scripted", "model": "cheap", "judge": {"model": "strong"}})
+    assert _model_lines(split) == ["- evolve model: `scripted:cheap`", "- respond model: `scripted:cheap`",
+                                   "- judge model: `scripted:strong`"]
