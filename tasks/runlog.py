@@ -11,7 +11,11 @@ from __future__ import annotations
 import json
 import logging
 import os
+import sys
 import tempfile
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -20,6 +24,34 @@ from storage import resolve
 from storage.uri import join_uri
 
 FORMAT = "%(asctime)s %(levelname)-7s %(name)s - %(message)s"
+# Set while a run logs to its file (not with --verbose): engines started then write their raw output there.
+ENGINE_LOG_ENV = "EVOL_ENGINE_LOG"
+_REDIRECT_LOCK = threading.Lock()
+
+
+@contextmanager
+def engine_output_to_log() -> Iterator[None]:
+    """While an engine is imported and started, send file descriptor 2 to the run's log file.
+
+    What bypasses Python's logging goes there: C++ and Python warnings, progress bars of model loading, and,
+    for their whole life, everything the processes spawned meanwhile (vLLM's engine core) write to stderr,
+    since they inherit the descriptor. Without a run log (``--verbose``, tests) nothing changes."""
+    path = os.environ.get(ENGINE_LOG_ENV)
+    if not path:
+        yield
+        return
+    with _REDIRECT_LOCK:
+        sys.stderr.flush()
+        saved = os.dup(2)
+        target = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        os.dup2(target, 2)
+        os.close(target)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
 
 
 @dataclass
@@ -59,6 +91,7 @@ class RunLog:
         config_path = self._vllm_config_path()
         config_path.write_text(json.dumps(self.vllm_config()))
         if not verbose:
+            os.environ[ENGINE_LOG_ENV] = str(self.local)
             os.environ["VLLM_LOGGING_CONFIG_PATH"] = str(config_path)
             os.environ["PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL"] = "WARNING"
             quiet_prefect_console()
@@ -74,6 +107,7 @@ class RunLog:
             self.handler.close()
             self.handler = None
         self._vllm_config_path().unlink(missing_ok=True)
+        os.environ.pop(ENGINE_LOG_ENV, None)
         fs, path = resolve(self.uri)
         if "file" not in fs.protocol:
             fs.put_file(str(self.local), path)

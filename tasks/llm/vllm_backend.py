@@ -87,7 +87,16 @@ def engine_kwargs(engine_args: dict[str, Any] | None, on_cpu: bool) -> dict[str,
 
 
 def get_vllm_engine(model: str, engine_args: dict[str, Any] | None = None) -> tuple[Any, threading.Lock]:
-    """The process-wide ``vllm.LLM`` for ``model`` and ``engine_args`` with its lock, built on first use."""
+    """The process-wide ``vllm.LLM`` for ``model`` and ``engine_args`` with its lock, built on first use.
+
+    vLLM's import and the engine's start write to the run's log file, not the terminal (``tasks.runlog``)."""
+    from tasks.runlog import engine_output_to_log
+
+    with engine_output_to_log():
+        return _get_vllm_engine(model, engine_args)
+
+
+def _get_vllm_engine(model: str, engine_args: dict[str, Any] | None) -> tuple[Any, threading.Lock]:
     try:
         import vllm
     except ImportError as err:

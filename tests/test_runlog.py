@@ -1,0 +1,51 @@
+"""The run's log file takes what bypasses Python's logging while an engine starts (raw stderr, child processes)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+
+from tasks.runlog import ENGINE_LOG_ENV, engine_output_to_log
+
+
+def test_engine_output_goes_to_the_log_and_the_terminal_gets_its_stderr_back(tmp_path, monkeypatch, capfd):
+    log = tmp_path / "run.log"
+    monkeypatch.setenv(ENGINE_LOG_ENV, str(log))
+    with engine_output_to_log():
+        os.write(2, b"raw C-level warning\n")
+        # a child spawned meanwhile keeps writing to the log after the engine has started
+        child = subprocess.Popen([sys.executable, "-c", "import sys, time; time.sleep(0.5); "
+                                  "sys.stderr.write('engine core line\\n')"])
+    os.write(2, b"back on the terminal\n")
+    assert child.wait(timeout=30) == 0
+    text = log.read_text()
+    assert "raw C-level warning" in text and "engine core line" in text
+    terminal = capfd.readouterr().err
+    assert terminal == "back on the terminal\n"
+
+
+def test_without_a_run_log_nothing_is_redirected(monkeypatch, capfd):
+    monkeypatch.delenv(ENGINE_LOG_ENV, raising=False)
+    with engine_output_to_log():
+        os.write(2, b"shown\n")
+    assert capfd.readouterr().err == "shown\n"
+
+
+def test_the_real_engine_start_writes_to_the_log_not_the_terminal(model_dir, tmp_path):
+    log = tmp_path / "run.log"
+    script = textwrap.dedent(f"""
+        from tasks.llm.vllm_backend import get_vllm_engine, shutdown_engines
+        llm, _ = get_vllm_engine({str(model_dir)!r}, {{"max_model_len": 512}})
+        print("engine ready")
+        shutdown_engines()
+    """)
+    env = {**os.environ, ENGINE_LOG_ENV: str(log), "PYTHONPATH": os.getcwd()}
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.strip() == "engine ready"
+    text = log.read_text()
+    assert "Loading safetensors checkpoint shards" in text, text[-2000:]
+    assert "Loading safetensors" not in done.stderr and "Triton" not in done.stderr, done.stderr[-3000:]
+
