@@ -34,18 +34,23 @@ def test_without_a_run_log_nothing_is_redirected(monkeypatch, capfd):
 
 
 def test_the_real_engine_start_writes_to_the_log_not_the_terminal(model_dir, tmp_path):
-    log = tmp_path / "run.log"
+    """As ``evol run`` does without --verbose: the terminal gets only what the run prints itself."""
     script = textwrap.dedent(f"""
         from tasks.llm.vllm_backend import get_vllm_engine, shutdown_engines
-        llm, _ = get_vllm_engine({str(model_dir)!r}, {{"max_model_len": 512}})
+        from tasks.runlog import RunLog
+        log = RunLog.for_run({str(tmp_path / "run")!r})
+        log.start(verbose=False)
+        get_vllm_engine({str(model_dir)!r}, {{"max_model_len": 512}})
         print("engine ready")
         shutdown_engines()
+        log.finish()
+        print(log.local)
     """)
-    env = {**os.environ, ENGINE_LOG_ENV: str(log), "PYTHONPATH": os.getcwd()}
+    env = {**os.environ, "PYTHONPATH": os.getcwd()}
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert done.stdout.strip() == "engine ready"
-    text = log.read_text()
-    assert "Loading safetensors checkpoint shards" in text, text[-2000:]
+    ready, log_path = done.stdout.strip().splitlines()
+    assert ready == "engine ready"
+    text = open(log_path).read()
+    assert "Loading safetensors checkpoint shards" in text and "non-default args" in text, text[-2000:]
     assert "Loading safetensors" not in done.stderr and "Triton" not in done.stderr, done.stderr[-3000:]
-

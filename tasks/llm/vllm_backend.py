@@ -21,6 +21,7 @@ from tasks.llm.base import (
     choice_margin,
     is_prefilled,
 )
+from tasks.runlog import ENGINE_LOG_ENV, engine_output_to_log
 
 logger = logging.getLogger(__name__)
 
@@ -90,8 +91,6 @@ def get_vllm_engine(model: str, engine_args: dict[str, Any] | None = None) -> tu
     """The process-wide ``vllm.LLM`` for ``model`` and ``engine_args`` with its lock, built on first use.
 
     vLLM's import and the engine's start write to the run's log file, not the terminal (``tasks.runlog``)."""
-    from tasks.runlog import engine_output_to_log
-
     with engine_output_to_log():
         return _get_vllm_engine(model, engine_args)
 
@@ -116,9 +115,11 @@ def _get_vllm_engine(model: str, engine_args: dict[str, Any] | None) -> tuple[An
         try:
             llm = vllm.LLM(model=model, **kwargs)
         except Exception as err:
+            log = os.environ.get(ENGINE_LOG_ENV)
             raise BackendError(
                 f"vLLM engine failed to start for model {model!r} with engine args {kwargs}: "
-                f"{type(err).__name__}: {err}"
+                f"{type(err).__name__}: {err}" + (f" (vLLM's own output, the root cause among it, is in {log})"
+                                                  if log else "")
             ) from err
         _ENGINES[key] = (llm, threading.Lock())
         return _ENGINES[key]
