@@ -14,6 +14,7 @@ from tasks.core.text import normalize_text
 # Reasons of the rules over text, in the order they are checked; the LLM check's reason comes after them.
 VALIDITY_RULE_REASONS: tuple[str, ...] = (
     "degenerate_evolution",  # no words, or a loop of repeated words or lines
+    "unfinished_evolution",  # under three words, or it breaks off mid-sentence ("... how many you can write in")
     "scaffolding_fragment",  # leftover pieces of the prompt's headings: a lone "#", "#Label#", "Prompt#:"
     "copies_prompt",  # copies a run of words from the evolution prompt (its rules, its worked example)
     "answers_parent",  # an answer to the parent instead of a rewrite of it
@@ -47,6 +48,12 @@ _ANSWER_OPENERS = re.compile(
 # Openers that also begin real requests ("I have this code: ... why does it fail?"): an answer only without a
 # question in the text.
 _STATEMENT_OPENERS = re.compile(r"\A\W*(?:i|i'm|i've|i'll|i\s+would|it\s+is|it's)\b", re.IGNORECASE)
+# Words a finished sentence does not end with; a text ending in one (no closing mark) was cut off.
+_DANGLING = frozenset(
+    "a an the to of in on at for from with by into about as and or but nor if than that which who whose "
+    "your my our their its this these those is are was were be make".split()
+)
+MIN_WORDS = 3
 _CONTINUATION_OPENERS = re.compile(r"\A(?:[,;:)\]}]|\.\.\.|(?:and|or|but|so|then|because)\b)", re.IGNORECASE)
 
 
@@ -64,6 +71,15 @@ def is_degenerate(text: str) -> bool:
         return True
     lines = [normalize_text(line) for line in text.splitlines() if line.strip()]
     return any(lines.count(line) >= 3 for line in set(lines))
+
+
+def is_unfinished(text: str) -> bool:
+    """Under ``MIN_WORDS`` words, or the last line breaks off on a word no sentence ends with ("the", "in")."""
+    tokens = words(text)
+    if len(tokens) < MIN_WORDS:
+        return True
+    tail = text.rstrip()
+    return tail[-1:].isalpha() and tokens[-1].lower() in _DANGLING
 
 
 def has_scaffolding_fragment(text: str) -> bool:
@@ -122,6 +138,8 @@ def validity_rule_reason(instruction: str, parent: str, kind: str, shorter_ratio
     """
     if is_degenerate(instruction):
         return "degenerate_evolution"
+    if is_unfinished(instruction):
+        return "unfinished_evolution"
     if has_scaffolding_fragment(instruction):
         return "scaffolding_fragment"
     if prompt and copies_prompt(instruction, prompt, parent):

@@ -94,6 +94,7 @@ def test_rule_order_and_reasons():
     prompt = "Rewrite it. Keep every table and code block of the original prompt exactly as it is."
     cases = {
         "#": "degenerate_evolution",
+        "Is there a limit to how many sentences you can write in": "unfinished_evolution",
         "Write a haiku about the sea. #": "scaffolding_fragment",
         "Keep every table and code block of the original prompt exactly as it is, please.": "copies_prompt",
         "It's a haiku about a lighthouse.": "answers_parent",
@@ -105,6 +106,18 @@ def test_rule_order_and_reasons():
         assert validity_rule_reason(text, parent, "in_depth", 0.5, prompt) == reason, text
     assert validity_rule_reason("Write a haiku.", parent, "in_breadth", 0.5, prompt) is None  # breadth may be short
     assert set(cases.values()) == set(VALIDITY_RULE_REASONS)
+
+
+def test_unfinished_evolutions():
+    from tasks.validity import is_unfinished
+
+    # cut by a stop string or the token cap mid-sentence, or a word or two: none is an instruction
+    for text in ("The", "Rewrite this.", "The shortest of the three, Carla, is taller than Ben.\n\nMake sure the",
+                 "Is there a limit to how many sentences you can write in"):
+        assert is_unfinished(text), text
+    for text in ("Sort the list in place.", "What does this print?\nx = [1, 2]\nprint(x)",
+                 "Explain what the word 'the' does in English", "Name a city that you like"):
+        assert not is_unfinished(text), text
 
 
 def test_llm_verdicts_and_strict_yes_no_parse():
