@@ -7,7 +7,6 @@ import asyncio
 import json
 import logging
 import os
-import socket
 import subprocess
 import sys
 import threading
@@ -20,12 +19,13 @@ from pydantic import SecretStr
 
 from tasks.core.config import LLMEnvSettings
 from tasks.llm.base import BackendError, SamplingParams
-from tasks.llm.models import prepare_default_model
 from tasks.llm.openai_backend import OpenAIBackend
+from tests.conftest import free_port
 
 SECRET = "sk-test-Zq81secret"
 PARAMS = SamplingParams(temperature=0.0, top_p=1.0, max_tokens=16)
 HEALTH_TIMEOUT_S = 420  # vllm serve starts in about a minute on 2 idle cores; far slower when they are shared
+GATE_WAIT_S = 30  # the most a gated request waits for the others (a bound, never reached when the client works)
 
 
 def user(text: str) -> list[dict[str, str]]:
@@ -35,14 +35,15 @@ def user(text: str) -> list[dict[str, str]]:
 class FakeServer:
     """An OpenAI-compatible server on 127.0.0.1 whose answer depends on the prompt's first word:
     ``ok``, ``flaky`` (429 on the first try), ``slow`` (sleeps 2 s), ``broken`` (500 that echoes the
-    Authorization header), ``bad`` (400), ``delay-N`` (answers after N ms)."""
+    Authorization header), ``bad`` (400), ``judge`` (``Not Equal`` with first-token log-probabilities),
+    ``gate-N`` (answers once N requests have been in flight together, or after ``GATE_WAIT_S``)."""
 
     def __init__(self) -> None:
         self.attempts: dict[str, int] = {}
         self.auth: list[str] = []
         self.bodies: list[dict] = []
         self.in_flight = self.max_in_flight = 0
-        self.lock = threading.Lock()
+        self.peak = threading.Condition()
         server = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -65,33 +66,42 @@ class FakeServer:
             def do_POST(self) -> None:
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 prompt = body["messages"][-1]["content"]
-                with server.lock:
+                with server.peak:
                     server.bodies.append(body)
                     server.auth.append(self.headers.get("Authorization", ""))
                     n = server.attempts[prompt] = server.attempts.get(prompt, 0) + 1
                     server.in_flight += 1
                     server.max_in_flight = max(server.max_in_flight, server.in_flight)
+                    server.peak.notify_all()
                 try:
                     self.answer(prompt, n)
                 finally:
-                    with server.lock:
+                    with server.peak:
                         server.in_flight -= 1
 
             def answer(self, prompt: str, attempt: int) -> None:
                 kind = prompt.split()[0]
+                soon = {"Retry-After-Ms": "5"}  # the client waits what the server asks
                 if kind == "flaky" and attempt == 1:
-                    return self.reply(429, {"error": "slow down"}, {"Retry-After": "0"})
+                    return self.reply(429, {"error": "slow down"}, soon)
                 if kind == "slow":
                     time.sleep(2.0)
                 if kind == "broken":
-                    return self.reply(500, f"internal error, request had {self.headers.get('Authorization')}")
+                    return self.reply(500, f"internal error, request had {self.headers.get('Authorization')}", soon)
                 if kind == "bad":
                     return self.reply(400, {"error": {"message": "max_tokens is too large"}})
-                if kind.startswith("delay-"):
-                    time.sleep(int(kind.split("-")[1]) / 1000)
+                if kind.startswith("gate-"):
+                    with server.peak:
+                        server.peak.wait_for(lambda: server.max_in_flight >= int(kind[5:]), timeout=GATE_WAIT_S)
+                text, logprobs = f"echo: {prompt}", None
+                if kind == "judge":
+                    text, logprobs = "Not Equal", {"content": [{"token": "Not", "logprob": -0.1, "bytes": None,
+                                                                "top_logprobs": [{"token": "Not", "logprob": -0.1},
+                                                                                 {"token": "Equal", "logprob": -2.6}]}]}
                 self.reply(200, {
-                    "choices": [{"index": 0, "message": {"role": "assistant", "content": f"echo: {prompt}"},
-                                 "finish_reason": "stop"}],
+                    "id": "x", "object": "chat.completion", "created": 0, "model": "fake-model",
+                    "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
+                                 "logprobs": logprobs, "finish_reason": "stop"}],
                     "usage": {"prompt_tokens": len(prompt.split()), "completion_tokens": 2, "total_tokens": 0},
                 })
 
@@ -113,10 +123,11 @@ def server():
     s.close()
 
 
-def make_backend(url: str, timeout: float = 5.0, concurrency: int = 8, retries: int = 2) -> OpenAIBackend:
+def make_backend(url: str, timeout: float = 5.0, concurrency: int = 8, retries: int = 2,
+                 model: str = "default", structured_outputs: bool = True) -> OpenAIBackend:
     settings = LLMEnvSettings(base_url=url, api_key=SecretStr(SECRET), request_timeout_s=timeout,
-                              max_concurrency=concurrency)
-    return OpenAIBackend("default", settings, max_retries=retries, backoff_s=0.01)
+                              max_concurrency=concurrency, max_retries=retries)
+    return OpenAIBackend(model, settings, structured_outputs=structured_outputs)
 
 
 def test_429_is_retried_then_succeeds(server):
@@ -129,10 +140,10 @@ def test_429_is_retried_then_succeeds(server):
 
 def test_batch_in_order_with_bounded_concurrency_model_and_key(server):
     backend = make_backend(server.url, concurrency=3)
-    prompts = [f"delay-{(7 * i) % 5 * 30} item {i}" for i in range(10)]  # finish out of order
+    prompts = [f"gate-3 item {i}" for i in range(10)]  # the first three answer only when all three are in flight
     results = backend.generate([user(p) for p in prompts], PARAMS)
     assert [r.text for r in results] == [f"echo: {p}" for p in prompts]
-    assert server.max_in_flight == 3
+    assert server.max_in_flight == 3  # reached (else the gate would have timed out with fewer), never exceeded
     assert backend.model_name == "fake-model"
     assert {b["model"] for b in server.bodies} == {"fake-model"}
     assert server.bodies[0]["max_tokens"] == 16 and server.bodies[0]["temperature"] == 0.0
@@ -148,7 +159,7 @@ def test_seed_and_stop_are_sent(server):
 def test_forced_choice_and_prefill_are_sent_as_vllm_request_fields(server):
     prefilled = [{"role": "user", "content": "ok rewrite"}, {"role": "assistant", "content": "#Rewritten Prompt#:"}]
     choice = SamplingParams(max_tokens=8, choices=("Equal", "Not Equal"))
-    [judged, continued] = make_backend(server.url).generate([user("ok judge"), prefilled], choice)
+    [judged, continued] = make_backend(server.url, concurrency=1).generate([user("ok judge"), prefilled], choice)
     first, second = server.bodies
     assert first["structured_outputs"] == {"choice": ["Equal", "Not Equal"]}
     assert (first["logprobs"], first["top_logprobs"]) == (True, 20)
@@ -156,26 +167,25 @@ def test_forced_choice_and_prefill_are_sent_as_vllm_request_fields(server):
     assert (second["continue_final_message"], second["add_generation_prompt"]) == (True, False)
     # this server ignores the field and answers in prose: the answer is not marked constrained
     assert judged.ok and judged.text == "echo: ok judge" and not judged.constrained and judged.choice_margin is None
-    settings = LLMEnvSettings(base_url=server.url, api_key=SecretStr(SECRET))
-    OpenAIBackend("default", settings, structured_outputs=False).generate([user("ok plain")], choice)
+    assert continued.ok and continued.text == "echo: #Rewritten Prompt#:"
+    make_backend(server.url, structured_outputs=False).generate([user("ok plain")], choice)
     assert not {"structured_outputs", "logprobs", "top_logprobs"} & set(server.bodies[-1])
 
 
-def test_constrained_answer_and_margin_are_read_from_the_response():
-    data = {"choices": [{"message": {"content": "Not Equal"}, "finish_reason": "stop", "logprobs": {"content": [
-        {"token": "Not", "logprob": -0.1, "top_logprobs": [{"token": "Not", "logprob": -0.1},
-                                                           {"token": "Equal", "logprob": -2.6}]}]}}],
-            "usage": {"prompt_tokens": 9, "completion_tokens": 3}}
-    done = OpenAIBackend._parse(data, ("Equal", "Not Equal"))
+def test_constrained_answer_and_margin_are_read_from_the_response(server):
+    choice = SamplingParams(max_tokens=8, choices=("Equal", "Not Equal"))
+    [done] = make_backend(server.url).generate([user("judge this")], choice)
     assert done.constrained and done.text == "Not Equal" and done.choice_margin == pytest.approx(2.5)
-    assert not OpenAIBackend._parse(data, None).constrained
+    assert (done.prompt_tokens, done.completion_tokens) == (2, 2)
+    [free] = make_backend(server.url).generate([user("judge this")], PARAMS)
+    assert free.text == "Not Equal" and not free.constrained and free.choice_margin is None
 
 
 def test_timeout_gives_item_error_after_retries(server):
     backend = make_backend(server.url, timeout=0.3, retries=1)
     results = backend.generate([user("slow one"), user("ok fine")], PARAMS)
     assert server.attempts["slow one"] == 2
-    assert results[0].error.startswith("failed after 2 attempts: ReadTimeout")
+    assert results[0].error == "APITimeoutError: Request timed out."
     assert (results[0].text, results[0].finish_reason) == ("", "error")
     assert results[1].ok and results[1].text == "echo: ok fine"
 
@@ -185,28 +195,21 @@ def test_500_that_never_recovers_and_400_not_retried(server, caplog):
     with caplog.at_level(logging.DEBUG):
         results = backend.generate([user("broken thing"), user("bad request"), user("ok")], PARAMS)
     assert server.attempts["broken thing"] == 3 and server.attempts["bad request"] == 1
-    assert results[0].error.startswith("failed after 3 attempts: HTTP 500: internal error, request had Bearer ***")
+    assert results[0].error == "HTTP 500: internal error, request had Bearer ***"
     assert results[1].error == 'HTTP 400: {"error": {"message": "max_tokens is too large"}}'
     assert results[2].ok
-    assert "HTTP 500" in caplog.text  # the retries are logged ...
+    assert caplog.text.count("Retrying request in ") == 2  # the retries are logged ...
     for text in (results[0].error, results[1].error, caplog.text, repr(backend), repr(backend.settings)):
         assert SECRET not in text  # ... and the key is never in an error, a log line or a repr
 
 
-def free_port() -> int:
-    """A port on 127.0.0.1 where nothing listens (just closed)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_unreachable_server_raises_backend_error():
     backend = make_backend(f"http://127.0.0.1:{free_port()}/v1", retries=1)
-    with pytest.raises(BackendError, match="not usable") as err:
+    with pytest.raises(BackendError, match="not usable: APIConnectionError") as err:
         backend.generate([user("ok")], PARAMS)  # "default" asks /models first
     assert SECRET not in str(err.value)
-    named = OpenAIBackend("some-model", backend.settings, max_retries=1, backoff_s=0.01)
-    with pytest.raises(BackendError, match="unreachable: failed after 2 attempts: ConnectError") as err:
+    named = make_backend(backend.base_url, retries=0, model="some-model")
+    with pytest.raises(BackendError, match="unreachable: APIConnectionError: Connection error") as err:
         named.generate([user("a"), user("b")], PARAMS)
     assert SECRET not in str(err.value)
 
@@ -234,10 +237,10 @@ def test_empty_batch_makes_no_request(server):
 
 
 @pytest.fixture(scope="module")
-def vllm_server(tmp_path_factory):
+def vllm_server(tmp_path_factory, model_dir):
     from tasks.llm.vllm_backend import cpu_env_defaults
 
-    model = prepare_default_model(os.environ.get("EVOL_LLM__MODELS_DIR") or tmp_path_factory.getbasetemp() / "models")
+    model = model_dir
     port = free_port()
     log_path = tmp_path_factory.mktemp("vllm-serve") / "server.log"
     env = {**cpu_env_defaults(), **os.environ}
@@ -274,7 +277,7 @@ def test_real_vllm_serve_batch_in_order(vllm_server):
     from transformers import AutoTokenizer
 
     url, model = vllm_server
-    backend = OpenAIBackend("default", LLMEnvSettings(base_url=url, request_timeout_s=120), max_retries=1)
+    backend = OpenAIBackend("default", LLMEnvSettings(base_url=url, request_timeout_s=120, max_retries=1))
     assert backend.model_name == "smollm2"
     convs = [user("Hello" + " there" * i) for i in range(4)]
     results = backend.generate(convs, PARAMS)
@@ -294,7 +297,7 @@ def test_real_vllm_serve_honours_the_forced_choice_and_the_prefill(vllm_server):
     from prompts import load_pack
 
     url, model = vllm_server
-    backend = OpenAIBackend("default", LLMEnvSettings(base_url=url, request_timeout_s=120), max_retries=1)
+    backend = OpenAIBackend("default", LLMEnvSettings(base_url=url, request_timeout_s=120, max_retries=1))
     pack = load_pack("general")
     pairs = [("Name three fruits.", "Name three tropical fruits and where each grows."),
              ("What is 2 + 2?", "What is 2 + 2?"), ("Explain rain.", "#")]

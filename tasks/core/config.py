@@ -38,13 +38,15 @@ class SamplingParams(BaseModel):
 
 
 class LLMEnvSettings(BaseModel):
-    """Where models and servers are: ``EVOL_LLM__MODELS_DIR``, ``EVOL_LLM__BASE_URL``, ``EVOL_LLM__API_KEY``."""
+    """Where models and servers are (``EVOL_LLM__MODELS_DIR``, ``__BASE_URL``, ``__API_KEY``) and how the ``openai``
+    backend talks to a server (``EVOL_LLM__REQUEST_TIMEOUT_S``, ``__MAX_RETRIES``, ``__MAX_CONCURRENCY``)."""
 
     models_dir: str = "models"
     base_url: str = "http://127.0.0.1:8000/v1"
     api_key: SecretStr = SecretStr("EMPTY")
-    request_timeout_s: float = 600.0
-    max_concurrency: int = 64
+    request_timeout_s: float = Field(600.0, gt=0)
+    max_retries: int = Field(3, ge=0)
+    max_concurrency: int = Field(64, ge=1)
 
 
 class EnvSettings(BaseSettings):

@@ -1,14 +1,13 @@
-"""A client for ``vllm serve`` or any OpenAI-compatible server: bounded concurrency, retries, per-item errors."""
+"""A client for ``vllm serve`` or any OpenAI-compatible server over the ``openai`` package: bounded concurrency,
+per-item errors, the key kept out of every message. Retries, back-off and Retry-After are the package's."""
 
 from __future__ import annotations
 
-import asyncio
-import concurrent.futures
-import logging
-import random
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-import httpx
+import openai
+from openai.types.chat import ChatCompletion
 
 from tasks.core.config import LLMEnvSettings
 from tasks.llm.base import (
@@ -21,24 +20,13 @@ from tasks.llm.base import (
     is_prefilled,
 )
 
-logger = logging.getLogger(__name__)
-
-RETRY_STATUS = frozenset({408, 409, 429}) | frozenset(range(500, 600))
-
-
-class _ItemFailed(Exception):
-    """One request failed for good; ``unreachable`` when no server ever answered it."""
-
-    def __init__(self, message: str, unreachable: bool = False):
-        super().__init__(message)
-        self.unreachable = unreachable
-
 
 class OpenAIBackend:
     """Sends each conversation to ``{base_url}/chat/completions``; ``model="default"`` uses the server's first model.
 
-    Retries 408/409/429/5xx, timeouts and connection errors ``max_retries`` times with exponential back-off; an
-    item that still fails gets an ``error`` completion. ``BackendError`` only when no request reached the server.
+    At most ``settings.max_concurrency`` requests are in flight. The client retries 408/409/429/5xx, timeouts and
+    connection errors ``settings.max_retries`` times (exponential back-off with jitter, Retry-After honoured); an
+    item that still fails gets an ``error`` completion. ``BackendError`` when no server answered any item.
 
     A forced choice (``SamplingParams.choices``) is sent as vLLM's ``structured_outputs: {"choice": [...]}`` with
     ``logprobs``/``top_logprobs`` when ``structured_outputs`` is on (a vLLM server); an answer that is not exactly
@@ -46,23 +34,20 @@ class OpenAIBackend:
     conversation is sent with vLLM's ``continue_final_message: true, add_generation_prompt: false``.
     """
 
-    def __init__(self, model: str = "default", settings: LLMEnvSettings | None = None, max_retries: int = 3,
-                 backoff_s: float = 0.5, max_backoff_s: float = 30.0, structured_outputs: bool = True):
-        if max_retries < 0:
-            raise ValueError("max_retries must be >= 0")
+    def __init__(self, model: str = "default", settings: LLMEnvSettings | None = None,
+                 structured_outputs: bool = True):
         self.settings = settings or LLMEnvSettings()
         self.base_url = self.settings.base_url.rstrip("/")
-        self.max_retries = max_retries
-        self.backoff_s = backoff_s
-        self.max_backoff_s = max_backoff_s
         self._model = None if model == "default" else model
         self.structured_outputs = structured_outputs
 
     def __repr__(self) -> str:
         return f"OpenAIBackend(model={self._model!r}, base_url={self.base_url!r})"
 
-    def _headers(self) -> dict[str, str]:
-        return {"Authorization": f"Bearer {self.settings.api_key.get_secret_value()}"}
+    def _client(self, max_retries: int | None = None) -> openai.OpenAI:
+        return openai.OpenAI(base_url=self.base_url, api_key=self.settings.api_key.get_secret_value(),
+                             timeout=self.settings.request_timeout_s,
+                             max_retries=self.settings.max_retries if max_retries is None else max_retries)
 
     def _redact(self, text: str) -> str:
         key = self.settings.api_key.get_secret_value()
@@ -78,124 +63,80 @@ class OpenAIBackend:
     def health_check(self) -> list[str]:
         """The ids of the models the server offers; ``BackendError`` when it can't be reached."""
         try:
-            resp = httpx.get(f"{self.base_url}/models", headers=self._headers(),
-                             timeout=self.settings.request_timeout_s)
-            resp.raise_for_status()
-            ids = [m["id"] for m in resp.json()["data"]]
-        except (httpx.HTTPError, ValueError, KeyError, TypeError) as err:
+            with self._client(max_retries=0) as client:
+                ids = [m.id for m in client.models.list()]
+        except openai.OpenAIError as err:
             raise BackendError(self._redact(f"OpenAI-compatible server at {self.base_url} is not usable: "
-                                            f"{type(err).__name__}: {err}")) from None
+                                            f"{_describe(err)}")) from None
         if not ids:
             raise BackendError(f"OpenAI-compatible server at {self.base_url} offers no model")
         return ids
 
     def generate(self, conversations: list[Conversation], params: SamplingParams) -> list[Completion]:
-        """Complete every conversation, in order. Works from any thread; inside a running loop it uses a helper
-        thread."""
+        """Complete every conversation, in order; works from any thread, inside a running event loop too."""
         if not conversations:
             return []
         model = self.model_name
-        try:
-            asyncio.get_running_loop()
-        except RuntimeError:
-            return asyncio.run(self._generate_all(model, conversations, params))
-        with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
-            return pool.submit(asyncio.run, self._generate_all(model, conversations, params)).result()
-
-    async def _generate_all(self, model: str, conversations: list[Conversation],
-                            params: SamplingParams) -> list[Completion]:
-        limit = max(1, self.settings.max_concurrency)
-        semaphore = asyncio.Semaphore(limit)
-        limits = httpx.Limits(max_connections=limit, max_keepalive_connections=limit)
-        async with httpx.AsyncClient(base_url=self.base_url, headers=self._headers(), limits=limits,
-                                     timeout=self.settings.request_timeout_s) as client:
-            results = await asyncio.gather(
-                *(self._one(client, semaphore, self._body(model, conv, params, self.structured_outputs),
-                            params.choices if self.structured_outputs else None)
-                  for conv in conversations)
-            )
-        completions = [c for c, _ in results]
+        choices = params.choices if self.structured_outputs else None
+        with self._client() as client, ThreadPoolExecutor(self.settings.max_concurrency) as pool:
+            results = list(pool.map(lambda conv: self._one(client, self._request(model, conv, params), choices),
+                                    conversations))
         if all(unreachable for _, unreachable in results):
-            raise BackendError(f"OpenAI-compatible server at {self.base_url} unreachable: {completions[0].error}")
-        return completions
+            raise BackendError(f"OpenAI-compatible server at {self.base_url} unreachable: {results[0][0].error}")
+        return [completion for completion, _ in results]
 
-    @staticmethod
-    def _body(model: str, conversation: Conversation, params: SamplingParams,
-              structured_outputs: bool = True) -> dict[str, Any]:
-        """The request body for one conversation."""
-        body: dict[str, Any] = {"model": model, "messages": conversation, "temperature": params.temperature,
-                                "top_p": params.top_p, "max_tokens": params.max_tokens}
+    def _request(self, model: str, conversation: Conversation, params: SamplingParams) -> dict[str, Any]:
+        """The keyword arguments of ``chat.completions.create`` for one conversation (vLLM's fields in
+        ``extra_body``)."""
+        request: dict[str, Any] = {"model": model, "messages": conversation, "temperature": params.temperature,
+                                   "top_p": params.top_p, "max_tokens": params.max_tokens}
         if params.seed is not None:
-            body["seed"] = params.seed
+            request["seed"] = params.seed
         if params.stop:
-            body["stop"] = list(params.stop)
+            request["stop"] = list(params.stop)
+        extra: dict[str, Any] = {}
         if is_prefilled(conversation):
-            body["add_generation_prompt"] = False
-            body["continue_final_message"] = True
-        if params.choices is not None and structured_outputs:
-            body["structured_outputs"] = {"choice": list(params.choices)}
-            body["logprobs"] = True
-            body["top_logprobs"] = TOP_LOGPROBS
-        return body
+            extra.update(add_generation_prompt=False, continue_final_message=True)
+        if params.choices is not None and self.structured_outputs:
+            extra["structured_outputs"] = {"choice": list(params.choices)}
+            request.update(logprobs=True, top_logprobs=TOP_LOGPROBS)
+        if extra:
+            request["extra_body"] = extra
+        return request
 
-    async def _one(self, client: httpx.AsyncClient, semaphore: asyncio.Semaphore, body: dict[str, Any],
-                   choices: tuple[str, ...] | None = None) -> tuple[Completion, bool]:
-        async with semaphore:
-            try:
-                return self._parse(await self._post_with_retries(client, body), choices), False
-            except _ItemFailed as err:
-                return Completion(error=self._redact(str(err)), finish_reason="error"), err.unreachable
-
-    async def _post_with_retries(self, client: httpx.AsyncClient, body: dict[str, Any]) -> dict[str, Any]:
-        reached = False
-        for attempt in range(self.max_retries + 1):
-            retry_after: float | None = None
-            try:
-                resp = await client.post("/chat/completions", json=body)
-            except (httpx.TimeoutException, httpx.TransportError) as err:
-                reached = reached or not isinstance(err, (httpx.ConnectError, httpx.ConnectTimeout))
-                problem = f"{type(err).__name__}: {err}" if str(err) else type(err).__name__
-            else:
-                reached = True
-                if resp.status_code == 200:
-                    try:
-                        return resp.json()
-                    except ValueError:
-                        raise _ItemFailed(f"invalid JSON from server: {resp.text[:200]!r}") from None
-                problem = f"HTTP {resp.status_code}: {resp.text[:300]}"
-                if resp.status_code not in RETRY_STATUS:
-                    raise _ItemFailed(problem)
-                retry_after = _retry_after(resp)
-            if attempt < self.max_retries:
-                delay = min(self.max_backoff_s, self.backoff_s * 2**attempt) * (1 + 0.1 * random.random())
-                delay = max(delay, min(retry_after or 0.0, self.max_backoff_s))
-                logger.info("request failed (%s), retry %d/%d in %.2fs", self._redact(problem), attempt + 1,
-                            self.max_retries, delay)
-                await asyncio.sleep(delay)
-        raise _ItemFailed(f"failed after {self.max_retries + 1} attempts: {problem}", unreachable=not reached)
-
-    @staticmethod
-    def _parse(data: dict[str, Any], choices: tuple[str, ...] | None = None) -> Completion:
+    def _one(self, client: openai.OpenAI, request: dict[str, Any],
+             choices: tuple[str, ...] | None) -> tuple[Completion, bool]:
+        """One completion, and whether the item failed without any answer from a server."""
         try:
-            choice = data["choices"][0]
-            text = choice["message"].get("content") or ""
-            usage = data.get("usage") or {}
-            constrained = choices is not None and text in choices
-            margin = None
-            content = (choice.get("logprobs") or {}).get("content") or []
-            if constrained and content:
-                first = {t["token"]: float(t["logprob"]) for t in content[0].get("top_logprobs") or []}
-                margin = choice_margin(first, text, choices) if first else None
-            return Completion(text=text, finish_reason=choice.get("finish_reason"),
-                              prompt_tokens=int(usage.get("prompt_tokens") or 0),
-                              completion_tokens=int(usage.get("completion_tokens") or 0),
-                              constrained=constrained, choice_margin=margin)
-        except (KeyError, IndexError, TypeError, AttributeError, ValueError) as err:
-            return Completion(error=f"unexpected response shape: {type(err).__name__}: {err}", finish_reason="error")
+            response = client.chat.completions.create(**request)
+        except openai.OpenAIError as err:
+            unreachable = isinstance(err, openai.APIConnectionError) and not isinstance(err, openai.APITimeoutError)
+            return Completion(error=self._redact(_describe(err)), finish_reason="error"), unreachable
+        return _parse(response, choices), False
 
 
-def _retry_after(resp: httpx.Response) -> float | None:
+def _describe(err: openai.OpenAIError) -> str:
+    """An error in one line: ``HTTP <status>: <body>`` for an answer, ``<kind>: <message>`` otherwise."""
+    if isinstance(err, openai.APIStatusError):
+        return f"HTTP {err.status_code}: {err.response.text[:300]}"
+    return f"{type(err).__name__}: {err}"
+
+
+def _parse(response: ChatCompletion, choices: tuple[str, ...] | None) -> Completion:
+    """The completion in a response; under a forced choice, whether the answer is one and its margin."""
     try:
-        return float(resp.headers["retry-after"])
-    except (KeyError, ValueError):
-        return None
+        choice = response.choices[0]
+        text = choice.message.content or ""
+        constrained = choices is not None and text in choices
+        margin = None
+        content = choice.logprobs.content if choice.logprobs else None
+        if constrained and content:
+            first = {t.token: float(t.logprob) for t in content[0].top_logprobs or []}
+            margin = choice_margin(first, text, choices) if first else None
+        usage = response.usage
+        return Completion(text=text, finish_reason=choice.finish_reason,
+                          prompt_tokens=int(getattr(usage, "prompt_tokens", 0) or 0),
+                          completion_tokens=int(getattr(usage, "completion_tokens", 0) or 0),
+                          constrained=constrained, choice_margin=margin)
+    except (IndexError, TypeError, AttributeError, ValueError) as err:
+        return Completion(error=f"unexpected response shape: {type(err).__name__}: {err}", finish_reason="error")
