@@ -108,7 +108,8 @@ def prefect_harness(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def model_dir(tmp_path_factory):
-    """The bundled model, prepared once (into ``EVOL_LLM__MODELS_DIR`` when set, so CI and the demo share it)."""
+    """The bundled model, prepared once (into ``EVOL_LLM__MODELS_DIR`` when set, so CI and the demo share it). The one
+    copy of this fixture: a test that uses it, directly or through another fixture, is marked ``vllm`` (heavy)."""
     from tasks.llm.models import prepare_default_model
 
     return prepare_default_model(os.environ.get("EVOL_LLM__MODELS_DIR") or tmp_path_factory.getbasetemp() / "models")
@@ -149,7 +150,7 @@ def prefect_server(tmp_path_factory):
 # A test that uses one of these fixtures is marked by it, so `-m "not vllm and not s3 and not server"` (the
 # fast loop, `make test-fast`) never starts an engine or a server, whatever marks a test file forgot.
 FIXTURE_MARKS = {"prefect_harness": "server", "prefect_server": "server", "s3_server": "s3", "s3_settings": "s3",
-                 "s3_bucket": "s3", "model_dir": "vllm"}
+                 "s3_bucket": "s3", "s3_with_auth": "s3", "model_dir": "vllm", "vllm_server": "vllm"}
 
 
 def pytest_collection_modifyitems(config, items):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest
@@ -22,14 +21,14 @@ from tasks.llm.models import (
 
 
 @pytest.fixture(scope="session")
-def models_dir(tmp_path_factory) -> Path:
-    """Where the real bundled model is prepared once per session (or ``EVOL_LLM__MODELS_DIR``, to reuse one)."""
-    return Path(os.environ.get("EVOL_LLM__MODELS_DIR") or tmp_path_factory.getbasetemp() / "models")
+def models_dir(model_dir) -> Path:
+    """Where the shared fixture prepared the real bundled model (a test using it is marked ``vllm``: heavy)."""
+    return model_dir.parent
 
 
 @pytest.fixture(scope="session")
-def prepared(models_dir) -> Path:
-    return prepare_default_model(models_dir)
+def prepared(model_dir) -> Path:
+    return model_dir
 
 
 def snapshot(folder: Path) -> dict[str, tuple[str, int]]:

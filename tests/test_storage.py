@@ -33,7 +33,7 @@ def make_rows(n: int, round_index: int = 0) -> list[dict]:
     ]
 
 
-@pytest.fixture(params=["local", "memory", "s3"])
+@pytest.fixture(params=["local", "memory", pytest.param("s3", marks=pytest.mark.s3)])
 def root(request, tmp_path, memory_root):
     if request.param == "local":
         return str(tmp_path / "runs")

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import uuid
 from pathlib import Path
 from typing import Any
@@ -16,7 +15,6 @@ from prefect import flow
 
 from storage import resolve
 from tasks.core.config import ConfigError, RunConfig, TrainConfig, parse_run_config
-from tasks.llm.models import prepare_default_model
 from tasks.train import (
     RECIPES_DIR,
     RecipeError,
@@ -56,12 +54,6 @@ def write_uri(uri: str, data: bytes) -> str:
     fs, path = resolve(uri)
     fs.pipe_file(path, data)
     return uri
-
-
-@pytest.fixture(scope="session")
-def model_dir(tmp_path_factory) -> Path:
-    """The prepared bundled model (``EVOL_LLM__MODELS_DIR`` reuses one)."""
-    return prepare_default_model(os.environ.get("EVOL_LLM__MODELS_DIR") or tmp_path_factory.getbasetemp() / "models")
 
 
 def test_recipes_hold_the_paper_settings_and_a_fast_smoke():
