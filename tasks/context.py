@@ -57,7 +57,7 @@ class EvolveSpec(BaseModel):
 
     prompt_pack: str
     operation_weights: dict[str, float] | None
-    seed: int
+    random_seed: int
     prefill: bool
     llm: LLMConfig
     sampling: StageSampling
@@ -65,8 +65,9 @@ class EvolveSpec(BaseModel):
 
     @classmethod
     def of(cls, config: RunConfig) -> EvolveSpec:
-        return cls(prompt_pack=config.prompt_pack, operation_weights=config.operation_weights, seed=config.seed,
-                   prefill=config.prefill, llm=config.llm, sampling=config.sampling, elimination=config.elimination)
+        return cls(prompt_pack=config.prompt_pack, operation_weights=config.operation_weights,
+                   random_seed=config.random_seed, prefill=config.prefill, llm=config.llm, sampling=config.sampling,
+                   elimination=config.elimination)
 
 
 class RunContext(BaseModel):
@@ -94,7 +95,7 @@ class RunContext(BaseModel):
     def mix_key(self, input_shas: list[str]) -> str:
         c = self.config
         return content_key("mix", input_shas, c.dedup.model_dump(mode="json"), c.mix.model_dump(mode="json"),
-                           c.seed, c.rounds)
+                           c.random_seed, c.rounds)
 
 
 def seeds_content_sha(uri: str, settings: StorageSettings | None = None) -> str:

@@ -81,8 +81,8 @@ def evolve_rows(
     stages = backends if isinstance(backends, StageBackends) else StageBackends.single(backends)
     weights = resolve_weights(pack, config.operation_weights)
     scaffolding = config.elimination.scaffolding_phrases or pack.scaffolding_phrases
-    ops = [choose_operation(config.seed, row["id"], round_index, weights) for row in rows]
-    variants = [choose_variant(config.seed, row["id"], round_index, len(pack.operations[op].variants))
+    ops = [choose_operation(config.random_seed, row["id"], round_index, weights) for row in rows]
+    variants = [choose_variant(config.random_seed, row["id"], round_index, len(pack.operations[op].variants))
                 for row, op in zip(rows, ops, strict=True)]
     parents = [parent_text(row) for row in rows]
     rendered = [pack.evolve_messages(op, parent, "", prefill=config.prefill, variant=v)

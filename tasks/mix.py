@@ -85,7 +85,7 @@ def mix_final(layout: RunLayout, config: RunConfig, inputs: list[ShardRef], key:
         rows = table.select(["id", "instruction", "input"]).to_pylist()
         near = find_near_duplicates([r["id"] for r in rows], [parent_text(r) for r in rows],
                                     threshold=config.dedup.jaccard_threshold, shingle_size=config.dedup.shingle_size,
-                                    num_perm=config.dedup.num_perm, seed=config.seed)
+                                    num_perm=config.dedup.num_perm, seed=config.random_seed)
         near_count = len(near)
         is_near = pc.is_in(table["id"], pa.array(list(near), pa.string()))
         near_rows = _with_reason(table.filter(is_near), "near_duplicate")
@@ -96,7 +96,7 @@ def mix_final(layout: RunLayout, config: RunConfig, inputs: list[ShardRef], key:
 
     # Shuffle from a canonical order so the result does not depend on shard layout.
     table = table.take(pc.sort_indices(table, [("id", "ascending")]))
-    order = np.random.default_rng(config.seed).permutation(table.num_rows)
+    order = np.random.default_rng(config.random_seed).permutation(table.num_rows)
     table = table.take(pa.array(order, pa.int64()))
     sampled_out = 0
     if config.mix.sample_size is not None and table.num_rows > config.mix.sample_size:

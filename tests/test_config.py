@@ -65,6 +65,15 @@ def test_missing_seeds_and_bad_yaml(tmp_path):
         parse_run_config({"seeds": "s", "operation_weights": {"deepening": 0}})
 
 
+def test_random_seed_and_its_old_name(tmp_path):
+    assert load_run_config(write(tmp_path, "seeds: s.jsonl\nrandom_seed: 7\n")).random_seed == 7
+    with pytest.warns(FutureWarning, match="`seed` is deprecated: call it `random_seed`"):
+        assert load_run_config(write(tmp_path, "seeds: s.jsonl\nseed: 5\n")).random_seed == 5
+    with pytest.raises(ConfigError, match="give `random_seed` only"):
+        load_run_config(write(tmp_path, "seeds: s.jsonl\nseed: 5\nrandom_seed: 5\n"))
+    assert "seed" not in RunConfig(seeds="s.jsonl").model_dump()
+
+
 def test_run_folder_is_the_name_or_the_seed_file_stem():
     from tasks.context import run_layout
 

@@ -26,7 +26,7 @@ def write_config(tmp_path: Path, root: Path) -> Path:
     if not seeds.exists():
         seeds.write_text("\n".join(json.dumps(s) for s in load_seeds()) + "\n")
     config = {"name": "crash", "seeds": str(seeds), "output_root": str(root), "rounds": 2, "shard_size": 10,
-              "seed": 5, "llm": {"backend": "scripted", "model": "demo"},
+              "random_seed": 5, "llm": {"backend": "scripted", "model": "demo"},
               "orchestration": {"retries": 0, "retry_delay_s": 0}}
     path = tmp_path / f"{root.name}.yaml"
     path.write_text(yaml.safe_dump(config))

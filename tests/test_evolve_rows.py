@@ -26,7 +26,7 @@ STOPS = ("#Given Prompt#", "#The Given Prompt#", "#Rewritten Prompt#", "#Created
 
 def config(**changes) -> RunConfig:
     sampling = StageSampling(evolve=SamplingParams(max_tokens=64, stop=STOPS))
-    return RunConfig(seeds="unused", seed=3, sampling=sampling, **changes)
+    return RunConfig(seeds="unused", random_seed=3, sampling=sampling, **changes)
 
 
 def engine_like(answer):

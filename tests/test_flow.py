@@ -24,7 +24,7 @@ def make_config(tmp_path, root: str, name: str = "flowtest", **extra):
     seeds = load_seeds()
     src = tmp_path / "seeds.jsonl"
     src.write_text("\n".join(json.dumps(s) for s in seeds))
-    data = {"name": name, "seeds": str(src), "output_root": root, "rounds": 2, "shard_size": 5, "seed": 11,
+    data = {"name": name, "seeds": str(src), "output_root": root, "rounds": 2, "shard_size": 5, "random_seed": 11,
             "llm": {"backend": "scripted", "model": name},
             "orchestration": {"retries": 0, "retry_delay_s": 0}, **extra}
     return seeds, parse_run_config(data)

@@ -25,7 +25,7 @@ def seeded(tmp_path):
     src.write_text("\n".join(json.dumps(s) for s in seeds))
     layout = RunLayout(str(tmp_path / "runs"), "r")
     ingest_seeds(str(src), layout.stage_dir(0, "pool"), shard_size=6)
-    config = RunConfig(seeds=str(src), rounds=2, shard_size=6, seed=3)
+    config = RunConfig(seeds=str(src), rounds=2, shard_size=6, random_seed=3)
     return seeds, layout, config
 
 

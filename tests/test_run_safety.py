@@ -128,7 +128,8 @@ def small_run(tmp_path, name="safe"):
     seeds = tmp_path / "seeds.jsonl"
     seeds.write_text("\n".join(json.dumps(s) for s in load_seeds()) + "\n")
     return parse_run_config({"name": name, "seeds": str(seeds), "output_root": str(tmp_path / "runs"),
-                             "rounds": 2, "shard_size": 10, "seed": 2, "llm": {"backend": "scripted", "model": "demo"},
+                             "rounds": 2, "shard_size": 10, "random_seed": 2,
+                             "llm": {"backend": "scripted", "model": "demo"},
                              "orchestration": {"retries": 0, "retry_delay_s": 0}})
 
 

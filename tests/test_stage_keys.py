@@ -52,7 +52,7 @@ def baseline(prefect_harness, tmp_path_factory):
     seeds = tmp / "seeds.jsonl"
     seeds.write_text("\n".join(json.dumps(s) for s in load_seeds()) + "\n")
     base = {"name": "keys", "seeds": str(seeds), "output_root": str(tmp / "base"), "rounds": 2, "shard_size": 10,
-            "seed": 3, "llm": {"backend": "scripted", "model": "demo"},
+            "random_seed": 3, "llm": {"backend": "scripted", "model": "demo"},
             "orchestration": {"retries": 0, "retry_delay_s": 0}}
     result = evol_instruct(parse_run_config(base))
     return tmp, base, result
@@ -87,7 +87,7 @@ CHANGES = [
     # candidates come out byte-identical and nothing after them is redone but the card, which shows the setting
     ("sampling", lambda tmp, c: {**c, "sampling": {"respond": {"max_tokens": 1000}}}, EVOLVE_SHARDS | {"export"}),
     ("elimination", lambda tmp, c: {**c, "elimination": {"sorry_max_words": 60}}, EVOLVE_SHARDS | {"export"}),
-    ("run seed", lambda tmp, c: {**c, "seed": 4}, ALL_LLM),
+    ("run seed", lambda tmp, c: {**c, "random_seed": 4}, ALL_LLM),
     ("dedup", lambda tmp, c: {**c, "dedup": {"jaccard_threshold": 0.9}}, {"mix", "export"}),
     ("mix", lambda tmp, c: {**c, "mix": {"sample_size": 10}}, {"mix", "export"}),
     ("train", lambda tmp, c: {**c, "train": {"recipe": "smoke-cpu", "enabled": False}}, set()),

@@ -21,7 +21,7 @@ def test_one_round_on_8_seeds_with_vllm(prefect_harness, tmp_path, model_dir, mo
     src = tmp_path / "seeds.jsonl"
     src.write_text("\n".join(json.dumps(s) for s in load_seeds(n=8)))
     config = parse_run_config({
-        "seeds": str(src), "output_root": str(tmp_path / "runs"), "rounds": 1, "shard_size": 4, "seed": 5,
+        "seeds": str(src), "output_root": str(tmp_path / "runs"), "rounds": 1, "shard_size": 4, "random_seed": 5,
         "llm": {"backend": "vllm", "model": "default", "engine_args": {"max_model_len": 1024}},
         "sampling": {"evolve": {"temperature": 0.7, "max_tokens": 64},
                      "respond": {"temperature": 0.7, "max_tokens": 64}},

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import math
 import posixpath
+import warnings
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from storage import StorageSettings, resolve
@@ -176,7 +177,7 @@ class RunConfig(_Strict):
     output_root: str = "runs"
     rounds: int = Field(4, ge=0, le=50)
     shard_size: int = Field(1000, ge=1)
-    seed: int = 0
+    random_seed: int = 0  # operation choice, shuffle, sampling; `seed` is its deprecated name
     prompt_pack: str = "general"
     operation_weights: dict[str, float] | None = None
     prefill: bool = True  # start the assistant's turn with the template's output label (#Rewritten Prompt#:)
@@ -187,6 +188,16 @@ class RunConfig(_Strict):
     mix: MixConfig = MixConfig()
     orchestration: OrchestrationConfig = OrchestrationConfig()
     train: TrainConfig | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _old_seed_name(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "seed" in data:
+            if "random_seed" in data:
+                raise ValueError("give `random_seed` only (`seed` is its old name)")
+            warnings.warn("config key `seed` is deprecated: call it `random_seed`", FutureWarning, stacklevel=2)
+            data = {("random_seed" if k == "seed" else k): v for k, v in data.items()}
+        return data
 
     @field_validator("operation_weights")
     @classmethod
