@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
+from typing import NoReturn
 
 import typer
 from rich.console import Console
@@ -32,7 +33,7 @@ def main(debug: bool = typer.Option(False, "--debug", help="Show the traceback b
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
 
 
-def fail(message: str) -> None:
+def fail(message: str) -> NoReturn:
     """Print ``error: <message>`` (one line per line of the message) and exit 2; ``--debug`` adds the traceback."""
     if DEBUG["on"] and sys.exc_info()[0] is not None:
         err_console.print_exception()
@@ -64,7 +65,8 @@ def ingest(
     shard_size: int = typer.Option(1000, "--shard-size", min=1, help="Rows per shard"),
     field_map: list[str] = typer.Option([], "--map", help="TARGET=SOURCE, SOURCE a field path: "
                                         "instruction=Instruction, input=instances.0.input"),
-    rejected: str = typer.Option(None, "--rejected", help="Folder for quarantined rows (default DEST/_rejected)"),
+    rejected: str | None = typer.Option(None, "--rejected",
+                                        help="Folder for quarantined rows (default DEST/_rejected)"),
     csv_header: str = typer.Option("auto", "--csv-header", help="CSV: auto (a header names a known or mapped "
                                    "field), yes or no"),
     max_rejected_share: float = typer.Option(0.5, "--max-rejected-share", min=0.0, max=1.0,
@@ -103,8 +105,8 @@ def ingest(
 @app.command()
 def run(
     config: Path = typer.Argument(..., help="Run configuration (YAML), e.g. configs/demo.yaml"),
-    rounds: int = typer.Option(None, "--rounds", min=0, help="Override the number of rounds"),
-    output_root: str = typer.Option(None, "--output-root", help="Override where runs are written"),
+    rounds: int | None = typer.Option(None, "--rounds", min=0, help="Override the number of rounds"),
+    output_root: str | None = typer.Option(None, "--output-root", help="Override where runs are written"),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show per-round progress"),
     recompute: list[str] = typer.Option([], "--recompute",
                                         help="Redo a stage even if its outputs are current: ingest, round=K, mix, "
@@ -166,11 +168,12 @@ def show_command(
 @app.command()
 def deploy(
     project_dir: Path = typer.Option(Path("."), "--project-dir", help="Folder holding prefect.yaml"),
-    config_uri: str = typer.Option(None, "--config-uri",
+    config_uri: str | None = typer.Option(None, "--config-uri",
                                    help="Run config of the nightly deployment: a path in the workers' project "
                                         "folder or s3://... (default: prefect.yaml's)"),
-    interval: int = typer.Option(None, "--interval", min=1, help="Also schedule the nightly deployment every N s"),
-    cron: str = typer.Option(None, "--cron", help="Also schedule the nightly deployment on this cron string"),
+    interval: int | None = typer.Option(None, "--interval", min=1,
+                                        help="Also schedule the nightly deployment every N s"),
+    cron: str | None = typer.Option(None, "--cron", help="Also schedule the nightly deployment on this cron string"),
 ) -> None:
     """Create the work pools prefect.yaml uses (process pools) and register its deployments on PREFECT_API_URL."""
     from flows.cli_deploy import deploy_command

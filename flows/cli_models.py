@@ -10,7 +10,7 @@ models_app = typer.Typer(help="Local models: prepare the bundled SmolLM2-135M-In
 
 @models_app.command()
 def prepare(
-    models_dir: str = typer.Option(None, "--models-dir",
+    models_dir: str | None = typer.Option(None, "--models-dir",
                                    help="Where prepared models live (default: EVOL_LLM__MODELS_DIR, else models)"),
 ) -> None:
     """Convert the bundled GGUF model into a safetensors folder (once) and print the folder."""
