@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import pyarrow as pa
 
 # One instruction record: a seed, an evolved candidate (kept or rejected), with its lineage.
@@ -85,3 +87,11 @@ def records_table(rows: list[dict], schema: pa.Schema = RECORD_SCHEMA) -> pa.Tab
         default = defaults.get(field.name)
         columns[field.name] = [row.get(field.name, default) for row in rows]
     return pa.Table.from_pydict(columns, schema=schema)
+
+
+def require_columns(table: pa.Table, names: Iterable[str], what: str) -> None:
+    """``ValueError`` naming the columns ``what`` lacks, and the ones it has."""
+    missing = [name for name in names if name not in table.column_names]
+    if missing:
+        raise ValueError(f"{what} has no column {', '.join(missing)} (its columns: "
+                         f"{', '.join(table.column_names) or 'none'})")

@@ -21,7 +21,7 @@ import pyarrow.parquet as pq
 from fsspec.implementations.local import LocalFileSystem
 
 from storage import faults
-from storage.schema import RECORD_SCHEMA
+from storage.schema import RECORD_SCHEMA, require_columns
 from storage.uri import StorageSettings, join_uri, resolve
 
 MARKER_SUFFIX = ".done"
@@ -82,6 +82,7 @@ class ShardWriter:
     def write(self, table: pa.Table) -> None:
         """Append a table (cast to the shard's schema)."""
         assert self._writer is not None, "writer already closed"
+        require_columns(table, self.schema.names, f"a table written to {self.uri}")
         table = table.select(self.schema.names).cast(self.schema)
         self._writer.write_table(table)
         self.rows += table.num_rows

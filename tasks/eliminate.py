@@ -10,6 +10,7 @@ import numpy as np
 import pyarrow as pa
 
 from storage import duck_connect
+from storage.schema import require_columns
 from tasks.core.config import EliminationConfig
 from tasks.validity import VALIDITY_REASONS
 
@@ -139,9 +140,7 @@ def text_rule_reasons(
     n = candidates.num_rows
     if n == 0:
         return []
-    for required in ("instruction", "response"):
-        if required not in candidates.column_names:
-            raise KeyError(f"candidates table has no {required!r} column")
+    require_columns(candidates, ("instruction", "response"), "the candidates table")
     columns = {}
     for name in ("instruction", "response", "finish_reason", "response_finish_reason", "error"):
         columns[name] = candidates.column(name) if name in candidates.column_names else pa.nulls(n, pa.string())

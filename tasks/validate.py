@@ -113,12 +113,13 @@ def _check_field_map(config: RunConfig, config_file: str) -> list[Problem]:
 def _check_model(config: RunConfig, config_file: str, env: EnvSettings) -> list[Problem]:
     llm = config.llm
     if llm.backend == "scripted":
+        from tasks.llm.base import BackendError
         from tasks.llm.scripted import scripted_backend
 
         try:
             scripted_backend(llm.model)
-        except KeyError as err:
-            return [Problem(config_file, "llm.model", _one_line(err.args[0]))]
+        except BackendError as err:
+            return [Problem(config_file, "llm.model", _one_line(str(err)))]
         return []
     if llm.backend != "vllm":
         return []  # an OpenAI-compatible server is asked when the run starts

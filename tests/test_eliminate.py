@@ -172,7 +172,7 @@ def test_null_typed_and_missing_columns_and_empty_table():
     assert text_rule_reasons(table, EliminationConfig(), PACK_PHRASES) == [
         "empty_response", "empty_evolution", "empty_evolution"]
     assert text_rule_reasons(table.slice(0, 0), EliminationConfig(), PACK_PHRASES) == []
-    with pytest.raises(KeyError, match="response"):
+    with pytest.raises(ValueError, match=r"^the candidates table has no column response \(its columns: instruction\)$"):
         text_rule_reasons(pa.table({"instruction": ["x"]}), EliminationConfig(), PACK_PHRASES)
 
 

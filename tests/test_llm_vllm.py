@@ -75,7 +75,7 @@ def test_factory(tmp_path):
     remote = get_backend(LLMConfig(backend="openai", model="served"), env)
     assert isinstance(remote, OpenAIBackend) and remote.model_name == "served"
     assert remote.base_url == "http://127.0.0.1:9/v1"
-    with pytest.raises(KeyError, match="scripted backends are for tests"):
+    with pytest.raises(BackendError, match=r"no scripted backend registered as 'never-registered' \(registered: demo"):
         get_backend(LLMConfig(backend="scripted", model="never-registered"), env)
 
 

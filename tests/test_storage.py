@@ -88,7 +88,7 @@ def test_uncommitted_shard_is_not_listed_or_read(tmp_path):
 def test_writer_casts_and_rejects_wrong_schema(tmp_path):
     uri = str(tmp_path / "shard-00000.parquet")
     bad = pa.table({"id": ["x"]})
-    with pytest.raises(KeyError):
+    with pytest.raises(ValueError, match=r"shard-00000\.parquet has no column root_id, .* \(its columns: id\)$"):
         with ShardWriter(uri) as writer:
             writer.write(bad)
     assert not is_committed(uri)

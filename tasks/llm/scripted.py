@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 
-from tasks.llm.base import Completion, Conversation, SamplingParams
+from tasks.llm.base import BackendError, Completion, Conversation, SamplingParams
 
 Responder = Callable[[Conversation, SamplingParams], "Completion | str"]
 
@@ -117,6 +117,7 @@ def scripted_backend(name: str) -> ScriptedBackend:
     if name == "demo" and name not in _REGISTRY:
         _REGISTRY[name] = ScriptedBackend(demo_responder, model_name="scripted-demo")
     if name not in _REGISTRY:
-        raise KeyError(f"no scripted backend registered as {name!r}; scripted backends are for tests and "
-                       f"benchmarks: register one with register_scripted_backend, or use model 'demo'")
+        known = ", ".join(sorted({"demo", *_REGISTRY}))
+        raise BackendError(f"no scripted backend registered as {name!r} (registered: {known}); scripted backends "
+                           f"are for tests and benchmarks: register one with register_scripted_backend, or use 'demo'")
     return _REGISTRY[name]
