@@ -14,6 +14,8 @@ import jinja2.meta
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from tasks.core.config import validation_message
+
 PACKS_DIR = Path(__file__).resolve().parent
 MANIFEST = "manifest.yaml"
 SPECIAL_TEMPLATES = ("system", "equality", "answer", "validity")
@@ -87,12 +89,7 @@ def _read_manifest(path: Path) -> _Manifest:
     try:
         manifest = _Manifest.model_validate(data)
     except ValidationError as err:
-        lines = [f"invalid prompt pack manifest {path}:"]
-        for e in err.errors():
-            key = ".".join(str(p) for p in e["loc"]) or "(top level)"
-            msg = "unknown key" if e["type"] == "extra_forbidden" else e["msg"]
-            lines.append(f"  {key}: {msg}")
-        raise PromptPackError("\n".join(lines)) from None
+        raise PromptPackError(validation_message(str(path), err)) from None
     for name in manifest.operations:
         if name in SPECIAL_TEMPLATES or not _OPERATION_NAME.match(name):
             raise PromptPackError(

@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from storage import StorageSettings, join_uri, resolve
 from storage.shards import write_file_atomic
-from tasks.core.config import EnvSettings
+from tasks.core.config import EnvSettings, validation_message
 from tasks.llm.models import resolve_model
 
 RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
@@ -92,11 +92,7 @@ def load_recipe(recipe: str) -> TrainRecipe:
     try:
         return TrainRecipe.model_validate(data)
     except ValidationError as err:
-        lines = [f"invalid recipe in {path}:"]
-        for e in err.errors():
-            key = ".".join(str(p) for p in e["loc"]) or "(top level)"
-            lines.append(f"  {key}: {'unknown key' if e['type'] == 'extra_forbidden' else e['msg']}")
-        raise RecipeError("\n".join(lines)) from None
+        raise RecipeError(validation_message(str(path), err)) from None
 
 
 def to_prompt_completion(row: dict[str, Any], where: str = "<row>") -> dict[str, list[dict[str, str]]]:

@@ -215,8 +215,8 @@ class ConfigError(ValueError):
     """A configuration file that can't be used; the message names the file and the keys."""
 
 
-def _format_errors(source: str, err: ValidationError) -> str:
-    """One line per bad key: ``<file>: <key>: <what>``."""
+def validation_message(source: str, err: ValidationError) -> str:
+    """One line per bad key: ``<file>: <key>: <what>`` (configs, training recipes, prompt pack manifests)."""
     lines = []
     for e in err.errors():
         key = ".".join(str(p) for p in e["loc"]) or "(top level)"
@@ -232,7 +232,7 @@ def parse_run_config(data: Any, source: str = "<config>") -> RunConfig:
     try:
         return RunConfig.model_validate(data)
     except ValidationError as err:
-        raise ConfigError(_format_errors(source, err)) from None
+        raise ConfigError(validation_message(source, err)) from None
 
 
 def load_run_config(path: str | Path, overrides: dict[str, Any] | None = None) -> RunConfig:
