@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prefect import task
 from prefect.states import Completed
@@ -26,7 +26,9 @@ from storage.schema import records_table
 from storage.shards import remove_shards_except
 from tasks.context import content_key
 from tasks.dedup import find_exact_duplicates
-from tasks.evolve import ShardSummary
+
+if TYPE_CHECKING:  # export and report read RoundSummary without importing the evolve stage
+    from tasks.evolve import ShardSummary
 
 
 class RoundInvariantError(RuntimeError):

@@ -3,6 +3,9 @@ per stage in the lineage."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 from prompts import load_pack
 from tasks.core.config import LLMConfig, RunConfig, SamplingParams, StageLLMConfig, StageSampling
 from tasks.core.text import record_id
@@ -142,3 +145,11 @@ def test_stage_backends_are_built_from_the_config_and_shared_when_equal():
     assert split.model_names() == {"evolve": "e", "respond": "e", "judge": "j"}
     assert LLMConfig(model="m", judge=StageLLMConfig(backend="openai")).for_stage("judge") == \
         LLMConfig(backend="openai", model="m")
+
+
+def test_export_mix_and_report_do_not_import_the_evolve_stage_or_a_backend():
+    """``parent_text`` lives in ``tasks.core.text``: the later stages import neither evolve nor the LLM layer."""
+    code = ("import sys, tasks.export, tasks.mix, tasks.report; "
+            "print(sorted(m for m in sys.modules if m == 'tasks.evolve' or m.startswith('tasks.llm')))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert (done.returncode, done.stdout.strip()) == (0, "[]"), done.stderr
