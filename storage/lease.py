@@ -17,6 +17,7 @@ from typing import Any
 
 from fsspec.implementations.local import LocalFileSystem
 
+from storage.shards import write_file_atomic
 from storage.uri import StorageSettings, join_uri, resolve
 
 LEASE_NAME = "_lease.json"
@@ -133,7 +134,7 @@ class RunLease:
             current = self.read()
             if current is None or current.get("holder") != self.record["holder"]:
                 return  # taken over: the other run owns the folder now
-            self.fs.pipe_file(self.path, self._payload())
+            write_file_atomic(self.uri, self._payload(), fs=self.fs)  # a reader never sees a torn lease
 
     def release(self) -> None:
         """Stop renewing and delete the lease if it is still ours."""

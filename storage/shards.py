@@ -22,7 +22,7 @@ from fsspec.implementations.local import LocalFileSystem
 
 from storage import faults
 from storage.schema import RECORD_SCHEMA, require_columns
-from storage.uri import StorageSettings, join_uri, resolve
+from storage.uri import StorageSettings, join_uri, resolve, strip_protocol
 
 MARKER_SUFFIX = ".done"
 TMP_SUFFIX = ".tmp"
@@ -255,10 +255,7 @@ def shard_name(index: int) -> str:
 
 def write_file_atomic(uri: str, data: bytes, settings: StorageSettings | None = None, fs: Any = None) -> str:
     """Write a whole file so that it appears complete or not at all; returns its SHA-256."""
-    if fs is None:
-        fs, path = resolve(uri, settings)
-    else:
-        path = resolve(uri, settings)[1]
+    fs, path = resolve(uri, settings) if fs is None else (fs, strip_protocol(uri))
     if isinstance(fs, LocalFileSystem):
         os.makedirs(os.path.dirname(path), exist_ok=True)
         tmp = local_temp_path(path, os.path.dirname(path))
