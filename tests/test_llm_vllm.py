@@ -53,6 +53,7 @@ def test_engine_kwargs_defaults_and_overrides(monkeypatch):
     assert engine_kwargs(gpu, on_cpu=False) == gpu
 
 
+@pytest.mark.vllm  # imports vllm: 6 s and more, too slow for the fast loop
 def test_sampling_params_translation():
     params = vllm_backend.to_vllm_sampling_params(
         SamplingParams(temperature=0.7, top_p=0.9, max_tokens=33, seed=5, stop=("###", "\n\n")), on_cpu=False)
