@@ -33,10 +33,11 @@ def user(text: str) -> list[dict[str, str]]:
 
 
 class FakeServer:
-    """An OpenAI-compatible server on 127.0.0.1 whose answer depends on the prompt's first word:
-    ``ok``, ``flaky`` (429 on the first try), ``slow`` (sleeps 2 s), ``broken`` (500 that echoes the
-    Authorization header), ``bad`` (400), ``judge`` (``Not Equal`` with first-token log-probabilities),
-    ``gate-N`` (answers once N requests have been in flight together, or after ``GATE_WAIT_S``)."""
+    """An OpenAI-compatible server on 127.0.0.1 whose answer depends on the prompt's first word: ``ok``,
+    ``flaky`` (429 on the first try), ``slow`` (sleeps 2 s), ``broken`` (500 that echoes the Authorization
+    header), ``bad`` (400), ``garbled`` (200 with a body that is not JSON), ``judge`` (``Not Equal`` with
+    first-token log-probabilities), ``gate-N`` (answers once N requests have been in flight together, or after
+    ``GATE_WAIT_S``)."""
 
     def __init__(self) -> None:
         self.attempts: dict[str, int] = {}
@@ -88,6 +89,8 @@ class FakeServer:
                     time.sleep(2.0)
                 if kind == "broken":
                     return self.reply(500, f"internal error, request had {self.headers.get('Authorization')}", soon)
+                if kind == "garbled":
+                    return self.reply(200, "{not json")
                 if kind == "bad":
                     return self.reply(400, {"error": {"message": "max_tokens is too large"}})
                 if kind.startswith("gate-"):
@@ -193,11 +196,11 @@ def test_timeout_gives_item_error_after_retries(server):
 def test_500_that_never_recovers_and_400_not_retried(server, caplog):
     backend = make_backend(server.url, retries=2)
     with caplog.at_level(logging.DEBUG):
-        results = backend.generate([user("broken thing"), user("bad request"), user("ok")], PARAMS)
+        results = backend.generate([user("broken thing"), user("bad request"), user("ok"), user("garbled")], PARAMS)
     assert server.attempts["broken thing"] == 3 and server.attempts["bad request"] == 1
     assert results[0].error == "HTTP 500: internal error, request had Bearer ***"
     assert results[1].error == 'HTTP 400: {"error": {"message": "max_tokens is too large"}}'
-    assert results[2].ok
+    assert results[2].ok and results[3].error.startswith("JSONDecodeError: Expecting property name")
     assert caplog.text.count("Retrying request in ") == 2  # the retries are logged ...
     for text in (results[0].error, results[1].error, caplog.text, repr(backend), repr(backend.settings)):
         assert SECRET not in text  # ... and the key is never in an error, a log line or a repr

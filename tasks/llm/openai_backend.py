@@ -65,7 +65,7 @@ class OpenAIBackend:
         try:
             with self._client(max_retries=0) as client:
                 ids = [m.id for m in client.models.list()]
-        except openai.OpenAIError as err:
+        except (openai.OpenAIError, ValueError) as err:  # ValueError: a body that is not JSON
             raise BackendError(self._redact(f"OpenAI-compatible server at {self.base_url} is not usable: "
                                             f"{_describe(err)}")) from None
         if not ids:
@@ -109,13 +109,13 @@ class OpenAIBackend:
         """One completion, and whether the item failed without any answer from a server."""
         try:
             response = client.chat.completions.create(**request)
-        except openai.OpenAIError as err:
+        except (openai.OpenAIError, ValueError) as err:
             unreachable = isinstance(err, openai.APIConnectionError) and not isinstance(err, openai.APITimeoutError)
             return Completion(error=self._redact(_describe(err)), finish_reason="error"), unreachable
         return _parse(response, choices), False
 
 
-def _describe(err: openai.OpenAIError) -> str:
+def _describe(err: Exception) -> str:
     """An error in one line: ``HTTP <status>: <body>`` for an answer, ``<kind>: <message>`` otherwise."""
     if isinstance(err, openai.APIStatusError):
         return f"HTTP {err.status_code}: {err.response.text[:300]}"
