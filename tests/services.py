@@ -49,9 +49,9 @@ def wait_healthy(url: str, proc: subprocess.Popen, log: Path, timeout: float = 1
             if httpx.get(f"{url}/health", timeout=2, headers=headers).status_code == 200:
                 return
         if proc.poll() is not None:
-            raise RuntimeError(f"prefect server exited ({proc.returncode}):\n{log.read_text()[-3000:]}")
+            raise RuntimeError(f"{proc.args[0]} exited ({proc.returncode}):\n{log.read_text()[-3000:]}")
         time.sleep(0.5)
-    raise TimeoutError(f"prefect server did not answer in {timeout} s:\n{log.read_text()[-3000:]}")
+    raise TimeoutError(f"{proc.args[0]} did not answer in {timeout} s:\n{log.read_text()[-3000:]}")
 
 
 @contextlib.contextmanager

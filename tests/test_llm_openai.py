@@ -7,13 +7,11 @@ import asyncio
 import json
 import logging
 import os
-import subprocess
 import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-import httpx
 import pytest
 from pydantic import SecretStr
 
@@ -21,6 +19,7 @@ from tasks.core.config import LLMEnvSettings
 from tasks.llm.base import BackendError, SamplingParams
 from tasks.llm.openai_backend import OpenAIBackend
 from tests.conftest import free_port
+from tests.services import background, wait_healthy
 
 SECRET = "sk-test-Zq81secret"
 PARAMS = SamplingParams(temperature=0.0, top_p=1.0, max_tokens=16)
@@ -243,36 +242,15 @@ def test_empty_batch_makes_no_request(server):
 def vllm_server(tmp_path_factory, model_dir):
     from tasks.llm.vllm_backend import cpu_env_defaults
 
-    model = model_dir
-    port = free_port()
+    model, port = model_dir, free_port()
     log_path = tmp_path_factory.mktemp("vllm-serve") / "server.log"
     env = {**cpu_env_defaults(), **os.environ}
     cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model),
            "--served-model-name", "smollm2", "--host", "127.0.0.1", "--port", str(port),
            "--max-model-len", "1024", "--enforce-eager", "--dtype", "float32"]
-    with log_path.open("wb") as log:
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
-    try:
-        deadline = time.time() + HEALTH_TIMEOUT_S
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"vllm serve exited with {proc.returncode}:\n{log_path.read_text()[-3000:]}")
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.time() > deadline:
-                pytest.fail(f"vllm serve not healthy after {HEALTH_TIMEOUT_S} s:\n{log_path.read_text()[-3000:]}")
-            time.sleep(1)
+    with background(cmd, env, log_path) as proc:
+        wait_healthy(f"http://127.0.0.1:{port}", proc, log_path, timeout=HEALTH_TIMEOUT_S)
         yield f"http://127.0.0.1:{port}/v1", model
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 @pytest.mark.vllm
