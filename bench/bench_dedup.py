@@ -84,7 +84,7 @@ def datasketch_near_duplicates(ids: list[str], keys: pa.Array, threshold: float 
     bounds, need = offsets.astype(np.int64).tolist(), int(np.ceil(threshold * num_perm - 1e-9))
     lsh, sigs, edges = MinHashLSH(threshold=threshold, num_perm=num_perm), None, []
     for i in range(len(ids)):
-        m = MinHash(num_perm=num_perm, seed=seed, hashfunc=int)
+        m = MinHash(num_perm=num_perm, seed=seed, hashfunc=int, scheme="affine64")
         m.update_batch(tokens[bounds[i]: bounds[i + 1]])
         if sigs is None:
             sigs = np.empty((len(ids), num_perm), m.hashvalues.dtype)
