@@ -1,10 +1,12 @@
-"""Benchmark of near dedup, exact dedup and the text rules on synthetic rows; prints one JSON line.
+"""Benchmark of the content key, near dedup (three ways) and the text rules on synthetic rows; prints one JSON line.
 
     python bench/bench_dedup.py --rows 1000000
 
-Rows are ~100-character instructions (10% exact or near copies) and ~200-character answers. Each stage
-reports rows/s (wall), wall and CPU seconds (all threads), and the line ends with the peak RSS and the
-1-minute load average: on a shared machine, CPU seconds are the steadier figure.
+Rows are ~100-character instructions (10% exact or near copies) and ~200-character answers. Near dedup runs
+on the same content keys with rensa (what the pipeline uses), with the hand-written numpy MinHash this
+project had before (``bench/near_dedup_handwritten.py``) and with datasketch. Each stage reports rows/s
+(wall), wall and CPU seconds (all threads), and the line ends with the peak RSS and the 1-minute load
+average: on a shared machine, CPU seconds are the steadier figure.
 """
 
 from __future__ import annotations
@@ -22,10 +24,11 @@ import pyarrow as pa
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from bench import near_dedup_handwritten  # noqa: E402
 from tasks.core.config import EliminationConfig  # noqa: E402
-from tasks.dedup import exact_dedup_table  # noqa: E402
+from tasks.core.text import content_keys  # noqa: E402
 from tasks.eliminate import text_rule_reasons  # noqa: E402
-from tasks.near_dedup import find_near_duplicates  # noqa: E402
+from tasks.near_dedup import find_near_duplicates, shingle_hashes  # noqa: E402
 
 VOCAB = (
     "write explain describe compare list summarize design create analyze evaluate a the of for with and in on "
@@ -70,6 +73,31 @@ def synthetic(n: int, seed: int = 0) -> tuple[list[str], list[str], pa.Table]:
     return ids, texts, candidates
 
 
+def datasketch_near_duplicates(ids: list[str], keys: pa.Array, threshold: float = 0.8, shingle_size: int = 5,
+                               num_perm: int = 128, seed: int = 0) -> dict[str, str]:
+    """``find_near_duplicates`` with datasketch's MinHash and MinHashLSH over the same byte shingles."""
+    from datasketch import MinHash, MinHashLSH
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    tokens, offsets = shingle_hashes(keys.cast(pa.large_string()), shingle_size)
+    bounds, need = offsets.astype(np.int64).tolist(), int(np.ceil(threshold * num_perm - 1e-9))
+    lsh, sigs, edges = MinHashLSH(threshold=threshold, num_perm=num_perm), None, []
+    for i in range(len(ids)):
+        m = MinHash(num_perm=num_perm, seed=seed, hashfunc=int, scheme="affine64")
+        m.update_batch(tokens[bounds[i]: bounds[i + 1]])
+        if sigs is None:
+            sigs = np.empty((len(ids), num_perm), m.hashvalues.dtype)
+        sigs[i] = m.hashvalues
+        edges += [(j, i) for j in lsh.query(m) if np.count_nonzero(sigs[j] == sigs[i]) >= need]
+        lsh.insert(i, m, check_duplication=False)
+    a, b = np.array(edges, np.int64).reshape(-1, 2).T
+    _, labels = connected_components(coo_matrix((np.ones(a.size), (a, b)), shape=(len(ids),) * 2), directed=False)
+    first = np.full(len(ids), len(ids))
+    np.minimum.at(first, labels, np.arange(len(ids)))
+    return {ids[i]: ids[first[labels[i]]] for i in np.flatnonzero(first[labels] != np.arange(len(ids))).tolist()}
+
+
 def timed(fn, *args, **kwargs) -> tuple[float, float, object]:
     """Wall seconds, CPU seconds (all threads of this process) and the result of ``fn``."""
     wall, cpu = time.perf_counter(), time.process_time()
@@ -84,23 +112,30 @@ def main() -> None:
     args = parser.parse_args()
     ids, texts, candidates = synthetic(args.rows, args.seed)
     rss_data = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    near_s, near_cpu, near = timed(find_near_duplicates, ids, texts)
+    key_s, key_cpu, keys = timed(content_keys, candidates["instruction"], candidates["input"])
+    near_s, near_cpu, near = timed(find_near_duplicates, ids, keys)
     rss_near = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    exact_s, exact_cpu, (kept, dropped) = timed(exact_dedup_table, candidates)
+    hand_s, hand_cpu, hand = timed(near_dedup_handwritten.find_near_duplicates, ids, keys)
+    sketch_s, sketch_cpu, sketch = timed(datasketch_near_duplicates, ids, keys)
     scaffolding = ["given prompt", "rewritten prompt", "#rewritten prompt#", "created prompt"]
     rules_s, rules_cpu, reasons = timed(text_rule_reasons, candidates, EliminationConfig(), scaffolding)
     counts = Counter(str(reason) for reason in reasons)
     print(json.dumps({
         "rows": args.rows,
         "cpus": len(os.sched_getaffinity(0)),
+        "content_key_rows_per_s": round(args.rows / key_s),
+        "content_key_cpu_s": round(key_cpu, 3),
+        "exact_duplicate_keys": len(keys) - len(set(keys.to_pylist())),
         "near_dedup_rows_per_s": round(args.rows / near_s),
         "near_dedup_s": round(near_s, 3),
         "near_dedup_cpu_s": round(near_cpu, 3),
         "near_duplicates": len(near),
-        "exact_dedup_rows_per_s": round(args.rows / exact_s),
-        "exact_dedup_s": round(exact_s, 3),
-        "exact_dedup_cpu_s": round(exact_cpu, 3),
-        "exact_dropped": dropped.num_rows,
+        "handwritten_near_rows_per_s": round(args.rows / hand_s),
+        "handwritten_near_cpu_s": round(hand_cpu, 3),
+        "handwritten_near_duplicates": len(hand),
+        "datasketch_near_rows_per_s": round(args.rows / sketch_s),
+        "datasketch_near_cpu_s": round(sketch_cpu, 3),
+        "datasketch_near_duplicates": len(sketch),
         "text_rules_rows_per_s": round(args.rows / rules_s),
         "text_rules_s": round(rules_s, 3),
         "text_rules_cpu_s": round(rules_cpu, 3),

@@ -16,6 +16,9 @@ RECORD_SCHEMA = pa.schema(
         pa.field("operation", pa.string(), nullable=False),
         pa.field("instruction", pa.string(), nullable=False),
         pa.field("input", pa.string(), nullable=False),
+        # tasks.core.text.content_key(instruction, input), set when the record is created: exact dedup groups by
+        # it and near dedup shingles it
+        pa.field("content_key", pa.string(), nullable=False),
         pa.field("response", pa.string()),
         pa.field("status", pa.string(), nullable=False),
         pa.field("reject_reason", pa.string()),

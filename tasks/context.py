@@ -28,7 +28,7 @@ from tasks.core.config import STAGES as LLM_STAGES
 from tasks.core.config import EliminationConfig, EnvSettings, LLMConfig, RunConfig, StageSampling
 
 # Bump when the reading of seed files changes what ingest produces.
-READER_VERSION = "2"
+READER_VERSION = "3"
 
 
 def content_key(*parts: Any) -> str:

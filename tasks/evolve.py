@@ -20,7 +20,7 @@ from storage.shards import read_marker
 from tasks.clean import clean_evolved_instruction, cut_at_stops, split_stops
 from tasks.context import EvolveSpec
 from tasks.core.config import SamplingParams
-from tasks.core.text import parent_text, record_id
+from tasks.core.text import content_key, parent_text, record_id
 from tasks.eliminate import EQUALITY_CHOICES, EQUALITY_VERDICTS, equality_reason, parse_equality, text_rule_reasons
 from tasks.llm.base import Completion, LLMBackend
 from tasks.llm.factory import StageBackends, stage_backends
@@ -158,6 +158,7 @@ def evolve_rows(
             "operation": ops[i],
             "instruction": instructions[i],
             "input": "",
+            "content_key": content_key(instructions[i]),
             "response": answers[i].text if answers[i] is not None and answers[i].ok else None,
             "status": "rejected" if reasons[i] else "evolved",
             "reject_reason": reasons[i],

@@ -97,8 +97,8 @@ def dataset_card(config: RunConfig, data_key: str, template_shas: dict[str, str]
     lines += [f"| {k} | {v} |" for k, v in mix.by_round.items()]
     lines += ["", "| operation | rows |", "| --- | --- |"]
     lines += [f"| {k} | {v} |" for k, v in mix.by_operation.items()]
-    lines += ["", f"Dropped while mixing: {mix.no_response} without a response, {mix.exact_duplicates} exact "
-              f"duplicates, {mix.near_duplicates} near duplicates, {mix.sampled_out} sampled out.", "",
+    lines += ["", f"Dropped while mixing: {mix.no_response} without a response, "
+              f"{mix.near_duplicates} near duplicates, {mix.sampled_out} sampled out.", "",
               "## Prompt templates", "", "| template | sha |", "| --- | --- |"]
     lines += [f"| {k} | `{v}` |" for k, v in sorted(template_shas.items())]
     lines += ["", "## Configuration", "", "```yaml",

@@ -28,6 +28,7 @@ from storage import (
 from storage.schema import RECORD_SCHEMA, records_table
 from storage.shards import read_marker, remove_shards_except, shard_name
 from tasks.core.config import RunConfig
+from tasks.core.text import content_keys
 from tasks.ingest_fast import fast_extract, meta_column, record_ids
 from tasks.ingest_fields import TARGET_FIELDS, Rejection, dumps, extract_fields, lookup, meta_json
 from tasks.ingest_read import Block, CsvHeader, IngestError, RawRecord, detect_format, iter_blocks
@@ -124,6 +125,8 @@ def seed_table(accepted: pa.Table) -> pa.Table:
     for f in RECORD_SCHEMA:
         if f.name in accepted.column_names:
             arrays.append(accepted[f.name].cast(f.type))
+        elif f.name == "content_key":
+            arrays.append(content_keys(accepted["instruction"], accepted["input"]))
         elif f.name == "root_id":
             arrays.append(accepted["id"])
         elif f.name == "round":

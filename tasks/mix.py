@@ -1,4 +1,4 @@
-"""The final data: seeds plus every round's survivors, deduplicated (exact, then near), shuffled, sampled."""
+"""The final data: seeds plus every round's survivors, near-deduplicated, shuffled, sampled."""
 
 from __future__ import annotations
 
@@ -22,8 +22,6 @@ from storage import (
 )
 from storage.schema import RECORD_SCHEMA
 from tasks.core.config import RunConfig
-from tasks.core.text import parent_text
-from tasks.dedup import exact_dedup_table
 from tasks.near_dedup import find_near_duplicates
 
 
@@ -32,7 +30,6 @@ class MixSummary(BaseModel):
 
     candidates: int
     no_response: int
-    exact_duplicates: int
     near_duplicates: int
     sampled_out: int
     final: int
@@ -74,16 +71,10 @@ def mix_final(layout: RunLayout, config: RunConfig, inputs: list[ShardRef], key:
     dropped = [_with_reason(table.filter(pc.invert(has_response)), "no_response")]
     table = table.filter(has_response)
 
-    exact_dropped = pa.table({"id": pa.array([], pa.string())})
-    if config.dedup.exact:
-        table, exact_dropped = exact_dedup_table(table)
-        dropped.append(_with_reason(exact_dropped.select(RECORD_SCHEMA.names).cast(RECORD_SCHEMA), "duplicate")
-                       .set_column(RECORD_SCHEMA.get_field_index("duplicate_of"), "duplicate_of",
-                                   exact_dropped["duplicate_of"]))
+    # Exact duplicates never get here: ingest drops them among the seeds, each round against everything before.
     near_count = 0
     if config.dedup.near and table.num_rows:
-        rows = table.select(["id", "instruction", "input"]).to_pylist()
-        near = find_near_duplicates([r["id"] for r in rows], [parent_text(r) for r in rows],
+        near = find_near_duplicates(table["id"].to_pylist(), table["content_key"],
                                     threshold=config.dedup.jaccard_threshold, shingle_size=config.dedup.shingle_size,
                                     num_perm=config.dedup.num_perm, seed=config.random_seed)
         near_count = len(near)
@@ -111,8 +102,8 @@ def mix_final(layout: RunLayout, config: RunConfig, inputs: list[ShardRef], key:
     rounds = pc.value_counts(table["round"]).to_pylist()
     ops = pc.value_counts(table["operation"]).to_pylist()
     summary = MixSummary(
-        candidates=candidates, no_response=dropped[0].num_rows, exact_duplicates=exact_dropped.num_rows,
-        near_duplicates=near_count, sampled_out=sampled_out, final=table.num_rows,
+        candidates=candidates, no_response=dropped[0].num_rows, near_duplicates=near_count, sampled_out=sampled_out,
+        final=table.num_rows,
         by_round={str(r["values"]): r["counts"] for r in sorted(rounds, key=lambda r: r["values"])},
         by_operation={r["values"]: r["counts"] for r in sorted(ops, key=lambda r: r["values"])},
         final_uri=final_uri, dropped_uri=dropped_uri, final_sha256=final_ref.sha256,

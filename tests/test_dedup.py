@@ -1,4 +1,5 @@
-"""Exact dedup (DuckDB, over shards on every kind of location) and near dedup (MinHash + LSH)."""
+"""The content key (one normalisation), exact dedup by it (DuckDB, over shards on every kind of location) and
+near dedup of it (MinHash + LSH)."""
 
 from __future__ import annotations
 
@@ -9,10 +10,10 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from storage import RECORD_SCHEMA, RunLayout, duck_connect, write_shard
+from storage import RunLayout, write_shard
 from storage.schema import records_table
-from tasks.core.text import content_key, normalize_text
-from tasks.dedup import KEY_SQL, exact_dedup_table, find_exact_duplicates
+from tasks.core.text import content_key, content_keys, normalize_text
+from tasks.dedup import find_exact_duplicates
 from tasks.near_dedup import find_near_duplicates, minhash_signatures, optimal_lsh_params
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
@@ -20,7 +21,7 @@ NOW = datetime(2026, 1, 1, tzinfo=UTC)
 
 def record(id_: str, instruction: str, input_: str = "", status: str = "evolved", round_: int = 1) -> dict:
     return {"id": id_, "root_id": id_, "round": round_, "operation": "deepening", "instruction": instruction,
-            "input": input_, "status": status, "created_at": NOW}
+            "input": input_, "content_key": content_key(instruction, input_), "status": status, "created_at": NOW}
 
 
 @pytest.fixture(params=["local", "memory"])
@@ -80,36 +81,30 @@ def test_exact_duplicates_on_s3(s3_bucket, s3_settings):
     assert list(zip(found["id"].to_pylist(), found["duplicate_of"].to_pylist(), strict=True)) == EXPECTED
 
 
-def test_key_sql_equals_content_key():
+def test_normalisation_folds_every_kind_of_whitespace_alike():
+    assert content_key("abc\u00a0") == "abc" == content_key("ABC", "\u2028 ")
+    assert content_key("a\u00a0b\x1cc\u2028D", " In\tPUT ") == "a b c d\nin put"
+    assert normalize_text("\u0130STANBUL  Stra\u00dfe") == "i\u0307stanbul stra\u00dfe"
+
+
+def test_vectorised_content_keys_equal_content_key():
     rng = random.Random(5)
-    alphabet = ["a", "B", " ", "  ", "\t", "\n", "\r\n", "\x0b", "\x0c", ".", "\u00e9", "\u00c9", "x y"]
+    alphabet = ["a", "B", " ", "  ", "\t", "\n", "\r\n", "\x0b", "\x0c", ".", "\u00e9", "\u00c9", "x y", "\u00a0",
+                "\u2028", "\x1c", "\x1d", "\x1e", "\x1f", "\x85", "\u0130", "\u00df", "\u03a3"]
     rows = [("".join(rng.choice(alphabet) for _ in range(rng.randint(0, 6))),
              "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 3)))) for _ in range(3000)]
-    con = duck_connect()
-    con.register("t", pa.table({"instruction": [r[0] for r in rows], "input": [r[1] for r in rows]}))
-    got = [r[0] for r in con.execute(f"SELECT {KEY_SQL} FROM t").fetchall()]
-    assert got == [content_key(a, b) for a, b in rows]
-
-
-def test_exact_dedup_table_first_in_row_order_wins():
-    rows = [record("z", "Same thing"), record("a", "other"), record("m", " same  THING"),
-            record("b", "Same thing", "with input"), record("y", "OTHER\n"), record("k", "same thing", " WITH input")]
-    table = records_table(rows)
-    kept, dropped = exact_dedup_table(table)
-    assert kept.schema == RECORD_SCHEMA and dropped.schema == RECORD_SCHEMA
-    assert kept["id"].to_pylist() == ["z", "a", "b"]
-    assert dropped["id"].to_pylist() == ["m", "y", "k"]
-    assert dropped["duplicate_of"].to_pylist() == ["z", "a", "b"]
-    plain = pa.table({"id": ["1", "2", "3"], "instruction": ["x", "X ", "y"]})
-    kept, dropped = exact_dedup_table(plain)
-    assert kept.to_pylist() == [{"id": "1", "instruction": "x"}, {"id": "3", "instruction": "y"}]
-    assert dropped.to_pylist() == [{"id": "2", "instruction": "X ", "duplicate_of": "1"}]
-    kept, dropped = exact_dedup_table(table.slice(0, 0))
-    assert kept.num_rows == 0 and dropped.num_rows == 0
+    rows += [("Plain ASCII", ""), ("two  spaces", "x"), (" lead", ""), ("trail ", " "), ("", "")]
+    got = content_keys(pa.array([r[0] for r in rows]), pa.chunked_array([[r[1] for r in rows]]))
+    assert got.to_pylist() == [content_key(a, b) for a, b in rows]
+    assert content_keys(pa.array(["A"]), pa.nulls(1, pa.string())).to_pylist() == ["a"]
 
 
 VOCAB = [f"{a}{b}{c}" for a in ("br", "cl", "st", "pr", "gr", "fl", "tr", "sn")
          for b in ("a", "e", "i", "o", "u", "ai") for c in ("n", "ck", "st", "mp", "ll", "x")]
+
+
+def keys(texts: list[str]) -> list[str]:
+    return [content_key(t) for t in texts]
 
 
 def sentence(rng: random.Random, words: int) -> str:
@@ -135,14 +130,14 @@ def test_planted_near_duplicates_are_found():
         ids.insert(position, f"copy-of-t{i:03d}")
         expected[f"copy-of-t{i:03d}"] = f"t{i:03d}"
     assert len(expected) >= 45
-    assert find_near_duplicates(ids, texts) == expected
+    assert find_near_duplicates(ids, keys(texts)) == expected
 
 
 def test_no_false_positives_on_distinct_sentences():
     rng = random.Random(2024)
     texts = list(dict.fromkeys(sentence(rng, rng.randint(8, 25)) for _ in range(2000)))
     assert len(texts) == 2000
-    assert find_near_duplicates([str(i) for i in range(len(texts))], texts) == {}
+    assert find_near_duplicates([str(i) for i in range(len(texts))], keys(texts)) == {}
 
 
 def test_chains_resolve_to_the_first_and_exact_copies_too():
@@ -156,14 +151,15 @@ def test_chains_resolve_to_the_first_and_exact_copies_too():
     assert (sig[0] == sig[2]).mean() < 0.75  # a and c are too far apart: only b joins them
     found = find_near_duplicates(["z-first", "c-second", "a-third"], [a, c, b], threshold=0.75)
     assert found == {"c-second": "z-first", "a-third": "z-first"}
-    same = find_near_duplicates(["x", "y", "z", "w"], ["Hello there", "hello  THERE", "other", "HELLO there\n"])
+    same = find_near_duplicates(["x", "y", "z", "w"], keys(["Hello there", "hello  THERE", "other", "HELLO there\n"]))
     assert same == {"y": "x", "w": "x"}
 
 
 def test_short_texts_and_unicode_and_determinism():
-    texts = ["hi", "HI", "ho", "", " ", "\u00dcber  Stra\u00dfe", "\u00fcber stra\u00dfe", "a\x1cb", "A\x1cB"]
+    texts = keys(["hi", "HI", "ho", "", " ", "\u00dcber  Stra\u00dfe", "\u00fcber stra\u00dfe", "a\x1cb", "A\x1cB",
+                  "a\u00a0b", "\u2028"])
     ids = [f"r{i}" for i in range(len(texts))]
-    expected = {"r1": "r0", "r4": "r3", "r6": "r5", "r8": "r7"}
+    expected = {"r1": "r0", "r4": "r3", "r6": "r5", "r8": "r7", "r9": "r7", "r10": "r3"}
     assert find_near_duplicates(ids, texts) == expected
     assert find_near_duplicates(ids, texts) == expected
     assert find_near_duplicates(ids, pa.array(texts)) == expected
@@ -172,13 +168,13 @@ def test_short_texts_and_unicode_and_determinism():
         find_near_duplicates(["a"], ["x", "y"])
 
 
-def test_signatures_follow_normalize_text_and_estimate_jaccard():
-    tricky = ["  Tabs\tand\nNEWLINES  ", "a  b   c", "\x0bVT\x0c", "Caf\u00e9  Cr\u00e8me", "x\x1c", "\u0130stanbul",
-              "plain text here", "", "     ", "ab"]
+def test_signatures_per_row_and_estimate_jaccard():
+    tricky = keys(["  Tabs\tand\nNEWLINES  ", "a  b   c", "\x0bVT\x0c", "Caf\u00e9  Cr\u00e8me", "x\x1c",
+                   "\u0130stanbul", "plain text here", "", "     ", "ab", "abcd", "abcde"])
     raw = minhash_signatures(tricky)
-    assert np.array_equal(raw, minhash_signatures([normalize_text(t) for t in tricky]))
     assert np.array_equal(raw[3], minhash_signatures(["caf\u00e9 cr\u00e8me"])[0])
-    assert np.array_equal(minhash_signatures(tricky[::-1])[::-1], raw)  # per row, whatever its chunk
+    assert np.array_equal(raw[7], raw[8]) and not np.array_equal(raw[9], raw[10])
+    assert np.array_equal(minhash_signatures(tricky[::-1])[::-1], raw)  # per row, whatever its neighbours
 
     def shingles(text: str) -> set[str]:
         return {text[i:i + 5] for i in range(len(text) - 4)}
@@ -198,13 +194,14 @@ def test_many_rows_over_many_chunks():
     texts = [" ".join(row) for row in vocab[rng.integers(0, len(vocab), size=(30000, 16))].tolist()]
     texts[29999] = texts[5].upper() + "  "
     texts[15000] = texts[7].replace(" ", "  ")
-    found = find_near_duplicates([f"r{i}" for i in range(30000)], texts)
+    found = find_near_duplicates([f"r{i}" for i in range(30000)], keys(texts))
     assert found == {"r29999": "r5", "r15000": "r7"}
 
 
 def test_lsh_params():
-    assert optimal_lsh_params(0.8, 128) == (9, 13)  # the same as datasketch's search
+    assert optimal_lsh_params(0.8, 128) == (16, 8)
+    assert optimal_lsh_params(0.8, 128, 0.5, 0.5) == (8, 16)  # equal weights give up recall at the threshold
     for threshold, num_perm in [(0.5, 64), (0.9, 256), (0.7, 100)]:
         bands, rows = optimal_lsh_params(threshold, num_perm)
-        assert bands * rows <= num_perm
+        assert bands * rows == num_perm
     assert optimal_lsh_params(0.9, 128)[1] > optimal_lsh_params(0.5, 128)[1]

@@ -27,7 +27,8 @@ def make_rows(n: int, round_index: int = 0) -> list[dict]:
     now = datetime(2026, 1, 1, tzinfo=UTC)
     return [
         {"id": f"id{i:04d}", "root_id": f"id{i:04d}", "round": round_index, "operation": "seed",
-         "instruction": f"Instruction number {i}", "input": "", "status": "seed",
+         "instruction": f"Instruction number {i}", "input": "",
+         "content_key": f"instruction number {i}", "status": "seed",
          "prompt_tokens": i, "completion_tokens": 2 * i, "created_at": now}
         for i in range(n)
     ]

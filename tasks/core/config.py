@@ -126,9 +126,8 @@ class EliminationConfig(_Strict):
 
 
 class DedupConfig(_Strict):
-    """Exact dedup on normalised text, and near dedup with MinHash + LSH."""
+    """Near dedup of the final data with MinHash + LSH (exact dedup always runs: at ingest and in each round)."""
 
-    exact: bool = True
     near: bool = True
     jaccard_threshold: float = Field(0.8, gt=0.0, le=1.0)
     shingle_size: int = Field(5, ge=1)

@@ -1,31 +1,44 @@
-"""Text normalisation shared by ids, exact dedup (Python and DuckDB SQL) and the rules."""
+"""Text normalisation, defined once: the ``content_key`` a record gets when it is created, which ids, exact
+dedup (grouping by the column) and near dedup (shingling it) all use."""
 
 from __future__ import annotations
 
 import hashlib
-import re
 from typing import Any
 
-# RE2 (DuckDB) and Python agree on this explicit class; ``\s`` differs between them.
-_WS = "[ \t\n\r\f\v]+"
-_WS_RE = re.compile(_WS)
+import pyarrow as pa
+import pyarrow.compute as pc
+
+# Where normalize_text differs from lower() on ASCII text: what str.split() treats as whitespace (\t-\r,
+# \x1c-\x1f) other than a single inner space.
+_FOLDS = r"[\t-\r\x1c-\x1f]|  |^ | $"
 
 
 def normalize_text(text: str) -> str:
-    """Lower case, whitespace runs folded to one space, trimmed."""
-    return _WS_RE.sub(" ", text.lower()).strip()
-
-
-def normalize_sql(column: str) -> str:
-    """The same normalisation as a DuckDB SQL expression over ``column``."""
-    return f"trim(regexp_replace(lower({column}), '{_WS}', ' ', 'g'))"
+    """Lower case, every run of whitespace (``str.isspace``: Unicode too) folded to one space, trimmed."""
+    return " ".join(text.lower().split())
 
 
 def content_key(instruction: str, input_text: str = "") -> str:
-    """Normalised instruction plus input: what exact dedup compares."""
+    """Normalised instruction plus, when it is not blank, a newline and the normalised input."""
     key = normalize_text(instruction)
     norm_input = normalize_text(input_text or "")
     return f"{key}\n{norm_input}" if norm_input else key
+
+
+def content_keys(instructions: pa.Array | pa.ChunkedArray, inputs: pa.Array | pa.ChunkedArray) -> pa.Array:
+    """``content_key`` of every row: Arrow lower-cases ASCII text that needs no folding, Python does the rest."""
+    instr, inp = (pc.fill_null((c.combine_chunks() if isinstance(c, pa.ChunkedArray) else c).cast(pa.string()), "")
+                  for c in (instructions, inputs))
+    keys = pc.if_else(pc.equal(inp, ""), pc.ascii_lower(instr),
+                      pc.binary_join_element_wise(pc.ascii_lower(instr), pc.ascii_lower(inp), "\n"))
+    odd = pc.invert(pc.and_(pc.and_(pc.string_is_ascii(instr), pc.string_is_ascii(inp)),
+                            pc.invert(pc.or_(pc.match_substring_regex(instr, _FOLDS),
+                                             pc.match_substring_regex(inp, _FOLDS)))))
+    if not pc.any(odd).as_py():
+        return keys
+    pairs = zip(instr.filter(odd).to_pylist(), inp.filter(odd).to_pylist(), strict=True)
+    return pc.replace_with_mask(keys, odd, pa.array([content_key(a, b) for a, b in pairs], pa.string()))
 
 
 def record_id(instruction: str, input_text: str = "") -> str:
