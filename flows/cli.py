@@ -111,6 +111,8 @@ def run(
     recompute: list[str] = typer.Option([], "--recompute",
                                         help="Redo a stage even if its outputs are current: ingest, round=K, mix, "
                                              "export or all (repeatable)"),
+    sets: list[str] = typer.Option([], "--set", help="Override a config key: KEY=VALUE, KEY dotted "
+                                   "(rounds=3, sampling.evolve.max_tokens=64; repeatable)"),
     take_over: bool = typer.Option(False, "--take-over", help="Take the run folder from a run that holds it"),
     verbose: bool = typer.Option(False, "--verbose", help="Show Prefect's and vLLM's logs in the terminal too "
                                  "(they always go to RUN/logs/run-*.log)"),
@@ -123,7 +125,26 @@ def run(
 
     DEBUG["on"] = DEBUG["on"] or debug
 
-    run_command(config, rounds, output_root, progress, recompute, take_over, verbose)
+    run_command(config, rounds, output_root, progress, recompute, take_over, verbose, sets)
+
+
+@app.command()
+def plan(
+    config: Path = typer.Argument(..., help="Run configuration (YAML), e.g. configs/demo.yaml"),
+    sets: list[str] = typer.Option([], "--set", help="Override a config key: KEY=VALUE, KEY dotted "
+                                   "(rounds=3, sampling.evolve.max_tokens=64; repeatable)"),
+    recompute: list[str] = typer.Option([], "--recompute", help="As for `evol run`: ingest, round=K, mix, export, "
+                                        "all (repeatable)"),
+    measure: int = typer.Option(0, "--measure", min=0, help="Run round 1 of N seeds through the model to measure "
+                                "completion tokens and speed (starts the engine)"),
+    debug: bool = typer.Option(False, "--debug", help="Show the traceback behind an error"),
+) -> None:
+    """Show what `evol run` would do: each stage reused or recomputed, shards per round, and an estimate of
+    prompt and completion tokens and engine time. Starts no Prefect and (without --measure) no engine."""
+    from flows.cli_plan import plan_command
+
+    DEBUG["on"] = DEBUG["on"] or debug
+    plan_command(config, sets, recompute, measure)
 
 
 @app.command("runs")

@@ -32,7 +32,8 @@ def _watch_progress(layout: Any, rounds: int, stop: threading.Event) -> None:
 
 
 def run_command(config_path: Path, rounds: int | None, output_root: str | None, show_progress: bool,
-                recompute: list[str] | None = None, take_over: bool = False, verbose: bool = False) -> None:
+                recompute: list[str] | None = None, take_over: bool = False, verbose: bool = False,
+                sets: list[str] | None = None) -> None:
     """Load the config, run the flow (a private local Prefect API unless PREFECT_API_URL is set), print the
     outputs."""
     from flows.cli import fail
@@ -42,7 +43,7 @@ def run_command(config_path: Path, rounds: int | None, output_root: str | None, 
 
     overrides = {k: v for k, v in (("rounds", rounds), ("output_root", output_root)) if v is not None}
     try:
-        config = load_run_config(config_path, overrides)
+        config = load_run_config(config_path, overrides, sets or ())
         check_recompute(tuple(recompute or ()), config.rounds)
     except (ConfigError, ValueError) as err:
         fail(str(err))

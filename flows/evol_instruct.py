@@ -31,6 +31,7 @@ from storage.shards import sweep_temp_files, write_file_atomic
 from tasks.cancel import CancelWatcher, cancel_and_exit
 from tasks.context import RunContext, build_context, run_layout
 from tasks.core.config import RunConfig
+from tasks.estimate import engine_time_line
 from tasks.evolve import ShardSummary, evolve_shard_task, reset_stage_runtimes
 from tasks.export import ExportSummary, export_final_task
 from tasks.ingest import IngestSummary, ingest_run_seeds_task
@@ -43,6 +44,7 @@ from tasks.monitor import (
     run_name_of,
     shard_log_line,
 )
+from tasks.plan import run_estimate
 from tasks.recovery import crash_dead_flow_run
 from tasks.report import final_markdown, instruction_length_by_round, round_table
 from tasks.round import RoundSummary, finish_round_task
@@ -166,6 +168,14 @@ def _run_stages(ctx: RunContext) -> RunResult:
         logger.warning("%s", problem)
     logger.info("seeds: %d accepted, rejected %s%s", ingest.accepted, ingest.rejected,
                 " (reused)" if ingest.reused else "")
+    estimate = None
+    try:  # the dataset card shows it beside the actual figures; a run never fails for want of one
+        estimate = run_estimate(ctx, ingest.refs, ingest.accepted)
+        logger.info("estimate: %d prompt and %d completion tokens in %d round(s) (completions: %s); %s",
+                    estimate.total("prompt_tokens"), estimate.total("completion_tokens"), config.rounds,
+                    estimate.completions, engine_time_line(estimate))
+    except Exception as err:
+        logger.warning("no token estimate for the card: %s: %s", type(err).__name__, err)
     round_flow = evol_round.with_options(
         task_runner=ThreadPoolTaskRunner(max_workers=config.orchestration.max_parallel_shards)
     )
@@ -182,7 +192,7 @@ def _run_stages(ctx: RunContext) -> RunResult:
     data_key = ctx.mix_key([r.sha256 for r in inputs])
     mix = mix_final_task.submit(layout, config, inputs, data_key, ctx.forced("mix")).result()
     export = export_final_task.submit(layout, config, data_key, ctx.template_shas, rounds, mix,
-                                      ctx.forced("export")).result()
+                                      ctx.forced("export"), estimate).result()
     create_markdown_artifact(
         key=artifact_key(layout.run_id, "summary"),
         markdown=final_markdown(layout.run_uri, data_key, rounds, mix,

@@ -20,11 +20,11 @@ from storage.shards import read_marker
 from tasks.clean import clean_evolved_instruction, cut_at_stops, split_stops
 from tasks.context import EvolveSpec
 from tasks.core.config import SamplingParams
-from tasks.core.text import content_key, parent_text, record_id
+from tasks.core.text import content_key, record_id
 from tasks.eliminate import EQUALITY_CHOICES, EQUALITY_VERDICTS, equality_reason, parse_equality, text_rule_reasons
 from tasks.llm.base import Completion, LLMBackend
 from tasks.llm.factory import StageBackends, stage_backends
-from tasks.operations import choose_operation, choose_variant, resolve_weights
+from tasks.operations import evolve_prompts
 from tasks.validity import VALIDITY_CHOICES, llm_validity_reason, parse_yes_no, validity_rule_reason
 
 # Reasons decided from the evolution alone: such candidates are not answered.
@@ -79,14 +79,9 @@ def evolve_rows(
     ``backends``: the evolving, answering and judging backends (one backend serves all three).
     """
     stages = backends if isinstance(backends, StageBackends) else StageBackends.single(backends)
-    weights = resolve_weights(pack, config.operation_weights)
     scaffolding = config.elimination.scaffolding_phrases or pack.scaffolding_phrases
-    ops = [choose_operation(config.random_seed, row["id"], round_index, weights) for row in rows]
-    variants = [choose_variant(config.random_seed, row["id"], round_index, len(pack.operations[op].variants))
-                for row, op in zip(rows, ops, strict=True)]
-    parents = [parent_text(row) for row in rows]
-    rendered = [pack.evolve_messages(op, parent, "", prefill=config.prefill, variant=v)
-                for op, parent, v in zip(ops, parents, variants, strict=True)]
+    ops, variants, parents, rendered = evolve_prompts(rows, round_index, pack, config.random_seed,
+                                                      config.operation_weights, config.prefill)
     # A stop string that is part of an output label would cut a label the model repeats to nothing: those
     # stops are applied after generation, past the label.
     engine_stops, label_stops = split_stops(config.sampling.evolve.stop,

@@ -18,6 +18,7 @@ from storage.shards import write_file_atomic
 from tasks.context import content_key
 from tasks.core.config import STAGES, RunConfig
 from tasks.core.text import parent_text
+from tasks.estimate import Estimate, estimate_markdown
 from tasks.mix import MixSummary
 from tasks.round import RoundSummary
 
@@ -76,10 +77,11 @@ def _model_lines(config: RunConfig) -> list[str]:
 
 
 def dataset_card(config: RunConfig, data_key: str, template_shas: dict[str, str],
-                 rounds: list[RoundSummary], mix: MixSummary) -> str:
-    """A Markdown dataset card: counts per round and operation, rejections, config, model, prompts.
+                 rounds: list[RoundSummary], mix: MixSummary, estimate: Estimate | None = None) -> str:
+    """A Markdown dataset card: counts per round and operation, rejections, the estimate made when the run
+    started beside the actual tokens, config, model, prompts.
 
-    It holds no wall-clock figures, so the same data always gives the same card."""
+    It holds no wall-clock figures, so the same data (and estimate) always gives the same card."""
     lines = [f"# Evol-Instruct data: {config.name or data_key}", "",
              f"- data key: `{data_key}`", *_model_lines(config), f"- prompt pack: `{config.prompt_pack}`",
              f"- rows: {mix.final}", "", "## Rounds", "",
@@ -98,8 +100,9 @@ def dataset_card(config: RunConfig, data_key: str, template_shas: dict[str, str]
     lines += ["", "| operation | rows |", "| --- | --- |"]
     lines += [f"| {k} | {v} |" for k, v in mix.by_operation.items()]
     lines += ["", f"Dropped while mixing: {mix.no_response} without a response, "
-              f"{mix.near_duplicates} near duplicates, {mix.sampled_out} sampled out.", "",
-              "## Prompt templates", "", "| template | sha |", "| --- | --- |"]
+              f"{mix.near_duplicates} near duplicates, {mix.sampled_out} sampled out.", ""]
+    lines += estimate_markdown(estimate, rounds) if estimate is not None else []
+    lines += ["## Prompt templates", "", "| template | sha |", "| --- | --- |"]
     lines += [f"| {k} | `{v}` |" for k, v in sorted(template_shas.items())]
     lines += ["", "## Configuration", "", "```yaml",
               yaml.safe_dump(config.model_dump(mode="json", exclude=CARD_EXCLUDES), sort_keys=True).rstrip(),
@@ -107,16 +110,21 @@ def dataset_card(config: RunConfig, data_key: str, template_shas: dict[str, str]
     return "\n".join(lines)
 
 
+def export_key(mix: MixSummary, card: bytes) -> str:
+    """What the exports depend on: the final shard and the dataset card."""
+    return content_key("export", mix.final_sha256, hashlib.sha256(card).hexdigest())
+
+
 def export_final(layout: RunLayout, config: RunConfig, data_key: str,
                  template_shas: dict[str, str], rounds: list[RoundSummary], mix: MixSummary, force: bool = False,
-                 settings: StorageSettings | None = None) -> ExportSummary:
+                 settings: StorageSettings | None = None, estimate: Estimate | None = None) -> ExportSummary:
     """Write every export under ``{run}/export/``, then ``_export.json``; reused when the final shard and
     the card are what the last export was made from and every file still has its recorded SHA-256."""
-    card = dataset_card(config, data_key, template_shas, rounds, mix).encode()
-    key = content_key("export", mix.final_sha256, hashlib.sha256(card).hexdigest())
+    card = dataset_card(config, data_key, template_shas, rounds, mix, estimate).encode()
+    key = export_key(mix, card)
     marker_uri = layout.file("export", "_export.json")
     if not force:
-        reused = _reusable_export(marker_uri, key, settings)
+        reused = reusable_export(marker_uri, key, settings)
         if reused is not None:
             return reused
     table = export_table(mix.final_uri, mix.final_sha256, settings)
@@ -136,7 +144,7 @@ def export_final(layout: RunLayout, config: RunConfig, data_key: str,
     return summary
 
 
-def _reusable_export(marker_uri: str, key: str, settings: StorageSettings | None) -> ExportSummary | None:
+def reusable_export(marker_uri: str, key: str, settings: StorageSettings | None) -> ExportSummary | None:
     fs, path = resolve(marker_uri, settings)
     try:
         record = json.loads(fs.cat_file(path))
@@ -158,7 +166,7 @@ def _reusable_export(marker_uri: str, key: str, settings: StorageSettings | None
 @task(name="export", retries=1, retry_delay_seconds=5)
 def export_final_task(layout: RunLayout, config: RunConfig, data_key: str,
                       template_shas: dict[str, str], rounds: list[RoundSummary], mix: MixSummary,
-                      force: bool = False) -> ExportSummary:
+                      force: bool = False, estimate: Estimate | None = None) -> ExportSummary:
     """Write the exports of the final data (or reuse them)."""
-    summary = export_final(layout, config, data_key, template_shas, rounds, mix, force)
+    summary = export_final(layout, config, data_key, template_shas, rounds, mix, force, estimate=estimate)
     return Completed(data=summary, name="Reused") if summary.reused else summary

@@ -5,8 +5,10 @@ from __future__ import annotations
 import hashlib
 import math
 from collections.abc import Mapping
+from typing import Any
 
 from prompts import PromptPack
+from tasks.core.text import parent_text
 
 
 def resolve_weights(pack: PromptPack, overrides: Mapping[str, float] | None = None) -> dict[str, float]:
@@ -72,3 +74,17 @@ def choose_variant(run_seed: int, row_id: str, round_index: int, count: int) -> 
     if count <= 1:
         return 0
     return int(uniform_draw(run_seed, f"{row_id}\x1fvariant", round_index) * count)
+
+
+def evolve_prompts(rows: list[dict[str, Any]], round_index: int, pack: PromptPack, run_seed: int,
+                   operation_weights: Mapping[str, float] | None, prefill: bool) -> tuple[
+        list[str], list[int], list[str], list[tuple[list[dict[str, str]], str]]]:
+    """Each row's operation, variant, parent text and evolution prompt (messages, template sha) in a round."""
+    weights = resolve_weights(pack, operation_weights)
+    ops = [choose_operation(run_seed, row["id"], round_index, weights) for row in rows]
+    variants = [choose_variant(run_seed, row["id"], round_index, len(pack.operations[op].variants))
+                for row, op in zip(rows, ops, strict=True)]
+    parents = [parent_text(row) for row in rows]
+    rendered = [pack.evolve_messages(op, parent, "", prefill=prefill, variant=v)
+                for op, parent, v in zip(ops, parents, variants, strict=True)]
+    return ops, variants, parents, rendered

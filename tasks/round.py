@@ -63,9 +63,9 @@ def next_pool_rows(pool: list[dict[str, Any]], candidates: list[dict[str, Any]])
     return [c if c["status"] == "evolved" else p for p, c in zip(pool, candidates, strict=True)]
 
 
-def round_key(shard_summaries: list[ShardSummary], pool_in: list[ShardRef], references: list[ShardRef]) -> str:
+def round_key(candidates: list[ShardRef], pool_in: list[ShardRef], references: list[ShardRef]) -> str:
     """What finishing a round depends on: its pool and candidate shards and the shards its dedup reads."""
-    return content_key("round", [p.sha256 for p in pool_in], [s.candidates.sha256 for s in shard_summaries],
+    return content_key("round", [p.sha256 for p in pool_in], [c.sha256 for c in candidates],
                        [r.sha256 for r in references])
 
 
@@ -84,7 +84,7 @@ def finish_round(
     ``references`` are the shards an evolution must not duplicate (seeds, earlier rounds' evolutions, the
     pool). Reused when ``_round.json`` was written under the same key and its shards still verify.
     """
-    key = round_key(shard_summaries, pool_in, references)
+    key = round_key([s.candidates for s in shard_summaries], pool_in, references)
     marker_uri = layout.file(f"round={round_index}", "_round.json")
     record = None if force else read_stage(marker_uri, key, settings)
     if record is not None:

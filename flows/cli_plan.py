@@ -1,0 +1,52 @@
+"""``evol plan``: what a run would do, printed as two tables (stages, estimate)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+console = Console()
+
+
+def plan_command(config_path: Path, sets: list[str], recompute: list[str], measure: int) -> None:
+    from flows.cli import fail, fail_on_problems
+    from tasks.context import check_recompute
+    from tasks.core.config import ConfigError, load_run_config
+    from tasks.estimate import engine_time_line, whole_run
+    from tasks.ingest import IngestError
+    from tasks.plan import make_plan
+    from tasks.validate import validate_run
+
+    try:
+        config = load_run_config(config_path, None, sets)
+        check_recompute(tuple(recompute), config.rounds)
+    except (ConfigError, ValueError) as err:
+        fail(str(err))
+    fail_on_problems(validate_run(config, str(config_path)))
+    try:
+        plan = make_plan(config, tuple(recompute), measure)
+    except (IngestError, OSError) as err:
+        fail(str(err))
+    console.print(f"plan for run [bold]{plan.run_uri}[/] ({config.rounds} rounds, {config.llm.backend} backend, "
+                  f"model {config.llm.model})", soft_wrap=True, highlight=False)
+    stages = Table(title="stages")
+    for col in ("stage", "would be", "shards reused", "why"):
+        stages.add_column(col, justify="right" if col == "shards reused" else "left")
+    for s in plan.stages:
+        shards = f"{s.shards_reused}/{s.shards}" if s.stage == "ingest" or s.stage.startswith("round") else "-"
+        stages.add_row(s.stage, "reused" if s.reused else "recomputed", shards, s.why)
+    console.print(stages)
+    e = plan.estimate
+    table = Table(title=f"estimate for {e.rows} seed rows")
+    for col in ("round", "calls", "prompt tokens", "completion tokens", "to compute"):
+        table.add_column(col, justify="right")
+    for r in e.rounds:
+        table.add_row(str(r.round), str(r.calls), str(r.prompt_tokens), str(r.completion_tokens), f"{r.share:.0%}")
+    console.print(table)
+    for label, est in (("whole run", whole_run(e)), ("to compute", e)):
+        console.print(f"{label}: {est.total('prompt_tokens')} prompt tokens, {est.total('completion_tokens')} "
+                      f"completion tokens. {engine_time_line(est)}", soft_wrap=True, highlight=False)
+    console.print(f"tokens counted with {e.tokenizer}; completions from {e.completions}", soft_wrap=True,
+                  highlight=False)
