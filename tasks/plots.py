@@ -38,9 +38,9 @@ def _png(fig) -> bytes:
     return buf.getvalue()
 
 
-def _no_data(ax, title: str) -> None:
+def _no_data(ax, title: str, text: str = "no rounds") -> None:
     ax.set_title(title)
-    ax.text(0.5, 0.5, "no data", ha="center", va="center", transform=ax.transAxes)
+    ax.text(0.5, 0.5, text, ha="center", va="center", transform=ax.transAxes)
     ax.set_axis_off()
 
 
@@ -66,7 +66,7 @@ def instruction_length_png(lengths: dict[str, float]) -> bytes:
     fig, ax = _figure()
     title = PLOTS["instruction_length.png"]
     if not lengths:
-        _no_data(ax, title)
+        _no_data(ax, title, "no instructions")
         return _png(fig)
     bars = ax.bar(list(lengths), list(lengths.values()), color="#59a14f")
     ax.bar_label(bars, labels=[f"{v:g}" for v in lengths.values()], padding=2)
@@ -81,7 +81,7 @@ def rejections_png(rounds: list[RoundSummary]) -> bytes:
     title = PLOTS["rejections.png"]
     reasons = sorted({reason for r in rounds for reason in r.rejected})
     if not reasons:
-        _no_data(ax, title)
+        _no_data(ax, title, "no rejections" if rounds else "no rounds")
         return _png(fig)
     from matplotlib import colormaps
 

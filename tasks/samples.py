@@ -13,7 +13,6 @@ from storage import ShardRef, StorageSettings, duck_connect, read_parquet_sql, t
 from tasks.core.text import parent_text
 from tasks.round import RoundSummary
 
-SAMPLE_COLUMNS = ("status", "operation", "parent", "evolution", "response", "reason")
 _WS = re.compile(r"\s+")
 
 
@@ -45,11 +44,11 @@ def _pick(con, uris: list[str], limit: int, by_reason: bool) -> list[dict]:
     return [dict(zip(names, row, strict=True)) for row in rows]
 
 
-def round_samples(pool_in: list[ShardRef], summary: RoundSummary, per_status: int = 5, width: int = 200,
+def round_samples(pool_in: list[ShardRef], summary: RoundSummary, per_status: int = 5, width: int = 120,
                   settings: StorageSettings | None = None) -> list[dict[str, str]]:
     """Rows of a round's sample table: up to ``per_status`` evolved and ``per_status`` rejected candidates,
-    each with its parent (from the round's pool), its evolution, the response and the rejection reason;
-    texts on one line, at most ``width`` characters."""
+    each with its rejection reason, its parent (from the round's pool), its evolution and the response;
+    texts on one line, at most ``width`` characters (Prefect's table cells do not wrap)."""
     evolved_uris, rejected_uris = _uris(summary.evolved_shards), _uris(summary.rejected_shards)
     if not evolved_uris and not rejected_uris:
         return []
@@ -64,9 +63,9 @@ def round_samples(pool_in: list[ShardRef], summary: RoundSummary, per_status: in
             parents[pid] = parent_text({"instruction": instruction, "input": input_text})
     return [{
         "status": "rejected" if r["reject_reason"] else "evolved",
+        "reason": r["reject_reason"] or "",
         "operation": r["operation"] or "",
         "parent": trim(parents.get(r["parent_id"], ""), width),
         "evolution": trim(parent_text({"instruction": r["instruction"] or "", "input": r["input"]}), width),
         "response": trim(r["response"], width),
-        "reason": r["reject_reason"] or "",
     } for r in picked]

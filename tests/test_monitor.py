@@ -200,44 +200,42 @@ def test_a_rerun_that_reuses_every_shard_starts_no_engine(monitored):
     assert not [log.message for log in logs if "starting scripted" in log.message]
 
 
-ANSWER = ("A full answer: point0 point1 point2 point3 point4 point5 point6 point7 point8 point9 point10 point11 "
-          "point12 point13 po … int20 point21 point22 point23 point24 point25 point26 point27 point28 point29.")
-MORE = "Additionally, compare two alternative approaches and justify which one you would recommend to a beginner."
-PHOTO = ("Rewrite the following explanation so that a ten-year-old could easily understand it. Photosynthesis is "
-         "the process by w")
+ANSWER = ("A full answer: point0 point1 point2 point3 point4 point5 point6 point7 … int24 point25 point26 point27 "
+          "point28 point29.")
+MORE = "… y which one you would recommend to a beginner."  # the end of every evolution's added sentence
 
 
 def test_round_samples_artifact_holds_evolved_and_rejected_rows_with_their_parents(monitored):
     """Round 1's sample: the first 5 evolved rows by id, then one rejected row per reason (reasons in order)."""
     def row(status, operation, parent, evolution, response, reason=""):
-        return {"status": status, "operation": operation, "parent": parent, "evolution": evolution,
-                "response": response, "reason": reason}
+        return {"status": status, "reason": reason, "operation": operation, "parent": parent,
+                "evolution": evolution, "response": response}
 
-    sequence = "What is the next number in the sequence 2, 6, 12, 20, 30, and why?"
     farmer = ("A farmer must cross a river with a wolf, a goat, and a cabbage, taking one at a time. How can he do "
               "it safely?")
     bloops = ("If all bloops are razzies and all razzies are lazzies, are all bloops definitely lazzies? Explain "
               "briefly.")
-    slogan = "Create a catchy slogan for a community bike-sharing program."
+    photo = "Rewrite the following explanation so that a ten-year-old could easily u … "
     expected = [
-        row("evolved", "concretizing", sequence, f"{sequence} {MORE}", ANSWER),
-        row("evolved", "increase_reasoning_steps", farmer, f"{farmer} Addition … lternative approaches and justify "
-            "which one you would recommend to a beginner.", ANSWER),
+        row("evolved", "concretizing", "What is the next number in the sequence 2, 6, 12, 20, 30, and why?",
+            f"What is the next number in the sequence 2, 6, 12, 20, 30, and why? Addi {MORE}", ANSWER),
+        row("evolved", "increase_reasoning_steps", farmer,
+            f"A farmer must cross a river with a wolf, a goat, and a cabbage, taking {MORE}", ANSWER),
         row("evolved", "in_breadth", "Alice is taller than Ben, and Ben is taller than Carla. Who is the shortest of "
-            "the three?", f"Alice is taller than Ben, and Ben is taller than Carla. Who is the shortest of the three? "
-            f"{MORE}", ANSWER),
-        row("evolved", "add_constraints", bloops, f"{bloops} Additionally … lternative approaches and justify which "
-            "one you would recommend to a beginner.", ANSWER),
+            "the three?", f"Alice is taller than Ben, and Ben is taller than Carla. Who is the shor {MORE}", ANSWER),
+        row("evolved", "add_constraints", bloops,
+            f"If all bloops are razzies and all razzies are lazzies, are all bloops d {MORE}", ANSWER),
         row("evolved", "add_constraints", "Write a haiku about a lighthouse.",
-            f"Write a haiku about a lighthouse. {MORE}", ANSWER),
+            f"Write a haiku about a lighthouse. Additionally, compare two alternative {MORE}", ANSWER),
         row("rejected", "complicate_input", "Write an out-of-office auto-reply for someone on vacation until June 10.",
             farmer.upper(), ANSWER, "duplicate"),
         row("rejected", "in_breadth", "Rewrite this sentence in the passive voice: 'The committee approved the new "
             "budget on Monday.'", "", "", "empty_evolution"),
-        row("rejected", "add_constraints", slogan, f"{slogan} {MORE}", ANSWER, "equality_unparseable"),
-        row("rejected", "deepening", f"{PHOTO} … on dioxide and water to produce glucose while releasing oxygen as a "
-            "byproduct.", f"{PHOTO} … e and water to produce glucose while releasing oxygen as a byproduct. and then",
-            "", "evolution_truncated"),
+        row("rejected", "add_constraints", "Create a catchy slogan for a community bike-sharing program.",
+            f"Create a catchy slogan for a community bike-sharing program. Additional {MORE}", ANSWER,
+            "equality_unparseable"),
+        row("rejected", "deepening", f"{photo}glucose while releasing oxygen as a byproduct.",
+            f"{photo}hile releasing oxygen as a byproduct. and then", "", "evolution_truncated"),
         row("rejected", "increase_reasoning_steps", "Correct the grammar and spelling in this sentence: 'Their going "
             "too the libary tomorow to return there books.'", "", "", "llm_error"),
     ]
