@@ -2,7 +2,8 @@
 
 Starts a Prefect server on a free 127.0.0.1 port (its own PREFECT_HOME, PREFECT_API_URL set to its own
 address), runs `evol run CONFIG` against it, then takes a screenshot of each page after checking the page's
-text: the run's graph, the first round's table artifact and the run's summary artifact.
+text: the run's graph, the first round's table and sample artifacts and the run's summary artifact (its plots
+must be shown as images).
 
     .venv/bin/python docs/screenshots.py                      # configs/demo.yaml: the real model, minutes
     .venv/bin/python docs/screenshots.py --config my.yaml --out docs/images
@@ -53,7 +54,7 @@ def chromium(binary: str, url: str, *args: str, size: str) -> str:
 
 
 async def find_pages(api_url: str) -> dict[str, str]:
-    """UI paths of the run's graph, its first round's table artifact and its summary artifact."""
+    """UI paths of the run's graph, its first round's table and sample artifacts and its summary artifact."""
     from prefect.client.orchestration import PrefectClient
 
     async with PrefectClient(api=api_url) as client:
@@ -64,12 +65,15 @@ async def find_pages(api_url: str) -> dict[str, str]:
         parent = parents[0]
         rounds = sorted((r for r in runs if r.parent_task_run_id is not None), key=lambda r: r.start_time)
         artifacts = await client.read_artifacts(limit=200)
-    tables = [a for a in artifacts if a.type == "table" and rounds and a.flow_run_id == rounds[0].id]
+    first_round = [a for a in artifacts if a.type == "table" and rounds and a.flow_run_id == rounds[0].id]
+    tables = [a for a in first_round if not a.key.endswith("-samples")]
+    samples = [a for a in first_round if a.key.endswith("-samples")]
     summaries = [a for a in artifacts if a.type == "markdown" and a.flow_run_id == parent.id]
-    if not parent.state.is_completed() or not tables or not summaries:
+    if not parent.state.is_completed() or not tables or not samples or not summaries:
         sys.exit(f"run {parent.name} is {parent.state.type.value}; round tables {len(tables)}, "
-                 f"summaries {len(summaries)}")
+                 f"samples {len(samples)}, summaries {len(summaries)}")
     return {"run-graph": f"runs/flow-run/{parent.id}", "round-artifact": f"artifacts/artifact/{tables[0].id}",
+            "round-samples": f"artifacts/artifact/{samples[0].id}",
             "summary-artifact": f"artifacts/artifact/{summaries[0].id}", "_name": parent.name}
 
 
@@ -106,8 +110,11 @@ def main() -> None:
         if done.returncode != 0:
             sys.exit(f"evol run failed:\n{done.stdout[-3000:]}{done.stderr[-3000:]}")
         pages = asyncio.run(find_pages(api_url))
+        # the summary's plots are data: images; the page must show them as <img> elements, not as text
         expected = {"run-graph": [pages["_name"], "Completed"], "round-artifact": ["pool in", "evolved"],
-                    "summary-artifact": ["Evol-Instruct run", "Rejections by reason"]}
+                    "round-samples": ["parent", "evolution", "response", "reason"],
+                    "summary-artifact": ["Evol-Instruct run", "Rejections by reason",
+                                         'src="data:image/png;base64,']}
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
         for name, words in expected.items():

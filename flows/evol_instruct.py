@@ -31,6 +31,7 @@ from storage.shards import sweep_temp_files, write_file_atomic
 from tasks.cancel import CancelWatcher, cancel_and_exit
 from tasks.context import RunContext, build_context, run_layout
 from tasks.core.config import RunConfig
+from tasks.engine import engine_labels, needs_engine_start, start_engines_task
 from tasks.estimate import engine_time_line
 from tasks.evolve import ShardSummary, evolve_shard_task, reset_stage_runtimes
 from tasks.export import ExportSummary, export_final_task
@@ -45,9 +46,11 @@ from tasks.monitor import (
     shard_log_line,
 )
 from tasks.plan import run_estimate
+from tasks.plots import plots_markdown
 from tasks.recovery import crash_dead_flow_run
 from tasks.report import final_markdown, instruction_length_by_round, round_table
 from tasks.round import RoundSummary, finish_round_task
+from tasks.samples import round_samples
 from tasks.trigger import TriggerResult, trigger_training
 
 
@@ -87,12 +90,21 @@ def evol_round(ctx: RunContext, round_index: int, pool_in: list[ShardRef], refer
     shard_task = evolve_shard_task.with_options(
         retries=ctx.config.orchestration.retries, retry_delay_seconds=ctx.config.orchestration.retry_delay_s
     )
-    futures = shard_task.map(pool_in, candidate_uris, round_index, list(range(len(pool_in))),
-                             unmapped(ctx.evolve), keys, unmapped(force))
     logger = get_run_logger()
     progress = RoundProgress(round_index, len(pool_in), started=started)
     progress_key = artifact_key(layout.run_id, "round", round_index, "progress")
+    engines = engine_labels(ctx.config.llm) if needs_engine_start(ctx.evolve, candidate_uris, keys, force) else []
+    if engines:
+        progress.note = f"starting {', '.join(engines)}…"
+        logger.info("round %d: starting %s", round_index, ", ".join(engines))
     progress_id = create_progress_artifact(0.0, key=progress_key, description=progress.description())
+    if engines:  # rate and ETA count from the engine being ready
+        engine = start_engines_task.submit(ctx.evolve, round_index).result()
+        progress.note, progress.started = engine.note(), time.time()
+        logger.info("round %d: %s", round_index, progress.note)
+        update_progress_artifact(progress_id, 0.0, description=progress.description())
+    futures = shard_task.map(pool_in, candidate_uris, round_index, list(range(len(pool_in))),
+                             unmapped(ctx.evolve), keys, unmapped(force))
     index_of = {id(f): i for i, f in enumerate(futures)}
     results: dict[int, ShardSummary] = {}
     failed: list[str] = []
@@ -115,6 +127,9 @@ def evol_round(ctx: RunContext, round_index: int, pool_in: list[ShardRef], refer
     summary = finish_round_task.submit(layout, round_index, summaries, pool_in, references, started, force).result()
     create_table_artifact(key=artifact_key(layout.run_id, "round", round_index), table=round_table(summary),
                           description=f"Round {round_index} of run {layout.run_id}")
+    create_table_artifact(key=artifact_key(layout.run_id, "round", round_index, "samples"),
+                          table=round_samples(pool_in, summary),
+                          description=f"Round {round_index} of run {layout.run_id}: evolved and rejected samples")
     warning = low_evolution_warning(summary, ctx.config.orchestration.min_evolved_share)
     if warning:
         logger.warning("%s", warning)
@@ -191,12 +206,13 @@ def _run_stages(ctx: RunContext) -> RunResult:
                  inputs)
     data_key = ctx.mix_key([r.sha256 for r in inputs])
     mix = mix_final_task.submit(layout, config, inputs, data_key, ctx.forced("mix")).result()
+    lengths = instruction_length_by_round(ingest.refs, rounds)
     export = export_final_task.submit(layout, config, data_key, ctx.template_shas, rounds, mix,
-                                      ctx.forced("export"), estimate).result()
+                                      ctx.forced("export"), estimate, lengths).result()
     create_markdown_artifact(
         key=artifact_key(layout.run_id, "summary"),
-        markdown=final_markdown(layout.run_uri, data_key, rounds, mix,
-                                instruction_length_by_round(ingest.refs, rounds), export.files),
+        markdown=final_markdown(layout.run_uri, data_key, rounds, mix, lengths, export.files)
+        + "\n" + plots_markdown(export.files),
         description=f"Evol-Instruct run {layout.run_id}",
     )
     training = None

@@ -242,6 +242,12 @@ def reset_stage_runtimes() -> None:
         _RUNTIMES.clear()
 
 
+def stage_runtime_built(spec: EvolveSpec) -> bool:
+    """Whether this run already built the pack and backends of ``spec`` (so their engines are warm)."""
+    with _RUNTIMES_LOCK:
+        return spec.model_dump_json() in _RUNTIMES
+
+
 def stage_runtime(spec: EvolveSpec) -> tuple[PromptPack, StageBackends]:
     """The prompt pack and backend of a spec, built once per run and shared by its shard tasks."""
     cache_key = spec.model_dump_json()

@@ -1,4 +1,5 @@
-"""Exports of the final data: Parquet (canonical), Alpaca JSON, chat ``messages`` JSONL, a dataset card."""
+"""Exports of the final data: Parquet (canonical), Alpaca JSON, chat ``messages`` JSONL, a dataset card with
+its plots (``export/plots/*.png``)."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from tasks.core.config import STAGES, RunConfig
 from tasks.core.text import parent_text
 from tasks.estimate import Estimate, estimate_markdown
 from tasks.mix import MixSummary
+from tasks.plots import PLOTS, plot_kind, run_plots
 from tasks.round import RoundSummary
 
 EXPORT_COLUMNS = [
@@ -77,9 +79,11 @@ def _model_lines(config: RunConfig) -> list[str]:
 
 
 def dataset_card(config: RunConfig, data_key: str, template_shas: dict[str, str],
-                 rounds: list[RoundSummary], mix: MixSummary, estimate: Estimate | None = None) -> str:
-    """A Markdown dataset card: counts per round and operation, rejections, the estimate made when the run
-    started beside the actual tokens, config, model, prompts.
+                 rounds: list[RoundSummary], mix: MixSummary, estimate: Estimate | None = None,
+                 lengths: dict[str, float] | None = None) -> str:
+    """A Markdown dataset card: counts per round and operation, rejections, instruction lengths, the plots
+    (``plots/*.png`` next to it), the estimate made when the run started beside the actual tokens, config,
+    model, prompts.
 
     It holds no wall-clock figures, so the same data (and estimate) always gives the same card."""
     lines = [f"# Evol-Instruct data: {config.name or data_key}", "",
@@ -95,6 +99,11 @@ def dataset_card(config: RunConfig, data_key: str, template_shas: dict[str, str]
             reasons[reason] = reasons.get(reason, 0) + n
     lines += ["", "## Rejections by reason", "", "| reason | rows |", "| --- | --- |"]
     lines += [f"| {k} | {v} |" for k, v in sorted(reasons.items())]
+    lines += ["", "## Plots", ""]
+    for name, title in PLOTS.items():
+        lines += [f"![{title}](plots/{name})", ""]
+    lines += ["| instructions | mean length (words) |", "| --- | --- |"]
+    lines += [f"| {k} | {v:g} |" for k, v in (lengths or {}).items()]
     lines += ["", "## Final data", "", "| round | rows |", "| --- | --- |"]
     lines += [f"| {k} | {v} |" for k, v in mix.by_round.items()]
     lines += ["", "| operation | rows |", "| --- | --- |"]
@@ -117,10 +126,13 @@ def export_key(mix: MixSummary, card: bytes) -> str:
 
 def export_final(layout: RunLayout, config: RunConfig, data_key: str,
                  template_shas: dict[str, str], rounds: list[RoundSummary], mix: MixSummary, force: bool = False,
-                 settings: StorageSettings | None = None, estimate: Estimate | None = None) -> ExportSummary:
-    """Write every export under ``{run}/export/``, then ``_export.json``; reused when the final shard and
-    the card are what the last export was made from and every file still has its recorded SHA-256."""
-    card = dataset_card(config, data_key, template_shas, rounds, mix, estimate).encode()
+                 settings: StorageSettings | None = None, estimate: Estimate | None = None,
+                 lengths: dict[str, float] | None = None) -> ExportSummary:
+    """Write every export under ``{run}/export/`` (the plots under ``export/plots/``), then ``_export.json``;
+    reused when the final shard and the card are what the last export was made from and every file still has
+    its recorded SHA-256. ``lengths``: mean instruction length by round (``tasks.report``), for the card and
+    its plot."""
+    card = dataset_card(config, data_key, template_shas, rounds, mix, estimate, lengths).encode()
     key = export_key(mix, card)
     marker_uri = layout.file("export", "_export.json")
     if not force:
@@ -133,10 +145,11 @@ def export_final(layout: RunLayout, config: RunConfig, data_key: str,
         "alpaca": ("alpaca.json", to_alpaca_bytes(table)),
         "messages": ("messages.jsonl", to_messages_bytes(table)),
         "card": ("README.md", card),
+        **{plot_kind(name): (f"plots/{name}", png) for name, png in run_plots(rounds, lengths or {}).items()},
     }
     files, hashes = {}, {}
     for kind, (name, data) in payloads.items():
-        uri = layout.file("export", name)
+        uri = layout.file("export", *name.split("/"))
         hashes[kind] = write_file_atomic(uri, data, settings)
         files[kind] = uri
     summary = ExportSummary(rows=table.num_rows, files=files, sha256=hashes)
@@ -166,7 +179,9 @@ def reusable_export(marker_uri: str, key: str, settings: StorageSettings | None)
 @task(name="export", retries=1, retry_delay_seconds=5)
 def export_final_task(layout: RunLayout, config: RunConfig, data_key: str,
                       template_shas: dict[str, str], rounds: list[RoundSummary], mix: MixSummary,
-                      force: bool = False, estimate: Estimate | None = None) -> ExportSummary:
-    """Write the exports of the final data (or reuse them)."""
-    summary = export_final(layout, config, data_key, template_shas, rounds, mix, force, estimate=estimate)
+                      force: bool = False, estimate: Estimate | None = None,
+                      lengths: dict[str, float] | None = None) -> ExportSummary:
+    """Write the exports of the final data and the card's plots (or reuse them)."""
+    summary = export_final(layout, config, data_key, template_shas, rounds, mix, force, estimate=estimate,
+                           lengths=lengths)
     return Completed(data=summary, name="Reused") if summary.reused else summary

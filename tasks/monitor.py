@@ -55,6 +55,7 @@ class RoundProgress:
     evolved: int = 0  # passed elimination in their shard; the round's dedup may drop a few more
     generated_tokens: int = 0
     rejected: dict[str, int] = field(default_factory=dict)
+    note: str = ""  # the engine start: "starting ...", then "... ready in N s"
 
     def add(self, summary: ShardSummary) -> None:
         """Count one finished shard."""
@@ -70,12 +71,13 @@ class RoundProgress:
         return 100.0 * self.done / self.shards if self.shards else 100.0
 
     def description(self, now: float | None = None) -> str:
-        """The progress artifact's description: shards, rows, evolved, wall seconds, tok/s, ETA."""
+        """The progress artifact's description: shards, rows, evolved, wall seconds, tok/s, ETA, the engine start."""
         wall = max((now or time.time()) - self.started, 1e-9)
         eta = wall / self.done * (self.shards - self.done) if self.done else None
         return (f"round {self.round_index}: {self.done}/{self.shards} shards, {self.rows} rows, {self.evolved} "
                 f"passed elimination, {self.generated_tokens / wall:.1f} tok/s, {wall:.0f} s"
-                + (f", ETA {eta:.0f} s" if eta is not None and self.done < self.shards else ""))
+                + (f", ETA {eta:.0f} s" if eta is not None and self.done < self.shards else "")
+                + (f"; {self.note}" if self.note else ""))
 
 
 def low_evolution_warning(summary: RoundSummary, min_share: float) -> str | None:

@@ -24,6 +24,7 @@ from tasks.core.config import EnvSettings, RunConfig
 from tasks.estimate import Estimate, Figures, cap_figures, estimate_rounds, previous_figures, token_counter
 from tasks.export import dataset_card, export_key, reusable_export
 from tasks.mix import MixSummary
+from tasks.report import instruction_length_by_round
 from tasks.round import RoundSummary, round_key
 
 ESTIMATE_FILE = "estimate.json"
@@ -101,7 +102,8 @@ def plan_stages(ctx: RunContext, seeds: list[ShardRef], ingest: StagePlan, estim
     if estimate is None:
         return stages + [StagePlan(stage="export", reused=False, why="the card gets a new estimate")]
     mix = MixSummary.model_validate(mix_record["summary"])
-    card = dataset_card(config, data_key, ctx.template_shas, summaries, mix, estimate)
+    lengths = instruction_length_by_round(seeds, summaries, settings)
+    card = dataset_card(config, data_key, ctx.template_shas, summaries, mix, estimate, lengths)
     reused = not ctx.forced("export") and reusable_export(export_marker, export_key(mix, card.encode()),
                                                           settings) is not None
     return stages + [StagePlan(stage="export", reused=reused,

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import re
 
 import pytest
 
@@ -12,6 +14,7 @@ from storage import list_committed_shards, read_shard
 from tasks.context import run_layout
 from tasks.core.config import parse_run_config
 from tests.flow_script import load_seeds
+from tests.test_monitor import _run_records
 
 pytestmark = pytest.mark.vllm
 
@@ -27,7 +30,8 @@ def test_one_round_on_8_seeds_with_vllm(prefect_harness, tmp_path, model_dir, mo
                      "respond": {"temperature": 0.7, "max_tokens": 64}},
         "dedup": {"near": False},
     })
-    result = evol_instruct(config)
+    state = evol_instruct(config, return_state=True)
+    result = state.result()
     (r1,) = result.rounds
     assert r1.pool_in == 8 and r1.evolved + r1.carried == 8
     assert sum(r1.rejected.values()) == r1.carried
@@ -54,3 +58,9 @@ def test_one_round_on_8_seeds_with_vllm(prefect_harness, tmp_path, model_dir, mo
     assert len(evolved) == r1.evolved
     assert result.mix.final == result.export.rows
     assert result.mix.by_round.get("0", 0) <= 8
+
+    # the engine started in a step of its own, before the shards, and said how long it took
+    _, logs, task_runs = asyncio.run(_run_records(state.state_details.flow_run_id, "seeds-", 1, shard_lines=2))
+    assert [t.name for t in task_runs if t.name.startswith("start-engines")] == ["start-engines-r1"]
+    ready = [log.message for log in logs if "ready in" in log.message]
+    assert len(ready) == 1 and re.fullmatch(r"round 1: engine smollm2-135m-instruct ready in \d+\.\d s", ready[0])

@@ -41,6 +41,25 @@ class StageBackends:
         """One backend for every stage."""
         return cls(backend, backend, backend)
 
+    def distinct(self) -> list[LLMBackend]:
+        """Each backend once, in stage order (stages with equal settings share one)."""
+        out: list[LLMBackend] = []
+        for stage in STAGES:
+            backend = getattr(self, stage)
+            if all(backend is not seen for seen in out):
+                out.append(backend)
+        return out
+
+    def start(self) -> list[str]:
+        """Start every backend that has an engine to start (``start()``: vLLM); returns their model names."""
+        started = []
+        for backend in self.distinct():
+            start = getattr(backend, "start", None)
+            if callable(start):
+                start()
+                started.append(backend.model_name)
+        return started
+
     def model_names(self) -> dict[str, str]:
         """Stage -> the model name that stage's backend reports."""
         return {stage: getattr(self, stage).model_name for stage in STAGES}

@@ -226,6 +226,10 @@ class VLLMBackend:
         """The shared ``vllm.LLM`` (started on first use)."""
         return get_vllm_engine(self.model, self.engine_args)[0]
 
+    def start(self) -> None:
+        """Start the engine now (a run does it as its own step, before its first shard); a no-op when warm."""
+        get_vllm_engine(self.model, self.engine_args)
+
     def _precheck(self, llm: Any, conversations: list[Conversation]) -> list[str | None]:
         """Render each prompt with the chat template; an item that can't be rendered or is too long gets a reason."""
         tokenizer = llm.get_tokenizer()
