@@ -26,6 +26,7 @@ def test_trim_keeps_start_and_end_on_one_line():
 def row(i: int, status: str, reason: str | None = None, parent: str = "p") -> dict:
     return {"id": f"{parent}{i:02d}" if status == "pool" else f"c{i:02d}", "root_id": "r", "parent_id": f"p{i:02d}",
             "round": 1, "operation": "deepening", "instruction": f"instruction {i}", "input": "",
+            "content_key": f"instruction {i}",
             "response": None if reason else f"answer {i}", "status": "evolved" if status == "pool" else status,
             "reject_reason": reason}
 
