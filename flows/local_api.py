@@ -32,6 +32,18 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _drain_to(url: str, timeout_s: float = 10.0) -> None:
+    """Send the logs and events still queued to the API before it stops (else Prefect prints "Error logging to
+    API" at exit)."""
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    with temporary_settings(updates={PREFECT_API_URL: url}):
+        for worker in (APILogWorker, EventsWorker):
+            worker.drain_all(timeout=timeout_s, at_exit=False)
+
+
 @contextmanager
 def local_api(startup_timeout_s: float = 180.0) -> Iterator[str]:
     """Start a Prefect API on 127.0.0.1 for the duration of the block; yields its URL (``.../api``)."""
@@ -66,6 +78,7 @@ def local_api(startup_timeout_s: float = 180.0) -> Iterator[str]:
         with temporary_settings(updates={PREFECT_API_URL: url}):
             yield url
     finally:
+        _drain_to(url)
         proc.terminate()
         try:
             proc.wait(timeout=10)

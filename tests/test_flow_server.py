@@ -76,3 +76,5 @@ def test_full_run_on_s3(s3_bucket, s3_settings, tmp_path):
     alpaca = fs.cat_file(runs[0] + "/export/alpaca.json")
     assert alpaca.startswith(b"[")
     assert "s3://" in done.stdout
+    # the private API stops only after the run's logs and events reached it
+    assert "Error logging to API" not in done.stderr and "connection attempts failed" not in done.stderr, done.stderr
