@@ -14,7 +14,7 @@ from storage import RunLayout, write_shard
 from storage.schema import records_table
 from tasks.core.text import content_key, content_keys, normalize_text
 from tasks.dedup import find_exact_duplicates
-from tasks.near_dedup import find_near_duplicates, minhash_signatures, optimal_lsh_params
+from tasks.near_dedup import find_near_duplicates, minhash_signatures, optimal_lsh_params, shingle_hashes, utf8_buffers
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
 
@@ -142,14 +142,15 @@ def test_no_false_positives_on_distinct_sentences():
 
 def test_chains_resolve_to_the_first_and_exact_copies_too():
     rng = random.Random(4)
-    words = [rng.choice(VOCAB) for _ in range(40)]
+    words = [rng.choice(VOCAB) for _ in range(50)]
     a = " ".join(words)
-    b = " ".join(words[:36] + [rng.choice(VOCAB) for _ in range(4)])
-    c = " ".join([rng.choice(VOCAB) for _ in range(4)] + b.split()[4:])
-    sig = minhash_signatures([a, b, c])
-    assert (sig[0] == sig[1]).mean() >= 0.75 and (sig[1] == sig[2]).mean() >= 0.75
-    assert (sig[0] == sig[2]).mean() < 0.75  # a and c are too far apart: only b joins them
-    found = find_near_duplicates(["z-first", "c-second", "a-third"], [a, c, b], threshold=0.75)
+    b = " ".join(words[:40] + [rng.choice(VOCAB) for _ in range(10)])
+    c = " ".join([rng.choice(VOCAB) for _ in range(10)] + b.split()[10:])
+    # Jaccard of the 5-grams: a-b 0.68, b-c 0.73, a-c 0.51, each well clear of 0.6 for 256 permutations
+    sig = minhash_signatures([a, b, c], num_perm=256)
+    assert (sig[0] == sig[1]).mean() >= 0.6 and (sig[1] == sig[2]).mean() >= 0.6
+    assert (sig[0] == sig[2]).mean() < 0.6  # a and c are too far apart: only b joins them
+    found = find_near_duplicates(["z-first", "c-second", "a-third"], [a, c, b], threshold=0.6, num_perm=256)
     assert found == {"c-second": "z-first", "a-third": "z-first"}
     same = find_near_duplicates(["x", "y", "z", "w"], keys(["Hello there", "hello  THERE", "other", "HELLO there\n"]))
     assert same == {"y": "x", "w": "x"}
@@ -166,6 +167,17 @@ def test_short_texts_and_unicode_and_determinism():
     assert find_near_duplicates(["only"], ["one"]) == {}
     with pytest.raises(ValueError):
         find_near_duplicates(["a"], ["x", "y"])
+
+
+def test_shingles_are_the_set_of_byte_five_grams():
+    sig = minhash_signatures(["abcdeabcde", "bcdeabcdea", "abcdeabcd", "abcde", "abcd", "abc", ""])
+    assert np.array_equal(sig[0], sig[1]) and np.array_equal(sig[0], sig[2])  # one set of 5-grams
+    assert len({row.tobytes() for row in sig[2:]}) == 5  # that set, one 5-gram, two shorter texts, the empty text
+    padded, starts, lengths = utf8_buffers(pa.array(["xx\u00e9t\u00e9", "\u00e9t\u00e9", None]))
+    assert lengths.tolist() == [7, 5, 0]  # UTF-8 bytes: \u00e9 is two
+    at = np.array([starts[0] + 2, starts[1], starts[1]])
+    hashes = shingle_hashes(padded, at, np.array([5, 5, 4]), 5)
+    assert hashes[0] == hashes[1] != hashes[2]  # the same five bytes in two texts; four of them differ
 
 
 def test_signatures_per_row_and_estimate_jaccard():
