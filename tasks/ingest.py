@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import duckdb
@@ -29,7 +30,7 @@ from storage.schema import RECORD_SCHEMA, records_table
 from storage.shards import read_marker, remove_shards_except, shard_name
 from tasks.core.config import RunConfig
 from tasks.core.text import content_keys
-from tasks.ingest_fast import fast_extract, meta_column, record_ids
+from tasks.ingest_fast import SeenIds, fast_extract, meta_column, with_ids
 from tasks.ingest_fields import TARGET_FIELDS, Rejection, dumps, extract_fields, lookup, meta_json
 from tasks.ingest_read import Block, CsvHeader, IngestError, RawRecord, detect_format, iter_blocks
 
@@ -91,13 +92,18 @@ def _header_names(field_map: dict[str, str]) -> frozenset[str]:
 
 
 class _SeedWriter:
-    """Accepted rows, buffered as Arrow tables and written as committed shards of ``shard_size`` rows."""
+    """Accepted rows, buffered as Arrow tables and written as committed shards of ``shard_size`` rows.
+
+    A thread writes one shard while the next is read (Parquet encoding and compression release the GIL).
+    """
 
     def __init__(self, dest_dir: str, shard_size: int, settings: StorageSettings | None):
         self.dest_dir, self.shard_size, self.settings = dest_dir, shard_size, settings
         self.pending: list[pa.Table] = []
         self.rows = 0
         self.shards: list[str] = []
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="seed-shards")
+        self._writing: Future | None = None
 
     def add(self, table: pa.Table) -> None:
         self.pending.append(table)
@@ -111,8 +117,24 @@ class _SeedWriter:
         rest = table.slice(n)
         self.pending, self.rows = ([rest] if rest.num_rows else []), rest.num_rows
         uri = join_uri(self.dest_dir, shard_name(len(self.shards)))
-        write_shard(uri, seed_table(table.slice(0, n)), settings=self.settings)
+        self.wait()  # one shard in flight at a time: memory stays bounded
+        self._writing = self._pool.submit(write_shard, uri, seed_table(table.slice(0, n)), settings=self.settings)
         self.shards.append(uri)
+
+    def wait(self) -> None:
+        """Wait for the shard being written; raises what its write raised."""
+        writing, self._writing = self._writing, None
+        if writing is not None:
+            writing.result()
+
+    def close(self) -> None:
+        """Write the rows still buffered (one empty shard when no row was accepted) and wait for every write."""
+        try:
+            if self.rows or not self.shards:
+                self.flush()
+            self.wait()
+        finally:
+            self._pool.shutdown()
 
 
 _ACCEPTED = pa.schema([(n, pa.string()) for n in ("id", "instruction", "input", "response", "meta")])
@@ -169,30 +191,23 @@ def ingest_seeds(
     rejected_dir = rejected_dir or join_uri(dest_dir, "_rejected")
     writer = _SeedWriter(dest_dir, shard_size, settings)
     src_json = json.dumps(src, ensure_ascii=False)
-    seen: dict[str, int] = {}
+    seen = SeenIds()
     rejected: list[dict[str, Any]] = []
     fields_seen: dict[str, None] = {}
     counts: Counter[str] = Counter()  # read, with_instruction
     con = duckdb.connect()
 
-    def accept(block: Block, rows: pa.Table, lines: list[int], raws: list[str] | None) -> None:
-        ids = record_ids(rows, con)
-        id_list = ids.to_pylist()
-        if len(set(id_list)) == len(id_list) and seen.keys().isdisjoint(id_list):  # the common case, at C speed
-            seen.update(zip(id_list, lines, strict=True))
-            writer.add(rows.append_column("id", ids))
-            return
-        keep = []
-        for i, rid in enumerate(id_list):
-            first = seen.setdefault(rid, lines[i])
-            if first == lines[i]:
-                keep.append(i)
-            else:
-                rejected.append({"source": src, "line": lines[i], "raw": raws[i] if raws else block.raw(i),
-                                 "field": None, "reason": "duplicate", "duplicate_of": rid,
-                                 "detail": f"same normalised text as line {first}"})
-        table = rows.append_column("id", ids)
-        writer.add(table if len(keep) == table.num_rows else table.take(pa.array(keep, pa.int64())))
+    def accept(block: Block, rows: pa.Table, lines: np.ndarray, raws: list[str] | None) -> None:
+        rows, numbers = with_ids(rows, con)
+        first = seen.first_lines(numbers, lines)
+        dup = first != lines
+        if dup.any():  # a later row with an id already taken
+            ids = rows["id"]
+            rejected.extend({"source": src, "line": int(lines[i]), "raw": raws[i] if raws else block.raw(i),
+                             "field": None, "reason": "duplicate", "duplicate_of": ids[i].as_py(),
+                             "detail": f"same normalised text as line {first[i]}"} for i in np.flatnonzero(dup))
+            rows = rows.filter(pa.array(~dup))
+        writer.add(rows)
 
     for block in iter_blocks(src, settings, csv_header, _header_names(field_map)):
         parsed = block.as_table() if vectorised else None
@@ -201,7 +216,7 @@ def ingest_seeds(
             lines = parsed[1]
             counts.update(read=rows.num_rows, with_instruction=rows.num_rows)
             fields_seen.update(dict.fromkeys(parsed[0].column_names))
-            accept(block, rows.append_column("meta", meta_column(src_json, lines)), lines.to_pylist(), None)
+            accept(block, rows.append_column("meta", meta_column(src_json, lines)), lines, None)
             continue
         good: dict[str, list[Any]] = {k: [] for k in ("line", "instruction", "input", "response", "meta", "raw")}
         for rec in block.iter_records():
@@ -221,14 +236,13 @@ def ingest_seeds(
                 good[key].append(value)
         if good["line"]:
             table = pa.table({k: pa.array(good[k], pa.string()) for k in ("instruction", "input", "response", "meta")})
-            accept(block, table, good["line"], good["raw"])
+            accept(block, table, np.array(good["line"], np.int64), good["raw"])
 
     if counts["read"] and not counts["with_instruction"] and fields_seen:
         names = list(fields_seen)
         raise IngestError(f"{src}: no record has an instruction; fields found: {', '.join(names[:30])}; map one "
                           f"with --map instruction={names[0]} (field_map in a run config)")
-    if writer.rows or not writer.shards:
-        writer.flush()
+    writer.close()
     rejected_uri = None
     if rejected:
         rejected_uri = join_uri(rejected_dir, shard_name(0))

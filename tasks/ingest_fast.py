@@ -10,14 +10,12 @@ Python could treat differently (non-ASCII, unusual whitespace) is normalised by 
 from __future__ import annotations
 
 import duckdb
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from tasks.core.text import record_id
+from tasks.core.text import content_keys
 from tasks.ingest_fields import RECOGNISED, TARGET_FIELDS
-
-_EDGE_SPACE = r"^[\t-\r\x1c-\x1f ]|[\t-\r\x1c-\x1f ]$"  # what str.strip() removes from ASCII text
-_NEEDS_FOLDING = r"[\t-\r\x1c-\x1f]|  "  # where normalize_text differs from lower() on stripped ASCII text
 
 
 def target_columns(names: list[str], field_map: dict[str, str]) -> dict[str, str | None] | None:
@@ -54,8 +52,8 @@ def _python_where(values: pa.Array, odd: pa.Array, fn) -> pa.Array:
 
 
 def _strip(values: pa.Array) -> pa.Array:
-    odd = pc.or_(pc.invert(pc.string_is_ascii(values)), pc.match_substring_regex(values, _EDGE_SPACE))
-    return _python_where(values, odd, str.strip)
+    """``str.strip`` of every value: on printable ASCII that removes only spaces (Arrow); Python strips the rest."""
+    return _python_where(pc.ascii_trim(values, " "), pc.invert(pc.ascii_is_printable(values)), str.strip)
 
 
 def fast_extract(table: pa.Table, field_map: dict[str, str]) -> pa.Table | None:
@@ -74,31 +72,47 @@ def fast_extract(table: pa.Table, field_map: dict[str, str]) -> pa.Table | None:
     return pa.table({"instruction": instructions, "input": inputs, "response": arrays["output"]})
 
 
-def record_ids(table: pa.Table, con: duckdb.DuckDBPyConnection) -> pa.Array:
-    """``record_id`` of every row's (instruction, input), as ``tasks.core.text`` computes it.
+def with_ids(rows: pa.Table, con: duckdb.DuckDBPyConnection) -> tuple[pa.Table, np.ndarray]:
+    """``rows`` with the ``content_key`` and ``id`` columns of ``tasks.core.text``, and each id as a number.
 
-    DuckDB hashes ASCII text that needs no whitespace folding (its ``lower`` is then Python's); Python
-    computes the key of every other row.
+    The key is computed once (Arrow; Python for text Arrow would fold differently) and DuckDB hashes it. An id
+    is 16 hex digits, so its ``uint64`` stands for it exactly in ``SeenIds``.
     """
-    rows = table.select(["instruction", "input"])  # noqa: F841 (DuckDB reads it by name)
-    # the pattern inlined: DuckDB compiles a constant regex once, a parameter once per row
-    out = con.sql(f"""
-        SELECT strlen(instruction) = length(instruction) AND strlen(input) = length(input)
-                   AND NOT regexp_matches(instruction, '{_NEEDS_FOLDING}')
-                   AND NOT regexp_matches(input, '{_NEEDS_FOLDING}') AS simple,
-               left(sha256(CASE WHEN input = '' THEN lower(instruction)
-                                ELSE lower(instruction) || chr(10) || lower(input) END), 16) AS id
-        FROM rows""").to_arrow_table()
-    ids = out["id"].combine_chunks()
-    odd = pc.invert(out["simple"].combine_chunks())
-    if pc.any(odd).as_py():
-        instr, inp = table["instruction"].combine_chunks(), table["input"].combine_chunks()
-        pairs = zip(instr.filter(odd).to_pylist(), inp.filter(odd).to_pylist(), strict=True)
-        ids = pc.replace_with_mask(ids, odd, pa.array([record_id(a, b) for a, b in pairs], pa.string()))
-    return ids
+    keys = pa.table({"key": content_keys(rows["instruction"], rows["input"])})
+    out = con.sql("SELECT left(sha256(key), 16) AS id, ('0x' || id)::UBIGINT AS number FROM keys").to_arrow_table()
+    rows = rows.append_column("content_key", keys["key"]).append_column("id", out["id"].combine_chunks())
+    return rows, out["number"].to_numpy()
 
 
-def meta_column(source_json: str, lines: pa.Array) -> pa.Array:
+class SeenIds:
+    """The ids accepted so far, as sorted numbers with the line of each: duplicate checks at numpy speed."""
+
+    def __init__(self) -> None:
+        self.numbers = np.empty(0, np.uint64)
+        self.lines = np.empty(0, np.int64)
+
+    def first_lines(self, numbers: np.ndarray, lines: np.ndarray) -> np.ndarray:
+        """Each row's first line with its id: an earlier batch's, an earlier row's, or its own (then recorded)."""
+        order = np.argsort(numbers, kind="stable")  # lines ascend in a batch: a run of equal ids starts with the first
+        numbers, lines = numbers[order], lines[order]
+        starts = np.ones(len(numbers), bool)
+        starts[1:] = numbers[1:] != numbers[:-1]
+        first = lines[starts][np.cumsum(starts) - 1]
+        at = np.searchsorted(self.numbers, numbers)
+        earlier = np.zeros(len(numbers), bool)
+        if len(self.numbers):
+            hit = np.minimum(at, len(self.numbers) - 1)
+            earlier = self.numbers[hit] == numbers
+            first = np.where(earlier, self.lines[hit], first)
+        new = starts & ~earlier
+        self.numbers = np.insert(self.numbers, at[new], numbers[new])
+        self.lines = np.insert(self.lines, at[new], lines[new])
+        out = np.empty_like(first)
+        out[order] = first
+        return out
+
+
+def meta_column(source_json: str, lines: np.ndarray) -> pa.Array:
     """The ``meta`` text of rows that hold nothing but their target fields (see ``ingest_fields.meta_json``)."""
-    return pc.binary_join_element_wise(f'{{"source": {source_json}, "line": ', lines.cast(pa.string()),
+    return pc.binary_join_element_wise(f'{{"source": {source_json}, "line": ', pa.array(lines).cast(pa.string()),
                                        ', "fields": {}}', "")

@@ -65,10 +65,10 @@ class Block:
             self._lines = (self.data or b"").split(b"\n")
         return self._lines
 
-    def as_table(self) -> tuple[pa.Table, pa.Array] | None:
+    def as_table(self) -> tuple[pa.Table, np.ndarray] | None:
         """The block as an Arrow table and each row's line, when it parses as one; None means read it row by row."""
         if self.table is not None:
-            return self.table, pa.array(np.arange(self.first_line, self.first_line + self.table.num_rows))
+            return self.table, np.arange(self.first_line, self.first_line + self.table.num_rows)
         if not self.data or _BLANK_LINE.search(b"\n" + self.data + b"\n"):
             return None  # blank lines would shift rows against lines
         try:
@@ -78,7 +78,7 @@ class Block:
             return None
         if table.num_rows != self.data.count(b"\n") + 1:
             return None  # two objects on one line
-        return table, pa.array(np.arange(self.first_line, self.first_line + table.num_rows))
+        return table, np.arange(self.first_line, self.first_line + table.num_rows)
 
     def iter_records(self) -> Iterator[RawRecord]:
         """Every record of the block, parsed on its own."""
