@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import duckdb
@@ -26,11 +25,10 @@ from storage import (
     write_shard,
     write_stage,
 )
-from storage.schema import RECORD_SCHEMA, records_table
+from storage.schema import records_table
 from storage.shards import read_marker, remove_shards_except, shard_name
 from tasks.core.config import RunConfig
-from tasks.core.text import content_keys
-from tasks.ingest_fast import SeenIds, fast_extract, meta_column, with_ids
+from tasks.ingest_fast import SeedShardWriter, SeenIds, fast_extract, meta_column, with_ids
 from tasks.ingest_fields import TARGET_FIELDS, Rejection, dumps, extract_fields, lookup, meta_json
 from tasks.ingest_read import Block, CsvHeader, IngestError, RawRecord, detect_format, iter_blocks
 
@@ -91,77 +89,6 @@ def _header_names(field_map: dict[str, str]) -> frozenset[str]:
     return frozenset(p.split(".")[0] for p in field_map.values())
 
 
-class _SeedWriter:
-    """Accepted rows, buffered as Arrow tables and written as committed shards of ``shard_size`` rows.
-
-    A thread writes one shard while the next is read (Parquet encoding and compression release the GIL).
-    """
-
-    def __init__(self, dest_dir: str, shard_size: int, settings: StorageSettings | None):
-        self.dest_dir, self.shard_size, self.settings = dest_dir, shard_size, settings
-        self.pending: list[pa.Table] = []
-        self.rows = 0
-        self.shards: list[str] = []
-        self._pool = ThreadPoolExecutor(1, thread_name_prefix="seed-shards")
-        self._writing: Future | None = None
-
-    def add(self, table: pa.Table) -> None:
-        self.pending.append(table)
-        self.rows += table.num_rows
-        while self.rows >= self.shard_size:
-            self.flush(self.shard_size)
-
-    def flush(self, n: int | None = None) -> None:
-        table = pa.concat_tables(self.pending) if self.pending else _ACCEPTED.empty_table()
-        n = table.num_rows if n is None else n
-        rest = table.slice(n)
-        self.pending, self.rows = ([rest] if rest.num_rows else []), rest.num_rows
-        uri = join_uri(self.dest_dir, shard_name(len(self.shards)))
-        self.wait()  # one shard in flight at a time: memory stays bounded
-        self._writing = self._pool.submit(write_shard, uri, seed_table(table.slice(0, n)), settings=self.settings)
-        self.shards.append(uri)
-
-    def wait(self) -> None:
-        """Wait for the shard being written; raises what its write raised."""
-        writing, self._writing = self._writing, None
-        if writing is not None:
-            writing.result()
-
-    def close(self) -> None:
-        """Write the rows still buffered (one empty shard when no row was accepted) and wait for every write."""
-        try:
-            if self.rows or not self.shards:
-                self.flush()
-            self.wait()
-        finally:
-            self._pool.shutdown()
-
-
-_ACCEPTED = pa.schema([(n, pa.string()) for n in ("id", "instruction", "input", "response", "meta")])
-
-
-def seed_table(accepted: pa.Table) -> pa.Table:
-    """Seed rows (round 0) from a table of ids, instructions, inputs, responses and meta."""
-    n = accepted.num_rows
-    arrays = []
-    for f in RECORD_SCHEMA:
-        if f.name in accepted.column_names:
-            arrays.append(accepted[f.name].cast(f.type))
-        elif f.name == "content_key":
-            arrays.append(content_keys(accepted["instruction"], accepted["input"]))
-        elif f.name == "root_id":
-            arrays.append(accepted["id"])
-        elif f.name == "round":
-            arrays.append(pa.array(np.zeros(n, np.int32)))
-        elif f.name in ("operation", "status"):
-            arrays.append(pa.array(["seed"] * n, f.type))
-        elif f.name in ("prompt_tokens", "completion_tokens"):
-            arrays.append(pa.array(np.zeros(n, np.int64)))
-        else:
-            arrays.append(pa.nulls(n, f.type))
-    return pa.Table.from_arrays(arrays, schema=RECORD_SCHEMA)
-
-
 def ingest_seeds(
     src: str,
     dest_dir: str,
@@ -189,7 +116,7 @@ def ingest_seeds(
             raise IngestError(f"{src}: field map {pairs}: no record has {', '.join(map(repr, unmatched))}; "
                               f"fields found: {', '.join(fields[:30]) or '(none)'}")
     rejected_dir = rejected_dir or join_uri(dest_dir, "_rejected")
-    writer = _SeedWriter(dest_dir, shard_size, settings)
+    writer = SeedShardWriter(dest_dir, shard_size, settings)
     src_json = json.dumps(src, ensure_ascii=False)
     seen = SeenIds()
     rejected: list[dict[str, Any]] = []

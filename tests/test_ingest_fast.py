@@ -10,7 +10,7 @@ import pyarrow as pa
 import pytest
 
 from storage import list_committed_shards, read_shard
-from tasks import ingest, ingest_read
+from tasks import ingest_fast, ingest_read
 from tasks.core.text import content_key, record_id
 from tasks.ingest import ingest_seeds
 from tasks.ingest_fast import SeenIds, fast_extract, with_ids
@@ -86,7 +86,7 @@ def test_a_failed_shard_write_fails_the_ingest_and_the_shards_keep_their_order(t
     s = ingest_seeds(str(tmp_path / "s.jsonl"), str(tmp_path / "ok"), shard_size=3)
     assert [read_shard(u)["instruction"].to_pylist() for u in s.shards] == [
         [f"Task {i}" for i in range(j, min(j + 3, 10))] for j in range(0, 10, 3)]
-    calls, write_shard = [], ingest.write_shard
+    calls, write_shard = [], ingest_fast.write_shard
 
     def failing(uri, *args, **kwargs):
         calls.append(uri)
@@ -94,7 +94,7 @@ def test_a_failed_shard_write_fails_the_ingest_and_the_shards_keep_their_order(t
             raise OSError("disk full")
         return write_shard(uri, *args, **kwargs)
 
-    monkeypatch.setattr(ingest, "write_shard", failing)
+    monkeypatch.setattr(ingest_fast, "write_shard", failing)
     with pytest.raises(OSError, match="disk full"):
         ingest_seeds(str(tmp_path / "s.jsonl"), str(tmp_path / "bad"), shard_size=3)
     assert len(list_committed_shards(str(tmp_path / "bad"))) == 1
