@@ -98,3 +98,12 @@ def test_a_failed_shard_write_fails_the_ingest_and_the_shards_keep_their_order(t
     with pytest.raises(OSError, match="disk full"):
         ingest_seeds(str(tmp_path / "s.jsonl"), str(tmp_path / "bad"), shard_size=3)
     assert len(list_committed_shards(str(tmp_path / "bad"))) == 1
+
+
+@pytest.mark.parametrize("vectorised", [True, False])
+def test_a_record_broken_across_lines_is_read_row_by_row(tmp_path, vectorised):
+    # As many objects as lines: only the check that every line starts an object keeps Arrow from taking them
+    text = '{"instruction": "a",\n"input": "x"}\n{"instruction": "b"} {"instruction": "c"}\n'
+    (tmp_path / "b.jsonl").write_text(text)
+    s = ingest_seeds(str(tmp_path / "b.jsonl"), str(tmp_path / "out"), vectorised=vectorised)
+    assert (s.read, s.accepted, s.rejected) == (3, 0, {"malformed_json": 3})
