@@ -4,9 +4,10 @@
 
 Ingest runs twice on the same JSONL file, each in a fresh process so that its peak resident memory is
 its own: row by row (every record parsed and validated in Python, the path for blocks with bad rows
-or extra fields) and vectorised (blocks parsed by Arrow, validated column-wise, ids hashed by DuckDB).
-Both write the same shards. Complements ``bench_dedup.py`` (near dedup, in-table exact dedup, the text
-rules). Rows are the same synthetic ~100-character instructions.
+or extra fields) and vectorised (blocks parsed by Arrow, validated column-wise, ids hashed by DuckDB,
+duplicates found with numpy, shards written by a thread while the next block is read). Both write the same
+shards (``ingest_paths_identical`` compares them). Complements ``bench_dedup.py`` (near dedup, in-table exact
+dedup, the text rules). Rows are the same synthetic ~100-character instructions.
 """
 
 from __future__ import annotations
@@ -78,8 +79,10 @@ def main() -> None:
                    ingest_vectorised_rows_per_s=vectorised["rows_per_s"],
                    ingest_vectorised_peak_rss_mb=vectorised["peak_rss_mb"],
                    ingest_speedup=round(vectorised["rows_per_s"] / per_row["rows_per_s"], 2))
+        per_row_shards, shards = (list_committed_shards(f"{tmp}/{d}") for d in ("seeds-per-row", "seeds"))
+        out.update(ingest_paths_identical=len(per_row_shards) == len(shards) and all(
+            read_shard(a).equals(read_shard(b)) for a, b in zip(per_row_shards, shards, strict=True)))
 
-        shards = list_committed_shards(f"{tmp}/seeds")
         # Verified reads (size and SHA-256 against the marker) against plain reads, alternated, best of 3.
         timings: dict[str, list[float]] = {"verified": [], "unverified": []}
         for _ in range(3):

@@ -25,11 +25,10 @@ from storage import (
     write_shard,
     write_stage,
 )
-from storage.schema import RECORD_SCHEMA, records_table
+from storage.schema import records_table
 from storage.shards import read_marker, remove_shards_except, shard_name
 from tasks.core.config import RunConfig
-from tasks.core.text import content_keys
-from tasks.ingest_fast import fast_extract, meta_column, record_ids
+from tasks.ingest_fast import SeedShardWriter, SeenIds, fast_extract, meta_column, with_ids
 from tasks.ingest_fields import TARGET_FIELDS, Rejection, dumps, extract_fields, lookup, meta_json
 from tasks.ingest_read import Block, CsvHeader, IngestError, RawRecord, detect_format, iter_blocks
 
@@ -90,56 +89,6 @@ def _header_names(field_map: dict[str, str]) -> frozenset[str]:
     return frozenset(p.split(".")[0] for p in field_map.values())
 
 
-class _SeedWriter:
-    """Accepted rows, buffered as Arrow tables and written as committed shards of ``shard_size`` rows."""
-
-    def __init__(self, dest_dir: str, shard_size: int, settings: StorageSettings | None):
-        self.dest_dir, self.shard_size, self.settings = dest_dir, shard_size, settings
-        self.pending: list[pa.Table] = []
-        self.rows = 0
-        self.shards: list[str] = []
-
-    def add(self, table: pa.Table) -> None:
-        self.pending.append(table)
-        self.rows += table.num_rows
-        while self.rows >= self.shard_size:
-            self.flush(self.shard_size)
-
-    def flush(self, n: int | None = None) -> None:
-        table = pa.concat_tables(self.pending) if self.pending else _ACCEPTED.empty_table()
-        n = table.num_rows if n is None else n
-        rest = table.slice(n)
-        self.pending, self.rows = ([rest] if rest.num_rows else []), rest.num_rows
-        uri = join_uri(self.dest_dir, shard_name(len(self.shards)))
-        write_shard(uri, seed_table(table.slice(0, n)), settings=self.settings)
-        self.shards.append(uri)
-
-
-_ACCEPTED = pa.schema([(n, pa.string()) for n in ("id", "instruction", "input", "response", "meta")])
-
-
-def seed_table(accepted: pa.Table) -> pa.Table:
-    """Seed rows (round 0) from a table of ids, instructions, inputs, responses and meta."""
-    n = accepted.num_rows
-    arrays = []
-    for f in RECORD_SCHEMA:
-        if f.name in accepted.column_names:
-            arrays.append(accepted[f.name].cast(f.type))
-        elif f.name == "content_key":
-            arrays.append(content_keys(accepted["instruction"], accepted["input"]))
-        elif f.name == "root_id":
-            arrays.append(accepted["id"])
-        elif f.name == "round":
-            arrays.append(pa.array(np.zeros(n, np.int32)))
-        elif f.name in ("operation", "status"):
-            arrays.append(pa.array(["seed"] * n, f.type))
-        elif f.name in ("prompt_tokens", "completion_tokens"):
-            arrays.append(pa.array(np.zeros(n, np.int64)))
-        else:
-            arrays.append(pa.nulls(n, f.type))
-    return pa.Table.from_arrays(arrays, schema=RECORD_SCHEMA)
-
-
 def ingest_seeds(
     src: str,
     dest_dir: str,
@@ -167,32 +116,25 @@ def ingest_seeds(
             raise IngestError(f"{src}: field map {pairs}: no record has {', '.join(map(repr, unmatched))}; "
                               f"fields found: {', '.join(fields[:30]) or '(none)'}")
     rejected_dir = rejected_dir or join_uri(dest_dir, "_rejected")
-    writer = _SeedWriter(dest_dir, shard_size, settings)
+    writer = SeedShardWriter(dest_dir, shard_size, settings)
     src_json = json.dumps(src, ensure_ascii=False)
-    seen: dict[str, int] = {}
+    seen = SeenIds()
     rejected: list[dict[str, Any]] = []
     fields_seen: dict[str, None] = {}
     counts: Counter[str] = Counter()  # read, with_instruction
     con = duckdb.connect()
 
-    def accept(block: Block, rows: pa.Table, lines: list[int], raws: list[str] | None) -> None:
-        ids = record_ids(rows, con)
-        id_list = ids.to_pylist()
-        if len(set(id_list)) == len(id_list) and seen.keys().isdisjoint(id_list):  # the common case, at C speed
-            seen.update(zip(id_list, lines, strict=True))
-            writer.add(rows.append_column("id", ids))
-            return
-        keep = []
-        for i, rid in enumerate(id_list):
-            first = seen.setdefault(rid, lines[i])
-            if first == lines[i]:
-                keep.append(i)
-            else:
-                rejected.append({"source": src, "line": lines[i], "raw": raws[i] if raws else block.raw(i),
-                                 "field": None, "reason": "duplicate", "duplicate_of": rid,
-                                 "detail": f"same normalised text as line {first}"})
-        table = rows.append_column("id", ids)
-        writer.add(table if len(keep) == table.num_rows else table.take(pa.array(keep, pa.int64())))
+    def accept(block: Block, rows: pa.Table, lines: np.ndarray, raws: list[str] | None) -> None:
+        rows, numbers = with_ids(rows, con)
+        first = seen.first_lines(numbers, lines)
+        dup = first != lines
+        if dup.any():  # a later row with an id already taken
+            ids = rows["id"]
+            rejected.extend({"source": src, "line": int(lines[i]), "raw": raws[i] if raws else block.raw(i),
+                             "field": None, "reason": "duplicate", "duplicate_of": ids[i].as_py(),
+                             "detail": f"same normalised text as line {first[i]}"} for i in np.flatnonzero(dup))
+            rows = rows.filter(pa.array(~dup))
+        writer.add(rows)
 
     for block in iter_blocks(src, settings, csv_header, _header_names(field_map)):
         parsed = block.as_table() if vectorised else None
@@ -201,7 +143,7 @@ def ingest_seeds(
             lines = parsed[1]
             counts.update(read=rows.num_rows, with_instruction=rows.num_rows)
             fields_seen.update(dict.fromkeys(parsed[0].column_names))
-            accept(block, rows.append_column("meta", meta_column(src_json, lines)), lines.to_pylist(), None)
+            accept(block, rows.append_column("meta", meta_column(src_json, lines)), lines, None)
             continue
         good: dict[str, list[Any]] = {k: [] for k in ("line", "instruction", "input", "response", "meta", "raw")}
         for rec in block.iter_records():
@@ -221,14 +163,13 @@ def ingest_seeds(
                 good[key].append(value)
         if good["line"]:
             table = pa.table({k: pa.array(good[k], pa.string()) for k in ("instruction", "input", "response", "meta")})
-            accept(block, table, good["line"], good["raw"])
+            accept(block, table, np.array(good["line"], np.int64), good["raw"])
 
     if counts["read"] and not counts["with_instruction"] and fields_seen:
         names = list(fields_seen)
         raise IngestError(f"{src}: no record has an instruction; fields found: {', '.join(names[:30])}; map one "
                           f"with --map instruction={names[0]} (field_map in a run config)")
-    if writer.rows or not writer.shards:
-        writer.flush()
+    writer.close()
     rejected_uri = None
     if rejected:
         rejected_uri = join_uri(rejected_dir, shard_name(0))

@@ -1,23 +1,29 @@
-"""The vectorised ingest path: a block parsed by Arrow, validated column-wise; ids hashed by DuckDB.
+"""Ingest on Arrow arrays: the vectorised path, and the ids, duplicate checks and seed shards of both paths.
 
-It takes a block only when the result is certain to be what the row-by-row path gives: every column
-is a recognised (or mapped, top-level) target field of string type, no target is ambiguous (``input``
-and ``context`` both present), and every row is good. Anything else (a bad row, an extra field that
-must go to ``meta``, a nested record) sends the block to the row-by-row path. Text that Arrow and
-Python could treat differently (non-ASCII, unusual whitespace) is normalised by Python, row by row.
+The vectorised path (a block parsed by Arrow, validated column-wise) takes a block only when the result
+is certain to be what the row-by-row path gives: every column is a recognised (or mapped, top-level)
+target field of string type, no target is ambiguous (``input`` and ``context`` both present), and every
+row is good. Anything else (a bad row, an extra field that must go to ``meta``, a nested record) sends
+the block to the row-by-row path. Text that Arrow and Python could treat differently (non-ASCII, unusual
+whitespace) is normalised by Python, row by row. Either path's rows then get their ids (DuckDB hashes the
+content keys), are checked for duplicates with numpy, and go to shards that a thread writes while the
+next block is read.
 """
 
 from __future__ import annotations
 
+from concurrent.futures import Future, ThreadPoolExecutor
+
 import duckdb
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from tasks.core.text import record_id
+from storage import StorageSettings, join_uri, write_shard
+from storage.schema import RECORD_SCHEMA
+from storage.shards import shard_name
+from tasks.core.text import content_keys
 from tasks.ingest_fields import RECOGNISED, TARGET_FIELDS
-
-_EDGE_SPACE = r"^[\t-\r\x1c-\x1f ]|[\t-\r\x1c-\x1f ]$"  # what str.strip() removes from ASCII text
-_NEEDS_FOLDING = r"[\t-\r\x1c-\x1f]|  "  # where normalize_text differs from lower() on stripped ASCII text
 
 
 def target_columns(names: list[str], field_map: dict[str, str]) -> dict[str, str | None] | None:
@@ -45,17 +51,13 @@ def _strings(column: pa.ChunkedArray | None, n: int) -> pa.Array | None:
     return None
 
 
-def _python_where(values: pa.Array, odd: pa.Array, fn) -> pa.Array:
-    """``values`` with the rows flagged ``odd`` replaced by ``fn`` of them, computed in Python."""
-    if not pc.any(odd).as_py():
-        return values
-    replacements = [fn(v) for v in values.filter(odd).to_pylist()]
-    return pc.replace_with_mask(values, odd, pa.array(replacements, pa.string()))
-
-
 def _strip(values: pa.Array) -> pa.Array:
-    odd = pc.or_(pc.invert(pc.string_is_ascii(values)), pc.match_substring_regex(values, _EDGE_SPACE))
-    return _python_where(values, odd, str.strip)
+    """``str.strip`` of every value: on printable ASCII that removes only spaces (Arrow); Python strips the rest."""
+    trimmed, odd = pc.ascii_trim(values, " "), pc.invert(pc.ascii_is_printable(values))
+    if not pc.any(odd).as_py():
+        return trimmed
+    stripped = [v.strip() for v in values.filter(odd).to_pylist()]
+    return pc.replace_with_mask(trimmed, odd, pa.array(stripped, pa.string()))
 
 
 def fast_extract(table: pa.Table, field_map: dict[str, str]) -> pa.Table | None:
@@ -74,31 +76,118 @@ def fast_extract(table: pa.Table, field_map: dict[str, str]) -> pa.Table | None:
     return pa.table({"instruction": instructions, "input": inputs, "response": arrays["output"]})
 
 
-def record_ids(table: pa.Table, con: duckdb.DuckDBPyConnection) -> pa.Array:
-    """``record_id`` of every row's (instruction, input), as ``tasks.core.text`` computes it.
+def with_ids(rows: pa.Table, con: duckdb.DuckDBPyConnection) -> tuple[pa.Table, np.ndarray]:
+    """``rows`` with the ``content_key`` and ``id`` columns of ``tasks.core.text``, and each id as a number.
 
-    DuckDB hashes ASCII text that needs no whitespace folding (its ``lower`` is then Python's); Python
-    computes the key of every other row.
+    The key is computed once (Arrow; Python for text Arrow would fold differently) and DuckDB hashes it. An id
+    is 16 hex digits, so its ``uint64`` stands for it exactly in ``SeenIds``.
     """
-    rows = table.select(["instruction", "input"])  # noqa: F841 (DuckDB reads it by name)
-    # the pattern inlined: DuckDB compiles a constant regex once, a parameter once per row
-    out = con.sql(f"""
-        SELECT strlen(instruction) = length(instruction) AND strlen(input) = length(input)
-                   AND NOT regexp_matches(instruction, '{_NEEDS_FOLDING}')
-                   AND NOT regexp_matches(input, '{_NEEDS_FOLDING}') AS simple,
-               left(sha256(CASE WHEN input = '' THEN lower(instruction)
-                                ELSE lower(instruction) || chr(10) || lower(input) END), 16) AS id
-        FROM rows""").to_arrow_table()
-    ids = out["id"].combine_chunks()
-    odd = pc.invert(out["simple"].combine_chunks())
-    if pc.any(odd).as_py():
-        instr, inp = table["instruction"].combine_chunks(), table["input"].combine_chunks()
-        pairs = zip(instr.filter(odd).to_pylist(), inp.filter(odd).to_pylist(), strict=True)
-        ids = pc.replace_with_mask(ids, odd, pa.array([record_id(a, b) for a, b in pairs], pa.string()))
-    return ids
+    keys = pa.table({"key": content_keys(rows["instruction"], rows["input"])})
+    out = con.sql("SELECT left(sha256(key), 16) AS id, ('0x' || id)::UBIGINT AS number FROM keys").to_arrow_table()
+    rows = rows.append_column("content_key", keys["key"]).append_column("id", out["id"].combine_chunks())
+    return rows, out["number"].to_numpy()
 
 
-def meta_column(source_json: str, lines: pa.Array) -> pa.Array:
+class SeenIds:
+    """The ids accepted so far, as sorted numbers with the line of each: duplicate checks at numpy speed."""
+
+    def __init__(self) -> None:
+        self.numbers = np.empty(0, np.uint64)
+        self.lines = np.empty(0, np.int64)
+
+    def first_lines(self, numbers: np.ndarray, lines: np.ndarray) -> np.ndarray:
+        """Each row's first line with its id: an earlier batch's, an earlier row's, or its own (then recorded)."""
+        order = np.argsort(numbers, kind="stable")  # lines ascend in a batch: a run of equal ids starts with the first
+        numbers, lines = numbers[order], lines[order]
+        starts = np.ones(len(numbers), bool)
+        starts[1:] = numbers[1:] != numbers[:-1]
+        first = lines[starts][np.cumsum(starts) - 1]
+        at = np.searchsorted(self.numbers, numbers)
+        earlier = np.zeros(len(numbers), bool)
+        if len(self.numbers):
+            hit = np.minimum(at, len(self.numbers) - 1)
+            earlier = self.numbers[hit] == numbers
+            first = np.where(earlier, self.lines[hit], first)
+        new = starts & ~earlier
+        self.numbers = np.insert(self.numbers, at[new], numbers[new])
+        self.lines = np.insert(self.lines, at[new], lines[new])
+        out = np.empty_like(first)
+        out[order] = first
+        return out
+
+
+def meta_column(source_json: str, lines: np.ndarray) -> pa.Array:
     """The ``meta`` text of rows that hold nothing but their target fields (see ``ingest_fields.meta_json``)."""
-    return pc.binary_join_element_wise(f'{{"source": {source_json}, "line": ', lines.cast(pa.string()),
+    return pc.binary_join_element_wise(f'{{"source": {source_json}, "line": ', pa.array(lines).cast(pa.string()),
                                        ', "fields": {}}', "")
+
+
+class SeedShardWriter:
+    """Accepted rows, buffered as Arrow tables and written as committed shards of ``shard_size`` rows.
+
+    A thread writes one shard while the next is read (Parquet encoding and compression release the GIL).
+    """
+
+    def __init__(self, dest_dir: str, shard_size: int, settings: StorageSettings | None):
+        self.dest_dir, self.shard_size, self.settings = dest_dir, shard_size, settings
+        self.pending: list[pa.Table] = []
+        self.rows = 0
+        self.shards: list[str] = []
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="seed-shards")
+        self._writing: Future | None = None
+
+    def add(self, table: pa.Table) -> None:
+        self.pending.append(table)
+        self.rows += table.num_rows
+        while self.rows >= self.shard_size:
+            self.flush(self.shard_size)
+
+    def flush(self, n: int | None = None) -> None:
+        table = pa.concat_tables(self.pending) if self.pending else _ACCEPTED.empty_table()
+        n = table.num_rows if n is None else n
+        rest = table.slice(n)
+        self.pending, self.rows = ([rest] if rest.num_rows else []), rest.num_rows
+        uri = join_uri(self.dest_dir, shard_name(len(self.shards)))
+        self.wait()  # one shard in flight at a time: memory stays bounded
+        self._writing = self._pool.submit(write_shard, uri, seed_table(table.slice(0, n)), settings=self.settings)
+        self.shards.append(uri)
+
+    def wait(self) -> None:
+        """Wait for the shard being written; raises what its write raised."""
+        writing, self._writing = self._writing, None
+        if writing is not None:
+            writing.result()
+
+    def close(self) -> None:
+        """Write the rows still buffered (one empty shard when no row was accepted) and wait for every write."""
+        try:
+            if self.rows or not self.shards:
+                self.flush()
+            self.wait()
+        finally:
+            self._pool.shutdown()
+
+
+_ACCEPTED = pa.schema([(n, pa.string()) for n in ("id", "instruction", "input", "response", "meta")])
+
+
+def seed_table(accepted: pa.Table) -> pa.Table:
+    """Seed rows (round 0) from a table of ids, instructions, inputs, responses and meta."""
+    n = accepted.num_rows
+    arrays = []
+    for f in RECORD_SCHEMA:
+        if f.name in accepted.column_names:
+            arrays.append(accepted[f.name].cast(f.type))
+        elif f.name == "content_key":
+            arrays.append(content_keys(accepted["instruction"], accepted["input"]))
+        elif f.name == "root_id":
+            arrays.append(accepted["id"])
+        elif f.name == "round":
+            arrays.append(pa.array(np.zeros(n, np.int32)))
+        elif f.name in ("operation", "status"):
+            arrays.append(pa.array(["seed"] * n, f.type))
+        elif f.name in ("prompt_tokens", "completion_tokens"):
+            arrays.append(pa.array(np.zeros(n, np.int64)))
+        else:
+            arrays.append(pa.nulls(n, f.type))
+    return pa.Table.from_arrays(arrays, schema=RECORD_SCHEMA)

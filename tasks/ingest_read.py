@@ -30,7 +30,9 @@ FORMATS = ((".jsonl", "jsonl"), (".ndjson", "jsonl"), (".json", "json"), (".csv"
            (".parquet", "parquet"), (".pq", "parquet"))
 BLOCK_BYTES = 8 << 20
 PARQUET_BATCH_ROWS = 65_536
-_BLANK_LINE = re.compile(rb"\n[ \t\r]*\n")
+# A line that is blank or starts with anything but an object (a record broken across lines; nested values,
+# which alone could start a continuation line with "{", send a block row by row anyway)
+_ODD_LINE = re.compile(rb"\n[ \t\r]*[^{ \t\r]")
 
 CsvHeader = Literal["auto"] | bool
 
@@ -65,20 +67,20 @@ class Block:
             self._lines = (self.data or b"").split(b"\n")
         return self._lines
 
-    def as_table(self) -> tuple[pa.Table, pa.Array] | None:
+    def as_table(self) -> tuple[pa.Table, np.ndarray] | None:
         """The block as an Arrow table and each row's line, when it parses as one; None means read it row by row."""
         if self.table is not None:
-            return self.table, pa.array(np.arange(self.first_line, self.first_line + self.table.num_rows))
-        if not self.data or _BLANK_LINE.search(b"\n" + self.data + b"\n"):
-            return None  # blank lines would shift rows against lines
+            return self.table, np.arange(self.first_line, self.first_line + self.table.num_rows)
+        if not self.data or _ODD_LINE.search(b"\n" + self.data + b"\n"):
+            return None  # rows would shift against lines
         try:
             self.data.decode("utf-8")  # pyarrow would replace invalid bytes silently
             table = pa_json.read_json(io.BytesIO(self.data))
         except (UnicodeDecodeError, pa.ArrowInvalid):
             return None
         if table.num_rows != self.data.count(b"\n") + 1:
-            return None  # two objects on one line
-        return table, pa.array(np.arange(self.first_line, self.first_line + table.num_rows))
+            return None  # two objects on one line (every line starts one)
+        return table, np.arange(self.first_line, self.first_line + table.num_rows)
 
     def iter_records(self) -> Iterator[RawRecord]:
         """Every record of the block, parsed on its own."""
