@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 import pyarrow as pa
 
@@ -92,9 +92,9 @@ def records_table(rows: list[dict], schema: pa.Schema = RECORD_SCHEMA) -> pa.Tab
     return pa.Table.from_pydict(columns, schema=schema)
 
 
-def require_columns(table: pa.Table, names: Iterable[str], what: str) -> None:
-    """``ValueError`` naming the columns ``what`` lacks, and the ones it has."""
-    missing = [name for name in names if name not in table.column_names]
+def require_columns(table: pa.Table | Mapping[str, object], names: Iterable[str], what: str) -> None:
+    """``ValueError`` naming the columns ``what`` (a table, or columns by name) lacks, and the ones it has."""
+    have = table.column_names if isinstance(table, pa.Table) else list(table)
+    missing = [name for name in names if name not in have]
     if missing:
-        raise ValueError(f"{what} has no column {', '.join(missing)} (its columns: "
-                         f"{', '.join(table.column_names) or 'none'})")
+        raise ValueError(f"{what} has no column {', '.join(missing)} (its columns: {', '.join(have) or 'none'})")
