@@ -85,7 +85,7 @@ def finish_round(tmp: str, pool_uris: list[str], reference_uris: list[str]) -> d
         for name, column in columns.items():
             table = table.set_column(table.schema.get_field_index(name), name, column)
         ref_c = ShardRef.of(write_shard(layout.shard(1, "candidates", i), table))
-        summaries.append(summarize(1, ref.uri, ref_c, table.to_pylist(), 0.0))
+        summaries.append(summarize(1, ref.uri, ref_c, table, 0.0))
     started = time.perf_counter()
     references = [ShardRef.of(read_marker(u)) for u in reference_uris]
     summary = finish(layout, 1, summaries, pool, references, started=0.0)

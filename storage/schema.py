@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 # One instruction record: a seed, an evolved candidate (kept or rejected), with its lineage.
 RECORD_SCHEMA = pa.schema(
@@ -90,6 +91,12 @@ def records_table(rows: list[dict], schema: pa.Schema = RECORD_SCHEMA) -> pa.Tab
         default = defaults.get(field.name)
         columns[field.name] = [row.get(field.name, default) for row in rows]
     return pa.Table.from_pydict(columns, schema=schema)
+
+
+def count_values(column: pa.Array | pa.ChunkedArray) -> dict[str, int]:
+    """How often each non-null value occurs in a column, by value."""
+    counts = pc.value_counts(column.drop_null())
+    return dict(sorted(zip(counts.field("values").to_pylist(), counts.field("counts").to_pylist(), strict=True)))
 
 
 def require_columns(table: pa.Table | Mapping[str, object], names: Iterable[str], what: str) -> None:
