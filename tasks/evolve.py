@@ -93,14 +93,14 @@ def evolve_rows(
     instructions = [clean_evolved_instruction(text) if c.ok else "" for c, (text, _) in zip(evolved, cuts, strict=True)]
 
     def reasons_with(responses: list[Completion | None]) -> list[str | None]:
-        columns = {
+        table = pa.table({
             "instruction": instructions,
             "response": [r.text if r is not None and r.ok else None for r in responses],
             "finish_reason": finish,
             "response_finish_reason": [r.finish_reason if r is not None else None for r in responses],
             "error": [c.error or (r.error if r is not None else None) for c, r in zip(evolved, responses, strict=True)],
-        }
-        return text_rule_reasons(columns, config.elimination, scaffolding)
+        })
+        return text_rule_reasons(table, config.elimination, scaffolding)
 
     early = reasons_with([None] * len(rows))
     invalid: list[str | None] = [None] * len(rows)
