@@ -54,6 +54,47 @@ def ingest_only(src: str, dest: str, shard_size: int, vectorised: bool) -> None:
     print(json.dumps({"rows_per_s": round(summary.read / seconds), "s": round(seconds, 2), "peak_rss_mb": peak_mb()}))
 
 
+def finish_round(tmp: str, pool_uris: list[str], reference_uris: list[str]) -> dict[str, float]:
+    """A round's bookkeeping after its shards: one candidate per pool row (half evolved, every tenth of those
+    an exact copy of a reference, the other half rejected), then ``finish_round``: dedup, the evolved, rejected
+    and next pool shards, the invariant."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    from storage import RunLayout, ShardRef, write_shard
+    from storage.shards import read_marker
+    from tasks.evolve import summarize
+    from tasks.round import finish_round as finish
+
+    layout = RunLayout(f"{tmp}/runs", "bench")
+    pool = [ShardRef.of(read_marker(u)) for u in pool_uris]
+    summaries = []
+    for i, ref in enumerate(pool):
+        table = read_shard(ref.uri)
+        n = table.num_rows
+        evolved = np.arange(n) % 2 == 0
+        copied = np.arange(n) % 20 == 0
+        instruction = pc.if_else(pa.array(copied), table["instruction"], pc.utf8_upper(table["instruction"]))
+        columns = {"id": pc.binary_join_element_wise(table["id"], "c", ""), "parent_id": table["id"],
+                   "round": pa.array(np.ones(n, dtype=np.int32)), "instruction": instruction,
+                   "content_key": pc.if_else(pa.array(copied), table["content_key"],
+                                             pc.binary_join_element_wise(table["content_key"], "!", "")),
+                   "status": pa.array(np.where(evolved, "evolved", "rejected")),
+                   "reject_reason": pa.array(np.where(evolved, None, "empty_evolution")),
+                   "operation": pa.array(np.where(evolved, "deepen", "concretize")),
+                   "prompt_tokens": pa.array(np.full(n, 100)), "completion_tokens": pa.array(np.full(n, 50))}
+        for name, column in columns.items():
+            table = table.set_column(table.schema.get_field_index(name), name, column)
+        ref_c = ShardRef.of(write_shard(layout.shard(1, "candidates", i), table))
+        summaries.append(summarize(1, ref.uri, ref_c, table, 0.0))
+    started = time.perf_counter()
+    references = [ShardRef.of(read_marker(u)) for u in reference_uris]
+    summary = finish(layout, 1, summaries, pool, references, started=0.0)
+    seconds = time.perf_counter() - started
+    return {"finish_round_rows_per_s": round(summary.pool_in / seconds), "finish_round_s": round(seconds, 2),
+            "finish_round_evolved": summary.evolved, "finish_round_duplicates": summary.rejected.get("duplicate", 0)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--rows", type=int, default=1_000_000)
@@ -123,6 +164,7 @@ def main() -> None:
         out.update(cross_shard_exact_dedup_rows_per_s=round((rows + written) / exact_s),
                    cross_shard_exact_dedup_s=round(exact_s, 2), duplicates_found=dups.num_rows,
                    candidates=written)
+        out.update(finish_round(tmp, shards[:half], shards))
     out.update(peak_rss_mb=peak_mb(), load_avg_1m=round(os.getloadavg()[0], 2))
     print(json.dumps(out))
 

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 # One instruction record: a seed, an evolved candidate (kept or rejected), with its lineage.
 RECORD_SCHEMA = pa.schema(
@@ -92,9 +93,15 @@ def records_table(rows: list[dict], schema: pa.Schema = RECORD_SCHEMA) -> pa.Tab
     return pa.Table.from_pydict(columns, schema=schema)
 
 
-def require_columns(table: pa.Table, names: Iterable[str], what: str) -> None:
-    """``ValueError`` naming the columns ``what`` lacks, and the ones it has."""
-    missing = [name for name in names if name not in table.column_names]
+def count_values(column: pa.Array | pa.ChunkedArray) -> dict[str, int]:
+    """How often each non-null value occurs in a column, by value."""
+    counts = pc.value_counts(column.drop_null())
+    return dict(sorted(zip(counts.field("values").to_pylist(), counts.field("counts").to_pylist(), strict=True)))
+
+
+def require_columns(table: pa.Table | Mapping[str, object], names: Iterable[str], what: str) -> None:
+    """``ValueError`` naming the columns ``what`` (a table, or columns by name) lacks, and the ones it has."""
+    have = table.column_names if isinstance(table, pa.Table) else list(table)
+    missing = [name for name in names if name not in have]
     if missing:
-        raise ValueError(f"{what} has no column {', '.join(missing)} (its columns: "
-                         f"{', '.join(table.column_names) or 'none'})")
+        raise ValueError(f"{what} has no column {', '.join(missing)} (its columns: {', '.join(have) or 'none'})")

@@ -8,13 +8,15 @@ import pyarrow as pa
 from storage import StorageSettings, duck_connect, read_parquet_sql
 from storage.duck import sql_list
 
-_EMPTY_DUPLICATES = pa.schema([pa.field("id", pa.string()), pa.field("duplicate_of", pa.string())])
+_EMPTY_DUPLICATES = pa.schema([pa.field("id", pa.string()), pa.field("duplicate_of", pa.string()),
+                               pa.field("shard", pa.int64()), pa.field("row", pa.int64())])
 
 
 def find_exact_duplicates(
     candidate_uris: list[str], reference_uris: list[str], settings: StorageSettings | None = None
 ) -> pa.Table:
-    """Evolved candidates whose content key already exists: ``id``, ``duplicate_of``, ordered by id.
+    """Evolved candidates whose content key already exists: ``id``, ``duplicate_of`` and where the candidate is
+    (``shard``: its index in ``candidate_uris``, ``row``: its row there), ordered by id.
 
     A candidate duplicates a reference row (seeds, pool, earlier rounds; the earliest round, then the
     smallest id, when several share the key) or, failing that, an earlier candidate by id: the first
@@ -31,12 +33,13 @@ def find_exact_duplicates(
     query = f"""
         WITH ref AS ({ref_cte}),
         ranked AS (
-            SELECT id, content_key AS k, filename, file_row_number, first_value(id) OVER w AS first_id,
+            SELECT id, content_key AS k, filename, file_index, file_row_number, first_value(id) OVER w AS first_id,
                    row_number() OVER w AS rn
             FROM {cand_src} WHERE status = 'evolved'
             WINDOW w AS (PARTITION BY content_key ORDER BY id, filename, file_row_number)
         )
-        SELECT ranked.id AS id, coalesce(ref.ref_id, ranked.first_id)::VARCHAR AS duplicate_of
+        SELECT ranked.id AS id, coalesce(ref.ref_id, ranked.first_id)::VARCHAR AS duplicate_of,
+               ranked.file_index AS shard, ranked.file_row_number AS row
         FROM ranked LEFT JOIN ref ON ranked.k = ref.k
         WHERE ref.ref_id IS NOT NULL OR ranked.rn > 1
         ORDER BY ranked.id, ranked.filename, ranked.file_row_number

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import threading
 import time
-from collections import Counter
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 from prefect import task
 from prefect.logging import get_logger
 from prefect.states import Completed
@@ -15,7 +15,7 @@ from pydantic import BaseModel
 
 from prompts import PromptPack, load_pack
 from storage import ShardCorrupt, ShardRef, StorageSettings, read_shard, write_shard
-from storage.schema import records_table
+from storage.schema import count_values, records_table
 from storage.shards import read_marker
 from tasks.clean import clean_evolved_instruction, cut_at_stops, split_stops
 from tasks.context import EvolveSpec
@@ -39,8 +39,8 @@ class ShardSummary(BaseModel):
     candidates: ShardRef
     pool_in: int
     passed: int
-    rejected: dict[str, int]
-    operations: dict[str, int]
+    rejected: dict[str, int]  # rejected candidates by reason
+    operations: dict[str, int]  # evolved (passed) candidates by operation
     prompt_tokens: int
     completion_tokens: int
     seconds: float
@@ -192,23 +192,25 @@ def evolve_shard(
     started = time.perf_counter()
     rows = read_shard(pool.uri, settings, expected=pool.model_dump()).to_pylist()
     candidates = evolve_rows(rows, round_index, spec, backend, pack) if rows else []
-    marker = write_shard(candidates_uri, records_table(candidates), settings=settings, key=key)
-    return summarize(round_index, pool.uri, ShardRef.of(marker), candidates, time.perf_counter() - started)
+    table = records_table(candidates)
+    marker = write_shard(candidates_uri, table, settings=settings, key=key)
+    return summarize(round_index, pool.uri, ShardRef.of(marker), table, time.perf_counter() - started)
 
 
-def summarize(round_index: int, pool_uri: str, candidates: ShardRef, rows: list[dict[str, Any]],
+def summarize(round_index: int, pool_uri: str, candidates: ShardRef, table: pa.Table,
               seconds: float, reused: bool = False) -> ShardSummary:
-    """The summary of a candidates shard."""
+    """The summary of a candidates shard, counted from its columns."""
+    passed = pc.equal(table["status"], "evolved")
     return ShardSummary(
         round=round_index,
         pool_uri=pool_uri,
         candidates=candidates,
-        pool_in=len(rows),
-        passed=sum(1 for c in rows if c["status"] == "evolved"),
-        rejected=dict(sorted(Counter(c["reject_reason"] for c in rows if c["reject_reason"]).items())),
-        operations=dict(sorted(Counter(c["operation"] for c in rows).items())),
-        prompt_tokens=sum(c["prompt_tokens"] for c in rows),
-        completion_tokens=sum(c["completion_tokens"] for c in rows),
+        pool_in=table.num_rows,
+        passed=pc.sum(passed).as_py() or 0,
+        rejected=count_values(table["reject_reason"]),
+        operations=count_values(table["operation"].filter(passed)),
+        prompt_tokens=pc.sum(table["prompt_tokens"]).as_py() or 0,
+        completion_tokens=pc.sum(table["completion_tokens"]).as_py() or 0,
         seconds=round(seconds, 3),
         reused=reused,
     )
@@ -267,7 +269,7 @@ def evolve_shard_task(pool: ShardRef, candidates_uri: str, round_index: int, sha
         found = reusable_candidates(candidates_uri, key)
         if found is not None:
             ref, table = found
-            return Completed(data=summarize(round_index, pool.uri, ref, table.to_pylist(), 0.0, reused=True),
+            return Completed(data=summarize(round_index, pool.uri, ref, table, 0.0, reused=True),
                              name="Reused", message=f"{candidates_uri} was committed under the same key")
     pack, backend = stage_runtime(spec)
     return evolve_shard(pool, candidates_uri, round_index, spec, backend, pack, key=key)

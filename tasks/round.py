@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 from prefect import task
 from prefect.states import Completed
 from pydantic import BaseModel
@@ -22,7 +25,7 @@ from storage import (
     write_shard,
     write_stage,
 )
-from storage.schema import records_table
+from storage.schema import count_values
 from storage.shards import remove_shards_except
 from tasks.context import content_key
 from tasks.dedup import find_exact_duplicates
@@ -56,11 +59,28 @@ class RoundSummary(BaseModel):
     rejected_shards: list[ShardRef] = []
 
 
-def next_pool_rows(pool: list[dict[str, Any]], candidates: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """An evolved candidate replaces its parent; a rejected one's parent goes on unchanged."""
-    if [c["parent_id"] for c in candidates] != [p["id"] for p in pool]:
+def shard_outputs(pool: pa.Table, candidates: pa.Table, duplicates: pa.Table) -> dict[str, pa.Table]:
+    """One shard's ``evolved``, ``rejected`` and next ``pool`` rows, in order.
+
+    ``duplicates`` (``row``, ``duplicate_of``): the candidates that are exact duplicates, rejected as such. An
+    evolved candidate replaces its parent; a rejected one's parent goes on unchanged.
+    """
+    n = candidates.num_rows
+    if pool.num_rows != n or not candidates["parent_id"].equals(pool["id"]):
         raise RoundInvariantError("candidates do not line up with their pool shard (one per parent, in order)")
-    return [c if c["status"] == "evolved" else p for p, c in zip(pool, candidates, strict=True)]
+    if duplicates.num_rows:
+        where = np.full(n, -1)
+        where[duplicates["row"].to_numpy()] = np.arange(duplicates.num_rows)
+        found = pa.array(where, mask=where < 0)
+        hit = pc.is_valid(found)
+        for name, value in (("status", "rejected"), ("reject_reason", "duplicate"),
+                            ("duplicate_of", pc.take(duplicates["duplicate_of"], found))):
+            i = candidates.schema.get_field_index(name)
+            candidates = candidates.set_column(i, candidates.schema.field(i), pc.if_else(hit, value, candidates[i]))
+    evolved, rejected = (pc.equal(candidates["status"], status) for status in ("evolved", "rejected"))
+    rows = np.arange(n)
+    return {"evolved": candidates.filter(evolved), "rejected": candidates.filter(rejected),
+            "pool": pa.concat_tables([pool, candidates]).take(np.where(evolved.to_numpy(), rows + n, rows))}
 
 
 def round_key(candidates: list[ShardRef], pool_in: list[ShardRef], references: list[ShardRef]) -> str:
@@ -94,24 +114,19 @@ def finish_round(
     for ref in references:
         verify_shard(ref.uri, settings, expected=ref.model_dump())
     duplicates = find_exact_duplicates(candidate_uris, [r.uri for r in references], settings)
-    duplicate_of = dict(zip(duplicates.column("id").to_pylist(), duplicates.column("duplicate_of").to_pylist(),
-                            strict=True))
-    reasons: Counter[str] = Counter()
-    operations: Counter[str] = Counter()
+    duplicates = duplicates.sort_by([("shard", "ascending"), ("row", "ascending")])
+    bounds = np.searchsorted(duplicates["shard"].to_numpy(), np.arange(len(shard_summaries) + 1))
+    # The shards' own counts, less what dedup took from them.
+    reasons = sum((Counter(s.rejected) for s in shard_summaries), Counter({"duplicate": duplicates.num_rows}))
+    operations = sum((Counter(s.operations) for s in shard_summaries), Counter())
     outputs: dict[str, list[ShardRef]] = {"evolved": [], "rejected": [], "pool": []}
     for i, (summary, pool_ref) in enumerate(zip(shard_summaries, pool_in, strict=True)):
-        pool = read_shard(pool_ref.uri, settings, expected=pool_ref.model_dump()).to_pylist()
-        candidates = read_shard(summary.candidates.uri, settings,
-                                expected=summary.candidates.model_dump()).to_pylist()
-        for c in candidates:
-            if c["status"] == "evolved" and c["id"] in duplicate_of:
-                c.update(status="rejected", reject_reason="duplicate", duplicate_of=duplicate_of[c["id"]])
-        evolved = [c for c in candidates if c["status"] == "evolved"]
-        rejected = [c for c in candidates if c["status"] == "rejected"]
-        reasons.update(c["reject_reason"] for c in rejected)
-        operations.update(c["operation"] for c in evolved)
-        for stage, rows in (("evolved", evolved), ("rejected", rejected), ("pool", next_pool_rows(pool, candidates))):
-            marker = write_shard(layout.shard(round_index, stage, i), records_table(rows), settings=settings, key=key)
+        pool = read_shard(pool_ref.uri, settings, expected=pool_ref.model_dump())
+        candidates = read_shard(summary.candidates.uri, settings, expected=summary.candidates.model_dump())
+        shard_duplicates = duplicates.slice(bounds[i], bounds[i + 1] - bounds[i])
+        operations.subtract(count_values(candidates["operation"].take(shard_duplicates["row"])))
+        for stage, table in shard_outputs(pool, candidates, shard_duplicates).items():
+            marker = write_shard(layout.shard(round_index, stage, i), table, settings=settings, key=key)
             outputs[stage].append(ShardRef.of(marker))
     for stage, refs in outputs.items():
         remove_shards_except(layout.stage_dir(round_index, stage), [r.uri for r in refs], settings)
@@ -123,8 +138,8 @@ def finish_round(
         pool_in=counts["pool_in"],
         evolved=counts["evolved"],
         carried=counts["carried"],
-        rejected=dict(sorted(reasons.items())),
-        operations=dict(sorted(operations.items())),
+        rejected=dict(sorted((+reasons).items())),
+        operations=dict(sorted((+operations).items())),
         prompt_tokens=sum(s.prompt_tokens for s in shard_summaries),
         completion_tokens=sum(s.completion_tokens for s in shard_summaries),
         wall_seconds=round(time.time() - started, 3),
@@ -145,20 +160,17 @@ def check_round_invariant(round_index: int, pool_in_uris: list[str], outputs: di
     Computed with DuckDB over the committed shards, independently of how they were written.
     """
     evolved_uris, rejected_uris, next_uris = ([r.uri for r in outputs[k]] for k in ("evolved", "rejected", "pool"))
+    pool_src, next_src = read_parquet_sql(pool_in_uris), read_parquet_sql(next_uris)
     con = duck_connect(*(pool_in_uris + evolved_uris), settings=settings)
-    pool_in = con.execute(f"SELECT count(*) FROM {read_parquet_sql(pool_in_uris)}").fetchone()[0]
-    evolved = con.execute(f"SELECT count(*) FROM {read_parquet_sql(evolved_uris)}").fetchone()[0]
-    next_size = con.execute(f"SELECT count(*) FROM {read_parquet_sql(next_uris)}").fetchone()[0]
-    carried, bad = con.execute(f"""
-        WITH carried AS (
-            SELECT id FROM {read_parquet_sql(next_uris)}
-            WHERE id IN (SELECT id FROM {read_parquet_sql(pool_in_uris)})
-        ), rejections AS (
+    pool_in, evolved, next_size, carried, bad = con.execute(f"""
+        WITH rejections AS (
             SELECT parent_id, count(*) AS n FROM {read_parquet_sql(rejected_uris)}
             WHERE round = {int(round_index)} AND reject_reason IS NOT NULL GROUP BY parent_id
         )
-        SELECT count(*), count(*) FILTER (WHERE coalesce(r.n, 0) <> 1)
-        FROM carried c LEFT JOIN rejections r ON r.parent_id = c.id
+        SELECT (SELECT count(*) FROM {pool_src}), (SELECT count(*) FROM {read_parquet_sql(evolved_uris)}),
+               (SELECT count(*) FROM {next_src}), count(*), count(*) FILTER (WHERE coalesce(r.n, 0) <> 1)
+        FROM {next_src} c LEFT JOIN rejections r ON r.parent_id = c.id
+        WHERE c.id IN (SELECT id FROM {pool_src})
     """).fetchone()
     if pool_in != evolved + carried or next_size != pool_in or bad:
         raise RoundInvariantError(

@@ -63,14 +63,18 @@ EXPECTED = [("c5", "s2"), ("c6", "p1"), ("c7", "c2"), ("c8", "c2"), ("c9", "s0")
 def test_exact_duplicates_across_references_and_candidates(root):
     cands, refs = write_round(root)
     found = find_exact_duplicates(cands, refs)
-    assert found.column_names == ["id", "duplicate_of"]
+    assert found.column_names == ["id", "duplicate_of", "shard", "row"]
     assert list(zip(found["id"].to_pylist(), found["duplicate_of"].to_pylist(), strict=True)) == EXPECTED
+    # where each duplicate is: its shard's index among the candidate shards, its row there
+    assert list(zip(found["shard"].to_pylist(), found["row"].to_pylist(), strict=True)) == [
+        (0, 2), (1, 2), (0, 1), (1, 1), (0, 0)]
 
 
 def test_exact_duplicates_without_references(root):
     cands, _ = write_round(root)
     found = find_exact_duplicates(cands, [])
-    assert found.to_pylist() == [{"id": "c7", "duplicate_of": "c2"}, {"id": "c8", "duplicate_of": "c2"}]
+    assert found.to_pylist() == [{"id": "c7", "duplicate_of": "c2", "shard": 0, "row": 1},
+                                 {"id": "c8", "duplicate_of": "c2", "shard": 1, "row": 1}]
     assert find_exact_duplicates([], []).num_rows == 0
 
 

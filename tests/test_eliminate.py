@@ -1,4 +1,4 @@
-"""The elimination rules over text (one DuckDB query), their order, their settings, and the equality parse."""
+"""The elimination rules over text (per row), their order, their settings, and the equality parse."""
 
 from __future__ import annotations
 
@@ -172,8 +172,13 @@ def test_null_typed_and_missing_columns_and_empty_table():
     assert text_rule_reasons(table, EliminationConfig(), PACK_PHRASES) == [
         "empty_response", "empty_evolution", "empty_evolution"]
     assert text_rule_reasons(table.slice(0, 0), EliminationConfig(), PACK_PHRASES) == []
+    assert text_rule_reasons(table.to_pydict(), EliminationConfig(), PACK_PHRASES) == [  # columns by name
+        "empty_response", "empty_evolution", "empty_evolution"]
+    assert text_rule_reasons({"instruction": [], "response": []}, EliminationConfig(), PACK_PHRASES) == []
     with pytest.raises(ValueError, match=r"^the candidates table has no column response \(its columns: instruction\)$"):
         text_rule_reasons(pa.table({"instruction": ["x"]}), EliminationConfig(), PACK_PHRASES)
+    with pytest.raises(ValueError, match=r"^the candidates table has no column response \(its columns: instruction\)$"):
+        text_rule_reasons({"instruction": ["x"]}, EliminationConfig(), PACK_PHRASES)
 
 
 @pytest.mark.parametrize(("text", "expected"), [

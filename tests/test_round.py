@@ -4,17 +4,19 @@ from __future__ import annotations
 
 import json
 
+import pyarrow as pa
 import pytest
 
 from prompts import load_pack
 from storage import RunLayout, ShardRef, list_committed_shards, read_shard
+from storage.schema import RECORD_SCHEMA, records_table
 from storage.shards import read_marker
 from tasks.context import EvolveSpec
 from tasks.core.config import RunConfig
 from tasks.evolve import evolve_shard, summarize
 from tasks.ingest import ingest_seeds
 from tasks.llm.scripted import ScriptedBackend
-from tasks.round import RoundInvariantError, check_round_invariant, finish_round
+from tasks.round import RoundInvariantError, check_round_invariant, finish_round, shard_outputs
 from tests.flow_script import ROUND1_REJECTED, ROUND2_REJECTED, PlannedScript, load_seeds
 
 
@@ -50,9 +52,13 @@ def test_two_rounds_exact_counts_and_pool_semantics(seeded):
     r1 = run_round(layout, config, backend, 1)
     assert (r1.pool_in, r1.evolved, r1.carried, r1.shards) == (20, 6, 14, 4)
     assert r1.rejected == ROUND1_REJECTED
+    # evolved by operation: the shards' counts less the two duplicates (an in_breadth and an add_constraints)
+    assert r1.operations == {"add_constraints": 2, "concretizing": 1, "deepening": 3}
     r2 = run_round(layout, config, backend, 2)
     assert (r2.pool_in, r2.evolved, r2.carried) == (20, 7, 13)
     assert r2.rejected == ROUND2_REJECTED
+    assert r2.operations == {"add_constraints": 1, "concretizing": 2, "deepening": 1, "in_breadth": 2,
+                             "increase_reasoning_steps": 1}
 
     evolved = [row for u in list_committed_shards(layout.stage_dir(2, "evolved")) for row in read_shard(u).to_pylist()]
     pool1 = {row["id"]: row for u in list_committed_shards(layout.stage_dir(1, "pool"))
@@ -82,7 +88,6 @@ def test_invariant_fails_loudly_when_a_rejection_is_missing(seeded):
     seeds, layout, config = seeded
     run_round(layout, config, ScriptedBackend(PlannedScript(seeds)), 1)
     from storage import write_shard
-    from storage.schema import records_table
 
     uri = list_committed_shards(layout.stage_dir(1, "rejected"))[0]
     rows = read_shard(uri).to_pylist()
@@ -99,7 +104,7 @@ def test_finished_round_is_reused_from_its_marker_without_the_model(seeded):
     first = run_round(layout, config, backend, 1)
     pool = refs(layout, 0, "pool")
     summaries = [summarize(1, p.uri, ShardRef.of(read_marker(layout.shard(1, "candidates", i))),
-                           read_shard(layout.shard(1, "candidates", i)).to_pylist(), 0.0)
+                           read_shard(layout.shard(1, "candidates", i)), 0.0)
                  for i, p in enumerate(pool)]
     again = finish_round(layout, 1, summaries, pool, pool, started=0.0)
     assert again.reused and not first.reused
@@ -108,3 +113,25 @@ def test_finished_round_is_reused_from_its_marker_without_the_model(seeded):
     # among the references, one of its two copies is no longer a duplicate.
     redone = finish_round(layout, 1, summaries, pool, pool[:1], started=0.0)
     assert not redone.reused and (redone.evolved, redone.rejected["duplicate"]) == (first.evolved + 1, 1)
+
+
+def test_shard_outputs_mark_duplicates_and_replace_parents():
+    pool = records_table([{"id": f"p{i}", "root_id": f"p{i}", "round": 0, "operation": "seed", "instruction": f"t{i}",
+                           "input": "", "content_key": f"t{i}", "status": "evolved"} for i in range(4)])
+    statuses = ["evolved", "rejected", "evolved", "evolved"]
+    candidates = records_table([{"id": f"c{i}", "root_id": f"p{i}", "parent_id": f"p{i}", "round": 1,
+                                 "operation": "deepening", "instruction": f"u{i}", "input": "", "content_key": f"u{i}",
+                                 "status": status, "reject_reason": None if status == "evolved" else "llm_error"}
+                                for i, status in enumerate(statuses)])
+    duplicates = pa.table({"row": [2], "duplicate_of": ["s9"]})
+    out = shard_outputs(pool, candidates, duplicates)
+    assert out["evolved"]["id"].to_pylist() == ["c0", "c3"]
+    assert out["rejected"].select(["id", "reject_reason", "duplicate_of"]).to_pylist() == [
+        {"id": "c1", "reject_reason": "llm_error", "duplicate_of": None},
+        {"id": "c2", "reject_reason": "duplicate", "duplicate_of": "s9"}]
+    assert out["pool"]["id"].to_pylist() == ["c0", "p1", "p2", "c3"]
+    assert all(table.schema == RECORD_SCHEMA for table in out.values())
+    with pytest.raises(RoundInvariantError, match="do not line up"):
+        shard_outputs(pool, candidates.slice(1), duplicates.slice(0, 0))
+    with pytest.raises(RoundInvariantError, match="do not line up"):
+        shard_outputs(pool.take([1, 0, 2, 3]), candidates, duplicates)
