@@ -9,12 +9,15 @@ with the same parameters, so greedy outputs match the offline engine's.
 from __future__ import annotations
 
 import asyncio
+import atexit
+import gc
 import itertools
 import json
 import logging
 import os
 from typing import Any
 
+from tasks.llm.aio import run_on_loop
 from tasks.llm.base import BackendError, Completion, Conversation, SamplingParams
 from tasks.llm.vllm_io import chat_kwargs, chat_prompt_tokens, completion_of, error_completion
 from tasks.runlog import ENGINE_LOG_ENV, engine_output_to_log
@@ -68,6 +71,8 @@ async def get_async_engine(model: str, engine_args: dict[str, Any] | None = None
                 f"{type(err).__name__}: {err}" + (f" (vLLM's own output, the root cause among it, is in {log})"
                                                   if log else "")
             ) from err
+        if not _ENGINES:
+            atexit.register(shutdown_async_engines)  # else the engine is torn down half-way through exit
         _ENGINES[key] = engine
         return engine
 
@@ -78,15 +83,28 @@ def forget_async_engine(engine: Any) -> None:
         del _ENGINES[key]
 
 
-def shutdown_async_engines() -> None:
-    """Stop every cached async engine's processes now; the next use builds anew."""
-    engines = list(_ENGINES.values())
-    _ENGINES.clear()
-    for engine in engines:
+async def _shutdown_on_loop() -> None:
+    while _ENGINES:
+        _, engine = _ENGINES.popitem()
         try:
-            engine.shutdown()
+            engine.shutdown()  # on the loop: its output handler task is cancelled there
         except Exception as err:  # best effort: the processes also die with this one
             logger.warning("vLLM async engine shutdown failed: %s", err)
+        # Shut down once: an engine still referenced at interpreter exit (a Prefect frame may hold one) would
+        # shut down again from its __del__ after vLLM's modules are gone, and print a traceback.
+        engine.shutdown = _already_shut_down
+        del engine
+    gc.collect()
+
+
+def _already_shut_down(*args: Any, **kwargs: Any) -> None:
+    return None
+
+
+def shutdown_async_engines() -> None:
+    """Stop every cached async engine's processes now (also at exit); the next use builds anew."""
+    if _ENGINES:
+        run_on_loop(_shutdown_on_loop())
 
 
 async def _render(engine: Any, conversation: Conversation) -> Any:

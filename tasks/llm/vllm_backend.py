@@ -107,8 +107,7 @@ def _get_vllm_engine(model: str, engine_args: dict[str, Any] | None) -> tuple[An
 
 def shutdown_engines() -> None:
     """Stop every cached engine's processes now (end of a test session or benchmark); the next use builds anew."""
-    if vllm_async.async_engine_constructions():
-        run_on_loop(_shutdown_async())
+    vllm_async.shutdown_async_engines()
     with _ENGINES_LOCK:
         engines = list(_ENGINES.values())
         _ENGINES.clear()
@@ -120,10 +119,6 @@ def shutdown_engines() -> None:
                     core.shutdown()
             except Exception as err:  # shutting down is best effort: the processes also die with this one
                 logger.warning("vLLM engine shutdown failed: %s", err)
-
-
-async def _shutdown_async() -> None:
-    vllm_async.shutdown_async_engines()
 
 
 def to_vllm_sampling_params(params: SamplingParams, on_cpu: bool | None = None) -> Any:
