@@ -62,12 +62,13 @@ class EvolveSpec(BaseModel):
     llm: LLMConfig
     sampling: StageSampling
     elimination: EliminationConfig
+    streaming: bool = False  # how rows are driven (orchestration.streaming): in no stage key
 
     @classmethod
     def of(cls, config: RunConfig) -> EvolveSpec:
         return cls(prompt_pack=config.prompt_pack, operation_weights=config.operation_weights,
                    random_seed=config.random_seed, prefill=config.prefill, llm=config.llm, sampling=config.sampling,
-                   elimination=config.elimination)
+                   elimination=config.elimination, streaming=config.orchestration.streaming)
 
 
 class RunContext(BaseModel):
@@ -136,7 +137,7 @@ def build_context(config: RunConfig, recompute: tuple[str, ...] = (), env: EnvSe
     seeds_sha = seeds_content_sha(config.seeds, settings)
     evolve = EvolveSpec.of(config)
     # the model enters the key through its identity; the rest of `llm` (per-stage overrides) through `model`
-    spec = evolve.model_dump(mode="json", exclude={"llm"})
+    spec = evolve.model_dump(mode="json", exclude={"llm", "streaming"})
     return RunContext(
         config=config,
         layout=run_layout(config),

@@ -112,7 +112,10 @@ def model_dir(tmp_path_factory):
     copy of this fixture: a test that uses it, directly or through another fixture, is marked ``vllm`` (heavy)."""
     from tasks.llm.models import prepare_default_model
 
-    return prepare_default_model(os.environ.get("EVOL_LLM__MODELS_DIR") or tmp_path_factory.getbasetemp() / "models")
+    yield prepare_default_model(os.environ.get("EVOL_LLM__MODELS_DIR") or tmp_path_factory.getbasetemp() / "models")
+    backend = sys.modules.get("tasks.llm.vllm_backend")
+    if backend is not None:  # stop the engines while pytest's log streams are still open
+        backend.shutdown_engines()
 
 
 @pytest.fixture(scope="session")

@@ -68,14 +68,23 @@ class FlakyScript(PlannedScript):
 
 
 class FlakyBackend(ScriptedBackend):
-    def generate(self, conversations, params):
+    """Fails the whole call (a batch, or a streamed row's request) that touches a failing seed."""
+
+    def _check(self, conversations):
         script: FlakyScript = self.responder
         if script.armed:
             for conv in conversations:
                 text = conv[-1]["content"]
                 if any(script.parents[i][:40] in text for i in script.fail_seeds):
                     raise ConnectionError("simulated backend outage")
+
+    def generate(self, conversations, params):
+        self._check(conversations)
         return super().generate(conversations, params)
+
+    async def acomplete(self, conversation, params):
+        self._check([conversation])
+        return await super().acomplete(conversation, params)
 
 
 async def task_runs_of_round(flow_run_id, round_index: int):

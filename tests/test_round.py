@@ -12,7 +12,7 @@ from storage import RunLayout, ShardRef, list_committed_shards, read_shard
 from storage.schema import RECORD_SCHEMA, records_table
 from storage.shards import read_marker
 from tasks.context import EvolveSpec
-from tasks.core.config import RunConfig
+from tasks.core.config import OrchestrationConfig, RunConfig
 from tasks.evolve import evolve_shard, summarize
 from tasks.ingest import ingest_seeds
 from tasks.llm.scripted import ScriptedBackend
@@ -46,8 +46,10 @@ def run_round(layout, config, backend, k):
     return finish_round(layout, k, summaries, pool, references, started=0.0)
 
 
-def test_two_rounds_exact_counts_and_pool_semantics(seeded):
+@pytest.mark.parametrize("streaming", [False, True], ids=["batch", "streaming"])
+def test_two_rounds_exact_counts_and_pool_semantics(seeded, streaming):
     seeds, layout, config = seeded
+    config = config.model_copy(update={"orchestration": OrchestrationConfig(streaming=streaming)})
     backend = ScriptedBackend(PlannedScript(seeds))
     r1 = run_round(layout, config, backend, 1)
     assert (r1.pool_in, r1.evolved, r1.carried, r1.shards) == (20, 6, 14, 4)
@@ -81,7 +83,10 @@ def test_two_rounds_exact_counts_and_pool_semantics(seeded):
     pool2 = [row for u in list_committed_shards(layout.stage_dir(2, "pool")) for row in read_shard(u).to_pylist()]
     assert pool2[0]["round"] == 0 and pool2[0]["instruction"] == seeds[0]["instruction"]
     assert sum(1 for r in pool2 if r["round"] == 0) == 13  # the 13 carried in round 2 are seeds that never evolved
-    assert backend.calls == 4 * 4 * 2  # evolve, validity, answer, equality: one batch each per shard per round
+    assert backend.items == 111  # every row's every step, in either mode
+    # batch: one call per stage that some row of the shard reached (evolve, validity, answer, equality: 4 shards x
+    # 4 stages x 2 rounds, less the 6 stages no row of its shard reached); streaming: one call per step
+    assert backend.calls == (111 if streaming else 4 * 4 * 2 - 6)
 
 
 def test_invariant_fails_loudly_when_a_rejection_is_missing(seeded):

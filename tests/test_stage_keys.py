@@ -92,6 +92,7 @@ CHANGES = [
     ("mix", lambda tmp, c: {**c, "mix": {"sample_size": 10}}, {"mix", "export"}),
     ("train", lambda tmp, c: {**c, "train": {"recipe": "smoke-cpu", "enabled": False}}, set()),
     ("orchestration", lambda tmp, c: {**c, "orchestration": {"max_parallel_shards": 1, "retries": 1}}, set()),
+    ("batch path", lambda tmp, c: {**c, "orchestration": {**c["orchestration"], "streaming": False}}, set()),
     # no model output is redone; the card lists the engine arguments
     ("performance engine args", lambda tmp, c: {**c, "llm": {**c["llm"], "engine_args": {"tensor_parallel_size": 2}}},
      {"export"}),
@@ -117,6 +118,13 @@ def test_a_change_recomputes_exactly_the_stages_that_depend_on_it(baseline, chan
     if "mix" not in expected:  # the data is the same; only the card (which shows the config) may change
         assert {k: v for k, v in result.export.sha256.items() if k != "card"} == \
             {k: v for k, v in first.export.sha256.items() if k != "card"}
+
+
+def test_the_batch_path_exports_the_same_bytes_as_streaming(baseline):
+    """A fresh run stage by stage in batches (the baseline streamed its rows) writes the same export."""
+    tmp, base, first = baseline
+    batch = {**base, "output_root": str(tmp / "batch"), "orchestration": {**base["orchestration"], "streaming": False}}
+    assert evol_instruct(parse_run_config(batch)).export.sha256 == first.export.sha256
 
 
 def test_a_rerun_with_nothing_changed_recomputes_nothing(baseline):

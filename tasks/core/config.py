@@ -146,6 +146,9 @@ class OrchestrationConfig(_Strict):
     """How shards are scheduled; does not change what a run produces (not in the fingerprint)."""
 
     max_parallel_shards: int = Field(2, ge=1)
+    # Each row moves to its next stage as soon as its own step is done, the rows of every shard of a process on
+    # one engine with no lock; false: each shard runs stage by stage in one batch per stage. Same outputs.
+    streaming: bool = True
     retries: int = Field(2, ge=0)
     retry_delay_s: float = Field(5.0, ge=0)
     min_evolved_share: float = Field(0.05, ge=0.0, le=1.0)  # a round evolving less logs a warning

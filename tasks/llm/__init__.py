@@ -1,4 +1,4 @@
-"""LLM backends: one protocol, a vLLM offline engine, an OpenAI-compatible client, a scripted fake.
+"""LLM backends: one protocol, vLLM (offline or async engine), an OpenAI-compatible client, a scripted fake.
 
 The backends are loaded on first access, so importing ``tasks.llm`` stays cheap (no vLLM, no HTTP client).
 """

@@ -5,6 +5,10 @@ instead of opening a new turn, and the completion holds only the continuation. `
 asks for a forced choice: a backend that can constrain decoding returns exactly one choice with
 ``constrained=True`` and the log-probability margin of the decision; one that can't returns free text with
 ``constrained=False``, for the caller to parse strictly.
+
+A backend may also offer ``async def acomplete(conversation, params) -> Completion``: one request, sent as soon as
+a row needs it, on the process's streaming loop (``tasks.llm.aio``). The streaming driver uses it where it
+exists and sends one-item batches through ``generate`` in a thread otherwise.
 """
 
 from __future__ import annotations

@@ -8,15 +8,19 @@ from tasks.core.config import STAGES, EnvSettings, LLMConfig
 from tasks.llm.base import LLMBackend
 
 
-def get_backend(llm_config: LLMConfig, env: EnvSettings | None = None) -> LLMBackend:
+def get_backend(llm_config: LLMConfig, env: EnvSettings | None = None, streaming: bool = False) -> LLMBackend:
     """The backend for ``llm_config``: ``vllm`` (local engine, ``default`` = the bundled model), ``openai``,
-    or ``scripted`` (tests and benchmarks: a responder registered under ``model``, or ``demo``)."""
+    or ``scripted`` (tests and benchmarks: a responder registered under ``model``, or ``demo``).
+
+    ``streaming``: a ``vllm`` backend runs vLLM's async engine (``AsyncLLM``) instead of the offline ``vllm.LLM``;
+    the other backends serve both ways."""
     env = env or EnvSettings()
     if llm_config.backend == "vllm":
         from tasks.llm.models import resolve_model
         from tasks.llm.vllm_backend import VLLMBackend
 
-        return VLLMBackend(resolve_model(llm_config.model, env.llm.models_dir), llm_config.engine_args)
+        return VLLMBackend(resolve_model(llm_config.model, env.llm.models_dir), llm_config.engine_args,
+                           streaming=streaming)
     if llm_config.backend == "openai":
         from tasks.llm.openai_backend import OpenAIBackend
 
@@ -65,7 +69,7 @@ class StageBackends:
         return {stage: getattr(self, stage).model_name for stage in STAGES}
 
 
-def stage_backends(llm_config: LLMConfig, env: EnvSettings | None = None) -> StageBackends:
+def stage_backends(llm_config: LLMConfig, env: EnvSettings | None = None, streaming: bool = False) -> StageBackends:
     """The backends of the three stages; stages whose resolved settings are equal share one backend object."""
     built: dict[str, LLMBackend] = {}
     by_stage: dict[str, LLMBackend] = {}
@@ -73,6 +77,6 @@ def stage_backends(llm_config: LLMConfig, env: EnvSettings | None = None) -> Sta
         resolved = llm_config.for_stage(stage)
         key = resolved.model_dump_json()
         if key not in built:
-            built[key] = get_backend(resolved, env)
+            built[key] = get_backend(resolved, env, streaming)
         by_stage[stage] = built[key]
     return StageBackends(**by_stage)

@@ -1,8 +1,10 @@
-"""A client for ``vllm serve`` or any OpenAI-compatible server over the ``openai`` package: bounded concurrency,
-per-item errors, the key kept out of every message. Retries, back-off and Retry-After are the package's."""
+"""A client for ``vllm serve`` or any OpenAI-compatible server over the ``openai`` package: bounded concurrency
+(threads for a batch, ``AsyncOpenAI`` and a semaphore for streamed rows), per-item errors, the key kept out of
+every message. Retries, back-off and Retry-After are the package's."""
 
 from __future__ import annotations
 
+import asyncio
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -40,6 +42,9 @@ class OpenAIBackend:
         self.base_url = self.settings.base_url.rstrip("/")
         self._model = None if model == "default" else model
         self.structured_outputs = structured_outputs
+        self._aclient: openai.AsyncOpenAI | None = None  # the streaming client and its slots, made on the loop
+        self._slots: asyncio.Semaphore | None = None
+        self._reached = False  # a server answered once: an unreachable item is then the item's error
 
     def __repr__(self) -> str:
         return f"OpenAIBackend(model={self._model!r}, base_url={self.base_url!r})"
@@ -85,6 +90,28 @@ class OpenAIBackend:
             raise BackendError(f"OpenAI-compatible server at {self.base_url} unreachable: {results[0][0].error}")
         return [completion for completion, _ in results]
 
+    async def acomplete(self, conversation: Conversation, params: SamplingParams) -> Completion:
+        """One completion; at most ``settings.max_concurrency`` requests of the process's streaming loop are in
+        flight, whatever shard they come from (call it on that loop: ``tasks.llm.aio``). ``BackendError`` when
+        the server can't be reached and never answered."""
+        if self._aclient is None or self._slots is None:
+            self._aclient = openai.AsyncOpenAI(base_url=self.base_url, api_key=self.settings.api_key.get_secret_value(),
+                                               timeout=self.settings.request_timeout_s,
+                                               max_retries=self.settings.max_retries)
+            self._slots = asyncio.Semaphore(self.settings.max_concurrency)
+        model = self._model or await asyncio.to_thread(lambda: self.model_name)
+        request = self._request(model, conversation, params)
+        async with self._slots:
+            try:
+                response = await self._aclient.chat.completions.create(**request)
+            except (openai.OpenAIError, ValueError) as err:
+                error = self._redact(_describe(err))
+                if _unreachable(err) and not self._reached:
+                    raise BackendError(f"OpenAI-compatible server at {self.base_url} unreachable: {error}") from None
+                return Completion(error=error, finish_reason="error")
+        self._reached = True
+        return _parse(response, params.choices if self.structured_outputs else None)
+
     def _request(self, model: str, conversation: Conversation, params: SamplingParams) -> dict[str, Any]:
         """The keyword arguments of ``chat.completions.create`` for one conversation (vLLM's fields in
         ``extra_body``)."""
@@ -110,9 +137,14 @@ class OpenAIBackend:
         try:
             response = client.chat.completions.create(**request)
         except (openai.OpenAIError, ValueError) as err:
-            unreachable = isinstance(err, openai.APIConnectionError) and not isinstance(err, openai.APITimeoutError)
-            return Completion(error=self._redact(_describe(err)), finish_reason="error"), unreachable
+            return Completion(error=self._redact(_describe(err)), finish_reason="error"), _unreachable(err)
+        self._reached = True
         return _parse(response, choices), False
+
+
+def _unreachable(err: Exception) -> bool:
+    """No server answered (a connection that failed, not one that timed out waiting for an answer)."""
+    return isinstance(err, openai.APIConnectionError) and not isinstance(err, openai.APITimeoutError)
 
 
 def _describe(err: Exception) -> str:

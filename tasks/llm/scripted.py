@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import inspect
 import threading
 from collections.abc import Callable
+from typing import Any
 
 from tasks.llm.base import BackendError, Completion, Conversation, SamplingParams
 
-Responder = Callable[[Conversation, SamplingParams], "Completion | str"]
+Responder = Callable[[Conversation, SamplingParams], Any]  # Completion | str, or an awaitable of one
 
 
 class ScriptedBackend:
@@ -29,29 +31,43 @@ class ScriptedBackend:
 
     def generate(self, conversations: list[Conversation], params: SamplingParams) -> list[Completion]:
         """Answer every conversation in order; a responder that raises fails only its item."""
-        with self._lock:
-            self.calls += 1
-            self.items += len(conversations)
+        self._count(len(conversations))
         out = []
         for conv in conversations:
             try:
                 result = self.responder(conv, params)
             except Exception as err:  # one bad item never fails the batch
-                out.append(Completion(error=f"{type(err).__name__}: {err}", finish_reason="error"))
-                continue
-            if isinstance(result, str):
-                prompt_tokens = sum(len(m["content"].split()) for m in conv)
-                result = Completion(text=result, finish_reason="stop", prompt_tokens=prompt_tokens,
-                                    completion_tokens=max(1, len(result.split())))
-            if self.constrained and params.choices is not None and result.ok:
-                if result.text not in params.choices:
-                    result = Completion(error=f"scripted answer {result.text!r} is not one of {params.choices}",
-                                        finish_reason="error")
-                else:
-                    result = result.model_copy(update={"constrained": True, "choice_margin": self.margin})
-            out.append(result)
+                result = Completion(error=f"{type(err).__name__}: {err}", finish_reason="error")
+            out.append(self._completion(conv, params, result))
         return out
 
+    async def acomplete(self, conversation: Conversation, params: SamplingParams) -> Completion:
+        """Answer one conversation (a call of one item); a responder may return an awaitable to hold the row."""
+        self._count(1)
+        try:
+            result = self.responder(conversation, params)
+            if inspect.isawaitable(result):
+                result = await result
+        except Exception as err:
+            result = Completion(error=f"{type(err).__name__}: {err}", finish_reason="error")
+        return self._completion(conversation, params, result)
+
+    def _count(self, items: int) -> None:
+        with self._lock:
+            self.calls += 1
+            self.items += items
+
+    def _completion(self, conv: Conversation, params: SamplingParams, result: Completion | str) -> Completion:
+        if isinstance(result, str):
+            prompt_tokens = sum(len(m["content"].split()) for m in conv)
+            result = Completion(text=result, finish_reason="stop", prompt_tokens=prompt_tokens,
+                                completion_tokens=max(1, len(result.split())))
+        if self.constrained and params.choices is not None and result.ok:
+            if result.text not in params.choices:
+                return Completion(error=f"scripted answer {result.text!r} is not one of {params.choices}",
+                                  finish_reason="error")
+            return result.model_copy(update={"constrained": True, "choice_margin": self.margin})
+        return result
 
 GIVEN = "#Given Prompt#:"
 # The headings an evolution prompt shows its instruction under (in-breadth, in-depth, complicate-input).

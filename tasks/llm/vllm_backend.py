@@ -5,6 +5,7 @@ The engine core runs in a spawned process: a script that creates one needs an ``
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
@@ -12,16 +13,22 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from tasks.llm import vllm_async
+from tasks.llm.aio import run_on_loop
 from tasks.llm.base import (
     TOP_LOGPROBS,
     BackendError,
     Completion,
     Conversation,
     SamplingParams,
-    choice_margin,
     is_prefilled,
 )
+from tasks.llm.vllm_cpu import cpu_env_defaults, cpu_id_ranges
+from tasks.llm.vllm_io import chat_kwargs, chat_prompt_tokens, completion_of, error_completion
 from tasks.runlog import ENGINE_LOG_ENV, engine_output_to_log
+
+__all__ = ["VLLMBackend", "chat_kwargs", "chat_prompt_tokens", "cpu_env_defaults", "cpu_id_ranges",
+           "engine_constructions", "engine_kwargs", "get_vllm_engine", "shutdown_engines", "to_vllm_sampling_params"]
 
 logger = logging.getLogger(__name__)
 
@@ -36,33 +43,6 @@ _constructions = 0
 def engine_constructions() -> int:
     """How many ``vllm.LLM`` engines this process has built (each cache miss builds one)."""
     return _constructions
-
-
-def cpu_id_ranges(cpus: set[int] | list[int]) -> str:
-    """Compress CPU ids into vLLM's list syntax: ``{0, 1, 2, 5}`` -> ``"0-2,5"``."""
-    ids = sorted(set(cpus))
-    parts: list[str] = []
-    start = prev = ids[0]
-    for cpu in ids[1:] + [None]:
-        if cpu is not None and cpu == prev + 1:
-            prev = cpu
-            continue
-        parts.append(str(start) if start == prev else f"{start}-{prev}")
-        if cpu is not None:
-            start = prev = cpu
-    return ",".join(parts)
-
-
-def cpu_env_defaults(cpus: set[int] | list[int] | None = None) -> dict[str, str]:
-    """The vLLM CPU variables this project sets when they are unset: a 1 GiB KV cache, OpenMP threads bound to
-    every CPU this process may use, none reserved (the default reserves one, half of a 2-core box)."""
-    if cpus is None:
-        cpus = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else range(os.cpu_count() or 1)
-    return {
-        "VLLM_CPU_KVCACHE_SPACE": "1",
-        "VLLM_CPU_OMP_THREADS_BIND": cpu_id_ranges(list(cpus)),
-        "VLLM_CPU_NUM_OF_RESERVED_CPU": "0",
-    }
 
 
 def _on_cpu() -> bool:
@@ -127,6 +107,7 @@ def _get_vllm_engine(model: str, engine_args: dict[str, Any] | None) -> tuple[An
 
 def shutdown_engines() -> None:
     """Stop every cached engine's processes now (end of a test session or benchmark); the next use builds anew."""
+    vllm_async.shutdown_async_engines()
     with _ENGINES_LOCK:
         engines = list(_ENGINES.values())
         _ENGINES.clear()
@@ -169,39 +150,6 @@ def to_vllm_sampling_params(params: SamplingParams, on_cpu: bool | None = None) 
     )
 
 
-def chat_kwargs(conversation: Conversation) -> dict[str, bool]:
-    """How ``llm.chat`` renders a conversation: a prefilled assistant turn is continued, otherwise one is opened."""
-    prefilled = is_prefilled(conversation)
-    return {"add_generation_prompt": not prefilled, "continue_final_message": prefilled}
-
-
-def chat_prompt_tokens(tokenizer: Any, conversation: Conversation) -> int:
-    """The prompt length vLLM's ``chat`` will see: the rendered chat template, tokenized without extra specials."""
-    text = tokenizer.apply_chat_template(conversation, tokenize=False, **chat_kwargs(conversation))
-    return len(tokenizer.encode(text, add_special_tokens=False))
-
-
-def _completion(output: Any, choices: tuple[str, ...] | None = None) -> Completion:
-    choice = output.outputs[0]
-    constrained = choices is not None and choice.text in choices
-    margin = None
-    if constrained and choice.logprobs:
-        first = {lp.decoded_token or "": lp.logprob for lp in choice.logprobs[0].values()}
-        margin = choice_margin(first, choice.text, choices)
-    return Completion(
-        text=choice.text,
-        finish_reason=choice.finish_reason,
-        prompt_tokens=len(output.prompt_token_ids or ()),
-        completion_tokens=len(choice.token_ids),
-        constrained=constrained,
-        choice_margin=margin,
-    )
-
-
-def _error(message: str) -> Completion:
-    return Completion(error=message, finish_reason="error")
-
-
 def _by_rendering(indices: list[int], conversations: list[Conversation]) -> list[list[int]]:
     """The indices split into the open conversations and the prefilled ones (each group in order)."""
     groups = [[i for i in indices if not is_prefilled(conversations[i])],
@@ -210,25 +158,43 @@ def _by_rendering(indices: list[int], conversations: list[Conversation]) -> list
 
 
 class VLLMBackend:
-    """Offline batched inference with ``vllm.LLM``; the engine is shared by every backend in the process."""
+    """Local inference; the engine is shared by every backend of the process with the same model and arguments.
 
-    def __init__(self, model: str, engine_args: dict[str, Any] | None = None, model_name: str | None = None):
+    Offline (``streaming=False``): ``vllm.LLM``, a whole batch per ``llm.chat`` call, calls serialised by a lock.
+    Streaming: vLLM's ``AsyncLLM`` on the process's streaming loop (``tasks.llm.vllm_async``): ``acomplete`` sends
+    one request as soon as a row needs it, ``generate`` sends a batch's requests together, and nothing waits on
+    a lock.
+    """
+
+    def __init__(self, model: str, engine_args: dict[str, Any] | None = None, model_name: str | None = None,
+                 streaming: bool = False):
         self.model = model
         self.engine_args = dict(engine_args or {})
+        self.streaming = streaming
         local = Path(model).expanduser()
         self.model_name = model_name or (local.name if local.is_dir() else model)
 
     def __repr__(self) -> str:
-        return f"VLLMBackend(model={self.model!r}, engine_args={self.engine_args!r})"
+        return f"VLLMBackend(model={self.model!r}, engine_args={self.engine_args!r}, streaming={self.streaming})"
 
     @property
     def engine(self) -> Any:
-        """The shared ``vllm.LLM`` (started on first use)."""
+        """The shared ``vllm.LLM``, or ``AsyncLLM`` when streaming (started on first use)."""
+        if self.streaming:
+            return run_on_loop(vllm_async.get_async_engine(self.model, self.engine_args))
         return get_vllm_engine(self.model, self.engine_args)[0]
 
     def start(self) -> None:
         """Start the engine now (a run does it as its own step, before its first shard); a no-op when warm."""
-        get_vllm_engine(self.model, self.engine_args)
+        self.engine  # noqa: B018 - building it is the point
+
+    async def acomplete(self, conversation: Conversation, params: SamplingParams) -> Completion:
+        """One completion from the async engine (call it on the streaming loop: ``tasks.llm.aio``)."""
+        engine = await vllm_async.get_async_engine(self.model, self.engine_args)
+        return await vllm_async.complete(engine, conversation, params)
+
+    async def _agenerate(self, conversations: list[Conversation], params: SamplingParams) -> list[Completion]:
+        return list(await asyncio.gather(*(self.acomplete(c, params) for c in conversations)))
 
     def _precheck(self, llm: Any, conversations: list[Conversation]) -> list[str | None]:
         """Render each prompt with the chat template; an item that can't be rendered or is too long gets a reason."""
@@ -249,11 +215,14 @@ class VLLMBackend:
         """Complete every conversation in one engine call; an item that can't run gets an ``error`` completion."""
         if not conversations:
             return []
+        if self.streaming:
+            to_vllm_sampling_params(params)  # refuse what vLLM can't run before any request is sent
+            return run_on_loop(self._agenerate(conversations, params))
         llm, lock = get_vllm_engine(self.model, self.engine_args)
         vparams = to_vllm_sampling_params(params)
         with lock:
             reasons = self._precheck(llm, conversations)
-            results: list[Completion | None] = [_error(r) if r else None for r in reasons]
+            results: list[Completion | None] = [error_completion(r) if r else None for r in reasons]
             todo = [i for i, r in enumerate(reasons) if r is None]
             if not todo:
                 return [r for r in results if r is not None]
@@ -263,7 +232,7 @@ class VLLMBackend:
                     outputs = llm.chat([conversations[i] for i in group], vparams, use_tqdm=False,
                                        **chat_kwargs(conversations[group[0]]))
                     for i, out in zip(group, outputs, strict=True):
-                        results[i] = _completion(out, params.choices)
+                        results[i] = completion_of(out, params.choices)
             except Exception as err:
                 try:
                     self._raise_if_dead(err)
@@ -273,15 +242,15 @@ class VLLMBackend:
                 logger.warning("batch of %d failed (%s); retrying item by item", len(todo), err)
                 for i in todo:
                     results[i] = self._one(llm, conversations[i], vparams, params.choices)
-        return [r if r is not None else _error("no output") for r in results]
+        return [r if r is not None else error_completion("no output") for r in results]
 
     def _one(self, llm: Any, conversation: Conversation, vparams: Any, choices: tuple[str, ...] | None) -> Completion:
         try:
-            return _completion(llm.chat([conversation], vparams, use_tqdm=False, **chat_kwargs(conversation))[0],
+            return completion_of(llm.chat([conversation], vparams, use_tqdm=False, **chat_kwargs(conversation))[0],
                                choices)
         except Exception as err:
             self._raise_if_dead(err)
-            return _error(f"{type(err).__name__}: {err}")
+            return error_completion(f"{type(err).__name__}: {err}")
 
     @staticmethod
     def _raise_if_dead(err: Exception) -> None:

@@ -1,0 +1,151 @@
+"""Engine saturation: a round through the whole pipeline versus the same engine given each stage in one call.
+
+    python bench/bench_engine_saturation.py [--seeds 40] [--shard-size 10] [--parallel 4] [--max-tokens 384]
+                                            [--mode streaming|batch]
+
+The pipeline run (Prefect, shards, cleaning, elimination, validity and equality checks, dedup, shard I/O) records
+every request it sends to the engine. Then the same engine gets all of the round's evolve prompts in one call,
+all its answer prompts in one call and all its judge prompts in one call: no shards, no barriers but the stages'.
+Greedy, prefix cache off (the reference sends the same prompts again), up to ``--max-tokens`` new tokens per
+evolution and answer, so lengths vary. ``--mode`` sets ``orchestration.streaming`` (``streaming``: vLLM's async
+engine, rows streamed; ``batch``: ``vllm.LLM``, stage by stage per shard under the engine lock); the reference
+runs on that same engine. Prints one JSON line: generated tokens/s of each and their ratio (target: 0.95).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
+
+
+class RecordingBackend:
+    """Passes every request to the real backend and keeps it, for the reference calls."""
+
+    def __init__(self, inner):
+        self.inner = inner
+        self.model_name = inner.model_name
+        self.requests: list[tuple[list, object]] = []
+
+    def generate(self, conversations, params):
+        self.requests.extend((c, params) for c in conversations)
+        return self.inner.generate(conversations, params)
+
+    async def acomplete(self, conversation, params):
+        self.requests.append((conversation, params))
+        return await self.inner.acomplete(conversation, params)
+
+
+def stage_of(params, respond) -> str:
+    """Which stage a request belongs to: judges force a choice, answers use the respond settings."""
+    if params.choices is not None:
+        return "judge"
+    return "answer" if params == respond else "evolve"
+
+
+def one_call(backend, items: list[tuple[list, object]]) -> list:
+    """All ``items`` given to the engine at once, each with its own sampling parameters."""
+    from tasks.llm.aio import run_on_loop
+    from tasks.llm.vllm_backend import chat_kwargs, completion_of, to_vllm_sampling_params
+
+    if backend.streaming:
+        async def together():
+            return await asyncio.gather(*(backend.acomplete(c, p) for c, p in items))
+
+        return run_on_loop(together())
+    llm = backend.engine
+    out = []
+    for prefilled in (False, True):  # llm.chat renders a whole call one way
+        group = [(c, p) for c, p in items if chat_kwargs(c)["continue_final_message"] == prefilled]
+        if group:
+            outputs = llm.chat([c for c, _ in group], [to_vllm_sampling_params(p) for _, p in group],
+                               use_tqdm=False, **chat_kwargs(group[0][0]))
+            out += [completion_of(o, p.choices) for o, (_, p) in zip(outputs, group, strict=True)]
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seeds", type=int, default=40)
+    parser.add_argument("--shard-size", type=int, default=10)
+    parser.add_argument("--parallel", type=int, default=4, help="orchestration.max_parallel_shards")
+    parser.add_argument("--max-tokens", type=int, default=384)
+    parser.add_argument("--mode", choices=("streaming", "batch"), default="streaming")
+    parser.add_argument("--validity", action="store_true",
+                        help="keep the LLM validity check (the bundled 135M judge rejects most rewrites, which "
+                             "leaves the answer stage nearly empty)")
+    parser.add_argument("--reference-runs", type=int, default=2, help="reference passes; the ratio uses their mean")
+    args = parser.parse_args()
+    streaming = args.mode == "streaming"
+
+    from prefect.task_runners import ThreadPoolTaskRunner
+    from prefect.testing.utilities import prefect_test_harness
+
+    from flows.evol_instruct import evol_round
+    from tasks.context import build_context
+    from tasks.core.config import EnvSettings, SamplingParams, parse_run_config
+    from tasks.ingest import ingest_run_seeds
+    from tasks.llm.models import resolve_model
+    from tasks.llm.scripted import register_scripted_backend
+    from tasks.llm.vllm_backend import VLLMBackend, shutdown_engines
+
+    engine_args = {"max_model_len": 2048, "enable_prefix_caching": False}
+    backend = VLLMBackend(resolve_model("default", EnvSettings().llm.models_dir), engine_args, streaming=streaming)
+    recorder = RecordingBackend(backend)
+    register_scripted_backend(recorder, "bench-vllm")
+    greedy = {"temperature": 0.0, "top_p": 1.0, "max_tokens": args.max_tokens}
+    with tempfile.TemporaryDirectory() as tmp, prefect_test_harness(server_startup_timeout=180):
+        seeds = Path(tmp) / "seeds.jsonl"
+        lines = (ROOT / "data" / "demo_seeds.jsonl").read_text().splitlines()
+        seeds.write_text("\n".join((lines * (args.seeds // len(lines) + 1))[: args.seeds]))
+        config = parse_run_config({
+            "name": "bench-saturation", "seeds": str(seeds), "output_root": f"{tmp}/runs", "rounds": 1,
+            "shard_size": args.shard_size, "llm": {"backend": "scripted", "model": "bench-vllm"},
+            "sampling": {"evolve": greedy, "respond": greedy}, "elimination": {"validity_check": args.validity},
+            "orchestration": {"max_parallel_shards": args.parallel, "retries": 0, "streaming": streaming}})
+        ctx = build_context(config)
+        pool = ingest_run_seeds(config, ctx.layout, ctx.ingest_key).refs
+        backend.generate([[{"role": "user", "content": "Warm up."}]], SamplingParams(temperature=0.0, max_tokens=4))
+        started = time.perf_counter()
+        round_flow = evol_round.with_options(task_runner=ThreadPoolTaskRunner(max_workers=args.parallel))
+        summary = round_flow(ctx, 1, pool, pool, sum(r.rows for r in pool))
+        pipeline_s = time.perf_counter() - started
+
+        stages: dict[str, list] = {"evolve": [], "answer": [], "judge": []}
+        for conversation, params in recorder.requests:
+            stages[stage_of(params, config.sampling.respond)].append((conversation, params))
+        references = []
+        for _ in range(args.reference_runs):
+            tokens, stage_s = 0, {}
+            for name, items in stages.items():
+                started = time.perf_counter()
+                tokens += sum(c.completion_tokens for c in one_call(backend, items))
+                stage_s[name] = round(time.perf_counter() - started, 2)
+            references.append({"tokens": tokens, "s": round(sum(stage_s.values()), 2), "stage_s": stage_s,
+                               "tok_s": round(tokens / sum(stage_s.values()), 1)})
+    shutdown_engines()
+    pipeline_tok_s = summary.completion_tokens / pipeline_s
+    reference_tok_s = sum(r["tok_s"] for r in references) / len(references)
+    print(json.dumps({
+        "bench": "engine_saturation", "mode": args.mode, "seeds": args.seeds, "shards": len(pool),
+        "parallel_shards": args.parallel, "max_tokens": args.max_tokens,
+        "requests": {k: len(v) for k, v in stages.items()},
+        "pipeline_tokens": summary.completion_tokens, "pipeline_s": round(pipeline_s, 2),
+        "pipeline_tok_s": round(pipeline_tok_s, 1),
+        "references": references, "reference_tok_s": round(reference_tok_s, 1),
+        "ratio": round(pipeline_tok_s / reference_tok_s, 3),
+    }))
+
+
+if __name__ == "__main__":
+    main()
