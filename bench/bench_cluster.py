@@ -139,6 +139,9 @@ def main() -> None:
                                       "dask_per_shard_s": round(dask / shards, 4),
                                       "ratio_dask_to_threads": round(dask / threads, 2)}), flush=True)
             client.close()
+            from flows.local_api import _drain_to
+
+            _drain_to(api)  # the queued logs and events reach the server before it stops (no hang at exit)
         finally:
             stop(procs)
 
