@@ -147,6 +147,24 @@ def plan(
     plan_command(config, sets, recompute, measure)
 
 
+@app.command()
+def worker(
+    scheduler: str = typer.Argument(..., help="The Dask scheduler, e.g. tcp://10.0.0.1:8786 (`dask scheduler`)"),
+    name: str | None = typer.Option(None, "--name", help="The worker's name in the cluster, e.g. gpu0"),
+    cpus: str | None = typer.Option(None, "--cpus", help="Pin the worker and its engine to these CPUs (0-3,6)"),
+    gpu: str | None = typer.Option(None, "--gpu", help="The GPU ids it sees (CUDA_VISIBLE_DEVICES), e.g. 0"),
+    preload: list[str] = typer.Option([], "--preload", help="A module to import in the worker at start (one that "
+                                      "registers a backend, say; repeatable)"),
+    warm: str | None = typer.Option(None, "--warm", help="A run config whose engines to start before any shard"),
+    nanny: bool = typer.Option(True, "--nanny/--no-nanny", help="A nanny process restarts the worker if it dies"),
+) -> None:
+    """Start one shard worker: it takes one shard at a time from the cluster's runs and keeps its engine warm for
+    its whole life. One per GPU (or per CPU slice); runs reach it with `orchestration.cluster` or EVOL_CLUSTER."""
+    from flows.cli_worker import worker_command
+
+    worker_command(scheduler, name, cpus, gpu, preload, warm, nanny)
+
+
 @app.command("runs")
 def runs_command(
     output_root: str = typer.Argument("runs", help="Where runs are written (a config's output_root)"),

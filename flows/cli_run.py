@@ -49,8 +49,8 @@ def run_command(config_path: Path, rounds: int | None, output_root: str | None, 
         fail(str(err))
     # Plan-time validation: a config that can't run fails here, before Prefect starts or a run folder exists.
     from flows.cli import fail_on_problems
-    from tasks.validate import check_prefect_api, validate_run
-    fail_on_problems(validate_run(config, str(config_path)) + check_prefect_api())
+    from tasks.validate import check_cluster, check_prefect_api, validate_run
+    fail_on_problems(validate_run(config, str(config_path)) + check_prefect_api() + check_cluster(config))
 
     layout = run_layout(config)
     held = RunLease(layout.run_uri).read()

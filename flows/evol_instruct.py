@@ -21,9 +21,9 @@ from prefect.artifacts import (
 )
 from prefect.futures import as_completed
 from prefect.settings import PREFECT_API_URL
-from prefect.task_runners import ThreadPoolTaskRunner
 from pydantic import BaseModel
 
+from flows.runners import cluster_address, release_future, round_task_runner
 from flows.train import train
 from storage import ShardRef, StageMismatch, total_rows
 from storage.lease import RunLease, is_stale
@@ -47,7 +47,7 @@ from tasks.monitor import (
 )
 from tasks.plan import run_estimate
 from tasks.plots import plots_markdown
-from tasks.recovery import crash_dead_flow_run
+from tasks.recovery import crash_dead_flow_run, crash_lost_task_runs
 from tasks.report import final_markdown, instruction_length_by_round, round_table
 from tasks.round import RoundSummary, finish_round_task
 from tasks.samples import round_samples
@@ -93,7 +93,10 @@ def evol_round(ctx: RunContext, round_index: int, pool_in: list[ShardRef], refer
     logger = get_run_logger()
     progress = RoundProgress(round_index, len(pool_in), started=started)
     progress_key = artifact_key(layout.run_id, "round", round_index, "progress")
-    engines = engine_labels(ctx.config.llm) if needs_engine_start(ctx.evolve, candidate_uris, keys, force) else []
+    # On a cluster each worker's engine starts with its first shard and stays warm for the worker's life.
+    distributed = cluster_address(ctx.config.orchestration) is not None
+    engines = [] if distributed or not needs_engine_start(ctx.evolve, candidate_uris, keys, force) else \
+        engine_labels(ctx.config.llm)
     if engines:
         progress.note = f"starting {', '.join(engines)}…"
         logger.info("round %d: starting %s", round_index, ", ".join(engines))
@@ -108,9 +111,15 @@ def evol_round(ctx: RunContext, round_index: int, pool_in: list[ShardRef], refer
     index_of = {id(f): i for i, f in enumerate(futures)}
     results: dict[int, ShardSummary] = {}
     failed: list[str] = []
+    lost = []
     for future in as_completed(list(futures)):
         i = index_of[id(future)]
-        result = future.result(raise_on_failure=False)
+        try:
+            result = future.result(raise_on_failure=False)
+        except Exception as err:  # the runner gave up on the task (Dask: KilledWorker) and never reported it
+            result = err
+            lost.append(future.task_run_id)
+        release_future(future)
         if isinstance(result, ShardSummary):
             results[i] = result
             progress.add(result)
@@ -121,6 +130,9 @@ def evol_round(ctx: RunContext, round_index: int, pool_in: list[ShardRef], refer
             progress.done += 1
         update_progress_artifact(progress_id, progress.percent, description=progress.description())
     summaries = [results[i] for i in sorted(results)]
+    if lost:
+        with get_client(sync_client=True) as client:
+            crash_lost_task_runs(client, lost, f"round {round_index}: the cluster lost this shard's task")
     if failed:
         raise RoundFailed(f"round {round_index}: {len(failed)} shard(s) failed after retries; rerun the flow to "
                           f"compute only these: " + "; ".join(failed))
@@ -191,9 +203,7 @@ def _run_stages(ctx: RunContext) -> RunResult:
                     estimate.completions, engine_time_line(estimate))
     except Exception as err:
         logger.warning("no token estimate for the card: %s: %s", type(err).__name__, err)
-    round_flow = evol_round.with_options(
-        task_runner=ThreadPoolTaskRunner(max_workers=config.orchestration.max_parallel_shards)
-    )
+    round_flow = evol_round.with_options(task_runner=round_task_runner(config.orchestration))
     rounds: list[RoundSummary] = []
     pool, expected = ingest.refs, ingest.accepted
     for k in range(1, config.rounds + 1):

@@ -115,6 +115,12 @@ def reusable_candidates(candidates_uri: str, key: str, settings: StorageSettings
 
 _RUNTIMES: dict[str, tuple[PromptPack, StageBackends]] = {}
 _RUNTIMES_LOCK = threading.Lock()
+_RUNTIME_BUILDS = {"count": 0}
+
+
+def stage_runtime_builds() -> int:
+    """How many times this process built a pack and its backends (a cluster worker: once per run settings)."""
+    return _RUNTIME_BUILDS["count"]
 
 
 def reset_stage_runtimes() -> None:
@@ -136,6 +142,7 @@ def stage_runtime(spec: EvolveSpec) -> tuple[PromptPack, StageBackends]:
     with _RUNTIMES_LOCK:
         if cache_key not in _RUNTIMES:
             _RUNTIMES[cache_key] = (load_pack(spec.prompt_pack), stage_backends(spec.llm, streaming=spec.streaming))
+            _RUNTIME_BUILDS["count"] += 1
         return _RUNTIMES[cache_key]
 
 

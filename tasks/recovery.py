@@ -102,3 +102,21 @@ def crash_dead_flow_run(client: SyncPrefectClient, lease: dict[str, Any], api_ur
             client.set_flow_run_state(flow_run.id, Crashed(message=message), force=True)
             report.flow_runs_crashed.append(str(flow_run.id))
     return report
+
+
+def crash_lost_task_runs(client: SyncPrefectClient, task_run_ids: list[UUID], message: str) -> list[UUID]:
+    """Mark Crashed the task runs among ``task_run_ids`` that are not in a final state; returns those.
+
+    A distributed runner that gives up on a task (Dask's ``KilledWorker`` once workers died under it) raises in
+    the flow and never reports the task run, which stays Running and refuses a retry (PrefectHQ/prefect #5925,
+    #9014): the round records the outcome itself."""
+    crashed = []
+    for task_run_id in task_run_ids:
+        try:
+            task_run = client.read_task_run(task_run_id)
+        except ObjectNotFound:  # the worker died before the task engine created it: nothing left Running
+            continue
+        if task_run.state is None or task_run.state.type in UNFINISHED:
+            client.set_task_run_state(task_run_id, Crashed(message=message), force=True)
+            crashed.append(task_run_id)
+    return crashed

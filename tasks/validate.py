@@ -196,3 +196,27 @@ def check_prefect_api(timeout_s: float = 5.0) -> list[Problem]:
     return [Problem("environment", f"PREFECT_API_URL={url}", f"no Prefect API answers there ({reason}); start one "
                     "with `prefect server start` and set PREFECT_API_URL to its /api URL, or unset PREFECT_API_URL "
                     "to use Prefect's ephemeral local API")]
+
+
+def check_cluster(config: RunConfig, timeout_s: float = 5.0) -> list[Problem]:
+    """A run on a cluster needs a Prefect server the workers reach (a run's private local API changes with every
+    run, and a long-lived worker stays bound to the first API it reported to) and a scheduler that answers."""
+    import socket
+    from urllib.parse import urlsplit
+
+    address = config.orchestration.cluster_address(EnvSettings().cluster)
+    if address is None:
+        return []
+    problems = []
+    if not os.environ.get("PREFECT_API_URL", "").strip():
+        problems.append(Problem("environment", "PREFECT_API_URL", f"shards go to the cluster at {address}: its "
+                                "workers report to Prefect, so start a server (`prefect server start`) and set "
+                                "PREFECT_API_URL to its /api URL, the same for the run and its workers"))
+    parts = urlsplit(address)
+    if parts.scheme == "tcp" and parts.hostname:
+        try:
+            socket.create_connection((parts.hostname, parts.port or 8786), timeout=timeout_s).close()
+        except OSError as err:
+            problems.append(Problem("orchestration", "cluster", f"no Dask scheduler answers at {address} ({err}); "
+                                    "start one with `dask scheduler` and workers with `evol worker ADDRESS`"))
+    return problems

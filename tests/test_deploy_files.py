@@ -21,7 +21,9 @@ def compose() -> dict:
 
 def test_compose_services_and_builds():
     services = compose()["services"]
-    assert set(services) == {"postgres", "prefect-server", "minio", "minio-init", "worker", "gpu-worker", "vllm"}
+    gpu_workers = {f"evol-gpu{i}" for i in range(8)}
+    assert set(services) == {"postgres", "prefect-server", "minio", "minio-init", "worker", "gpu-worker", "vllm",
+                             "dask-scheduler"} | gpu_workers
     for name, svc in services.items():
         assert "image" in svc or "build" in svc, name
         if "build" in svc:
@@ -29,6 +31,16 @@ def test_compose_services_and_builds():
     gpu = services["gpu-worker"]["deploy"]["resources"]["reservations"]["devices"][0]
     assert gpu["capabilities"] == ["gpu"]
     assert services["vllm"]["profiles"] == ["serve"]
+    # the cluster profile: one `evol worker` per GPU, each reserving its own device, all on the one scheduler
+    assert services["dask-scheduler"]["profiles"] == ["cluster"]
+    reserved = []
+    for name in sorted(gpu_workers):
+        svc = services[name]
+        assert svc["profiles"] == ["cluster"] and "dask-scheduler" in svc["depends_on"]
+        assert svc["command"][:3] == ["evol", "worker", "tcp://dask-scheduler:8786"]
+        (device,) = svc["deploy"]["resources"]["reservations"]["devices"]
+        reserved += device["device_ids"]
+    assert sorted(reserved) == [str(i) for i in range(8)]
     for svc in services.values():  # nothing listens beyond this host
         for port in svc.get("ports", []):
             assert port.startswith("127.0.0.1:"), port

@@ -27,7 +27,9 @@ STARTED_HERE = {
     "minio-init": "the bucket, created through s3fs",
     "worker": "prefect worker start, in the environment's Python",
 }
-NOT_HERE = {"gpu-worker": "needs a GPU", "vllm": "needs a GPU"}
+NOT_HERE = {"gpu-worker": "needs a GPU", "vllm": "needs a GPU",
+            # the cluster profile: tests/test_workers.py starts a scheduler and `evol worker`s on CPUs
+            "dask-scheduler": "cluster profile", **{f"evol-gpu{i}": "needs a GPU" for i in range(8)}}
 VARIABLE = re.compile(r"\$\{(\w+)(?::([?-])([^}]*))?\}")
 
 

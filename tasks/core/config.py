@@ -58,6 +58,8 @@ class EnvSettings(BaseSettings):
 
     storage: StorageSettings = Field(default_factory=StorageSettings)
     llm: LLMEnvSettings = Field(default_factory=LLMEnvSettings)
+    # ``EVOL_CLUSTER``: the Dask scheduler a run's shards go to when its config names none (see OrchestrationConfig)
+    cluster: str | None = Field(None, pattern=r"^(embedded|(tcp|tls|inproc)://\S+)$")
 
 
 class _Strict(BaseModel):
@@ -152,6 +154,14 @@ class OrchestrationConfig(_Strict):
     retries: int = Field(2, ge=0)
     retry_delay_s: float = Field(5.0, ge=0)
     min_evolved_share: float = Field(0.05, ge=0.0, le=1.0)  # a round evolving less logs a warning
+    # Where shard tasks run: None takes ``EVOL_CLUSTER`` and else "embedded"; "embedded" = threads in the run's
+    # process (max_parallel_shards of them); "tcp://host:8786" = the workers of that Dask scheduler (`evol worker`).
+    cluster: str | None = Field(None, pattern=r"^(embedded|(tcp|tls|inproc)://\S+)$")
+
+    def cluster_address(self, env_cluster: str | None = None) -> str | None:
+        """The Dask scheduler address the shards go to, or None for the embedded thread runner."""
+        chosen = self.cluster or env_cluster or "embedded"
+        return None if chosen == "embedded" else chosen
 
 
 class TrainConfig(_Strict):
