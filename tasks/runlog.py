@@ -16,7 +16,7 @@ import tempfile
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
@@ -61,6 +61,7 @@ class RunLog:
     local: Path
     uri: str
     handler: logging.Handler | None = None
+    saved_env: dict[str, str | None] = field(default_factory=dict)
 
     @classmethod
     def for_run(cls, run_uri: str, when: datetime | None = None) -> RunLog:
@@ -91,9 +92,10 @@ class RunLog:
         config_path = self._vllm_config_path()
         config_path.write_text(json.dumps(self.vllm_config()))
         if not verbose:
-            os.environ[ENGINE_LOG_ENV] = str(self.local)
-            os.environ["VLLM_LOGGING_CONFIG_PATH"] = str(config_path)
-            os.environ["PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL"] = "WARNING"
+            updates = {ENGINE_LOG_ENV: str(self.local), "VLLM_LOGGING_CONFIG_PATH": str(config_path),
+                       "PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL": "WARNING"}
+            self.saved_env = {name: os.environ.get(name) for name in updates}
+            os.environ.update(updates)
             quiet_prefect_console()
         self.handler = logging.FileHandler(self.local, mode="a")
         self.handler.setFormatter(logging.Formatter(FORMAT))
@@ -107,7 +109,12 @@ class RunLog:
             self.handler.close()
             self.handler = None
         self._vllm_config_path().unlink(missing_ok=True)
-        os.environ.pop(ENGINE_LOG_ENV, None)
+        for name, value in self.saved_env.items():  # an engine started later must not read the deleted file
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+        self.saved_env = {}
         fs, path = resolve(self.uri)
         if "file" not in fs.protocol:
             fs.put_file(str(self.local), path)

@@ -54,3 +54,19 @@ def test_the_real_engine_start_writes_to_the_log_not_the_terminal(model_dir, tmp
     text = open(log_path).read()
     assert "Loading safetensors checkpoint shards" in text and "non-default args" in text, text[-2000:]
     assert "Loading safetensors" not in done.stderr and "Triton" not in done.stderr, done.stderr[-3000:]
+
+
+def test_finishing_the_run_log_restores_the_environment(tmp_path, monkeypatch):
+    """An engine started after a run in the same process (tests, notebooks) must not read the deleted config."""
+    from tasks.runlog import RunLog
+
+    monkeypatch.delenv("VLLM_LOGGING_CONFIG_PATH", raising=False)
+    monkeypatch.setenv("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "INFO")
+    log = RunLog.for_run(str(tmp_path / "run"))
+    log.start(verbose=False)
+    config = os.environ["VLLM_LOGGING_CONFIG_PATH"]
+    assert os.path.exists(config) and os.environ[ENGINE_LOG_ENV] == str(log.local)
+    log.finish()
+    assert not os.path.exists(config)
+    assert "VLLM_LOGGING_CONFIG_PATH" not in os.environ and ENGINE_LOG_ENV not in os.environ
+    assert os.environ["PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL"] == "INFO"
