@@ -18,11 +18,11 @@ from storage import RunLayout, StorageSettings, read_shard, resolve
 from storage.shards import write_file_atomic
 from tasks.context import content_key
 from tasks.core.config import STAGES, RunConfig
-from tasks.core.text import parent_text
+from tasks.core.text import md_table, parent_text
 from tasks.estimate import Estimate, estimate_markdown
 from tasks.mix import MixSummary
 from tasks.plots import PLOTS, plot_kind, run_plots
-from tasks.round import RoundSummary
+from tasks.round import RoundSummary, totals
 
 EXPORT_COLUMNS = [
     "id", "root_id", "parent_id", "round", "operation", "instruction", "input", "response", "model",
@@ -88,31 +88,22 @@ def dataset_card(config: RunConfig, data_key: str, template_shas: dict[str, str]
     It holds no wall-clock figures, so the same data (and estimate) always gives the same card."""
     lines = [f"# Evol-Instruct data: {config.name or data_key}", "",
              f"- data key: `{data_key}`", *_model_lines(config), f"- prompt pack: `{config.prompt_pack}`",
-             f"- rows: {mix.final}", "", "## Rounds", "",
-             "| round | pool in | evolved | carried | prompt tokens | completion tokens |",
-             "| --- | --- | --- | --- | --- | --- |"]
-    lines += [f"| {r.round} | {r.pool_in} | {r.evolved} | {r.carried} | {r.prompt_tokens} | {r.completion_tokens} |"
-              for r in rounds]
-    reasons: dict[str, int] = {}
-    for r in rounds:
-        for reason, n in r.rejected.items():
-            reasons[reason] = reasons.get(reason, 0) + n
-    lines += ["", "## Rejections by reason", "", "| reason | rows |", "| --- | --- |"]
-    lines += [f"| {k} | {v} |" for k, v in sorted(reasons.items())]
+             f"- rows: {mix.final}", "", "## Rounds", ""]
+    lines += md_table(["round", "pool in", "evolved", "carried", "prompt tokens", "completion tokens"],
+                      [[r.round, r.pool_in, r.evolved, r.carried, r.prompt_tokens, r.completion_tokens]
+                       for r in rounds])
+    lines += ["", "## Rejections by reason", "", *md_table(["reason", "rows"], totals(rounds, "rejected").items())]
     lines += ["", "## Plots", ""]
     for name, title in PLOTS.items():
         lines += [f"![{title}](plots/{name})", ""]
-    lines += ["| instructions | mean length (words) |", "| --- | --- |"]
-    lines += [f"| {k} | {v:g} |" for k, v in (lengths or {}).items()]
-    lines += ["", "## Final data", "", "| round | rows |", "| --- | --- |"]
-    lines += [f"| {k} | {v} |" for k, v in mix.by_round.items()]
-    lines += ["", "| operation | rows |", "| --- | --- |"]
-    lines += [f"| {k} | {v} |" for k, v in mix.by_operation.items()]
+    lines += md_table(["instructions", "mean length (words)"], [[k, f"{v:g}"] for k, v in (lengths or {}).items()])
+    lines += ["", "## Final data", "", *md_table(["round", "rows"], mix.by_round.items())]
+    lines += ["", *md_table(["operation", "rows"], mix.by_operation.items())]
     lines += ["", f"Dropped while mixing: {mix.no_response} without a response, "
               f"{mix.near_duplicates} near duplicates, {mix.sampled_out} sampled out.", ""]
     lines += estimate_markdown(estimate, rounds) if estimate is not None else []
-    lines += ["## Prompt templates", "", "| template | sha |", "| --- | --- |"]
-    lines += [f"| {k} | `{v}` |" for k, v in sorted(template_shas.items())]
+    lines += ["## Prompt templates", "",
+              *md_table(["template", "sha"], [[k, f"`{v}`"] for k, v in sorted(template_shas.items())])]
     lines += ["", "## Configuration", "", "```yaml",
               yaml.safe_dump(config.model_dump(mode="json", exclude=CARD_EXCLUDES), sort_keys=True).rstrip(),
               "```", ""]

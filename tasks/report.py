@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from storage import ShardRef, StorageSettings, duck_connect, read_parquet_sql, total_rows
+from tasks.core.text import md_table
 from tasks.mix import MixSummary
-from tasks.round import RoundSummary
+from tasks.round import RoundSummary, totals
 
 BAR_WIDTH = 40
 
@@ -58,22 +59,15 @@ def instruction_length_by_round(seeds: list[ShardRef], rounds: list[RoundSummary
 def final_markdown(run_uri: str, data_key: str, rounds: list[RoundSummary], mix: MixSummary,
                    lengths: dict[str, float], exports: dict[str, str]) -> str:
     """The run's final summary."""
-    reasons: dict[str, float] = {}
-    operations: dict[str, float] = {}
-    for r in rounds:
-        for k, v in r.rejected.items():
-            reasons[k] = reasons.get(k, 0) + v
-        for k, v in r.operations.items():
-            operations[k] = operations.get(k, 0) + v
     parts = [
         f"# Evol-Instruct run `{run_uri}`\n",
         f"Data key `{data_key}`; final rows: **{mix.final}**.\n",
-        "| round | pool in | evolved | carried | tokens |\n| --- | --- | --- | --- | --- |\n"
-        + "".join(f"| {r.round} | {r.pool_in} | {r.evolved} | {r.carried} | "
-                  f"{r.prompt_tokens + r.completion_tokens} |\n" for r in rounds),
+        "\n".join(md_table(["round", "pool in", "evolved", "carried", "tokens"],
+                           [[r.round, r.pool_in, r.evolved, r.carried, r.prompt_tokens + r.completion_tokens]
+                            for r in rounds])) + "\n",
         bar_chart("Evolved rows per round", {f"round {r.round}": r.evolved for r in rounds}),
-        bar_chart("Evolved rows per operation", operations),
-        bar_chart("Rejections by reason", dict(sorted(reasons.items()))),
+        bar_chart("Evolved rows per operation", totals(rounds, "operations")),
+        bar_chart("Rejections by reason", totals(rounds, "rejected")),
         bar_chart("Mean instruction length (words) by round", lengths),
         "**Exports**\n\n" + "".join(f"- {k}: `{v}`\n" for k, v in exports.items()),
     ]

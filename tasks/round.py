@@ -59,6 +59,14 @@ class RoundSummary(BaseModel):
     rejected_shards: list[ShardRef] = []
 
 
+def totals(rounds: list[RoundSummary], field: str) -> dict[str, int]:
+    """A per-round count (``rejected`` or ``operations``) summed over rounds, sorted by key."""
+    total: Counter[str] = Counter()
+    for r in rounds:
+        total.update(getattr(r, field))
+    return dict(sorted(total.items()))
+
+
 def shard_outputs(pool: pa.Table, candidates: pa.Table, duplicates: pa.Table) -> dict[str, pa.Table]:
     """One shard's ``evolved``, ``rejected`` and next ``pool`` rows, in order.
 

@@ -58,3 +58,9 @@ def has_lone_surrogate(text: str) -> bool:
 def parent_text(row: dict[str, Any]) -> str:
     """An instruction as the model sees it: the instruction, then its input when there is one."""
     return f"{row['instruction']}\n{row['input']}".strip() if row.get("input") else row["instruction"]
+
+
+def md_table(header: list[str], rows: list[list[Any]]) -> list[str]:
+    """The lines of a Markdown table."""
+    return [f"| {' | '.join(header)} |", f"|{' --- |' * len(header)}",
+            *(f"| {' | '.join(str(v) for v in row)} |" for row in rows)]
