@@ -19,7 +19,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from prompts import load_pack
-from storage import ShardRef, StorageSettings, duck_connect, list_committed_shards, read_parquet_sql, resolve
+from storage import ShardRef, duck_connect, list_committed_shards, read_parquet_sql, resolve
 from storage.schema import records_table
 from tasks.context import RunContext
 from tasks.core.config import EnvSettings, LLMConfig, RunConfig
@@ -128,20 +128,24 @@ def cap_figures(config: RunConfig) -> Figures:
                    completion={kind: getattr(config.sampling, kind).max_tokens for kind in CALLS})
 
 
-def candidate_figures(con: Any, source: str, counter: WordCounter) -> tuple[int, dict[str, float], dict[str, float]]:
-    """From candidate rows (``source`` in SQL): their number, the share of them that reached each call, and the
-    mean length of what each call wrote (a sample of them, counted with ``counter``)."""
-    rows, *counts = con.execute(f"SELECT count(*), {', '.join(f'count({c})' for c in CALLED)} FROM {source}").fetchone()
-    sample = con.execute(f"SELECT {', '.join(OUTPUTS)} FROM {source} LIMIT {SAMPLE_ROWS}").fetchall()
+def candidate_figures(con: Any, sql: str, counter: WordCounter, source: str, seconds: float,
+                      completion_tokens: int, speed_source: str, **more: Any) -> Figures:
+    """Figures from candidate rows (``sql``): the share of them that reached each call, the mean length of what each
+    call wrote (a sample counted with ``counter``), the speed ``completion_tokens`` in ``seconds`` make; ``{rows}``
+    in ``source`` and ``speed_source`` is the number of rows."""
+    rows, *counts = con.execute(f"SELECT count(*), {', '.join(f'count({c})' for c in CALLED)} FROM {sql}").fetchone()
+    sample = con.execute(f"SELECT {', '.join(OUTPUTS)} FROM {sql} LIMIT {SAMPLE_ROWS}").fetchall()
     texts = [[row[i] for row in sample if row[i] is not None] for i in range(len(CALLS))]
-    return rows, {kind: n / rows for kind, n in zip(CALLS, counts, strict=True)}, {
-        kind: sum(max(1, counter.text(t)) for t in found) / len(found) if found else 0.0
-        for kind, found in zip(CALLS, texts, strict=True)}
+    speed = completion_tokens / seconds if seconds > 0 else None
+    return Figures(source=source.format(rows=rows), per_row={c: n / rows for c, n in zip(CALLS, counts, strict=True)},
+                   completion={c: sum(max(1, counter.text(t)) for t in found) / len(found) if found else 0.0
+                               for c, found in zip(CALLS, texts, strict=True)},
+                   tokens_per_second=speed, speed_source=speed_source.format(rows=rows) if speed else None, **more)
 
 
 def measured_figures(ctx: RunContext, rows: list[dict[str, Any]], counter: WordCounter) -> Figures:
-    """Round 1 of ``rows`` (a few seeds) through the run's own backends (streaming or batch, as the run drives a
-    shard); its engines start before the clock does."""
+    """Round 1 of ``rows`` (a few seeds) through the run's own backends, driven as the run drives a shard (streaming
+    or batch); the engines start before the clock does."""
     from tasks.engine import start_engines
     from tasks.evolve import evolve_rows, stage_runtime
 
@@ -150,19 +154,17 @@ def measured_figures(ctx: RunContext, rows: list[dict[str, Any]], counter: WordC
     started = time.perf_counter()
     table = records_table(evolve_rows(rows, 1, ctx.evolve, backends, pack, ctx.evolve.streaming))
     seconds, n = time.perf_counter() - started, len(rows)
+    prompt, done = (sum(table[c].to_pylist()) for c in ("prompt_tokens", "completion_tokens"))
     con = duck_connect()
     con.register("candidates", table)
-    _, per_row, completion = candidate_figures(con, "candidates", counter)
-    prompt, done = (sum(table[c].to_pylist()) for c in ("prompt_tokens", "completion_tokens"))
-    return Figures(source=f"measured on {n} seeds", per_row=per_row, completion=completion,
-                   first_round=(prompt / n, done / n), tokens_per_second=done / seconds if seconds > 0 else None,
-                   speed_source=f"measured on {n} seeds, engine start excluded")
+    return candidate_figures(con, "candidates", counter, "measured on {rows} seeds", seconds, done,
+                             "measured on {rows} seeds, engine start excluded", first_round=(prompt / n, done / n))
 
 
-def previous_figures(ctx: RunContext, counter: WordCounter, settings: StorageSettings | None = None) -> Figures | None:
+def previous_figures(ctx: RunContext, counter: WordCounter) -> Figures | None:
     """Figures from the candidate shards of the latest run of the same backend and model under the output root
-    (this run's folder first), and the completion tokens per second of its rounds' wall time."""
-    fs, root = resolve(ctx.config.output_root, settings)
+    (this run's folder first), its speed from its rounds' completion tokens and wall time."""
+    fs, root = resolve(ctx.config.output_root)
     llm = ctx.config.llm.for_stage("evolve")
     found = []
     for path in fs.glob(f"{root}/*/config.json"):
@@ -175,33 +177,27 @@ def previous_figures(ctx: RunContext, counter: WordCounter, settings: StorageSet
             found.append((name != ctx.layout.run_id, -fs.modified(path).timestamp(), name))
     for *_, name in sorted(found):
         run_uri = f"{ctx.config.output_root.rstrip('/')}/{name}"
-        rounds = [p.rstrip("/").rsplit("/", 1)[-1] for p in fs.glob(f"{root}/{name}/round=*") if p[-2:] != "=0"]
-        files = [u for r in rounds for u in list_committed_shards(f"{run_uri}/{r}/candidates", settings)]
-        if not files:
-            continue
-        rows, per_row, completion = candidate_figures(duck_connect(*files, settings=settings),
-                                                      read_parquet_sql(files), counter)
-        done = [json.loads(fs.cat_file(f"{root}/{name}/{r}/_round.json"))["summary"] for r in rounds
-                if fs.exists(f"{root}/{name}/{r}/_round.json")]
-        seconds = sum(s["wall_seconds"] for s in done)
-        speed = sum(s["completion_tokens"] for s in done) / seconds if seconds > 0 else None
-        return Figures(source=f"previous run {name} ({rows} candidates)", per_row=per_row, completion=completion,
-                       tokens_per_second=speed, speed_source=f"previous run {name}'s rounds" if speed else None)
+        rounds = [p.rstrip("/").rsplit("/", 1)[-1] for p in fs.glob(f"{root}/{name}/round=*")]
+        files = [u for r in rounds for u in list_committed_shards(f"{run_uri}/{r}/candidates")]
+        if files:
+            done = [json.loads(fs.cat_file(p))["summary"] for p in fs.glob(f"{root}/{name}/round=*/_round.json")]
+            return candidate_figures(duck_connect(*files), read_parquet_sql(files), counter,
+                                     f"previous run {name} ({{rows}} candidates)", sum(s["wall_seconds"] for s in done),
+                                     sum(s["completion_tokens"] for s in done), f"previous run {name}'s rounds")
     return None
 
 
-def make_estimate(ctx: RunContext, refs: list[ShardRef], accepted: int, measure: int = 0,
-                  settings: StorageSettings | None = None) -> Estimate:
+def make_estimate(ctx: RunContext, refs: list[ShardRef], accepted: int, measure: int = 0) -> Estimate:
     """The estimate of the run's rounds over its ``accepted`` seed rows, their lengths counted on the first seeds
     (``SAMPLE_ROWS`` or ``measure``); calls and completions measured on the first ``measure`` seeds (its round 1
     taken as measured), else from a previous run, else the sampling caps."""
     config, spec, pack = ctx.config, ctx.evolve, load_pack(ctx.config.prompt_pack)
     counter = token_counter(config.llm.for_stage("evolve"), EnvSettings().llm.models_dir)
     uris, limit = [r.uri for r in refs], max(SAMPLE_ROWS, measure)
-    rows = duck_connect(*uris, settings=settings).sql(
+    rows = duck_connect(*uris).sql(
         f"SELECT * FROM {read_parquet_sql(uris)} LIMIT {limit}").to_arrow_table().to_pylist() if refs else []
     figures = (measured_figures(ctx, rows[:measure], counter) if measure and rows else None) or \
-        previous_figures(ctx, counter, settings) or cap_figures(config)
+        previous_figures(ctx, counter) or cap_figures(config)
     out = []
     if rows:
         _, _, parents, rendered = evolve_prompts(rows, 1, pack, spec.random_seed, spec.operation_weights, spec.prefill)
