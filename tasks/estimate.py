@@ -1,11 +1,8 @@
-"""How many tokens a run costs and how long its engine takes, estimated before it runs.
+"""How many tokens a run costs and how long its engine takes, estimated before it runs (README: `evol plan`).
 
-Per round a pool row makes up to four calls: evolve, the validity judge, respond, the equality judge. Prompt
-tokens come from the seeds and the templates, counted with the evolving model's tokenizer; round 1's evolution
-prompts are rendered, later rounds' parents are the previous round's evolutions. Calls per row and completion
-tokens per call come from candidate rows: a measured sample (round 1 of N seeds, run as a run runs a shard;
-its round 1 is taken as measured) or a previous run of the same model; else the sampling caps (an upper bound).
-Engine time is the completion tokens at the measured speed or the previous run's rounds' speed.
+Prompt tokens: the seeds and templates, counted with the evolving model's tokenizer. Calls per row and completion
+tokens per call: candidate rows of a measured sample or of a previous run of the same model, else the sampling
+caps (an upper bound). Engine time: the completion tokens at the measured or the previous run's speed.
 """
 
 from __future__ import annotations

@@ -1,10 +1,6 @@
-"""What a run would do, read from its folder with the run's own stage keys, without Prefect (``evol plan``):
-which stages are reused and which recomputed, the shards per round, and the token and engine-time estimate.
-
-A stage is reused when its marker was written under the key the run would ask for and its shards verify. Where
-the seed shards are not reused, ingest runs into a temporary folder, so round 1's shard keys are known. Past a
-recomputed stage the outputs are unknown: the plan counts the stages after it as recomputed (at run time an
-output that comes out byte-identical lets later stages be reused, so the plan is an upper bound on the work).
+"""What a run would do, read from its folder with the run's own stage keys, without Prefect (``evol plan``): each
+stage reused or recomputed, shards per round, and the estimate. Past a recomputed stage the outputs are unknown, so
+the stages after it count as recomputed (an upper bound: at run time a byte-identical output lets them be reused).
 """
 
 from __future__ import annotations
@@ -43,9 +39,12 @@ class RunPlan(BaseModel):
     estimate: Estimate
 
 
-def _why(ctx: RunContext, stage: str, marker_uri: str) -> str:
+def _why(ctx: RunContext, stage: str, marker_uri: str, upstream: str = "") -> str:
+    """Why a stage is recomputed; ``upstream``: the first stage recomputed before it."""
     fs, path = resolve(marker_uri)
-    return "forced by --recompute" if ctx.forced(stage) else "its inputs changed" if fs.exists(path) else "not run yet"
+    if upstream or ctx.forced(stage):
+        return f"after {upstream}" if upstream else "forced by --recompute"
+    return "its inputs changed" if fs.exists(path) else "not run yet"
 
 
 def plan_stages(ctx: RunContext, seeds: list[ShardRef], estimate: Estimate | None) -> list[StagePlan]:
@@ -61,8 +60,7 @@ def plan_stages(ctx: RunContext, seeds: list[ShardRef], estimate: Estimate | Non
         references = seeds + evolved + (pool if k > 1 else [])  # as the flow hands them to the round
         record = None if upstream or len(done) < len(pool) else read_stage(marker, round_key(done, pool, references))
         stages.append(StagePlan(stage=f"round {k}", reused=record is not None, shards=len(pool),
-                                shards_reused=len(done), why=f"after {upstream}" if upstream else
-                                "" if record else _why(ctx, name, marker)))
+                                shards_reused=len(done), why="" if record else _why(ctx, name, marker, upstream)))
         if record is None:
             upstream = upstream or f"round {k}"
             continue
@@ -72,8 +70,7 @@ def plan_stages(ctx: RunContext, seeds: list[ShardRef], estimate: Estimate | Non
     data_key = ctx.mix_key([r.sha256 for r in (seeds if config.mix.include_seeds else []) + evolved])
     mix = None if upstream or ctx.forced("mix") else read_stage(mix_marker, data_key)
     if mix is None:
-        return stages + [StagePlan(stage="mix", reused=False, why=f"after {upstream}" if upstream else
-                                   _why(ctx, "mix", mix_marker)),
+        return stages + [StagePlan(stage="mix", reused=False, why=_why(ctx, "mix", mix_marker, upstream)),
                          StagePlan(stage="export", reused=False, why=f"after {upstream or 'mix'}")]
     stages.append(StagePlan(stage="mix", reused=True))
     if estimate is None:
