@@ -68,22 +68,20 @@ class Estimate(BaseModel):
 
 class WordCounter:
     name = "whitespace words (the scripted backend's count)"
+    joiner = " "  # a conversation is counted as its messages' contents joined by it
 
     def text(self, text: str) -> int:
         return len(text.split())
 
     def messages(self, conversation: list[dict[str, str]]) -> int:
-        return sum(self.text(m["content"]) for m in conversation)
+        return self.text(self.joiner.join(m["content"] for m in conversation))
 
 
 class CharCounter(WordCounter):
-    name = "characters / 4, rounded up (no tokenizer at hand)"
+    name, joiner = "characters / 4, rounded up (no tokenizer at hand)", ""
 
     def text(self, text: str) -> int:
         return math.ceil(len(text) / 4)
-
-    def messages(self, conversation: list[dict[str, str]]) -> int:
-        return self.text("".join(m["content"] for m in conversation))
 
 
 class ModelTokenizer(WordCounter):

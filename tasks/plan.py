@@ -90,12 +90,8 @@ def estimate_key(ctx: RunContext) -> str:
 
 def stored_estimate(ctx: RunContext) -> Estimate | None:
     """The estimate recorded in the run folder for this work, if its key is the run's."""
-    fs, path = resolve(ctx.layout.file(ESTIMATE_FILE))
-    try:
-        record = json.loads(fs.cat_file(path))
-    except (FileNotFoundError, ValueError):
-        return None
-    return Estimate.model_validate(record["estimate"]) if record.get("key") == estimate_key(ctx) else None
+    record = read_stage(ctx.layout.file(ESTIMATE_FILE), estimate_key(ctx))
+    return Estimate.model_validate(record["estimate"]) if record else None
 
 
 def run_estimate(ctx: RunContext, refs: list[ShardRef], accepted: int) -> Estimate:
