@@ -1,47 +1,41 @@
-"""How many tokens a run costs and how long its engine takes, estimated before it runs.
+"""How many tokens a run costs and how long its engine takes, estimated before it runs (README: `evol plan`).
 
-Per round every pool row makes up to four calls: evolve, the validity judge, respond, the equality judge.
-Prompt tokens come from the seeds and the templates, counted with the evolving model's tokenizer (the
-scripted backend's whitespace words; characters / 4 when no tokenizer is at hand). Round 1's evolution
-prompts are rendered and counted exactly (each seed's operation is known in advance); in later rounds a
-parent is the previous round's evolution. Completion tokens per call, and the share of rows that reach each
-call, come from (best first) a measured sample (``evol plan --measure N``), a previous run of the same model
-(its candidate shards), or the sampling caps (every call writes ``max_tokens`` and every row reaches every
-call: an upper bound). Engine time is the completion tokens at the completion tokens per second of the
-measured sample or of the previous run's rounds (their wall time).
+Prompt tokens: the seeds and templates, counted with the evolving model's tokenizer. Calls per row and completion
+tokens per call: candidate rows of a measured sample or of a previous run of the same model, else the sampling
+caps (an upper bound). Engine time: the completion tokens at the measured or the previous run's speed.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import time
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from pydantic import BaseModel
 
-from prompts import PromptPack
-from storage import StorageSettings, duck_connect, list_committed_shards, read_parquet_sql, resolve
-from tasks.core.config import LLMConfig
+from prompts import load_pack
+from storage import ShardRef, duck_connect, list_committed_shards, read_parquet_sql, resolve
+from storage.schema import records_table
+from tasks.context import RunContext
+from tasks.core.config import EnvSettings, LLMConfig, RunConfig
+from tasks.core.text import md_table
 from tasks.operations import evolve_prompts
 
 CALLS = ("evolve", "validity", "respond", "equality")
+CALLED = ("raw_evolution", "validity_raw", "response_prompt_sha", "equality_raw")  # set when the call was made
+OUTPUTS = ("raw_evolution", "validity_raw", "response", "equality_raw")  # what the call wrote
 SAMPLE_ROWS = 2000  # seeds counted (and previous candidates read); the sums are scaled to every row
 
 
-class CallFigures(BaseModel):
-    """One kind of call: how many per pool row and round, its completion tokens, its measured prompt tokens."""
-
-    per_row: float
-    completion: float
-    prompt: float | None = None  # measured in round 1; None: counted from the templates
-
-
 class Figures(BaseModel):
-    """Where the per-call figures and the speed come from."""
+    """Calls per pool row and round and completion tokens per call, by kind of call, and their source."""
 
     source: str
-    calls: dict[str, CallFigures]
+    per_row: dict[str, float]
+    completion: dict[str, float]
+    first_round: tuple[float, float] | None = None  # measured prompt and completion tokens per row in round 1
     tokens_per_second: float | None = None
     speed_source: str | None = None
 
@@ -72,35 +66,25 @@ class Estimate(BaseModel):
         return self.total("completion_tokens") / self.tokens_per_second if self.tokens_per_second else None
 
 
-class TokenCounter(Protocol):
-    name: str
-
-    def text(self, text: str) -> int: ...
-
-    def messages(self, conversation: list[dict[str, str]]) -> int: ...
-
-
 class WordCounter:
     name = "whitespace words (the scripted backend's count)"
+    joiner = " "  # a conversation is counted as its messages' contents joined by it
 
     def text(self, text: str) -> int:
         return len(text.split())
 
     def messages(self, conversation: list[dict[str, str]]) -> int:
-        return sum(len(m["content"].split()) for m in conversation)
+        return self.text(self.joiner.join(m["content"] for m in conversation))
 
 
-class CharCounter:
-    name = "characters / 4, rounded up (no tokenizer at hand)"
+class CharCounter(WordCounter):
+    name, joiner = "characters / 4, rounded up (no tokenizer at hand)", ""
 
     def text(self, text: str) -> int:
         return math.ceil(len(text) / 4)
 
-    def messages(self, conversation: list[dict[str, str]]) -> int:
-        return math.ceil(sum(len(m["content"]) for m in conversation) / 4)
 
-
-class ModelTokenizer:
+class ModelTokenizer(WordCounter):
     """The model folder's tokenizer; a conversation is counted as vLLM renders it (its chat template)."""
 
     def __init__(self, folder: str):
@@ -113,136 +97,150 @@ class ModelTokenizer:
         return len(self.tokenizer.encode(text, add_special_tokens=False))
 
     def messages(self, conversation: list[dict[str, str]]) -> int:
-        from tasks.llm.vllm_backend import chat_prompt_tokens
+        from tasks.llm.vllm_io import chat_prompt_tokens
 
         return chat_prompt_tokens(self.tokenizer, conversation)
 
 
-def token_counter(llm: LLMConfig, models_dir: str) -> TokenCounter:
+def token_counter(llm: LLMConfig, models_dir: str) -> WordCounter:
     """The evolving model's count: scripted -> words; a local model folder -> its tokenizer; else chars / 4."""
     if llm.backend == "scripted":
         return WordCounter()
-    folder = llm.model
-    if llm.backend == "vllm":
-        from tasks.llm.models import resolve_model
+    from tasks.llm.models import resolve_model
 
-        folder = resolve_model(llm.model, models_dir)
-    if Path(folder).expanduser().is_dir():
-        try:
-            return ModelTokenizer(str(Path(folder).expanduser()))
-        except Exception:  # a folder without a tokenizer: fall back to the documented rule
-            pass
-    return CharCounter()
+    folder = Path(resolve_model(llm.model, models_dir) if llm.backend == "vllm" else llm.model).expanduser()
+    try:
+        return ModelTokenizer(str(folder)) if folder.is_dir() else CharCounter()
+    except Exception:  # a folder without a tokenizer: fall back to the documented rule
+        return CharCounter()
 
 
-def cap_figures(sampling: Any, elimination: Any) -> Figures:
+def cap_figures(config: RunConfig) -> Figures:
     """Every call writes its ``max_tokens`` and every row reaches every enabled call: an upper bound."""
-    return Figures(source="sampling max_tokens, every row reaching every call (an upper bound)", calls={
-        "evolve": CallFigures(per_row=1, completion=sampling.evolve.max_tokens),
-        "validity": CallFigures(per_row=float(elimination.validity_check), completion=sampling.validity.max_tokens),
-        "respond": CallFigures(per_row=1, completion=sampling.respond.max_tokens),
-        "equality": CallFigures(per_row=float(elimination.equality_check), completion=sampling.equality.max_tokens),
-    })
+    checks = {"validity": config.elimination.validity_check, "equality": config.elimination.equality_check}
+    return Figures(source="sampling max_tokens, every row reaching every call (an upper bound)",
+                   per_row={kind: float(checks.get(kind, True)) for kind in CALLS},
+                   completion={kind: getattr(config.sampling, kind).max_tokens for kind in CALLS})
 
 
-def previous_figures(run_uris: list[str], counter: TokenCounter,
-                     settings: StorageSettings | None = None) -> Figures | None:
-    """Figures from the first of ``run_uris`` with candidate shards: the share of rows that reached each call,
-    its outputs counted with ``counter``, and its rounds' completion tokens per second of wall time."""
-    for run_uri in run_uris:
-        fs, path = resolve(run_uri, settings)
-        rounds = sorted(p.rstrip("/").rsplit("/", 1)[-1] for p in fs.glob(f"{path}/round=*"))
-        files = [u for r in rounds if r != "round=0" for u in list_committed_shards(f"{run_uri}/{r}/candidates",
-                                                                                    settings)]
-        if not files:
+def candidate_figures(con: Any, sql: str, counter: WordCounter, source: str, seconds: float,
+                      completion_tokens: int, speed_source: str, **more: Any) -> Figures:
+    """Figures from candidate rows (``sql``): the share of them that reached each call, the mean length of what each
+    call wrote (a sample counted with ``counter``), the speed ``completion_tokens`` in ``seconds`` make; ``{rows}``
+    in ``source`` and ``speed_source`` is the number of rows."""
+    rows, *counts = con.execute(f"SELECT count(*), {', '.join(f'count({c})' for c in CALLED)} FROM {sql}").fetchone()
+    sample = con.execute(f"SELECT {', '.join(OUTPUTS)} FROM {sql} LIMIT {SAMPLE_ROWS}").fetchall()
+    texts = [[row[i] for row in sample if row[i] is not None] for i in range(len(CALLS))]
+    speed = completion_tokens / seconds if seconds > 0 else None
+    return Figures(source=source.format(rows=rows), per_row={c: n / rows for c, n in zip(CALLS, counts, strict=True)},
+                   completion={c: sum(max(1, counter.text(t)) for t in found) / len(found) if found else 0.0
+                               for c, found in zip(CALLS, texts, strict=True)},
+                   tokens_per_second=speed, speed_source=speed_source.format(rows=rows) if speed else None, **more)
+
+
+def measured_figures(ctx: RunContext, rows: list[dict[str, Any]], counter: WordCounter) -> Figures:
+    """Round 1 of ``rows`` (a few seeds) through the run's own backends, driven as the run drives a shard (streaming
+    or batch); the engines start before the clock does."""
+    from tasks.engine import start_engines
+    from tasks.evolve import evolve_rows, stage_runtime
+
+    start_engines(ctx.evolve)
+    pack, backends = stage_runtime(ctx.evolve)
+    started = time.perf_counter()
+    table = records_table(evolve_rows(rows, 1, ctx.evolve, backends, pack, ctx.evolve.streaming))
+    seconds, n = time.perf_counter() - started, len(rows)
+    prompt, done = (sum(table[c].to_pylist()) for c in ("prompt_tokens", "completion_tokens"))
+    con = duck_connect()
+    con.register("candidates", table)
+    return candidate_figures(con, "candidates", counter, "measured on {rows} seeds", seconds, done,
+                             "measured on {rows} seeds, engine start excluded", first_round=(prompt / n, done / n))
+
+
+def previous_figures(ctx: RunContext, counter: WordCounter) -> Figures | None:
+    """Figures from the candidate shards of the latest run of the same backend and model under the output root
+    (this run's folder first), its speed from its rounds' completion tokens and wall time."""
+    fs, root = resolve(ctx.config.output_root)
+    llm = ctx.config.llm.for_stage("evolve")
+    found = []
+    for path in fs.glob(f"{root}/*/config.json"):
+        try:
+            other = RunConfig.model_validate(json.loads(fs.cat_file(path))).llm.for_stage("evolve")
+        except ValueError:
             continue
-        con = duck_connect(*files, settings=settings)
-        outputs = {"evolve": "raw_evolution", "validity": "validity_raw", "respond": "response",
-                   "equality": "equality_raw"}
-        rows, *counts = con.execute(
-            f"SELECT count(*), count(raw_evolution), count(validity_raw), count(response_prompt_sha), "
-            f"count(equality_raw) FROM {read_parquet_sql(files)}").fetchone()
-        sample = con.execute(f"SELECT {', '.join(outputs.values())} FROM {read_parquet_sql(files)} "
-                             f"LIMIT {SAMPLE_ROWS}").fetchall()
-        calls = {}
-        for i, (kind, n) in enumerate(zip(CALLS, counts, strict=True)):
-            texts = [r[i] for r in sample if r[i] is not None]
-            mean = sum(max(1, counter.text(t)) for t in texts) / len(texts) if texts else 0.0
-            calls[kind] = CallFigures(per_row=n / rows, completion=mean)
-        done = [json.loads(fs.cat_file(f"{path}/{r}/_round.json"))["summary"] for r in rounds
-                if r != "round=0" and fs.exists(f"{path}/{r}/_round.json")]
-        seconds = sum(s["wall_seconds"] for s in done)
-        name = run_uri.rstrip("/").rsplit("/", 1)[-1]
-        speed = sum(s["completion_tokens"] for s in done) / seconds if seconds > 0 else None
-        return Figures(source=f"previous run {name} ({rows} candidates)", calls=calls, tokens_per_second=speed,
-                       speed_source=f"previous run {name}'s rounds" if speed else None)
+        if (other.backend, other.model) == (llm.backend, llm.model):
+            name = path.rstrip("/").split("/")[-2]
+            found.append((name != ctx.layout.run_id, -fs.modified(path).timestamp(), name))
+    for *_, name in sorted(found):
+        run_uri = f"{ctx.config.output_root.rstrip('/')}/{name}"
+        rounds = [p.rstrip("/").rsplit("/", 1)[-1] for p in fs.glob(f"{root}/{name}/round=*")]
+        files = [u for r in rounds for u in list_committed_shards(f"{run_uri}/{r}/candidates")]
+        if files:
+            done = [json.loads(fs.cat_file(p))["summary"] for p in fs.glob(f"{root}/{name}/round=*/_round.json")]
+            return candidate_figures(duck_connect(*files), read_parquet_sql(files), counter,
+                                     f"previous run {name} ({{rows}} candidates)", sum(s["wall_seconds"] for s in done),
+                                     sum(s["completion_tokens"] for s in done), f"previous run {name}'s rounds")
     return None
 
 
-def estimate_rounds(rows: list[dict[str, Any]], total_rows: int, rounds: int, pack: PromptPack, spec: Any,
-                    counter: TokenCounter, figures: Figures) -> Estimate:
-    """The estimate of ``rounds`` rounds over ``total_rows`` pool rows, from ``rows`` (a sample of the seeds)."""
+def make_estimate(ctx: RunContext, refs: list[ShardRef], accepted: int, measure: int = 0) -> Estimate:
+    """The estimate of the run's rounds over its ``accepted`` seed rows, their lengths counted on the first seeds
+    (``SAMPLE_ROWS`` or ``measure``); calls and completions measured on the first ``measure`` seeds (its round 1
+    taken as measured), else from a previous run, else the sampling caps."""
+    config, spec, pack = ctx.config, ctx.evolve, load_pack(ctx.config.prompt_pack)
+    counter = token_counter(config.llm.for_stage("evolve"), EnvSettings().llm.models_dir)
+    uris, limit = [r.uri for r in refs], max(SAMPLE_ROWS, measure)
+    rows = duck_connect(*uris).sql(
+        f"SELECT * FROM {read_parquet_sql(uris)} LIMIT {limit}").to_arrow_table().to_pylist() if refs else []
+    figures = (measured_figures(ctx, rows[:measure], counter) if measure and rows else None) or \
+        previous_figures(ctx, counter) or cap_figures(config)
     out = []
     if rows:
-        m = len(rows)
         _, _, parents, rendered = evolve_prompts(rows, 1, pack, spec.random_seed, spec.operation_weights, spec.prefill)
-        first_evolve = sum(counter.messages(msgs) for msgs, _ in rendered) / m
-        seed_tokens = sum(counter.text(p) for p in parents) / m
-        overhead = {"evolve": first_evolve - seed_tokens,
+        first = [counter.messages(msgs) for msgs, _ in rendered]  # round 1's evolution prompts, counted exactly
+        seed, evolve = sum(counter.text(p) for p in parents) / len(rows), sum(first) / len(rows)
+        overhead = {"evolve": evolve - seed,
                     "validity": counter.messages(pack.validity_messages("", "")[0]),
                     "respond": counter.messages(pack.answer_messages("", "")[0]),
                     "equality": counter.messages(pack.equality_messages("", "")[0])}
-        c = figures.calls
-        evolved = c["evolve"].completion  # an evolved instruction: what the next round's parent is
-        for k in range(1, rounds + 1):
-            parent = seed_tokens if k == 1 else evolved
-            prompt = {"evolve": first_evolve if k == 1 else overhead["evolve"] + evolved,
-                      "validity": overhead["validity"] + parent + evolved,
-                      "respond": overhead["respond"] + evolved,
-                      "equality": overhead["equality"] + parent + evolved}
-            if k == 1:
-                prompt.update({kind: f.prompt for kind, f in c.items() if f.prompt is not None and kind != "evolve"})
-            out.append(RoundEstimate(
-                round=k, calls=round(total_rows * sum(f.per_row for f in c.values())),
-                prompt_tokens=round(total_rows * sum(c[kind].per_row * prompt[kind] for kind in CALLS)),
-                completion_tokens=round(total_rows * sum(f.per_row * f.completion for f in c.values()))))
-    return Estimate(rows=total_rows, tokenizer=counter.name, completions=figures.source, speed=figures.speed_source,
+        per_row, done = figures.per_row, figures.completion
+        evolved = done["evolve"]  # an evolved instruction: what the next round's parent is
+        for k in range(1, config.rounds + 1):
+            parent = seed if k == 1 else evolved
+            prompt = dict(zip(CALLS, (parent, parent + evolved, evolved, parent + evolved), strict=True))
+            tokens = (sum(per_row[c] * (overhead[c] + prompt[c]) for c in CALLS),
+                      sum(per_row[c] * done[c] for c in CALLS))
+            if k == 1 and figures.first_round:  # measured, its evolution prompts as counted on every row sampled
+                measured, completion = figures.first_round
+                tokens = (measured - sum(first[:measure]) / min(measure, len(first)) + evolve, completion)
+            out.append(RoundEstimate(round=k, calls=round(accepted * sum(per_row.values())),
+                                     prompt_tokens=round(accepted * tokens[0]),
+                                     completion_tokens=round(accepted * tokens[1])))
+    return Estimate(rows=accepted, tokenizer=counter.name, completions=figures.source, speed=figures.speed_source,
                     tokens_per_second=figures.tokens_per_second, rounds=out)
-
-
-def duration(seconds: float | None) -> str:
-    if seconds is None:
-        return "unknown"
-    minutes, secs = divmod(round(seconds), 60)
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours} h {minutes} min" if hours else f"{minutes} min {secs} s" if minutes else f"{secs} s"
-
-
-def engine_time_line(estimate: Estimate) -> str:
-    if estimate.tokens_per_second is None:
-        return "Engine time: no estimate (no measured speed: `evol plan --measure N`, or a previous run)."
-    return (f"Engine time: about {duration(estimate.engine_seconds)} at {estimate.tokens_per_second:.1f} completion "
-            f"tokens/s ({estimate.speed}).")
-
-
-def estimate_markdown(estimate: Estimate, actual: list[Any]) -> list[str]:
-    """The dataset card's section: the estimate made when the run started beside each round's actual tokens."""
-    by_round = {r.round: r for r in actual}
-    lines = ["## Estimate and actual", "",
-             f"Estimated when the run started, from the seeds' token lengths ({estimate.tokenizer}); "
-             f"completions: {estimate.completions}.", "",
-             "| round | prompt tokens (est.) | prompt tokens | completion tokens (est.) | completion tokens |",
-             "| --- | --- | --- | --- | --- |"]
-    for e in estimate.rounds:
-        a = by_round.get(e.round)
-        lines.append(f"| {e.round} | {e.prompt_tokens} | {a.prompt_tokens if a else '-'} | {e.completion_tokens} | "
-                     f"{a.completion_tokens if a else '-'} |")
-    lines += [f"| total | {sum(e.prompt_tokens for e in estimate.rounds)} | {sum(r.prompt_tokens for r in actual)} "
-              f"| {sum(e.completion_tokens for e in estimate.rounds)} | {sum(r.completion_tokens for r in actual)} |",
-              "", engine_time_line(whole_run(estimate)), ""]
-    return lines
 
 
 def whole_run(estimate: Estimate) -> Estimate:
     """The estimate with every round counted in full (reused shards too)."""
     return estimate.model_copy(update={"rounds": [r.model_copy(update={"share": 1.0}) for r in estimate.rounds]})
+
+
+def engine_time_line(estimate: Estimate) -> str:
+    if estimate.engine_seconds is None:
+        return "Engine time: no estimate (no measured speed: `evol plan --measure N`, or a previous run)."
+    minutes, secs = divmod(round(estimate.engine_seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    took = f"{hours} h {minutes} min" if hours else f"{minutes} min {secs} s" if minutes else f"{secs} s"
+    return f"Engine time: about {took} at {estimate.tokens_per_second:.1f} completion tokens/s ({estimate.speed})."
+
+
+def estimate_markdown(estimate: Estimate, actual: list[Any]) -> list[str]:
+    """The dataset card's section: the estimate made when the run started beside each round's actual tokens."""
+    by_round, whole = {r.round: r for r in actual}, whole_run(estimate)
+    rows = [[e.round, e.prompt_tokens, getattr(by_round.get(e.round), "prompt_tokens", "-"), e.completion_tokens,
+             getattr(by_round.get(e.round), "completion_tokens", "-")] for e in estimate.rounds]
+    rows.append(["total", whole.total("prompt_tokens"), sum(r.prompt_tokens for r in actual),
+                 whole.total("completion_tokens"), sum(r.completion_tokens for r in actual)])
+    return ["## Estimate and actual", "", f"Estimated when the run started, from the seeds' token lengths "
+            f"({estimate.tokenizer}); completions: {estimate.completions}.", "",
+            *md_table(["round", "prompt tokens (est.)", "prompt tokens", "completion tokens (est.)",
+                       "completion tokens"], rows), "", engine_time_line(whole), ""]

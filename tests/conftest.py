@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import socket
 import subprocess
@@ -104,6 +105,26 @@ def prefect_harness(tmp_path_factory):
 
     with prefect_test_harness(server_startup_timeout=120):
         yield
+
+
+@pytest.fixture(scope="session")
+def scripted_run(prefect_harness):
+    """Runs the 20 test seeds (2 rounds of 2 shards, the scripted demo model, random seed 3) to the end: call it with
+    a folder (the seed file goes there), the run's name and its output root's folder name; returns the run's config
+    (a dict) and its result."""
+    from flows.evol_instruct import evol_instruct
+    from tasks.core.config import parse_run_config
+    from tests.flow_script import load_seeds
+
+    def run(tmp, name: str, output: str):
+        seeds = tmp / "seeds.jsonl"
+        seeds.write_text("\n".join(json.dumps(s) for s in load_seeds()) + "\n")
+        config = {"name": name, "seeds": str(seeds), "output_root": str(tmp / output), "rounds": 2, "shard_size": 10,
+                  "random_seed": 3, "llm": {"backend": "scripted", "model": "demo"},
+                  "orchestration": {"retries": 0, "retry_delay_s": 0}}
+        return config, evol_instruct(parse_run_config(config))
+
+    return run
 
 
 @pytest.fixture(scope="session")

@@ -10,7 +10,6 @@ import yaml
 from typer.testing import CliRunner
 
 from flows.cli import app
-from flows.evol_instruct import evol_instruct
 from tasks.core.config import ConfigError, LLMConfig, load_run_config, parse_run_config
 from tasks.estimate import CharCounter, WordCounter, token_counter
 from tasks.plan import make_plan
@@ -30,15 +29,10 @@ def write_config(tmp: Path, config: dict) -> Path:
 
 
 @pytest.fixture(scope="module")
-def finished(prefect_harness, tmp_path_factory):
+def finished(scripted_run, tmp_path_factory):
     """One finished run (20 seeds, 2 rounds of 2 shards, the scripted demo model) and its config file."""
     tmp = tmp_path_factory.mktemp("plan")
-    seeds = tmp / "seeds.jsonl"
-    seeds.write_text("\n".join(json.dumps(s) for s in load_seeds()) + "\n")
-    config = {"name": "plan", "seeds": str(seeds), "output_root": str(tmp / "runs"), "rounds": 2, "shard_size": 10,
-              "random_seed": 3, "llm": {"backend": "scripted", "model": "demo"},
-              "orchestration": {"retries": 0, "retry_delay_s": 0}}
-    result = evol_instruct(parse_run_config(config))
+    config, result = scripted_run(tmp, "plan", "runs")
     return tmp, config, write_config(tmp, config), result
 
 

@@ -46,15 +46,10 @@ def recomputed(before: dict[str, str], after: dict[str, str]) -> set[str]:
 
 
 @pytest.fixture(scope="module")
-def baseline(prefect_harness, tmp_path_factory):
+def baseline(scripted_run, tmp_path_factory):
     """One finished run (20 seeds, 2 rounds, 2 shards, the scripted demo model) to change things against."""
     tmp = tmp_path_factory.mktemp("keys")
-    seeds = tmp / "seeds.jsonl"
-    seeds.write_text("\n".join(json.dumps(s) for s in load_seeds()) + "\n")
-    base = {"name": "keys", "seeds": str(seeds), "output_root": str(tmp / "base"), "rounds": 2, "shard_size": 10,
-            "random_seed": 3, "llm": {"backend": "scripted", "model": "demo"},
-            "orchestration": {"retries": 0, "retry_delay_s": 0}}
-    result = evol_instruct(parse_run_config(base))
+    base, result = scripted_run(tmp, "keys", "base")
     return tmp, base, result
 
 
