@@ -2,12 +2,25 @@
 
 from __future__ import annotations
 
+import tempfile
+from datetime import datetime
 from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
 
+from tasks.runlog import RunLog
+
 console = Console()
+
+
+def _measure_log() -> RunLog:
+    """Measuring starts the run's engines: their output goes to a log file, named on the terminal."""
+    path = Path(tempfile.gettempdir()) / f"evol-plan-{datetime.now():%Y%m%d-%H%M%S}.log"
+    run_log = RunLog(local=path, uri=str(path))
+    run_log.start(verbose=False)
+    console.print(f"log: {path} (the engine's output while measuring)", soft_wrap=True, highlight=False)
+    return run_log
 
 
 def plan_command(config_path: Path, sets: list[str], recompute: list[str], measure: int) -> None:
@@ -25,10 +38,14 @@ def plan_command(config_path: Path, sets: list[str], recompute: list[str], measu
     except (ConfigError, ValueError) as err:
         fail(str(err))
     fail_on_problems(validate_run(config, str(config_path)))
+    run_log = _measure_log() if measure else None
     try:
         plan = make_plan(config, tuple(recompute), measure)
     except (IngestError, OSError) as err:
         fail(str(err))
+    finally:
+        if run_log is not None:
+            run_log.finish()
     console.print(f"plan for run [bold]{plan.run_uri}[/] ({config.rounds} rounds, {config.llm.backend} backend, "
                   f"model {config.llm.model})", soft_wrap=True, highlight=False)
     stages = Table(title="stages")
@@ -45,7 +62,8 @@ def plan_command(config_path: Path, sets: list[str], recompute: list[str], measu
     for r in e.rounds:
         table.add_row(str(r.round), str(r.calls), str(r.prompt_tokens), str(r.completion_tokens), f"{r.share:.0%}")
     console.print(table)
-    for label, est in (("whole run", whole_run(e)), ("to compute", e)):
+    whole = whole_run(e)
+    for label, est in (("whole run", whole), ("to compute", e)) if whole != e else (("whole run", whole),):
         console.print(f"{label}: {est.total('prompt_tokens')} prompt tokens, {est.total('completion_tokens')} "
                       f"completion tokens. {engine_time_line(est)}", soft_wrap=True, highlight=False)
     console.print(f"tokens counted with {e.tokenizer}; completions from {e.completions}", soft_wrap=True,

@@ -50,6 +50,11 @@ def test_a_fresh_run_folder_recomputes_every_stage(tmp_path):
     assert [r.completion_tokens for r in plan.estimate.rounds] == [20 * (2048 + 4 + 2048 + 8)] * 2
     assert "upper bound" in plan.estimate.completions and plan.estimate.tokens_per_second is None
     assert not (tmp_path / "runs" / "seeds").exists()  # the plan wrote no run folder
+    out = CliRunner().invoke(app, ["plan", str(write_config(tmp_path, config.model_dump(mode="json")))],
+                             env={"COLUMNS": "200"})
+    assert out.exit_code == 0, out.output
+    total = plan.estimate.total("prompt_tokens")
+    assert f"whole run: {total} prompt tokens," in out.output and "to compute:" not in out.output  # one line
 
 
 def test_after_a_run_every_stage_is_reused_and_nothing_is_left_to_compute(finished):
@@ -154,3 +159,21 @@ def test_evol_plan_prints_the_stages_and_the_estimate(finished):
         "ingest": "reused", "round 1": "reused", "round 2": "reused", "round 3": "recomputed", "mix": "recomputed",
         "export": "recomputed"}
     assert "to compute:" in out.output and "completions from previous run plan" in out.output
+
+
+def test_evol_plan_measure_names_its_log_and_restores_the_environment(finished, monkeypatch, tmp_path):
+    """Measuring starts the run's engines: the plan names a log file for their output and leaves the environment
+    as it found it (an engine started later logs normally)."""
+    import os
+
+    _, _, config_file, _ = finished
+    monkeypatch.setattr("tempfile.tempdir", str(tmp_path))
+    monkeypatch.delenv("VLLM_LOGGING_CONFIG_PATH", raising=False)
+    before = {k: os.environ.get(k) for k in ("EVOL_ENGINE_LOG", "VLLM_LOGGING_CONFIG_PATH")}
+    out = CliRunner().invoke(app, ["plan", str(config_file), "--measure", "5"], env={"COLUMNS": "200"})
+    assert out.exit_code == 0, out.output
+    logs = list(tmp_path.glob("evol-plan-*.log"))
+    assert len(logs) == 1 and f"log: {logs[0]} (the engine's output while measuring)" in out.output
+    assert {k: os.environ.get(k) for k in before} == before
+    assert "completions from measured on 5 seeds" in out.output
+    assert "whole run: " in out.output and "to compute: 0 prompt tokens, 0 completion tokens." in out.output
