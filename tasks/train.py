@@ -12,11 +12,11 @@ from typing import Any, Literal
 
 import yaml
 from prefect import task
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, Field, ValidationError
 
 from storage import StorageSettings, join_uri, resolve
 from storage.shards import write_file_atomic
-from tasks.core.config import EnvSettings, validation_message
+from tasks.core.config import EnvSettings, StrictModel, validation_message
 from tasks.llm.models import resolve_model
 
 RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
@@ -24,11 +24,7 @@ Scheduler = Literal["linear", "cosine", "cosine_with_min_lr", "cosine_with_resta
                     "constant_with_warmup", "inverse_sqrt", "warmup_stable_decay"]
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-
-class LoraSettings(_Strict):
+class LoraSettings(StrictModel):
     """LoRA adapter shape (used when ``method: lora``)."""
 
     r: int = Field(16, ge=1)
@@ -37,7 +33,7 @@ class LoraSettings(_Strict):
     target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
-class TrainRecipe(_Strict):
+class TrainRecipe(StrictModel):
     """Everything that decides a fine-tuning run. Frozen; unknown keys are errors."""
 
     base_model: str = "default"  # "default" = the bundled SmolLM2-135M, else a local folder or hub id
