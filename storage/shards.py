@@ -93,7 +93,7 @@ class ShardWriter:
         try:
             self._writer.close()
             self._writer = None
-            digest, size = _file_sha256(self._tmp), os.path.getsize(self._tmp)
+            digest, size = file_sha256(self._tmp), os.path.getsize(self._tmp)
             faults.checkpoint(f"shard-before-publish {self.uri}")
             if self._local:
                 # An old marker must not vouch for the new file while it is being replaced.
@@ -131,12 +131,10 @@ class ShardWriter:
             self.abort()
 
 
-def _file_sha256(path: str) -> str:
-    h = hashlib.sha256()
+def file_sha256(path: str | os.PathLike) -> str:
+    """The SHA-256 of a local file, streamed."""
     with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def write_shard(uri: str, table: pa.Table, schema: pa.Schema = RECORD_SCHEMA,
@@ -299,6 +297,6 @@ def _pid_alive(pid: int) -> bool:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    except PermissionError:
-        return True
+    except PermissionError:  # alive, someone else's
+        pass
     return True

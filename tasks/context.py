@@ -102,11 +102,8 @@ class RunContext(BaseModel):
 def seeds_content_sha(uri: str, settings: StorageSettings | None = None) -> str:
     """SHA-256 of the seed file's bytes, streamed."""
     fs, path = resolve(uri, settings)
-    digest = hashlib.sha256()
     with fs.open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 STAGES = ("ingest", "mix", "export", "all")

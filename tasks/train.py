@@ -17,6 +17,7 @@ from pydantic import BaseModel, Field, ValidationError
 from storage import StorageSettings, join_uri, resolve
 from storage.shards import write_file_atomic
 from tasks.core.config import EnvSettings, StrictModel, validation_message
+from tasks.core.text import md_table
 from tasks.llm.models import resolve_model
 
 RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
@@ -211,7 +212,7 @@ def train_markdown(result: TrainResult) -> str:
             ("first loss", f"{result.first_loss:.4f}"), ("final loss", f"{result.final_loss:.4f}"),
             ("mean loss", f"{result.mean_loss:.4f}"), ("runtime", f"{result.runtime_s:.1f} s"),
             ("model", f"`{result.model_uri}`"), ("metrics", f"`{result.metrics_uri}`")]
-    return "\n".join(["# Fine-tuning", "", "| | |", "| --- | --- |", *[f"| {k} | {v} |" for k, v in rows], ""])
+    return "\n".join(["# Fine-tuning", "", *md_table(["", ""], rows), ""])
 
 
 def upload_folder(local_dir: Path, uri: str, settings: StorageSettings | None = None) -> None:

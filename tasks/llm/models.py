@@ -11,6 +11,8 @@ import shutil
 import uuid
 from pathlib import Path
 
+from storage.shards import file_sha256
+
 logger = logging.getLogger(__name__)
 
 DEFAULT_MODEL = "default"
@@ -40,18 +42,10 @@ def bundled_gguf() -> Path:
     return path
 
 
-def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def folder_hashes(folder: Path) -> dict[str, str]:
     """SHA-256 of every file in ``folder`` (relative POSIX path -> hex), the marker excluded."""
     return {
-        p.relative_to(folder).as_posix(): _file_sha256(p)
+        p.relative_to(folder).as_posix(): file_sha256(p)
         for p in sorted(folder.rglob("*"))
         if p.is_file() and p.name != MARKER
     }
@@ -152,7 +146,7 @@ def _folder_identity(folder: Path) -> str:
     stamp = tuple((p.relative_to(folder).as_posix(), p.stat().st_size, p.stat().st_mtime_ns) for p in files)
     cache_key = (str(folder), stamp)
     if cache_key not in _IDENTITY_CACHE:
-        listing = [(name, size, _file_sha256(folder / name)) for name, size, _ in stamp]
+        listing = [(name, size, file_sha256(folder / name)) for name, size, _ in stamp]
         _IDENTITY_CACHE[cache_key] = hashlib.sha256(json.dumps(listing).encode()).hexdigest()
     return _IDENTITY_CACHE[cache_key]
 
