@@ -8,6 +8,7 @@ import logging
 import os
 import threading
 from collections.abc import Callable
+from itertools import groupby
 from typing import Any
 
 from tasks.llm.base import BackendError
@@ -21,17 +22,8 @@ CPU_ENGINE_DEFAULTS: dict[str, Any] = {"max_model_len": 2048, "enforce_eager": T
 
 def cpu_id_ranges(cpus: set[int] | list[int]) -> str:
     """Compress CPU ids into vLLM's list syntax: ``{0, 1, 2, 5}`` -> ``"0-2,5"``."""
-    ids = sorted(set(cpus))
-    parts: list[str] = []
-    start = prev = ids[0]
-    for cpu in ids[1:] + [None]:
-        if cpu is not None and cpu == prev + 1:
-            prev = cpu
-            continue
-        parts.append(str(start) if start == prev else f"{start}-{prev}")
-        if cpu is not None:
-            start = prev = cpu
-    return ",".join(parts)
+    runs = [[cpu for _, cpu in run] for _, run in groupby(enumerate(sorted(set(cpus))), lambda p: p[1] - p[0])]
+    return ",".join(str(r[0]) if len(r) == 1 else f"{r[0]}-{r[-1]}" for r in runs)
 
 
 def cpu_env_defaults(cpus: set[int] | list[int] | None = None) -> dict[str, str]:
