@@ -151,14 +151,6 @@ def build_trainer(recipe: TrainRecipe, model_path: str, rows: list[dict[str, Any
                       peft_config=peft_config)
 
 
-def completion_label_mask(trainer: Any, index: int) -> tuple[list[int], list[int]]:
-    """The token ids of the trainer's processed example ``index`` and, per token, 1 if it carries loss: the labels
-    TRL's own collator builds for the batch (-100 = no loss)."""
-    batch = trainer.data_collator([trainer.train_dataset[index]])
-    ids = batch["input_ids"][0].tolist()
-    return ids, [int(label != -100) for label in batch["labels"][0].tolist()]
-
-
 class LossPoint(BaseModel):
     """One logged training step."""
 
@@ -218,10 +210,7 @@ def train_markdown(result: TrainResult) -> str:
 def upload_folder(local_dir: Path, uri: str, settings: StorageSettings | None = None) -> None:
     """Copy every file under ``local_dir`` to ``uri`` (any storage), keeping relative paths."""
     fs, root = resolve(uri, settings)
-    for file in sorted(p for p in local_dir.rglob("*") if p.is_file()):
-        target = f"{root}/{file.relative_to(local_dir).as_posix()}"
-        fs.makedirs(target.rsplit("/", 1)[0], exist_ok=True)
-        fs.put_file(str(file), target)
+    fs.put(f"{local_dir}/", f"{root}/", recursive=True)  # the trailing slashes: the folder's contents, not the folder
 
 
 def _save_model(trainer: Any, recipe: TrainRecipe, model_path: str, work: Path) -> None:

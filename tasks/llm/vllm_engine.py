@@ -31,11 +31,8 @@ def cpu_env_defaults(cpus: set[int] | list[int] | None = None) -> dict[str, str]
     every CPU this process may use, none reserved (the default reserves one, half of a 2-core box)."""
     if cpus is None:
         cpus = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else range(os.cpu_count() or 1)
-    return {
-        "VLLM_CPU_KVCACHE_SPACE": "1",
-        "VLLM_CPU_OMP_THREADS_BIND": cpu_id_ranges(list(cpus)),
-        "VLLM_CPU_NUM_OF_RESERVED_CPU": "0",
-    }
+    return {"VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_CPU_OMP_THREADS_BIND": cpu_id_ranges(list(cpus)),
+            "VLLM_CPU_NUM_OF_RESERVED_CPU": "0"}
 
 
 def on_cpu() -> bool:
@@ -63,15 +60,6 @@ def engine_kwargs(engine_args: dict[str, Any] | None, on_cpu: bool) -> dict[str,
         kwargs = {**CPU_ENGINE_DEFAULTS, "dtype": "bfloat16" if _cpu_has_fast_bf16() else "float32"}
     kwargs.update(engine_args or {})
     return kwargs
-
-
-def engine_died(err: BaseException) -> bool:
-    """Whether an engine call failed because the engine is dead (it can't serve any later call)."""
-    try:
-        from vllm.v1.engine.exceptions import EngineDeadError
-    except ImportError:  # other vLLM versions: judge by name
-        return type(err).__name__ == "EngineDeadError"
-    return isinstance(err, EngineDeadError)
 
 
 class EngineCache:
@@ -103,17 +91,21 @@ class EngineCache:
                     self.engines[key] = build(model, kwargs)
             except Exception as err:
                 log = os.environ.get(ENGINE_LOG_ENV)
-                raise BackendError(
-                    f"vLLM engine failed to start for model {model!r} with engine args {kwargs}: "
-                    f"{type(err).__name__}: {err}" + (f" (vLLM's own output, the root cause among it, is in {log})"
-                                                      if log else "")
-                ) from err
+                where = f" (vLLM's own output, the root cause among it, is in {log})" if log else ""
+                raise BackendError(f"vLLM engine failed to start for model {model!r} with engine args {kwargs}: "
+                                   f"{type(err).__name__}: {err}{where}") from err
             return self.engines[key]
 
     def raise_if_dead(self, err: BaseException, engine: Any) -> None:
         """``BackendError`` when ``err`` says ``engine`` died, which then leaves the cache (the shard task's retry
         starts a fresh one)."""
-        if engine_died(err):
+        try:
+            from vllm.v1.engine.exceptions import EngineDeadError
+        except ImportError:  # other vLLM versions: judge by name
+            dead = type(err).__name__ == "EngineDeadError"
+        else:
+            dead = isinstance(err, EngineDeadError)
+        if dead:
             with self._lock:
                 for key in [k for k, e in self.engines.items() if e is engine]:
                     del self.engines[key]

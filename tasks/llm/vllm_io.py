@@ -47,24 +47,16 @@ def to_vllm_sampling_params(params: SamplingParams, on_cpu: bool | None = None) 
     import vllm
 
     if params.seed is not None and (_on_cpu() if on_cpu is None else on_cpu):
-        raise BackendError(
-            "sampling seed is not supported by vLLM on CPU (its engine dies on seeded requests in large "
-            "batches); remove `seed` from the run's sampling settings"
-        )
+        raise BackendError("sampling seed is not supported by vLLM on CPU (its engine dies on seeded requests in large "
+                           "batches); remove `seed` from the run's sampling settings")
     extra: dict[str, Any] = {}
     if params.choices is not None:
         from vllm.sampling_params import StructuredOutputsParams
 
         # The decision's margin is read from the first position's alternatives.
         extra = {"structured_outputs": StructuredOutputsParams(choice=list(params.choices)), "logprobs": TOP_LOGPROBS}
-    return vllm.SamplingParams(
-        temperature=params.temperature,
-        top_p=params.top_p,
-        max_tokens=params.max_tokens,
-        seed=params.seed,
-        stop=list(params.stop) or None,
-        **extra,
-    )
+    return vllm.SamplingParams(temperature=params.temperature, top_p=params.top_p, max_tokens=params.max_tokens,
+                               seed=params.seed, stop=list(params.stop) or None, **extra)
 
 
 def completion_of(output: Any, choices: tuple[str, ...] | None = None) -> Completion:
@@ -74,14 +66,9 @@ def completion_of(output: Any, choices: tuple[str, ...] | None = None) -> Comple
     if constrained and choice.logprobs:
         first = {lp.decoded_token or "": lp.logprob for lp in choice.logprobs[0].values()}
         margin = choice_margin(first, choice.text, choices)
-    return Completion(
-        text=choice.text,
-        finish_reason=choice.finish_reason,
-        prompt_tokens=len(output.prompt_token_ids or ()),
-        completion_tokens=len(choice.token_ids),
-        constrained=constrained,
-        choice_margin=margin,
-    )
+    return Completion(text=choice.text, finish_reason=choice.finish_reason,
+                      prompt_tokens=len(output.prompt_token_ids or ()), completion_tokens=len(choice.token_ids),
+                      constrained=constrained, choice_margin=margin)
 
 
 def error_completion(message: str) -> Completion:
