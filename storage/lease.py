@@ -110,7 +110,8 @@ class RunLease:
         """Take the lease or raise LeaseHeld saying who holds it since when."""
         for _ in range(3):
             if self._create():
-                self._start_heartbeat()
+                self._thread = threading.Thread(target=self._beat, name="run-lease", daemon=True)
+                self._thread.start()
                 return self
             current = self.read()
             if current is None:
@@ -124,10 +125,6 @@ class RunLease:
             self.previous = current
             self.fs.rm_file(self.path)
         raise LeaseHeld(f"could not take the lease {self.uri}: another run keeps taking it")
-
-    def _start_heartbeat(self) -> None:
-        self._thread = threading.Thread(target=self._beat, name="run-lease", daemon=True)
-        self._thread.start()
 
     def _beat(self) -> None:
         while not self._stop.wait(self.ttl / 3):

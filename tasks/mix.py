@@ -41,12 +41,6 @@ class MixSummary(BaseModel):
     reused: bool = False
 
 
-def gather_survivors(inputs: list[ShardRef], settings: StorageSettings | None = None) -> pa.Table:
-    """The input shards (seeds first, then each round's evolved rows), each checked against its ref."""
-    tables = [read_shard(ref.uri, settings, expected=ref.model_dump()) for ref in inputs]
-    return pa.concat_tables(tables) if tables else RECORD_SCHEMA.empty_table()
-
-
 def _with_reason(table: pa.Table, reason: str) -> pa.Table:
     return table.set_column(table.schema.get_field_index("reject_reason"), "reject_reason",
                             pa.array([reason] * table.num_rows, pa.string()))
@@ -62,7 +56,9 @@ def mix_final(layout: RunLayout, config: RunConfig, inputs: list[ShardRef], key:
     record = None if force else read_stage(marker_uri, key, settings)
     if record is not None:
         return MixSummary.model_validate({**record["summary"], "reused": True})
-    table = gather_survivors(inputs, settings)
+    # the input shards (seeds first, then each round's evolved rows), each checked against its ref
+    tables = [read_shard(ref.uri, settings, expected=ref.model_dump()) for ref in inputs]
+    table = pa.concat_tables(tables) if tables else RECORD_SCHEMA.empty_table()
     if table.num_rows != total_rows(inputs):
         raise StageMismatch(f"mix: read {table.num_rows} rows from shards that hold {total_rows(inputs)}")
     candidates = table.num_rows

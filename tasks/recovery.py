@@ -79,19 +79,16 @@ def crash_dead_flow_run(client: SyncPrefectClient, lease: dict[str, Any], api_ur
     Only when the lease was written against the same Prefect API: a run on a private local API leaves
     nothing behind that another API could show."""
     flow_run_id = lease.get("flow_run_id")
-    report = CrashReport(flow_run_id=flow_run_id)
     if not flow_run_id:
-        report.note = "the dead run recorded no flow run"
-        return report
+        return CrashReport(flow_run_id=flow_run_id, note="the dead run recorded no flow run")
     if lease.get("prefect_api") and api_url and lease["prefect_api"].rstrip("/") != api_url.rstrip("/"):
-        report.note = f"flow run {flow_run_id} ran on another Prefect API ({lease['prefect_api']})"
-        return report
+        return CrashReport(flow_run_id=flow_run_id,
+                           note=f"flow run {flow_run_id} ran on another Prefect API ({lease['prefect_api']})")
     try:
         tree = flow_run_tree(client, root_flow_run_id(client, UUID(flow_run_id)))
     except ObjectNotFound:
-        report.note = f"flow run {flow_run_id} is not on this Prefect API"
-        return report
-    report.found = True
+        return CrashReport(flow_run_id=flow_run_id, note=f"flow run {flow_run_id} is not on this Prefect API")
+    report = CrashReport(flow_run_id=flow_run_id, found=True)
     message = dead_holder_message(lease)
     for flow_run in reversed(tree):  # children first, so a parent is never final while a child still runs
         task_runs = unfinished_task_runs(client, flow_run.id)

@@ -12,11 +12,11 @@ from typing import Any, Literal
 
 import yaml
 from prefect import task
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, Field
 
 from storage import StorageSettings, join_uri, resolve
 from storage.shards import write_file_atomic
-from tasks.core.config import EnvSettings, StrictModel, validation_message
+from tasks.core.config import EnvSettings, StrictModel, validated
 from tasks.core.text import md_table
 from tasks.llm.models import resolve_model
 
@@ -84,12 +84,7 @@ def load_recipe(recipe: str) -> TrainRecipe:
         raise RecipeError(f"recipe not found: {path} (known names: {', '.join(known)})") from None
     except yaml.YAMLError as err:
         raise RecipeError(f"invalid YAML in {path}: {err}") from None
-    if not isinstance(data, dict):
-        raise RecipeError(f"invalid recipe in {path}: expected a mapping of keys, got {type(data).__name__}")
-    try:
-        return TrainRecipe.model_validate(data)
-    except ValidationError as err:
-        raise RecipeError(validation_message(str(path), err)) from None
+    return validated(TrainRecipe, data, str(path), RecipeError)
 
 
 def to_prompt_completion(row: dict[str, Any], where: str = "<row>") -> dict[str, list[dict[str, str]]]:

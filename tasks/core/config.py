@@ -7,13 +7,15 @@ import math
 import posixpath
 import warnings
 from pathlib import Path
-from typing import Any, Literal, get_args, get_origin
+from typing import Any, Literal, TypeVar, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from storage import StorageSettings, resolve
+
+ModelT = TypeVar("ModelT", bound=BaseModel)
 
 
 class StrictModel(BaseModel):
@@ -238,14 +240,19 @@ def validation_message(source: str, err: ValidationError) -> str:
     return "\n".join(lines)
 
 
+def validated(model: type[ModelT], data: Any, source: str, error: type[ValueError] = ConfigError) -> ModelT:
+    """A mapping validated as ``model`` (a config, a training recipe); ``error`` names ``source`` and each bad key."""
+    if not isinstance(data, dict):
+        raise error(f"{source}: (top level): expected a mapping of keys, got {type(data).__name__}")
+    try:
+        return model.model_validate(data)
+    except ValidationError as err:
+        raise error(validation_message(source, err)) from None
+
+
 def parse_run_config(data: Any, source: str = "<config>") -> RunConfig:
     """Validate a mapping as a RunConfig; errors name ``source`` and each bad key."""
-    if not isinstance(data, dict):
-        raise ConfigError(f"{source}: (top level): expected a mapping of keys, got {type(data).__name__}")
-    try:
-        return RunConfig.model_validate(data)
-    except ValidationError as err:
-        raise ConfigError(validation_message(source, err)) from None
+    return validated(RunConfig, data, source)
 
 
 def _section(annotation: Any) -> type[BaseModel] | type[dict] | None:
