@@ -19,7 +19,7 @@ import asyncio
 import json
 import time
 
-from round_bench import StreamingRecordingBackend, one_round
+from round_bench import StreamingRecordingBackend, bundled_backend, one_round
 
 
 def stage_of(params, respond) -> str:
@@ -57,12 +57,10 @@ def main() -> None:
     args = parser.parse_args()
     streaming = args.mode == "streaming"
 
-    from tasks.core.config import EnvSettings, SamplingParams
-    from tasks.llm.models import resolve_model
-    from tasks.llm.vllm_backend import VLLMBackend, shutdown_engines
+    from tasks.core.config import SamplingParams
+    from tasks.llm.vllm_backend import shutdown_engines
 
-    engine_args = {"max_model_len": 2048, "enable_prefix_caching": False}
-    backend = VLLMBackend(resolve_model("default", EnvSettings().llm.models_dir), engine_args, streaming=streaming)
+    backend = bundled_backend(streaming)
     recorder = StreamingRecordingBackend(backend)
     greedy = {"temperature": 0.0, "top_p": 1.0, "max_tokens": args.max_tokens}
     warm_up = [[{"role": "user", "content": "Warm up."}]]

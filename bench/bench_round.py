@@ -14,7 +14,7 @@ import argparse
 import json
 import time
 
-from round_bench import RecordingBackend, one_round
+from round_bench import RecordingBackend, bundled_backend, one_round
 
 
 def main() -> None:
@@ -25,13 +25,9 @@ def main() -> None:
     parser.add_argument("--parallel", type=int, default=1, help="orchestration.max_parallel_shards")
     args = parser.parse_args()
 
-    from tasks.core.config import EnvSettings
-    from tasks.llm.models import resolve_model
-    from tasks.llm.vllm_backend import VLLMBackend, to_vllm_sampling_params
+    from tasks.llm.vllm_backend import to_vllm_sampling_params
 
-    # No prefix cache: the replay sends the very same prompts and would skip their prefill.
-    engine_args = {"max_model_len": 2048, "enable_prefix_caching": False}
-    backend = VLLMBackend(resolve_model("default", EnvSettings().llm.models_dir), engine_args)
+    backend = bundled_backend()
     recorder = RecordingBackend(backend)
     greedy = {"temperature": 0.0, "top_p": 1.0, "max_tokens": args.max_tokens}
     llm = backend.engine

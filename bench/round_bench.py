@@ -45,6 +45,17 @@ class StreamingRecordingBackend(RecordingBackend):
         return await self.inner.acomplete(conversation, params)
 
 
+def bundled_backend(streaming: bool = False) -> Any:
+    """The bundled model on vLLM, prefix cache off: a replay or a reference sends the very same prompts
+    again and would skip their prefill."""
+    from tasks.core.config import EnvSettings
+    from tasks.llm.models import resolve_model
+    from tasks.llm.vllm_backend import VLLMBackend
+
+    engine_args = {"max_model_len": 2048, "enable_prefix_caching": False}
+    return VLLMBackend(resolve_model("default", EnvSettings().llm.models_dir), engine_args, streaming=streaming)
+
+
 @contextmanager
 def one_round(recorder: RecordingBackend, name: str, seeds: int, shard_size: int, parallel: int,
               warm_up: Callable[[Any], None], **settings: Any) -> Iterator[tuple[Any, list, Any, float]]:
