@@ -39,12 +39,6 @@ class CrashReport(BaseModel):
     note: str = ""
 
 
-def dead_holder_message(lease: dict[str, Any]) -> str:
-    """The Crashed message: which process died, where, since when."""
-    return (f"the process that ran this flow (pid {lease.get('pid')} on {lease.get('host')}, started "
-            f"{lease.get('started')}) died; the next run of its run folder marked it Crashed")
-
-
 def flow_run_tree(client: SyncPrefectClient, root: UUID) -> list[Any]:
     """The flow run ``root`` and every flow run under it (round flows, training), parents first."""
     found = [client.read_flow_run(root)]
@@ -89,7 +83,8 @@ def crash_dead_flow_run(client: SyncPrefectClient, lease: dict[str, Any], api_ur
     except ObjectNotFound:
         return CrashReport(flow_run_id=flow_run_id, note=f"flow run {flow_run_id} is not on this Prefect API")
     report = CrashReport(flow_run_id=flow_run_id, found=True)
-    message = dead_holder_message(lease)
+    message = (f"the process that ran this flow (pid {lease.get('pid')} on {lease.get('host')}, started "
+               f"{lease.get('started')}) died; the next run of its run folder marked it Crashed")
     for flow_run in reversed(tree):  # children first, so a parent is never final while a child still runs
         task_runs = unfinished_task_runs(client, flow_run.id)
         for task_run in task_runs:

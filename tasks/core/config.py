@@ -38,9 +38,7 @@ class SamplingParams(StrictModel):
     @field_validator("choices")
     @classmethod
     def _choices_valid(cls, value: tuple[str, ...] | None) -> tuple[str, ...] | None:
-        if value is None:
-            return None
-        if len(value) < 2 or len(set(value)) != len(value) or not all(c.strip() for c in value):
+        if value is not None and (len(value) < 2 or len(set(value)) != len(value) or not all(c.strip() for c in value)):
             raise ValueError("choices must be at least two distinct non-blank strings")
         return value
 
@@ -217,11 +215,9 @@ class RunConfig(StrictModel):
     @field_validator("operation_weights")
     @classmethod
     def _weights_valid(cls, value: dict[str, float] | None) -> dict[str, float] | None:
-        if value is None:
-            return None
-        if any(not math.isfinite(w) or w < 0 for w in value.values()):
+        if any(not math.isfinite(w) or w < 0 for w in (value or {}).values()):
             raise ValueError("weights must be finite and >= 0")
-        if not any(w > 0 for w in value.values()):
+        if value is not None and not any(w > 0 for w in value.values()):
             raise ValueError("at least one weight must be > 0")
         return value
 
