@@ -15,7 +15,6 @@ runs on that same engine. Prints one JSON line: generated tokens/s of each and t
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import time
 
@@ -31,14 +30,11 @@ def stage_of(params, respond) -> str:
 
 def one_call(backend, items: list[tuple[list, object]]) -> list:
     """All ``items`` given to the engine at once, each with its own sampling parameters."""
-    from tasks.llm.aio import run_on_loop
+    from tasks.llm.aio import gather_on_loop
     from tasks.llm.vllm_backend import chat_in_groups, completion_of, to_vllm_sampling_params
 
     if backend.streaming:
-        async def together():
-            return await asyncio.gather(*(backend.acomplete(c, p) for c, p in items))
-
-        return run_on_loop(together())
+        return gather_on_loop(backend.acomplete(c, p) for c, p in items)
     outputs = chat_in_groups(backend.engine, [c for c, _ in items], [to_vllm_sampling_params(p) for _, p in items])
     return [completion_of(o, p.choices) for o, (_, p) in zip(outputs, items, strict=True)]
 

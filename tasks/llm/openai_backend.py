@@ -11,7 +11,7 @@ import openai
 from openai.types.chat import ChatCompletion
 
 from tasks.core.config import LLMEnvSettings
-from tasks.llm.aio import run_on_loop
+from tasks.llm.aio import gather_on_loop
 from tasks.llm.base import (
     TOP_LOGPROBS,
     BackendError,
@@ -82,11 +82,7 @@ class OpenAIBackend:
         if not conversations:
             return []
         model = self.model_name
-
-        async def batch() -> list[tuple[Completion, bool]]:
-            return list(await asyncio.gather(*(self._complete(model, c, params) for c in conversations)))
-
-        results = run_on_loop(batch())
+        results = gather_on_loop(self._complete(model, c, params) for c in conversations)
         if all(unreachable for _, unreachable in results):
             raise BackendError(f"OpenAI-compatible server at {self.base_url} unreachable: {results[0][0].error}")
         return [completion for completion, _ in results]

@@ -5,14 +5,13 @@ The engine core runs in a spawned process: a script that creates one needs an ``
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import threading
 from pathlib import Path
 from typing import Any
 
 from tasks.llm import vllm_async
-from tasks.llm.aio import run_on_loop
+from tasks.llm.aio import gather_on_loop, run_on_loop
 from tasks.llm.base import Completion, Conversation, SamplingParams, is_prefilled
 from tasks.llm.vllm_engine import EngineCache, cpu_env_defaults, cpu_id_ranges, engine_kwargs
 from tasks.llm.vllm_engine import on_cpu as _on_cpu
@@ -116,16 +115,13 @@ class VLLMBackend:
         engine = await vllm_async.get_async_engine(self.model, self.engine_args)
         return await vllm_async.complete(engine, conversation, params)
 
-    async def _agenerate(self, conversations: list[Conversation], params: SamplingParams) -> list[Completion]:
-        return list(await asyncio.gather(*(self.acomplete(c, params) for c in conversations)))
-
     def generate(self, conversations: list[Conversation], params: SamplingParams) -> list[Completion]:
         """Complete every conversation in one engine call; an item that can't run gets an ``error`` completion."""
         if not conversations:
             return []
         if self.streaming:
             to_vllm_sampling_params(params)  # refuse what vLLM can't run before any request is sent
-            return run_on_loop(self._agenerate(conversations, params))
+            return gather_on_loop(self.acomplete(c, params) for c in conversations)
         entry = get_vllm_engine(self.model, self.engine_args)
         llm, lock = entry
         vparams = to_vllm_sampling_params(params)
@@ -142,15 +138,9 @@ class VLLMBackend:
                 ENGINES.raise_if_dead(err, entry)
                 logger.warning("batch of %d failed (%s); retrying item by item", len(todo), err)
                 for i in todo:
-                    results[i] = self._one(entry, conversations[i], vparams, params.choices)
+                    try:
+                        results[i] = completion_of(chat_in_groups(llm, [conversations[i]], vparams)[0], params.choices)
+                    except Exception as item_err:
+                        ENGINES.raise_if_dead(item_err, entry)
+                        results[i] = error_completion(f"{type(item_err).__name__}: {item_err}")
         return [r if r is not None else error_completion("no output") for r in results]
-
-    @staticmethod
-    def _one(entry: tuple[Any, threading.Lock], conversation: Conversation, vparams: Any,
-             choices: tuple[str, ...] | None) -> Completion:
-        try:
-            return completion_of(entry[0].chat([conversation], vparams, use_tqdm=False, **chat_kwargs(conversation))[0],
-                                 choices)
-        except Exception as err:
-            ENGINES.raise_if_dead(err, entry)
-            return error_completion(f"{type(err).__name__}: {err}")
