@@ -65,10 +65,7 @@ RECORD_DEFAULTS = {**{f.name: None for f in RECORD_SCHEMA if f.nullable}, "promp
 def records_table(rows: list[dict], schema: pa.Schema = RECORD_SCHEMA) -> pa.Table:
     """Rows (dicts) as a table of ``schema``; missing optional fields take their defaults."""
     defaults = RECORD_DEFAULTS if schema is RECORD_SCHEMA else {}
-    columns = {}
-    for field in schema:
-        default = defaults.get(field.name)
-        columns[field.name] = [row.get(field.name, default) for row in rows]
+    columns = {f.name: [row.get(f.name, defaults.get(f.name)) for row in rows] for f in schema}
     return pa.Table.from_pydict(columns, schema=schema)
 
 
