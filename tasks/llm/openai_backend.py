@@ -10,17 +10,9 @@ from typing import Any
 import openai
 from openai.types.chat import ChatCompletion
 
-from tasks.core.config import LLMEnvSettings
+from tasks.core.config import LLMEnvSettings, SamplingParams
 from tasks.llm.aio import gather_on_loop
-from tasks.llm.base import (
-    TOP_LOGPROBS,
-    BackendError,
-    Completion,
-    Conversation,
-    SamplingParams,
-    choice_margin,
-    is_prefilled,
-)
+from tasks.llm.base import TOP_LOGPROBS, BackendError, Completion, Conversation, choice_margin, is_prefilled
 
 
 class OpenAIBackend:

@@ -4,15 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from tasks.llm.base import (
-    TOP_LOGPROBS,
-    BackendError,
-    Completion,
-    Conversation,
-    SamplingParams,
-    choice_margin,
-    is_prefilled,
-)
+from tasks.core.config import SamplingParams
+from tasks.llm.base import TOP_LOGPROBS, BackendError, Completion, Conversation, choice_margin, is_prefilled
 from tasks.llm.vllm_engine import on_cpu as _on_cpu
 
 
