@@ -15,35 +15,10 @@ runs on that same engine. Prints one JSON line: generated tokens/s of each and t
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
-import os
-import sys
-import tempfile
 import time
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
-
-
-class RecordingBackend:
-    """Passes every request to the real backend and keeps it, for the reference calls."""
-
-    def __init__(self, inner):
-        self.inner = inner
-        self.model_name = inner.model_name
-        self.requests: list[tuple[list, object]] = []
-
-    def generate(self, conversations, params):
-        self.requests.extend((c, params) for c in conversations)
-        return self.inner.generate(conversations, params)
-
-    async def acomplete(self, conversation, params):
-        self.requests.append((conversation, params))
-        return await self.inner.acomplete(conversation, params)
+from round_bench import StreamingRecordingBackend, bundled_backend, one_round
 
 
 def stage_of(params, respond) -> str:
@@ -55,23 +30,13 @@ def stage_of(params, respond) -> str:
 
 def one_call(backend, items: list[tuple[list, object]]) -> list:
     """All ``items`` given to the engine at once, each with its own sampling parameters."""
-    from tasks.llm.aio import run_on_loop
-    from tasks.llm.vllm_backend import chat_kwargs, completion_of, to_vllm_sampling_params
+    from tasks.llm.aio import gather_on_loop
+    from tasks.llm.vllm_backend import chat_in_groups, completion_of, to_vllm_sampling_params
 
     if backend.streaming:
-        async def together():
-            return await asyncio.gather(*(backend.acomplete(c, p) for c, p in items))
-
-        return run_on_loop(together())
-    llm = backend.engine
-    out = []
-    for prefilled in (False, True):  # llm.chat renders a whole call one way
-        group = [(c, p) for c, p in items if chat_kwargs(c)["continue_final_message"] == prefilled]
-        if group:
-            outputs = llm.chat([c for c, _ in group], [to_vllm_sampling_params(p) for _, p in group],
-                               use_tqdm=False, **chat_kwargs(group[0][0]))
-            out += [completion_of(o, p.choices) for o, (_, p) in zip(outputs, group, strict=True)]
-    return out
+        return gather_on_loop(backend.acomplete(c, p) for c, p in items)
+    outputs = chat_in_groups(backend.engine, [c for c, _ in items], [to_vllm_sampling_params(p) for _, p in items])
+    return [completion_of(o, p.choices) for o, (_, p) in zip(outputs, items, strict=True)]
 
 
 def main() -> None:
@@ -88,42 +53,21 @@ def main() -> None:
     args = parser.parse_args()
     streaming = args.mode == "streaming"
 
-    from prefect.task_runners import ThreadPoolTaskRunner
-    from prefect.testing.utilities import prefect_test_harness
+    from tasks.core.config import SamplingParams
+    from tasks.llm.vllm_backend import shutdown_engines
 
-    from flows.evol_instruct import evol_round
-    from tasks.context import build_context
-    from tasks.core.config import EnvSettings, SamplingParams, parse_run_config
-    from tasks.ingest import ingest_run_seeds
-    from tasks.llm.models import resolve_model
-    from tasks.llm.scripted import register_scripted_backend
-    from tasks.llm.vllm_backend import VLLMBackend, shutdown_engines
-
-    engine_args = {"max_model_len": 2048, "enable_prefix_caching": False}
-    backend = VLLMBackend(resolve_model("default", EnvSettings().llm.models_dir), engine_args, streaming=streaming)
-    recorder = RecordingBackend(backend)
-    register_scripted_backend(recorder, "bench-vllm")
+    backend = bundled_backend(streaming)
+    recorder = StreamingRecordingBackend(backend)
     greedy = {"temperature": 0.0, "top_p": 1.0, "max_tokens": args.max_tokens}
-    with tempfile.TemporaryDirectory() as tmp, prefect_test_harness(server_startup_timeout=180):
-        seeds = Path(tmp) / "seeds.jsonl"
-        lines = (ROOT / "data" / "demo_seeds.jsonl").read_text().splitlines()
-        seeds.write_text("\n".join((lines * (args.seeds // len(lines) + 1))[: args.seeds]))
-        config = parse_run_config({
-            "name": "bench-saturation", "seeds": str(seeds), "output_root": f"{tmp}/runs", "rounds": 1,
-            "shard_size": args.shard_size, "llm": {"backend": "scripted", "model": "bench-vllm"},
-            "sampling": {"evolve": greedy, "respond": greedy}, "elimination": {"validity_check": args.validity},
-            "orchestration": {"max_parallel_shards": args.parallel, "retries": 0, "streaming": streaming}})
-        ctx = build_context(config)
-        pool = ingest_run_seeds(config, ctx.layout, ctx.ingest_key).refs
-        backend.generate([[{"role": "user", "content": "Warm up."}]], SamplingParams(temperature=0.0, max_tokens=4))
-        started = time.perf_counter()
-        round_flow = evol_round.with_options(task_runner=ThreadPoolTaskRunner(max_workers=args.parallel))
-        summary = round_flow(ctx, 1, pool, pool, sum(r.rows for r in pool))
-        pipeline_s = time.perf_counter() - started
-
+    warm_up = [[{"role": "user", "content": "Warm up."}]]
+    with one_round(recorder, "bench-saturation", args.seeds, args.shard_size, args.parallel,
+                   lambda _: backend.generate(warm_up, SamplingParams(temperature=0.0, max_tokens=4)),
+                   sampling={"evolve": greedy, "respond": greedy}, elimination={"validity_check": args.validity},
+                   orchestration={"streaming": streaming}) as (config, pool, summary, pipeline_s):
         stages: dict[str, list] = {"evolve": [], "answer": [], "judge": []}
-        for conversation, params in recorder.requests:
-            stages[stage_of(params, config.sampling.respond)].append((conversation, params))
+        for conversations, params in recorder.batches:
+            for conversation in conversations:
+                stages[stage_of(params, config.sampling.respond)].append((conversation, params))
         references = []
         for _ in range(args.reference_runs):
             tokens, stage_s = 0, {}

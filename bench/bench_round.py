@@ -12,34 +12,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import sys
-import tempfile
 import time
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
-
-
-class RecordingBackend:
-    """Passes batches to the real backend and keeps them for the replay."""
-
-    def __init__(self, inner):
-        self.inner = inner
-        self.model_name = inner.model_name
-        self.batches: list[tuple[list, object]] = []
-        self.engine_s = 0.0  # time inside the real backend (lock waits included when shards run in parallel)
-
-    def generate(self, conversations, params):
-        self.batches.append((conversations, params))
-        started = time.perf_counter()
-        try:
-            return self.inner.generate(conversations, params)
-        finally:
-            self.engine_s += time.perf_counter() - started
+from round_bench import RecordingBackend, bundled_backend, one_round
 
 
 def main() -> None:
@@ -50,43 +25,20 @@ def main() -> None:
     parser.add_argument("--parallel", type=int, default=1, help="orchestration.max_parallel_shards")
     args = parser.parse_args()
 
-    from prefect.task_runners import ThreadPoolTaskRunner
-    from prefect.testing.utilities import prefect_test_harness
+    from tasks.llm.vllm_backend import to_vllm_sampling_params
 
-    from flows.evol_instruct import evol_round
-    from tasks.context import build_context
-    from tasks.core.config import EnvSettings, parse_run_config
-    from tasks.ingest import ingest_run_seeds
-    from tasks.llm.models import resolve_model
-    from tasks.llm.scripted import register_scripted_backend
-    from tasks.llm.vllm_backend import VLLMBackend, to_vllm_sampling_params
-
-    # No prefix cache: the replay sends the very same prompts and would skip their prefill.
-    engine_args = {"max_model_len": 2048, "enable_prefix_caching": False}
-    backend = VLLMBackend(resolve_model("default", EnvSettings().llm.models_dir), engine_args)
+    backend = bundled_backend()
     recorder = RecordingBackend(backend)
-    register_scripted_backend(recorder, "bench-vllm")
     greedy = {"temperature": 0.0, "top_p": 1.0, "max_tokens": args.max_tokens}
-    with tempfile.TemporaryDirectory() as tmp, prefect_test_harness(server_startup_timeout=180):
-        seeds = Path(tmp) / "seeds.jsonl"
-        lines = (ROOT / "data" / "demo_seeds.jsonl").read_text().splitlines()
-        seeds.write_text("\n".join((lines * (args.seeds // len(lines) + 1))[: args.seeds]))
-        config = parse_run_config({
-            "name": "bench-round", "seeds": str(seeds), "output_root": f"{tmp}/runs", "rounds": 1,
-            "shard_size": args.shard_size, "llm": {"backend": "scripted", "model": "bench-vllm"},
-            "sampling": {"evolve": greedy, "respond": greedy},
-            "orchestration": {"max_parallel_shards": args.parallel, "retries": 0}})
-        ctx = build_context(config)
-        pool = ingest_run_seeds(config, ctx.layout, ctx.ingest_key).refs
-        llm = backend.engine
+    llm = backend.engine
+
+    def warm_up(config) -> None:
         llm.chat([[{"role": "user", "content": "Warm up."}]], to_vllm_sampling_params(config.sampling.equality),
                  use_tqdm=False)
-        started = time.perf_counter()
-        round_flow = evol_round.with_options(task_runner=ThreadPoolTaskRunner(max_workers=args.parallel))
-        summary = round_flow(ctx, 1, pool, pool, sum(r.rows for r in pool))
-        pipeline_s = time.perf_counter() - started
-        pipeline_tokens = summary.completion_tokens
 
+    with one_round(recorder, "bench-round", args.seeds, args.shard_size, args.parallel, warm_up,
+                   sampling={"evolve": greedy, "respond": greedy}) as (_, _, summary, pipeline_s):
+        pipeline_tokens = summary.completion_tokens
         started = time.perf_counter()
         raw_tokens = 0
         for conversations, params in recorder.batches:

@@ -11,9 +11,8 @@ import duckdb
 from storage.uri import StorageSettings, filesystem_for, protocol_of
 
 
-def connect(
-    *uris: str, settings: StorageSettings | None = None, threads: int | None = None
-) -> duckdb.DuckDBPyConnection:
+def connect(*uris: str, settings: StorageSettings | None = None,
+            threads: int | None = None) -> duckdb.DuckDBPyConnection:
     """An in-memory DuckDB connection able to read the given locations."""
     con = duckdb.connect(":memory:")
     if threads:

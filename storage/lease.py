@@ -7,6 +7,7 @@ or whose holder was a process on this host that is gone, is stale and taken over
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -85,14 +86,10 @@ class RunLease:
             with os.fdopen(fd, "wb") as f:
                 f.write(data)
             return True
-        if "memory" in self.fs.protocol:  # a str or a tuple of names
-            with _memory_lock:
-                if self.fs.exists(self.path):
-                    return False
-                self.fs.pipe_file(self.path, data)
-                return True
+        # memory: its exclusive create checks, then writes; "memory" in a str or a tuple of names
         try:
-            self.fs.pipe_file(self.path, data, mode="create")  # If-None-Match: *
+            with _memory_lock if "memory" in self.fs.protocol else contextlib.nullcontext():
+                self.fs.pipe_file(self.path, data, mode="create")  # S3: If-None-Match: *
         except FileExistsError:
             return False
         return True
@@ -110,7 +107,8 @@ class RunLease:
         """Take the lease or raise LeaseHeld saying who holds it since when."""
         for _ in range(3):
             if self._create():
-                self._start_heartbeat()
+                self._thread = threading.Thread(target=self._beat, name="run-lease", daemon=True)
+                self._thread.start()
                 return self
             current = self.read()
             if current is None:
@@ -124,10 +122,6 @@ class RunLease:
             self.previous = current
             self.fs.rm_file(self.path)
         raise LeaseHeld(f"could not take the lease {self.uri}: another run keeps taking it")
-
-    def _start_heartbeat(self) -> None:
-        self._thread = threading.Thread(target=self._beat, name="run-lease", daemon=True)
-        self._thread.start()
 
     def _beat(self) -> None:
         while not self._stop.wait(self.ttl / 3):

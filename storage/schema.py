@@ -58,38 +58,14 @@ REJECTED_INPUT_SCHEMA = pa.schema(
     ]
 )
 
-RECORD_DEFAULTS = {
-    "parent_id": None,
-    "response": None,
-    "reject_reason": None,
-    "duplicate_of": None,
-    "model": None,
-    "prompt_sha": None,
-    "prompt_tokens": 0,
-    "completion_tokens": 0,
-    "finish_reason": None,
-    "response_prompt_sha": None,
-    "response_finish_reason": None,
-    "raw_evolution": None,
-    "equality_raw": None,
-    "meta": None,
-    "equality_method": None,
-    "equality_margin": None,
-    "validity_raw": None,
-    "validity_method": None,
-    "validity_margin": None,
-    "respond_model": None,
-    "judge_model": None,
-}
+# What a record row leaves out: None where the schema allows it, else no tokens counted.
+RECORD_DEFAULTS = {**{f.name: None for f in RECORD_SCHEMA if f.nullable}, "prompt_tokens": 0, "completion_tokens": 0}
 
 
 def records_table(rows: list[dict], schema: pa.Schema = RECORD_SCHEMA) -> pa.Table:
     """Rows (dicts) as a table of ``schema``; missing optional fields take their defaults."""
     defaults = RECORD_DEFAULTS if schema is RECORD_SCHEMA else {}
-    columns = {}
-    for field in schema:
-        default = defaults.get(field.name)
-        columns[field.name] = [row.get(field.name, default) for row in rows]
+    columns = {f.name: [row.get(f.name, defaults.get(f.name)) for row in rows] for f in schema}
     return pa.Table.from_pydict(columns, schema=schema)
 
 

@@ -93,16 +93,13 @@ class ShardWriter:
         try:
             self._writer.close()
             self._writer = None
-            digest, size = _file_sha256(self._tmp), os.path.getsize(self._tmp)
+            digest, size = file_sha256(self._tmp), os.path.getsize(self._tmp)
             faults.checkpoint(f"shard-before-publish {self.uri}")
+            if self.fs.exists(self.path + MARKER_SUFFIX):  # it must not vouch for the new file while it is replaced
+                self.fs.rm_file(self.path + MARKER_SUFFIX)
             if self._local:
-                # An old marker must not vouch for the new file while it is being replaced.
-                if os.path.exists(self.path + MARKER_SUFFIX):
-                    os.unlink(self.path + MARKER_SUFFIX)
                 os.replace(self._tmp, self.path)
             else:
-                if self.fs.exists(self.path + MARKER_SUFFIX):
-                    self.fs.rm_file(self.path + MARKER_SUFFIX)
                 self.fs.put_file(self._tmp, self.path)
                 os.unlink(self._tmp)
             faults.checkpoint(f"shard-before-marker {self.uri}")
@@ -131,12 +128,10 @@ class ShardWriter:
             self.abort()
 
 
-def _file_sha256(path: str) -> str:
-    h = hashlib.sha256()
+def file_sha256(path: str | os.PathLike) -> str:
+    """The SHA-256 of a local file, streamed."""
     with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def write_shard(uri: str, table: pa.Table, schema: pa.Schema = RECORD_SCHEMA,
@@ -221,15 +216,9 @@ def list_committed_shards(dir_uri: str, settings: StorageSettings | None = None)
     fs, path = resolve(dir_uri, settings)
     if not fs.exists(path):
         return []
-    names = sorted(
-        os.path.basename(p) for p in fs.ls(path, detail=False) if os.path.basename(p).startswith("shard-")
-    )
-    present = set(names)
-    return [
-        join_uri(dir_uri, name)
-        for name in names
-        if name.endswith(".parquet") and name + MARKER_SUFFIX in present
-    ]
+    names = {os.path.basename(p) for p in fs.ls(path, detail=False)}
+    return [join_uri(dir_uri, name) for name in sorted(names)
+            if name.startswith("shard-") and name.endswith(".parquet") and name + MARKER_SUFFIX in names]
 
 
 def remove_shards_except(dir_uri: str, keep: list[str], settings: StorageSettings | None = None) -> list[str]:
@@ -299,6 +288,6 @@ def _pid_alive(pid: int) -> bool:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    except PermissionError:
-        return True
+    except PermissionError:  # alive, someone else's
+        pass
     return True

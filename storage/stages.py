@@ -43,13 +43,13 @@ def read_stage(uri: str, key: str, settings: StorageSettings | None = None,
     Why a marker was not accepted is appended to ``problems`` (a shard that fails its check names its URI).
     """
     fs, path = resolve(uri, settings)
+    problems = [] if problems is None else problems
     try:
         record = json.loads(fs.cat_file(path))
     except FileNotFoundError:
         return None
     except ValueError as err:
-        if problems is not None:
-            problems.append(f"{uri}: unreadable ({err})")
+        problems.append(f"{uri}: unreadable ({err})")
         return None
     if record.get("key") != key:
         return None
@@ -58,8 +58,7 @@ def read_stage(uri: str, key: str, settings: StorageSettings | None = None,
             try:
                 verify_shard(ref["uri"], settings, expected=ref)
             except ShardCorrupt as err:
-                if problems is not None:
-                    problems.append(str(err))
+                problems.append(str(err))
                 return None
     return record
 

@@ -53,14 +53,9 @@ def _s3_filesystem(settings: StorageSettings) -> fsspec.AbstractFileSystem:
     if settings.region:
         # s3fs breaks against some S3-compatible servers when region is passed as client kwarg.
         os.environ.setdefault("AWS_DEFAULT_REGION", settings.region)
-    return s3fs.S3FileSystem(
-        key=settings.key,
-        secret=settings.secret.get_secret_value() if settings.secret else None,
-        endpoint_url=settings.endpoint_url,
-        anon=False,
-        skip_instance_cache=True,
-        use_listings_cache=False,
-    )
+    return s3fs.S3FileSystem(key=settings.key, secret=settings.secret.get_secret_value() if settings.secret else None,
+                             endpoint_url=settings.endpoint_url, anon=False, skip_instance_cache=True,
+                             use_listings_cache=False)
 
 
 def filesystem_for(uri: str, settings: StorageSettings | None = None) -> fsspec.AbstractFileSystem:
@@ -77,8 +72,7 @@ def strip_protocol(uri: str) -> str:
     """The path part of a location, as its filesystem wants it."""
     proto = protocol_of(uri)
     if proto == "file":
-        path = uri[len("file://"):] if uri.startswith("file://") else uri
-        return os.path.abspath(os.path.expanduser(path))
+        return os.path.abspath(os.path.expanduser(uri.removeprefix("file://")))
     if proto == "memory":
         return "/" + uri[len("memory://"):].lstrip("/")
     return uri[len("s3://"):]

@@ -102,11 +102,8 @@ class RunContext(BaseModel):
 def seeds_content_sha(uri: str, settings: StorageSettings | None = None) -> str:
     """SHA-256 of the seed file's bytes, streamed."""
     fs, path = resolve(uri, settings)
-    digest = hashlib.sha256()
     with fs.open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 STAGES = ("ingest", "mix", "export", "all")
@@ -139,14 +136,7 @@ def build_context(config: RunConfig, recompute: tuple[str, ...] = (), env: EnvSe
     # the model enters the key through its identity; the rest of `llm` (per-stage overrides) through `model`
     spec = evolve.model_dump(mode="json", exclude={"llm", "streaming"})
     return RunContext(
-        config=config,
-        layout=run_layout(config),
-        template_shas=template_shas,
-        model=model,
-        seeds_sha=seeds_sha,
-        evolve=evolve,
+        config=config, layout=run_layout(config), template_shas=template_shas, model=model, seeds_sha=seeds_sha,
+        evolve=evolve, evolve_key=content_key("evolve", template_shas, model, spec), recompute=tuple(recompute),
         ingest_key=content_key("ingest", seeds_sha, config.field_map, config.ingest.csv_header, config.shard_size,
-                               READER_VERSION),
-        evolve_key=content_key("evolve", template_shas, model, spec),
-        recompute=tuple(recompute),
-    )
+                               READER_VERSION))

@@ -20,7 +20,7 @@ from storage import (
     write_shard,
     write_stage,
 )
-from storage.schema import RECORD_SCHEMA
+from storage.schema import RECORD_SCHEMA, count_values
 from tasks.core.config import RunConfig
 from tasks.near_dedup import find_near_duplicates
 
@@ -41,12 +41,6 @@ class MixSummary(BaseModel):
     reused: bool = False
 
 
-def gather_survivors(inputs: list[ShardRef], settings: StorageSettings | None = None) -> pa.Table:
-    """The input shards (seeds first, then each round's evolved rows), each checked against its ref."""
-    tables = [read_shard(ref.uri, settings, expected=ref.model_dump()) for ref in inputs]
-    return pa.concat_tables(tables) if tables else RECORD_SCHEMA.empty_table()
-
-
 def _with_reason(table: pa.Table, reason: str) -> pa.Table:
     return table.set_column(table.schema.get_field_index("reject_reason"), "reject_reason",
                             pa.array([reason] * table.num_rows, pa.string()))
@@ -62,12 +56,14 @@ def mix_final(layout: RunLayout, config: RunConfig, inputs: list[ShardRef], key:
     record = None if force else read_stage(marker_uri, key, settings)
     if record is not None:
         return MixSummary.model_validate({**record["summary"], "reused": True})
-    table = gather_survivors(inputs, settings)
+    # the input shards (seeds first, then each round's evolved rows), each checked against its ref
+    tables = [read_shard(ref.uri, settings, expected=ref.model_dump()) for ref in inputs]
+    table = pa.concat_tables(tables) if tables else RECORD_SCHEMA.empty_table()
     if table.num_rows != total_rows(inputs):
         raise StageMismatch(f"mix: read {table.num_rows} rows from shards that hold {total_rows(inputs)}")
     candidates = table.num_rows
+    # a null response compares as null: filled as blank
     has_response = pc.invert(pc.fill_null(pc.equal(pc.utf8_trim_whitespace(table["response"]), ""), True))
-    has_response = pc.and_(pc.is_valid(table["response"]), pc.fill_null(has_response, False))
     dropped = [_with_reason(table.filter(pc.invert(has_response)), "no_response")]
     table = table.filter(has_response)
 
@@ -99,13 +95,10 @@ def mix_final(layout: RunLayout, config: RunConfig, inputs: list[ShardRef], key:
     final_ref = ShardRef.of(write_shard(final_uri, table, settings=settings, key=key))
     dropped_table = pa.concat_tables([d.select(RECORD_SCHEMA.names).cast(RECORD_SCHEMA) for d in dropped])
     dropped_ref = ShardRef.of(write_shard(dropped_uri, dropped_table, settings=settings, key=key))
-    rounds = pc.value_counts(table["round"]).to_pylist()
-    ops = pc.value_counts(table["operation"]).to_pylist()
     summary = MixSummary(
         candidates=candidates, no_response=dropped[0].num_rows, near_duplicates=near_count, sampled_out=sampled_out,
-        final=table.num_rows,
-        by_round={str(r["values"]): r["counts"] for r in sorted(rounds, key=lambda r: r["values"])},
-        by_operation={r["values"]: r["counts"] for r in sorted(ops, key=lambda r: r["values"])},
+        final=table.num_rows, by_round={str(r): n for r, n in count_values(table["round"]).items()},
+        by_operation=count_values(table["operation"]),
         final_uri=final_uri, dropped_uri=dropped_uri, final_sha256=final_ref.sha256,
     )
     write_stage(marker_uri, key, summary.model_dump(mode="json"), {"final": [final_ref], "dropped": [dropped_ref]},

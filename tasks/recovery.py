@@ -39,12 +39,6 @@ class CrashReport(BaseModel):
     note: str = ""
 
 
-def dead_holder_message(lease: dict[str, Any]) -> str:
-    """The Crashed message: which process died, where, since when."""
-    return (f"the process that ran this flow (pid {lease.get('pid')} on {lease.get('host')}, started "
-            f"{lease.get('started')}) died; the next run of its run folder marked it Crashed")
-
-
 def flow_run_tree(client: SyncPrefectClient, root: UUID) -> list[Any]:
     """The flow run ``root`` and every flow run under it (round flows, training), parents first."""
     found = [client.read_flow_run(root)]
@@ -79,20 +73,18 @@ def crash_dead_flow_run(client: SyncPrefectClient, lease: dict[str, Any], api_ur
     Only when the lease was written against the same Prefect API: a run on a private local API leaves
     nothing behind that another API could show."""
     flow_run_id = lease.get("flow_run_id")
-    report = CrashReport(flow_run_id=flow_run_id)
     if not flow_run_id:
-        report.note = "the dead run recorded no flow run"
-        return report
+        return CrashReport(flow_run_id=flow_run_id, note="the dead run recorded no flow run")
     if lease.get("prefect_api") and api_url and lease["prefect_api"].rstrip("/") != api_url.rstrip("/"):
-        report.note = f"flow run {flow_run_id} ran on another Prefect API ({lease['prefect_api']})"
-        return report
+        return CrashReport(flow_run_id=flow_run_id,
+                           note=f"flow run {flow_run_id} ran on another Prefect API ({lease['prefect_api']})")
     try:
         tree = flow_run_tree(client, root_flow_run_id(client, UUID(flow_run_id)))
     except ObjectNotFound:
-        report.note = f"flow run {flow_run_id} is not on this Prefect API"
-        return report
-    report.found = True
-    message = dead_holder_message(lease)
+        return CrashReport(flow_run_id=flow_run_id, note=f"flow run {flow_run_id} is not on this Prefect API")
+    report = CrashReport(flow_run_id=flow_run_id, found=True)
+    message = (f"the process that ran this flow (pid {lease.get('pid')} on {lease.get('host')}, started "
+               f"{lease.get('started')}) died; the next run of its run folder marked it Crashed")
     for flow_run in reversed(tree):  # children first, so a parent is never final while a child still runs
         task_runs = unfinished_task_runs(client, flow_run.id)
         for task_run in task_runs:

@@ -12,11 +12,12 @@ from typing import Any, Literal
 
 import yaml
 from prefect import task
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, Field
 
 from storage import StorageSettings, join_uri, resolve
 from storage.shards import write_file_atomic
-from tasks.core.config import EnvSettings, validation_message
+from tasks.core.config import EnvSettings, StrictModel, validated
+from tasks.core.text import md_table
 from tasks.llm.models import resolve_model
 
 RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
@@ -24,11 +25,7 @@ Scheduler = Literal["linear", "cosine", "cosine_with_min_lr", "cosine_with_resta
                     "constant_with_warmup", "inverse_sqrt", "warmup_stable_decay"]
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-
-class LoraSettings(_Strict):
+class LoraSettings(StrictModel):
     """LoRA adapter shape (used when ``method: lora``)."""
 
     r: int = Field(16, ge=1)
@@ -37,7 +34,7 @@ class LoraSettings(_Strict):
     target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
-class TrainRecipe(_Strict):
+class TrainRecipe(StrictModel):
     """Everything that decides a fine-tuning run. Frozen; unknown keys are errors."""
 
     base_model: str = "default"  # "default" = the bundled SmolLM2-135M, else a local folder or hub id
@@ -87,12 +84,7 @@ def load_recipe(recipe: str) -> TrainRecipe:
         raise RecipeError(f"recipe not found: {path} (known names: {', '.join(known)})") from None
     except yaml.YAMLError as err:
         raise RecipeError(f"invalid YAML in {path}: {err}") from None
-    if not isinstance(data, dict):
-        raise RecipeError(f"invalid recipe in {path}: expected a mapping of keys, got {type(data).__name__}")
-    try:
-        return TrainRecipe.model_validate(data)
-    except ValidationError as err:
-        raise RecipeError(validation_message(str(path), err)) from None
+    return validated(TrainRecipe, data, str(path), RecipeError)
 
 
 def to_prompt_completion(row: dict[str, Any], where: str = "<row>") -> dict[str, list[dict[str, str]]]:
@@ -154,14 +146,6 @@ def build_trainer(recipe: TrainRecipe, model_path: str, rows: list[dict[str, Any
                       peft_config=peft_config)
 
 
-def completion_label_mask(trainer: Any, index: int) -> tuple[list[int], list[int]]:
-    """The token ids of the trainer's processed example ``index`` and, per token, 1 if it carries loss: the labels
-    TRL's own collator builds for the batch (-100 = no loss)."""
-    batch = trainer.data_collator([trainer.train_dataset[index]])
-    ids = batch["input_ids"][0].tolist()
-    return ids, [int(label != -100) for label in batch["labels"][0].tolist()]
-
-
 class LossPoint(BaseModel):
     """One logged training step."""
 
@@ -215,16 +199,13 @@ def train_markdown(result: TrainResult) -> str:
             ("first loss", f"{result.first_loss:.4f}"), ("final loss", f"{result.final_loss:.4f}"),
             ("mean loss", f"{result.mean_loss:.4f}"), ("runtime", f"{result.runtime_s:.1f} s"),
             ("model", f"`{result.model_uri}`"), ("metrics", f"`{result.metrics_uri}`")]
-    return "\n".join(["# Fine-tuning", "", "| | |", "| --- | --- |", *[f"| {k} | {v} |" for k, v in rows], ""])
+    return "\n".join(["# Fine-tuning", "", *md_table(["", ""], rows), ""])
 
 
 def upload_folder(local_dir: Path, uri: str, settings: StorageSettings | None = None) -> None:
     """Copy every file under ``local_dir`` to ``uri`` (any storage), keeping relative paths."""
     fs, root = resolve(uri, settings)
-    for file in sorted(p for p in local_dir.rglob("*") if p.is_file()):
-        target = f"{root}/{file.relative_to(local_dir).as_posix()}"
-        fs.makedirs(target.rsplit("/", 1)[0], exist_ok=True)
-        fs.put_file(str(file), target)
+    fs.put(f"{local_dir}/", f"{root}/", recursive=True)  # the trailing slashes: the folder's contents, not the folder
 
 
 def _save_model(trainer: Any, recipe: TrainRecipe, model_path: str, work: Path) -> None:

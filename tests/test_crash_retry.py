@@ -11,23 +11,11 @@ from uuid import UUID
 
 import pytest
 
+from tasks.recovery import flow_run_tree
 from tests.test_crash_recovery import BIN, evol_run, write_config
 
 pytestmark = pytest.mark.server
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def flow_run_tree(client, root: UUID) -> list:
-    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterParentFlowRunId
-
-    runs = [client.read_flow_run(root)]
-    frontier = [root]
-    while frontier:
-        children = client.read_flow_runs(
-            flow_run_filter=FlowRunFilter(parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=frontier)))
-        runs += children
-        frontier = [c.id for c in children]
-    return runs
 
 
 def task_runs_of(client, flow_run_ids: list[UUID]) -> list:

@@ -3,15 +3,13 @@ local fake server, then vLLM's async engine on the bundled model against the off
 
 from __future__ import annotations
 
-import asyncio
-
 import pytest
 
 from prompts import load_pack
 from tasks.core.config import RunConfig, SamplingParams, StageSampling
 from tasks.core.text import record_id
 from tasks.evolve import evolve_rows
-from tasks.llm.aio import run_on_loop
+from tasks.llm.aio import gather_on_loop
 from tasks.llm.base import BackendError
 from tasks.llm.vllm_async import async_engine_constructions
 from tasks.llm.vllm_backend import VLLMBackend, engine_constructions, shutdown_engines
@@ -28,10 +26,7 @@ def server():
 
 
 def stream(backend, conversations, params=PARAMS):
-    async def run():
-        return await asyncio.gather(*(backend.acomplete(c, params) for c in conversations))
-
-    return run_on_loop(run())
+    return gather_on_loop(backend.acomplete(c, params) for c in conversations)
 
 
 def test_streamed_requests_are_bounded_in_flight_and_come_back_per_item(server):

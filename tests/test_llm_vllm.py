@@ -7,7 +7,7 @@ import threading
 import pytest
 
 from tasks.core.config import EnvSettings, LLMConfig, LLMEnvSettings
-from tasks.llm import vllm_backend
+from tasks.llm import vllm_backend, vllm_engine
 from tasks.llm.base import BackendError, SamplingParams
 from tasks.llm.factory import get_backend
 from tasks.llm.openai_backend import OpenAIBackend
@@ -43,11 +43,11 @@ def test_cpu_env_defaults():
 
 
 def test_engine_kwargs_defaults_and_overrides(monkeypatch):
-    monkeypatch.setattr(vllm_backend, "_cpu_has_fast_bf16", lambda: False)
+    monkeypatch.setattr(vllm_engine, "_cpu_has_fast_bf16", lambda: False)
     assert engine_kwargs(None, on_cpu=True) == {"max_model_len": 2048, "enforce_eager": True, "dtype": "float32"}
     assert engine_kwargs({"max_model_len": 512, "dtype": "bfloat16"}, on_cpu=True) == {
         "max_model_len": 512, "enforce_eager": True, "dtype": "bfloat16"}
-    monkeypatch.setattr(vllm_backend, "_cpu_has_fast_bf16", lambda: True)
+    monkeypatch.setattr(vllm_engine, "_cpu_has_fast_bf16", lambda: True)
     assert engine_kwargs(None, on_cpu=True)["dtype"] == "bfloat16"
     gpu = {"tensor_parallel_size": 2, "gpu_memory_utilization": 0.8}
     assert engine_kwargs(gpu, on_cpu=False) == gpu

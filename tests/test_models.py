@@ -34,7 +34,7 @@ def prepared(model_dir) -> Path:
 def snapshot(folder: Path) -> dict[str, tuple[str, int]]:
     """Every file (marker included) with its SHA-256 and mtime in ns."""
     hashes = folder_hashes(folder)
-    hashes[MARKER] = models._file_sha256(folder / MARKER)
+    hashes[MARKER] = models.file_sha256(folder / MARKER)
     return {name: (sha, (folder / name).stat().st_mtime_ns) for name, sha in hashes.items()}
 
 

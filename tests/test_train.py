@@ -19,7 +19,6 @@ from tasks.train import (
     RECIPES_DIR,
     RecipeError,
     build_trainer,
-    completion_label_mask,
     load_recipe,
     read_sft_rows,
     recipe_path,
@@ -123,6 +122,14 @@ def test_run_config_train_section():
         parse_run_config({"seeds": "s.jsonl", "train": {"recipe": "x", "gpus": 8}})
     with pytest.raises(ConfigError, match=r"train\.deployment: String should match pattern"):
         parse_run_config({"seeds": "s.jsonl", "train": {"recipe": "x", "deployment": "no-slash"}})
+
+
+def completion_label_mask(trainer: Any, index: int) -> tuple[list[int], list[int]]:
+    """The token ids of the trainer's processed example ``index`` and, per token, 1 if it carries loss: the labels
+    TRL's own collator builds for the batch (-100 = no loss)."""
+    batch = trainer.data_collator([trainer.train_dataset[index]])
+    ids = batch["input_ids"][0].tolist()
+    return ids, [int(label != -100) for label in batch["labels"][0].tolist()]
 
 
 def test_loss_mask_covers_exactly_the_assistant_tokens(model_dir, tmp_path):

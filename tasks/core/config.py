@@ -7,7 +7,7 @@ import math
 import posixpath
 import warnings
 from pathlib import Path
-from typing import Any, Literal, get_args, get_origin
+from typing import Any, Literal, TypeVar, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
@@ -15,11 +15,17 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from storage import StorageSettings, resolve
 
+ModelT = TypeVar("ModelT", bound=BaseModel)
 
-class SamplingParams(BaseModel):
-    """The project's sampling parameters; each backend translates them."""
+
+class StrictModel(BaseModel):
+    """A frozen model whose unknown keys are errors (configs, recipes)."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class SamplingParams(StrictModel):
+    """The project's sampling parameters; each backend translates them."""
 
     temperature: float = Field(1.0, ge=0.0, le=2.0)
     top_p: float = Field(0.95, gt=0.0, le=1.0)
@@ -32,9 +38,7 @@ class SamplingParams(BaseModel):
     @field_validator("choices")
     @classmethod
     def _choices_valid(cls, value: tuple[str, ...] | None) -> tuple[str, ...] | None:
-        if value is None:
-            return None
-        if len(value) < 2 or len(set(value)) != len(value) or not all(c.strip() for c in value):
+        if value is not None and (len(value) < 2 or len(set(value)) != len(value) or not all(c.strip() for c in value)):
             raise ValueError("choices must be at least two distinct non-blank strings")
         return value
 
@@ -62,15 +66,11 @@ class EnvSettings(BaseSettings):
     cluster: str | None = Field(None, pattern=r"^(embedded|(tcp|tls|inproc)://\S+)$")
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-
 BackendName = Literal["vllm", "openai", "scripted"]
 STAGES: tuple[str, ...] = ("evolve", "respond", "judge")
 
 
-class StageLLMConfig(_Strict):
+class StageLLMConfig(StrictModel):
     """One stage's backend and model; a key left out is taken from the run's ``llm`` section."""
 
     backend: BackendName | None = None
@@ -79,7 +79,7 @@ class StageLLMConfig(_Strict):
     structured_outputs: bool | None = None
 
 
-class LLMConfig(_Strict):
+class LLMConfig(StrictModel):
     """Which backend and model a run uses; ``engine_args`` go to ``vllm.LLM`` unchanged.
 
     ``evolve``, ``respond`` and ``judge`` may name another backend or model for that stage (a strong judge, a
@@ -107,7 +107,7 @@ class LLMConfig(_Strict):
         return LLMConfig.model_validate(base)
 
 
-class StageSampling(_Strict):
+class StageSampling(StrictModel):
     """Sampling per stage (the paper: temperature 1, top_p 0.95, max_tokens 2048)."""
 
     evolve: SamplingParams = SamplingParams()
@@ -116,7 +116,7 @@ class StageSampling(_Strict):
     validity: SamplingParams = SamplingParams(temperature=0.0, top_p=1.0, max_tokens=4)
 
 
-class EliminationConfig(_Strict):
+class EliminationConfig(StrictModel):
     """Thresholds and word lists of the elimination rules."""
 
     equality_check: bool = True
@@ -128,7 +128,7 @@ class EliminationConfig(_Strict):
     scaffolding_phrases: tuple[str, ...] | None = None  # None: the prompt pack's list
 
 
-class DedupConfig(_Strict):
+class DedupConfig(StrictModel):
     """Near dedup of the final data with MinHash + LSH (exact dedup always runs: at ingest and in each round)."""
 
     near: bool = True
@@ -137,14 +137,14 @@ class DedupConfig(_Strict):
     num_perm: int = Field(128, ge=8)
 
 
-class MixConfig(_Strict):
+class MixConfig(StrictModel):
     """The final data: seeds plus every round's survivors, shuffled, optionally sampled."""
 
     include_seeds: bool = True
     sample_size: int | None = Field(None, ge=1)
 
 
-class OrchestrationConfig(_Strict):
+class OrchestrationConfig(StrictModel):
     """How shards are scheduled; does not change what a run produces (not in the fingerprint)."""
 
     max_parallel_shards: int = Field(2, ge=1)
@@ -164,7 +164,7 @@ class OrchestrationConfig(_Strict):
         return None if chosen == "embedded" else chosen
 
 
-class TrainConfig(_Strict):
+class TrainConfig(StrictModel):
     """Fine-tuning after the export: the recipe, and the deployment (``flow-name/deployment-name``) that runs it
     on the GPU pool when it exists (otherwise the train flow runs in-process)."""
 
@@ -173,14 +173,14 @@ class TrainConfig(_Strict):
     enabled: bool = True
 
 
-class IngestConfig(_Strict):
+class IngestConfig(StrictModel):
     """How seeds are read, and how much of a seed file may be rejected before a run stops."""
 
     max_rejected_share: float = Field(0.5, ge=0.0, le=1.0)
     csv_header: Literal["auto"] | bool = "auto"  # auto: the first row is a header when it names a known field
 
 
-class RunConfig(_Strict):
+class RunConfig(StrictModel):
     """Everything that decides what a run produces. Frozen; unknown keys are errors."""
 
     name: str | None = Field(None, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
@@ -215,11 +215,9 @@ class RunConfig(_Strict):
     @field_validator("operation_weights")
     @classmethod
     def _weights_valid(cls, value: dict[str, float] | None) -> dict[str, float] | None:
-        if value is None:
-            return None
-        if any(not math.isfinite(w) or w < 0 for w in value.values()):
+        if any(not math.isfinite(w) or w < 0 for w in (value or {}).values()):
             raise ValueError("weights must be finite and >= 0")
-        if not any(w > 0 for w in value.values()):
+        if value is not None and not any(w > 0 for w in value.values()):
             raise ValueError("at least one weight must be > 0")
         return value
 
@@ -238,14 +236,19 @@ def validation_message(source: str, err: ValidationError) -> str:
     return "\n".join(lines)
 
 
+def validated(model: type[ModelT], data: Any, source: str, error: type[ValueError] = ConfigError) -> ModelT:
+    """A mapping validated as ``model`` (a config, a training recipe); ``error`` names ``source`` and each bad key."""
+    if not isinstance(data, dict):
+        raise error(f"{source}: (top level): expected a mapping of keys, got {type(data).__name__}")
+    try:
+        return model.model_validate(data)
+    except ValidationError as err:
+        raise error(validation_message(source, err)) from None
+
+
 def parse_run_config(data: Any, source: str = "<config>") -> RunConfig:
     """Validate a mapping as a RunConfig; errors name ``source`` and each bad key."""
-    if not isinstance(data, dict):
-        raise ConfigError(f"{source}: (top level): expected a mapping of keys, got {type(data).__name__}")
-    try:
-        return RunConfig.model_validate(data)
-    except ValidationError as err:
-        raise ConfigError(validation_message(source, err)) from None
+    return validated(RunConfig, data, source)
 
 
 def _section(annotation: Any) -> type[BaseModel] | type[dict] | None:
@@ -303,47 +306,37 @@ def load_run_config(path: str | Path, overrides: dict[str, Any] | None = None,
     """Load a RunConfig from a YAML file; relative local paths in it are taken from the file's folder.
 
     ``overrides`` replace top-level keys; ``sets`` are ``--set KEY=VALUE`` pairs (see :func:`apply_sets`)."""
-    path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: configuration file not found") from None
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: invalid YAML: {' '.join(str(err).split())}") from None
-    if isinstance(data, dict):
-        data = apply_sets({**data, **(overrides or {})}, sets)
-        for key in ("seeds", "output_root"):
-            value = data.get(key)
-            if isinstance(value, str) and "://" not in value and not Path(value).is_absolute():
-                data[key] = str((path.parent / value).resolve())
-    return parse_run_config(data, str(path))
+    return load_run_config_uri(str(path), overrides, sets=sets)
 
 
 def load_run_config_uri(uri: str, overrides: dict[str, Any] | None = None,
                         settings: StorageSettings | None = None, sets: list[str] | tuple[str, ...] = ()) -> RunConfig:
     """Load a RunConfig from a YAML file at a local path or a storage URI (``s3://``, ``memory://``).
 
-    Relative ``seeds`` and ``output_root`` in it are taken from the file's folder, as for a local file.
+    Relative ``seeds`` and ``output_root`` in it are taken from the file's folder, local or not; ``overrides`` and
+    ``sets`` as for :func:`load_run_config`.
     """
-    if "://" not in uri or uri.startswith("file://"):
-        return load_run_config(uri.removeprefix("file://"), overrides, sets)
+    local = "://" not in uri or uri.startswith("file://")
+    source = str(Path(uri.removeprefix("file://"))) if local else uri
     try:
-        fs, path = resolve(uri, settings or EnvSettings().storage)
-        text = fs.cat_file(path).decode("utf-8")
-    except FileNotFoundError:
-        raise ConfigError(f"configuration file not found: {uri}") from None
-    except ValueError as err:
-        raise ConfigError(f"can't read configuration {uri}: {err}") from None
-    try:
+        if local:
+            text = Path(source).read_text(encoding="utf-8")
+        else:
+            fs, path = resolve(uri, settings or EnvSettings().storage)
+            text = fs.cat_file(path).decode("utf-8")
         data = yaml.safe_load(text)
+    except FileNotFoundError:
+        raise ConfigError(f"configuration file not found: {source}") from None
     except yaml.YAMLError as err:
-        raise ConfigError(f"invalid YAML in {uri}: {err}") from None
+        raise ConfigError(f"{source}: invalid YAML: {' '.join(str(err).split())}") from None
+    except ValueError as err:
+        raise ConfigError(f"can't read configuration {source}: {err}") from None
     if isinstance(data, dict):
         data = apply_sets({**data, **(overrides or {})}, sets)
         protocol, _, path = uri.partition("://")
         for key in ("seeds", "output_root"):
             value = data.get(key)
             if isinstance(value, str) and "://" not in value and not value.startswith("/"):
-                data[key] = f"{protocol}://" + posixpath.normpath(posixpath.join(posixpath.dirname(path), value))
-    return parse_run_config(data, uri)
-
+                data[key] = (str((Path(source).parent / value).resolve()) if local else
+                             f"{protocol}://" + posixpath.normpath(posixpath.join(posixpath.dirname(path), value)))
+    return parse_run_config(data, source)

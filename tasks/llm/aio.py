@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Iterable
 from typing import Any, TypeVar
 
 T = TypeVar("T")
@@ -42,3 +42,11 @@ def run_on_loop(coro: Coroutine[Any, Any, T]) -> T:
         coro.close()
         raise RuntimeError("run_on_loop called from the streaming loop itself: await the coroutine instead")
     return asyncio.run_coroutine_threadsafe(coro, background_loop()).result()
+
+
+def gather_on_loop(coros: Iterable[Coroutine[Any, Any, T]]) -> list[T]:
+    """Run ``coros`` together on the process's streaming loop and wait for their results, in order."""
+    async def together() -> list[T]:
+        return list(await asyncio.gather(*coros))
+
+    return run_on_loop(together())

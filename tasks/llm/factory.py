@@ -47,12 +47,7 @@ class StageBackends:
 
     def distinct(self) -> list[LLMBackend]:
         """Each backend once, in stage order (stages with equal settings share one)."""
-        out: list[LLMBackend] = []
-        for stage in STAGES:
-            backend = getattr(self, stage)
-            if all(backend is not seen for seen in out):
-                out.append(backend)
-        return out
+        return list({id(getattr(self, stage)): getattr(self, stage) for stage in STAGES}.values())
 
     def start(self) -> list[str]:
         """Start every backend that has an engine to start (``start()``: vLLM); returns their model names."""

