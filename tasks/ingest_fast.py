@@ -31,16 +31,12 @@ def target_columns(names: list[str], field_map: dict[str, str]) -> dict[str, str
     ambiguous."""
     out: dict[str, str | None] = {}
     for target in TARGET_FIELDS:
-        if target in field_map:
-            matches = [field_map[target]] if field_map[target] in names else []
-        else:
-            matches = [n for n in names if n.lower() in RECOGNISED[target]]
+        mapped = field_map.get(target)
+        matches = [n for n in names if (n == mapped if mapped is not None else n.lower() in RECOGNISED[target])]
         if len(matches) > 1:
             return None
         out[target] = matches[0] if matches else None
-    if set(names) - {c for c in out.values() if c}:
-        return None
-    return out
+    return out if set(names) <= set(out.values()) else None
 
 
 def _strings(column: pa.ChunkedArray | None, n: int) -> pa.Array | None:
@@ -116,10 +112,11 @@ class SeenIds:
         return out
 
 
-def meta_column(source_json: str, lines: np.ndarray) -> pa.Array:
-    """The ``meta`` text of rows that hold nothing but their target fields (see ``ingest_fields.meta_json``)."""
+def meta_column(source_json: str, lines: np.ndarray, fields: pa.Array | None = None) -> pa.Array:
+    """The ``meta`` text, ``{"source": ..., "line": ..., "fields": {...}}``: ``fields`` holds the JSON texts of what
+    each row has beyond its target fields (none: ``{}``)."""
     return pc.binary_join_element_wise(f'{{"source": {source_json}, "line": ', pa.array(lines).cast(pa.string()),
-                                       ', "fields": {}}', "")
+                                       ', "fields": ', "{}" if fields is None else fields, "}", "")
 
 
 class SeedShardWriter:
@@ -145,8 +142,7 @@ class SeedShardWriter:
     def flush(self, n: int | None = None) -> None:
         table = pa.concat_tables(self.pending) if self.pending else _ACCEPTED.empty_table()
         n = table.num_rows if n is None else n
-        rest = table.slice(n)
-        self.pending, self.rows = ([rest] if rest.num_rows else []), rest.num_rows
+        self.pending, self.rows = [table.slice(n)], table.num_rows - n
         uri = join_uri(self.dest_dir, shard_name(len(self.shards)))
         self.wait()  # one shard in flight at a time: memory stays bounded
         self._writing = self._pool.submit(write_shard, uri, seed_table(table.slice(0, n)), settings=self.settings)
@@ -154,9 +150,8 @@ class SeedShardWriter:
 
     def wait(self) -> None:
         """Wait for the shard being written; raises what its write raised."""
-        writing, self._writing = self._writing, None
-        if writing is not None:
-            writing.result()
+        if self._writing is not None:
+            self._writing.result()
 
     def close(self) -> None:
         """Write the rows still buffered (one empty shard when no row was accepted) and wait for every write."""
@@ -168,26 +163,14 @@ class SeedShardWriter:
             self._pool.shutdown()
 
 
-_ACCEPTED = pa.schema([(n, pa.string()) for n in ("id", "instruction", "input", "response", "meta")])
+_ACCEPTED = pa.schema([(n, pa.string()) for n in ("instruction", "input", "response", "meta", "content_key", "id")])
+_SEED = {"round": 0, "operation": "seed", "status": "seed", "prompt_tokens": 0, "completion_tokens": 0}
 
 
 def seed_table(accepted: pa.Table) -> pa.Table:
-    """Seed rows (round 0) from a table of ids, instructions, inputs, responses and meta."""
+    """Seed rows (round 0) from a table of the ``_ACCEPTED`` columns."""
     n = accepted.num_rows
-    arrays = []
-    for f in RECORD_SCHEMA:
-        if f.name in accepted.column_names:
-            arrays.append(accepted[f.name].cast(f.type))
-        elif f.name == "content_key":
-            arrays.append(content_keys(accepted["instruction"], accepted["input"]))
-        elif f.name == "root_id":
-            arrays.append(accepted["id"])
-        elif f.name == "round":
-            arrays.append(pa.array(np.zeros(n, np.int32)))
-        elif f.name in ("operation", "status"):
-            arrays.append(pa.array(["seed"] * n, f.type))
-        elif f.name in ("prompt_tokens", "completion_tokens"):
-            arrays.append(pa.array(np.zeros(n, np.int64)))
-        else:
-            arrays.append(pa.nulls(n, f.type))
-    return pa.Table.from_arrays(arrays, schema=RECORD_SCHEMA)
+    columns = {**{k: pa.repeat(pa.scalar(v, RECORD_SCHEMA.field(k).type), n) for k, v in _SEED.items()},
+               "root_id": accepted["id"], **{k: accepted[k] for k in accepted.column_names}}
+    return pa.table([columns[f.name] if f.name in columns else pa.nulls(n, f.type) for f in RECORD_SCHEMA],
+                    schema=RECORD_SCHEMA)

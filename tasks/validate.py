@@ -14,8 +14,8 @@ from pathlib import Path
 from prompts import PromptPack, PromptPackError, PromptRenderError, load_pack
 from storage import StorageSettings, join_uri, resolve
 from tasks.core.config import EnvSettings, RunConfig
-from tasks.ingest import IngestError, check_field_map, find_unmatched_paths
-from tasks.ingest_fields import TARGET_FIELDS
+from tasks.ingest import IngestError, find_unmatched_paths
+from tasks.ingest_fields import field_map_problems
 from tasks.ingest_read import check_source
 from tasks.operations import resolve_weights
 
@@ -56,10 +56,14 @@ def validate_run(config: RunConfig, config_file: str, settings: StorageSettings 
         except ValueError as err:
             problems.append(Problem(config_file, "operation_weights", _one_line(err)))
         problems += _render_templates(pack)
-    problems += _check_field_map(config, config_file)
+    problems += [Problem(config_file, f"field_map.{target}", what)
+                 for target, what in field_map_problems(config.field_map).items()]
     problems += _check_model(config, config_file, env)
-    seeds_ok = _check_seeds(config, config_file, settings, problems)
-    if seeds_ok and config.field_map and not problems:
+    try:
+        check_source(config.seeds, settings)
+    except IngestError as err:
+        problems.append(Problem(config_file, "seeds", _one_line(err)))
+    if config.field_map and not problems:
         unmatched, fields = find_unmatched_paths(config.seeds, config.field_map, settings, config.ingest.csv_header)
         for target, path in config.field_map.items():
             if path in unmatched:
@@ -93,20 +97,6 @@ def _render_templates(pack: PromptPack) -> list[Problem]:
         except PromptRenderError as err:
             file = str(pack.folder / files[name]) if name in files else manifest
             out.append(Problem(file, key, _one_line(err)))
-    return out
-
-
-def _check_field_map(config: RunConfig, config_file: str) -> list[Problem]:
-    out = []
-    for target, source in config.field_map.items():
-        if target not in TARGET_FIELDS:
-            out.append(Problem(config_file, f"field_map.{target}",
-                               f"unknown target field; use {', '.join(TARGET_FIELDS)}"))
-            continue
-        try:
-            check_field_map({target: source})
-        except IngestError as err:
-            out.append(Problem(config_file, f"field_map.{target}", _one_line(err)))
     return out
 
 
@@ -155,15 +145,6 @@ def _in_hf_cache(name: str) -> bool:
         return isinstance(try_to_load_from_cache(name, "config.json"), str)
     except Exception:  # an id the hub library refuses is not cached either
         return False
-
-
-def _check_seeds(config: RunConfig, config_file: str, settings: StorageSettings, problems: list[Problem]) -> bool:
-    try:
-        check_source(config.seeds, settings)
-    except IngestError as err:
-        problems.append(Problem(config_file, "seeds", _one_line(err)))
-        return False
-    return True
 
 
 def _check_writable(config: RunConfig, config_file: str, settings: StorageSettings) -> list[Problem]:
