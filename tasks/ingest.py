@@ -14,20 +14,10 @@ from prefect import task
 from prefect.states import Completed
 from pydantic import BaseModel
 
-from storage import (
-    REJECTED_INPUT_SCHEMA,
-    RunLayout,
-    ShardRef,
-    StageMismatch,
-    StorageSettings,
-    join_uri,
-    read_stage,
-    total_rows,
-    write_shard,
-    write_stage,
-)
-from storage.schema import records_table
-from storage.shards import read_marker, remove_shards_except, shard_name
+from storage import RunLayout, StorageSettings, join_uri
+from storage.schema import REJECTED_INPUT_SCHEMA, records_table
+from storage.shards import read_marker, remove_shards_except, shard_name, write_shard
+from storage.stages import ShardRef, StageMismatch, read_stage, total_rows, write_stage
 from tasks.core.config import RunConfig
 from tasks.ingest_fast import SeedShardWriter, SeenIds, fast_extract, meta_column, with_ids
 from tasks.ingest_fields import Rejection, dumps, extract_fields, field_map_problems, lookup
@@ -212,13 +202,7 @@ def ingest_run_seeds(config: RunConfig, layout: RunLayout, key: str, force: bool
 
 def _retry_unless_bad_input(task: Any, task_run: Any, state: Any) -> bool:
     """Retry storage hiccups, never a seed file that is wrong: it would fail the same way."""
-    try:
-        state.result()
-    except IngestError:
-        return False
-    except Exception:
-        return True
-    return True
+    return not isinstance(state.result(raise_on_failure=False), IngestError)
 
 
 @task(name="ingest-seeds", retries=2, retry_delay_seconds=5, retry_condition_fn=_retry_unless_bad_input)
