@@ -21,10 +21,8 @@ from storage.stages import ShardRef, StageMismatch, read_stage, total_rows, writ
 from tasks.core.config import RunConfig
 from tasks.ingest_fast import SeedShardWriter, SeenIds, fast_extract, meta_column, with_ids
 from tasks.ingest_fields import Rejection, dumps, extract_fields, field_map_problems, lookup
-from tasks.ingest_read import CsvHeader, IngestError, detect_format, iter_blocks
+from tasks.ingest_read import CsvHeader, IngestError, iter_blocks
 
-__all__ = ["IngestError", "EmptySeedsError", "IngestSummary", "check_ingest_summary", "detect_format",
-           "find_unmatched_paths", "ingest_seeds", "ingest_run_seeds"]
 NO_INSTRUCTION = ("missing_instruction", "malformed_json", "not_an_object")  # reasons of rows without one
 
 
@@ -123,8 +121,7 @@ def ingest_seeds(
             read += rows.num_rows
             accept(rows.append_column("meta", meta_column(src_json, parsed[1])), parsed[1], block.raw)
             continue
-        good: list[tuple[str, str, str | None, str]] = []
-        lines, raws = [], []
+        good: list[tuple[Any, ...]] = []  # instruction, input, output, meta fields, line, raw
         for rec in block.iter_records():
             read += 1
             if isinstance(rec.value, dict):
@@ -137,14 +134,13 @@ def ingest_seeds(
                 rejected.append({"source": src, "line": rec.line, "raw": rec.raw, "field": rej.field,
                                  "reason": rej.reason, "detail": rej.detail, "duplicate_of": None})
                 continue
-            good.append((instruction, input_text, output, dumps(rest)))
-            lines.append(rec.line)
-            raws.append(rec.raw)
+            good.append((instruction, input_text, output, dumps(rest), rec.line, rec.raw))
         if good:
-            instructions, inputs, outputs, fields = (pa.array(c, pa.string()) for c in zip(*good, strict=True))
-            line_numbers = np.array(lines, np.int64)
+            *texts, lines, raws = zip(*good, strict=True)
+            instructions, inputs, outputs, fields = (pa.array(c, pa.string()) for c in texts)
+            lines = np.array(lines)
             accept(pa.table({"instruction": instructions, "input": inputs, "response": outputs,
-                             "meta": meta_column(src_json, line_numbers, fields)}), line_numbers, raws.__getitem__)
+                             "meta": meta_column(src_json, lines, fields)}), lines, raws.__getitem__)
 
     reasons = Counter(r["reason"] for r in rejected)
     if fields_seen and sum(reasons[r] for r in NO_INSTRUCTION) == read:

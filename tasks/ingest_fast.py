@@ -25,6 +25,8 @@ from storage.shards import shard_name
 from tasks.core.text import content_keys
 from tasks.ingest_fields import RECOGNISED, TARGET_FIELDS
 
+_TEXT = (pa.null(), pa.string(), pa.large_string())  # column types the vectorised path takes
+
 
 def target_columns(names: list[str], field_map: dict[str, str]) -> dict[str, str | None] | None:
     """target -> the one column that holds it (or None); None when a column is not a target or a target is
@@ -37,14 +39,6 @@ def target_columns(names: list[str], field_map: dict[str, str]) -> dict[str, str
             return None
         out[target] = matches[0] if matches else None
     return out if set(names) <= set(out.values()) else None
-
-
-def _strings(column: pa.ChunkedArray | None, n: int) -> pa.Array | None:
-    if column is None:
-        return pa.nulls(n, pa.string())
-    if pa.types.is_null(column.type) or pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
-        return column.combine_chunks().cast(pa.string())
-    return None
 
 
 def _strip(values: pa.Array) -> pa.Array:
@@ -61,10 +55,10 @@ def fast_extract(table: pa.Table, field_map: dict[str, str]) -> pa.Table | None:
     columns = target_columns(table.column_names, field_map)
     if columns is None or columns["instruction"] is None:
         return None
-    n = table.num_rows
-    arrays = {t: _strings(table[c] if c else None, n) for t, c in columns.items()}
-    if any(a is None for a in arrays.values()) or arrays["instruction"].null_count:
+    arrays = {t: table[c].combine_chunks() if c else pa.nulls(table.num_rows) for t, c in columns.items()}
+    if any(a.type not in _TEXT for a in arrays.values()) or arrays["instruction"].null_count:
         return None
+    arrays = {t: a.cast(pa.string()) for t, a in arrays.items()}
     instructions = _strip(arrays["instruction"])
     if pc.any(pc.equal(instructions, "")).as_py():
         return None  # an empty instruction: the row-by-row path reports it

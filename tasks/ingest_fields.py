@@ -121,10 +121,9 @@ def extract_fields(value: Any, field_map: dict[str, str]) -> tuple[str, str, str
     if "instruction" not in field_map and "instruction" not in hits \
             and (key := _find_key(value, CHAT_KEYS)) is not None:
         chat, system_paths = _chat(value, key)
-        for target, hit in chat.items():
-            if target not in hits and target not in field_map:
-                hits[target] = hit
-                more_paths = system_paths if target == "input" else more_paths
+        chat = {t: hit for t, hit in chat.items() if t not in hits and t not in field_map}
+        hits |= chat
+        more_paths = system_paths if "input" in chat else []
     key = _find_key(value, (INSTANCES_KEY,))
     first = value[key][0] if key is not None and isinstance(value[key], list) and value[key] else None
     for target in ("input", "output") if isinstance(first, dict) else ():
