@@ -1,13 +1,10 @@
 """Ingest on Arrow arrays: the vectorised path, and the ids, duplicate checks and seed shards of both paths.
 
-The vectorised path (a block parsed by Arrow, validated column-wise) takes a block only when the result
-is certain to be what the row-by-row path gives: every column is a recognised (or mapped, top-level)
-target field of string type, no target is ambiguous (``input`` and ``context`` both present), and every
-row is good. Anything else (a bad row, an extra field that must go to ``meta``, a nested record) sends
-the block to the row-by-row path. Text that Arrow and Python could treat differently (non-ASCII, unusual
-whitespace) is normalised by Python, row by row. Either path's rows then get their ids (DuckDB hashes the
-content keys), are checked for duplicates with numpy, and go to shards that a thread writes while the
-next block is read.
+A block takes the vectorised path (parsed by Arrow, validated column-wise) only when the result is certain to be
+what the row-by-row path gives; anything else (a bad row, an extra field for ``meta``, a nested record) goes row
+by row. Text Arrow and Python could treat differently (non-ASCII, unusual whitespace) is normalised by Python.
+Either path's rows then get their ids (DuckDB hashes the content keys), are checked for duplicates with numpy,
+and go to shards that a thread writes while the next block is read.
 """
 
 from __future__ import annotations
@@ -28,19 +25,6 @@ from tasks.ingest_fields import RECOGNISED, TARGET_FIELDS
 _TEXT = (pa.null(), pa.string(), pa.large_string())  # column types the vectorised path takes
 
 
-def target_columns(names: list[str], field_map: dict[str, str]) -> dict[str, str | None] | None:
-    """target -> the one column that holds it (or None); None when a column is not a target or a target is
-    ambiguous."""
-    out: dict[str, str | None] = {}
-    for target in TARGET_FIELDS:
-        mapped = field_map.get(target)
-        matches = [n for n in names if (n == mapped if mapped is not None else n.lower() in RECOGNISED[target])]
-        if len(matches) > 1:
-            return None
-        out[target] = matches[0] if matches else None
-    return out if set(names) <= set(out.values()) else None
-
-
 def _strip(values: pa.Array) -> pa.Array:
     """``str.strip`` of every value: on printable ASCII that removes only spaces (Arrow); Python strips the rest."""
     trimmed, odd = pc.ascii_trim(values, " "), pc.invert(pc.ascii_is_printable(values))
@@ -51,19 +35,26 @@ def _strip(values: pa.Array) -> pa.Array:
 
 
 def fast_extract(table: pa.Table, field_map: dict[str, str]) -> pa.Table | None:
-    """``instruction``, ``input``, ``response`` exactly as the row-by-row path makes them, or None for that path."""
-    columns = target_columns(table.column_names, field_map)
-    if columns is None or columns["instruction"] is None:
+    """``instruction``, ``input``, ``response`` exactly as the row-by-row path makes them, or None for that path:
+    a column that is not a target, an ambiguous target (``input`` and ``context``), a value not text, a missing or
+    empty instruction."""
+    arrays, used = {}, set()
+    for target in TARGET_FIELDS:
+        mapped = field_map.get(target)
+        matches = [n for n in table.column_names
+                   if (n == mapped if mapped is not None else n.lower() in RECOGNISED[target])]
+        if len(matches) > 1:
+            return None
+        used.update(matches)
+        arrays[target] = table[matches[0]].combine_chunks() if matches else pa.nulls(table.num_rows)
+    if used != set(table.column_names) or any(a.type not in _TEXT for a in arrays.values()) \
+            or not table.num_rows or arrays["instruction"].null_count:
         return None
-    arrays = {t: table[c].combine_chunks() if c else pa.nulls(table.num_rows) for t, c in columns.items()}
-    if any(a.type not in _TEXT for a in arrays.values()) or arrays["instruction"].null_count:
-        return None
-    arrays = {t: a.cast(pa.string()) for t, a in arrays.items()}
-    instructions = _strip(arrays["instruction"])
+    instructions = _strip(arrays["instruction"].cast(pa.string()))
     if pc.any(pc.equal(instructions, "")).as_py():
         return None  # an empty instruction: the row-by-row path reports it
-    inputs = _strip(pc.fill_null(arrays["input"], ""))
-    return pa.table({"instruction": instructions, "input": inputs, "response": arrays["output"]})
+    inputs = _strip(pc.fill_null(arrays["input"].cast(pa.string()), ""))
+    return pa.table({"instruction": instructions, "input": inputs, "response": arrays["output"].cast(pa.string())})
 
 
 def with_ids(rows: pa.Table, con: duckdb.DuckDBPyConnection) -> tuple[pa.Table, np.ndarray]:

@@ -12,6 +12,7 @@ import io
 import itertools
 import json
 import re
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import cached_property
@@ -213,9 +214,12 @@ def _parses(text: str) -> bool:
 
 
 def _csv_blocks(f: Any, header: CsvHeader, header_names: frozenset[str]) -> Iterator[Block]:
-    """CSV with no practical field-size limit; the first row is a header when set so, or (auto) when it names a
+    """CSV with no field-size limit; the first row is a header when set so, or (auto) when it names a
     known field. Columns without a header name are ``column1``, ``column2``, ..."""
-    csv.field_size_limit(2**31 - 1)  # the largest every platform takes
+    try:
+        csv.field_size_limit(sys.maxsize)
+    except OverflowError:  # a C long of 32 bits
+        csv.field_size_limit(2**31 - 1)
     reader = csv.reader(io.TextIOWrapper(f, encoding="utf-8-sig", errors="surrogateescape", newline=""))
     rows = ((reader.line_num, row) for row in reader)
     first = next(rows, None)
