@@ -165,9 +165,8 @@ def check_ingest_summary(summary: IngestSummary, max_rejected_share: float = 0.5
     if summary.accepted == 0:
         raise EmptySeedsError(f"{summary.source}: 0 of {summary.read} rows accepted (rejected: {reasons}){where}")
     if rejected / summary.read > max_rejected_share:
-        raise EmptySeedsError(
-            f"{summary.source}: {rejected} of {summary.read} rows rejected, more than ingest.max_rejected_share="
-            f"{max_rejected_share:g} (rejected: {reasons}){where}")
+        raise EmptySeedsError(f"{summary.source}: {rejected} of {summary.read} rows rejected, more than "
+                              f"ingest.max_rejected_share={max_rejected_share:g} (rejected: {reasons}){where}")
     return summary
 
 
