@@ -25,7 +25,7 @@ import pyarrow.parquet as pq
 
 from storage import StorageSettings, resolve
 from tasks.core.text import has_lone_surrogate
-from tasks.ingest_fields import KNOWN_NAMES, Rejection
+from tasks.ingest_fields import KNOWN_NAMES, Rejection, dumps
 
 COMPRESSION = {".gz": "gzip", ".gzip": "gzip", ".zst": "zstd", ".zstd": "zstd", ".bz2": "bz2"}
 FORMATS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".csv": "csv", ".parquet": "parquet",
@@ -88,7 +88,7 @@ class Block:
             yield from self.records
         elif self.table is not None:
             for i, row in enumerate(self.table.to_pylist(), start=self.first_line):
-                yield RawRecord(i, _row_text(row), row)
+                yield RawRecord(i, dumps(row), row)
         else:
             for i, raw in enumerate(self.lines, start=self.first_line):
                 text = raw.decode("utf-8", errors="surrogateescape").rstrip("\r")
@@ -104,11 +104,7 @@ class Block:
         """The source text of the block's ``index``-th row (vectorised path: valid UTF-8)."""
         if self.data is not None:
             return self.lines[index].decode("utf-8").rstrip("\r")
-        return _row_text(self.table.slice(index, 1).to_pylist()[0])
-
-
-def _row_text(row: dict[str, Any]) -> str:
-    return json.dumps(row, default=str, ensure_ascii=False)
+        return dumps(self.table.slice(index, 1).to_pylist()[0])
 
 
 def safe_text(text: str) -> str:
@@ -201,7 +197,7 @@ def _json_blocks(uri: str, data: bytes) -> Iterator[Block]:
             raise IngestError(f"{uri}: not valid JSON at line {err.lineno} column {err.colno}: {err.msg}") from None
         yield Block(1, data=data.removeprefix(BOM))  # one object per line
         return
-    yield Block(1, records=[RawRecord(i, safe_text(json.dumps(item, ensure_ascii=False)), item)
+    yield Block(1, records=[RawRecord(i, safe_text(dumps(item)), item)
                             for i, item in enumerate(doc if isinstance(doc, list) else [doc], start=1)])
 
 
@@ -232,7 +228,7 @@ def _csv_blocks(f: Any, header: CsvHeader, header_names: frozenset[str]) -> Iter
         if not row:
             continue  # a blank line
         value = dict(zip(names + [f"column{i}" for i in range(len(names) + 1, len(row) + 1)], row, strict=False))
-        records.append(RawRecord(line, safe_text(json.dumps(value, ensure_ascii=False)), value))
+        records.append(RawRecord(line, safe_text(dumps(value)), value))
         if len(records) >= PARQUET_BATCH_ROWS:
             yield Block(records[0].line, records=records)
             records = []
