@@ -136,11 +136,7 @@ def ingest_seeds(
                 continue
             good.append((instruction, input_text, output, dumps(rest), rec.line, rec.raw))
         if good:
-            *texts, lines, raws = zip(*good, strict=True)
-            instructions, inputs, outputs, fields = (pa.array(c, pa.string()) for c in texts)
-            lines = np.array(lines)
-            accept(pa.table({"instruction": instructions, "input": inputs, "response": outputs,
-                             "meta": meta_column(src_json, lines, fields)}), lines, raws.__getitem__)
+            accept(*_table_of(good, src_json))
 
     reasons = Counter(r["reason"] for r in rejected)
     if fields_seen and sum(reasons[r] for r in NO_INSTRUCTION) == read:
@@ -155,6 +151,15 @@ def ingest_seeds(
         write_shard(rejected_uri, records_table(rejected, REJECTED_INPUT_SCHEMA), REJECTED_INPUT_SCHEMA, settings)
     return IngestSummary(source=src, read=read, accepted=read - len(rejected), rejected=dict(sorted(reasons.items())),
                          duplicates=reasons["duplicate"], shards=writer.shards, rejected_uri=rejected_uri)
+
+
+def _table_of(good: list[tuple[Any, ...]], src_json: str) -> tuple[pa.Table, np.ndarray, Callable[[int], str]]:
+    """Rows of the row-by-row path as a table, their lines, and each one's source text by index."""
+    *texts, lines, raws = zip(*good, strict=True)
+    instructions, inputs, outputs, fields = (pa.array(c, pa.string()) for c in texts)
+    lines = np.array(lines)
+    return (pa.table({"instruction": instructions, "input": inputs, "response": outputs,
+                      "meta": meta_column(src_json, lines, fields)}), lines, raws.__getitem__)
 
 
 def check_ingest_summary(summary: IngestSummary, max_rejected_share: float = 0.5) -> IngestSummary:

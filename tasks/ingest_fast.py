@@ -127,7 +127,8 @@ class SeedShardWriter:
     def flush(self, n: int | None = None) -> None:
         table = pa.concat_tables(self.pending) if self.pending else _ACCEPTED.empty_table()
         n = table.num_rows if n is None else n
-        self.pending, self.rows = [table.slice(n)], table.num_rows - n
+        rest = table.slice(n)  # a slice holds the whole table's buffers: keep none when it is empty
+        self.pending, self.rows = ([rest] if rest.num_rows else []), rest.num_rows
         uri = join_uri(self.dest_dir, shard_name(len(self.shards)))
         self.wait()  # one shard in flight at a time: memory stays bounded
         self._writing = self._pool.submit(write_shard, uri, seed_table(table.slice(0, n)), settings=self.settings)
