@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from collections.abc import Callable
 from typing import Any
 
 import duckdb
@@ -13,27 +14,16 @@ from prefect import task
 from prefect.states import Completed
 from pydantic import BaseModel
 
-from storage import (
-    REJECTED_INPUT_SCHEMA,
-    RunLayout,
-    ShardRef,
-    StageMismatch,
-    StorageSettings,
-    join_uri,
-    read_stage,
-    total_rows,
-    write_shard,
-    write_stage,
-)
-from storage.schema import records_table
-from storage.shards import read_marker, remove_shards_except, shard_name
+from storage import RunLayout, StorageSettings, join_uri
+from storage.schema import REJECTED_INPUT_SCHEMA, records_table
+from storage.shards import read_marker, remove_shards_except, shard_name, write_shard
+from storage.stages import ShardRef, StageMismatch, read_stage, total_rows, write_stage
 from tasks.core.config import RunConfig
 from tasks.ingest_fast import SeedShardWriter, SeenIds, fast_extract, meta_column, with_ids
-from tasks.ingest_fields import TARGET_FIELDS, Rejection, dumps, extract_fields, lookup, meta_json
-from tasks.ingest_read import Block, CsvHeader, IngestError, RawRecord, detect_format, iter_blocks
+from tasks.ingest_fields import Rejection, dumps, extract_fields, field_map_problems, lookup
+from tasks.ingest_read import CsvHeader, IngestError, iter_blocks
 
-__all__ = ["IngestError", "EmptySeedsError", "IngestSummary", "check_ingest_summary", "detect_format",
-           "find_unmatched_paths", "ingest_seeds", "ingest_run_seeds"]
+NO_INSTRUCTION = ("missing_instruction", "malformed_json", "not_an_object")  # reasons of rows without one
 
 
 class EmptySeedsError(IngestError):
@@ -55,17 +45,6 @@ class IngestSummary(BaseModel):
     problems: list[str] = []  # why an earlier ingest of this run folder was not reused
 
 
-def check_field_map(field_map: dict[str, str]) -> None:
-    """Targets are instruction / input / output; sources are field paths."""
-    unknown = set(field_map) - set(TARGET_FIELDS)
-    if unknown:
-        raise IngestError(f"field map names unknown target fields {sorted(unknown)}; use {list(TARGET_FIELDS)}")
-    for target, source in field_map.items():
-        if not isinstance(source, str) or not source.strip():
-            raise IngestError(f"field map: {target}: the source field is empty; give a field path such as "
-                              "instances.0.input")
-
-
 def find_unmatched_paths(src: str, field_map: dict[str, str], settings: StorageSettings | None = None,
                          csv_header: CsvHeader = "auto") -> tuple[list[str], list[str]]:
     """(mapped source paths that occur in no record, the top-level fields that do occur).
@@ -77,7 +56,7 @@ def find_unmatched_paths(src: str, field_map: dict[str, str], settings: StorageS
     for block in iter_blocks(src, settings, csv_header, _header_names(field_map)):
         for rec in block.iter_records():
             if isinstance(rec.value, dict):
-                seen.update(dict.fromkeys(str(k) for k in rec.value))
+                seen.update(dict.fromkeys(rec.value))
                 for path in [p for p in missing if lookup(rec.value, p) is not None]:
                     del missing[path]
             if not missing:
@@ -108,31 +87,30 @@ def ingest_seeds(
     if shard_size < 1:
         raise ValueError("shard_size must be >= 1")
     field_map = dict(field_map or {})
-    check_field_map(field_map)
+    if problems := field_map_problems(field_map):
+        raise IngestError("field map: " + "; ".join(f"{target}: {what}" for target, what in problems.items()))
     if field_map:
         unmatched, fields = find_unmatched_paths(src, field_map, settings, csv_header)
         if unmatched:
             pairs = ", ".join(f"{t}={p}" for t, p in field_map.items() if p in unmatched)
             raise IngestError(f"{src}: field map {pairs}: no record has {', '.join(map(repr, unmatched))}; "
                               f"fields found: {', '.join(fields[:30]) or '(none)'}")
-    rejected_dir = rejected_dir or join_uri(dest_dir, "_rejected")
     writer = SeedShardWriter(dest_dir, shard_size, settings)
     src_json = json.dumps(src, ensure_ascii=False)
-    seen = SeenIds()
+    seen, con = SeenIds(), duckdb.connect()
     rejected: list[dict[str, Any]] = []
-    fields_seen: dict[str, None] = {}
-    counts: Counter[str] = Counter()  # read, with_instruction
-    con = duckdb.connect()
+    fields_seen: dict[str, None] = {}  # top-level fields of the row-by-row records, for the error below
+    read = 0
 
-    def accept(block: Block, rows: pa.Table, lines: np.ndarray, raws: list[str] | None) -> None:
+    def accept(rows: pa.Table, lines: np.ndarray, raw: Callable[[int], str]) -> None:
         rows, numbers = with_ids(rows, con)
         first = seen.first_lines(numbers, lines)
         dup = first != lines
         if dup.any():  # a later row with an id already taken
             ids = rows["id"]
-            rejected.extend({"source": src, "line": int(lines[i]), "raw": raws[i] if raws else block.raw(i),
-                             "field": None, "reason": "duplicate", "duplicate_of": ids[i].as_py(),
-                             "detail": f"same normalised text as line {first[i]}"} for i in np.flatnonzero(dup))
+            rejected.extend({"source": src, "line": int(lines[i]), "raw": raw(i), "field": None, "reason": "duplicate",
+                             "duplicate_of": ids[i].as_py(), "detail": f"same normalised text as line {first[i]}"}
+                            for i in np.flatnonzero(dup))
             rows = rows.filter(pa.array(~dup))
         writer.add(rows)
 
@@ -140,53 +118,48 @@ def ingest_seeds(
         parsed = block.as_table() if vectorised else None
         rows = fast_extract(parsed[0], field_map) if parsed else None
         if rows is not None:
-            lines = parsed[1]
-            counts.update(read=rows.num_rows, with_instruction=rows.num_rows)
-            fields_seen.update(dict.fromkeys(parsed[0].column_names))
-            accept(block, rows.append_column("meta", meta_column(src_json, lines)), lines, None)
+            read += rows.num_rows
+            accept(rows.append_column("meta", meta_column(src_json, parsed[1])), parsed[1], block.raw)
             continue
-        good: dict[str, list[Any]] = {k: [] for k in ("line", "instruction", "input", "response", "meta", "raw")}
+        good: list[tuple[Any, ...]] = []  # instruction, input, output, meta fields, line, raw
         for rec in block.iter_records():
-            counts["read"] += 1
+            read += 1
+            if isinstance(rec.value, dict):
+                fields_seen.update(dict.fromkeys(rec.value))
             try:
-                row = _extract(rec, field_map, fields_seen)
+                if rec.error is not None:
+                    raise rec.error
+                instruction, input_text, output, rest = extract_fields(rec.value, field_map)
             except Rejection as rej:
-                counts["with_instruction"] += rej.reason not in ("missing_instruction", "malformed_json",
-                                                                 "not_an_object")
                 rejected.append({"source": src, "line": rec.line, "raw": rec.raw, "field": rej.field,
                                  "reason": rej.reason, "detail": rej.detail, "duplicate_of": None})
                 continue
-            counts["with_instruction"] += 1
-            for key, value in (("line", rec.line), ("instruction", row.instruction), ("input", row.input),
-                               ("response", row.output), ("meta", meta_json(src_json, rec.line, dumps(row.rest))),
-                               ("raw", rec.raw)):
-                good[key].append(value)
-        if good["line"]:
-            table = pa.table({k: pa.array(good[k], pa.string()) for k in ("instruction", "input", "response", "meta")})
-            accept(block, table, np.array(good["line"], np.int64), good["raw"])
+            good.append((instruction, input_text, output, dumps(rest), rec.line, rec.raw))
+        if good:
+            accept(*_table_of(good, src_json))
 
-    if counts["read"] and not counts["with_instruction"] and fields_seen:
+    reasons = Counter(r["reason"] for r in rejected)
+    if fields_seen and sum(reasons[r] for r in NO_INSTRUCTION) == read:
         names = list(fields_seen)
         raise IngestError(f"{src}: no record has an instruction; fields found: {', '.join(names[:30])}; map one "
                           f"with --map instruction={names[0]} (field_map in a run config)")
     writer.close()
     rejected_uri = None
     if rejected:
-        rejected_uri = join_uri(rejected_dir, shard_name(0))
+        rejected_uri = join_uri(rejected_dir or join_uri(dest_dir, "_rejected"), shard_name(0))
         rejected.sort(key=lambda r: r["line"])
         write_shard(rejected_uri, records_table(rejected, REJECTED_INPUT_SCHEMA), REJECTED_INPUT_SCHEMA, settings)
-    reasons = Counter(r["reason"] for r in rejected)
-    accepted = counts["read"] - len(rejected)
-    return IngestSummary(source=src, read=counts["read"], accepted=accepted, rejected=dict(sorted(reasons.items())),
-                         duplicates=reasons.get("duplicate", 0), shards=writer.shards, rejected_uri=rejected_uri)
+    return IngestSummary(source=src, read=read, accepted=read - len(rejected), rejected=dict(sorted(reasons.items())),
+                         duplicates=reasons["duplicate"], shards=writer.shards, rejected_uri=rejected_uri)
 
 
-def _extract(rec: RawRecord, field_map: dict[str, str], fields_seen: dict[str, None]):
-    if rec.error:
-        raise Rejection(rec.error[0], None, rec.error[1])
-    if isinstance(rec.value, dict):
-        fields_seen.update(dict.fromkeys(str(k) for k in rec.value))
-    return extract_fields(rec.value, field_map)
+def _table_of(good: list[tuple[Any, ...]], src_json: str) -> tuple[pa.Table, np.ndarray, Callable[[int], str]]:
+    """Rows of the row-by-row path as a table, their lines, and each one's source text by index."""
+    *texts, lines, raws = zip(*good, strict=True)
+    instructions, inputs, outputs, fields = (pa.array(c, pa.string()) for c in texts)
+    lines = np.array(lines)
+    return (pa.table({"instruction": instructions, "input": inputs, "response": outputs,
+                      "meta": meta_column(src_json, lines, fields)}), lines, raws.__getitem__)
 
 
 def check_ingest_summary(summary: IngestSummary, max_rejected_share: float = 0.5) -> IngestSummary:
@@ -197,9 +170,8 @@ def check_ingest_summary(summary: IngestSummary, max_rejected_share: float = 0.5
     if summary.accepted == 0:
         raise EmptySeedsError(f"{summary.source}: 0 of {summary.read} rows accepted (rejected: {reasons}){where}")
     if rejected / summary.read > max_rejected_share:
-        raise EmptySeedsError(
-            f"{summary.source}: {rejected} of {summary.read} rows rejected, more than ingest.max_rejected_share="
-            f"{max_rejected_share:g} (rejected: {reasons}){where}")
+        raise EmptySeedsError(f"{summary.source}: {rejected} of {summary.read} rows rejected, more than "
+                              f"ingest.max_rejected_share={max_rejected_share:g} (rejected: {reasons}){where}")
     return summary
 
 
@@ -230,13 +202,7 @@ def ingest_run_seeds(config: RunConfig, layout: RunLayout, key: str, force: bool
 
 def _retry_unless_bad_input(task: Any, task_run: Any, state: Any) -> bool:
     """Retry storage hiccups, never a seed file that is wrong: it would fail the same way."""
-    try:
-        state.result()
-    except IngestError:
-        return False
-    except Exception:
-        return True
-    return True
+    return not isinstance(state.result(raise_on_failure=False), IngestError)
 
 
 @task(name="ingest-seeds", retries=2, retry_delay_seconds=5, retry_condition_fn=_retry_unless_bad_input)

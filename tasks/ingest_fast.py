@@ -1,13 +1,10 @@
 """Ingest on Arrow arrays: the vectorised path, and the ids, duplicate checks and seed shards of both paths.
 
-The vectorised path (a block parsed by Arrow, validated column-wise) takes a block only when the result
-is certain to be what the row-by-row path gives: every column is a recognised (or mapped, top-level)
-target field of string type, no target is ambiguous (``input`` and ``context`` both present), and every
-row is good. Anything else (a bad row, an extra field that must go to ``meta``, a nested record) sends
-the block to the row-by-row path. Text that Arrow and Python could treat differently (non-ASCII, unusual
-whitespace) is normalised by Python, row by row. Either path's rows then get their ids (DuckDB hashes the
-content keys), are checked for duplicates with numpy, and go to shards that a thread writes while the
-next block is read.
+A block takes the vectorised path (parsed by Arrow, validated column-wise) only when the result is certain to be
+what the row-by-row path gives; anything else (a bad row, an extra field for ``meta``, a nested record) goes row
+by row. Text Arrow and Python could treat differently (non-ASCII, unusual whitespace) is normalised by Python.
+Either path's rows then get their ids (DuckDB hashes the content keys), are checked for duplicates with numpy,
+and go to shards that a thread writes while the next block is read.
 """
 
 from __future__ import annotations
@@ -25,30 +22,7 @@ from storage.shards import shard_name
 from tasks.core.text import content_keys
 from tasks.ingest_fields import RECOGNISED, TARGET_FIELDS
 
-
-def target_columns(names: list[str], field_map: dict[str, str]) -> dict[str, str | None] | None:
-    """target -> the one column that holds it (or None); None when a column is not a target or a target is
-    ambiguous."""
-    out: dict[str, str | None] = {}
-    for target in TARGET_FIELDS:
-        if target in field_map:
-            matches = [field_map[target]] if field_map[target] in names else []
-        else:
-            matches = [n for n in names if n.lower() in RECOGNISED[target]]
-        if len(matches) > 1:
-            return None
-        out[target] = matches[0] if matches else None
-    if set(names) - {c for c in out.values() if c}:
-        return None
-    return out
-
-
-def _strings(column: pa.ChunkedArray | None, n: int) -> pa.Array | None:
-    if column is None:
-        return pa.nulls(n, pa.string())
-    if pa.types.is_null(column.type) or pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
-        return column.combine_chunks().cast(pa.string())
-    return None
+_TEXT = (pa.null(), pa.string(), pa.large_string())  # column types the vectorised path takes
 
 
 def _strip(values: pa.Array) -> pa.Array:
@@ -61,19 +35,26 @@ def _strip(values: pa.Array) -> pa.Array:
 
 
 def fast_extract(table: pa.Table, field_map: dict[str, str]) -> pa.Table | None:
-    """``instruction``, ``input``, ``response`` exactly as the row-by-row path makes them, or None for that path."""
-    columns = target_columns(table.column_names, field_map)
-    if columns is None or columns["instruction"] is None:
+    """``instruction``, ``input``, ``response`` exactly as the row-by-row path makes them, or None for that path:
+    a column that is not a target, an ambiguous target (``input`` and ``context``), a value not text, a missing or
+    empty instruction."""
+    arrays, used = {}, set()
+    for target in TARGET_FIELDS:
+        mapped = field_map.get(target)
+        matches = [n for n in table.column_names
+                   if (n == mapped if mapped is not None else n.lower() in RECOGNISED[target])]
+        if len(matches) > 1:
+            return None
+        used.update(matches)
+        arrays[target] = table[matches[0]].combine_chunks() if matches else pa.nulls(table.num_rows)
+    if used != set(table.column_names) or any(a.type not in _TEXT for a in arrays.values()) \
+            or not table.num_rows or arrays["instruction"].null_count:
         return None
-    n = table.num_rows
-    arrays = {t: _strings(table[c] if c else None, n) for t, c in columns.items()}
-    if any(a is None for a in arrays.values()) or arrays["instruction"].null_count:
-        return None
-    instructions = _strip(arrays["instruction"])
+    instructions = _strip(arrays["instruction"].cast(pa.string()))
     if pc.any(pc.equal(instructions, "")).as_py():
         return None  # an empty instruction: the row-by-row path reports it
-    inputs = _strip(pc.fill_null(arrays["input"], ""))
-    return pa.table({"instruction": instructions, "input": inputs, "response": arrays["output"]})
+    inputs = _strip(pc.fill_null(arrays["input"].cast(pa.string()), ""))
+    return pa.table({"instruction": instructions, "input": inputs, "response": arrays["output"].cast(pa.string())})
 
 
 def with_ids(rows: pa.Table, con: duckdb.DuckDBPyConnection) -> tuple[pa.Table, np.ndarray]:
@@ -116,10 +97,11 @@ class SeenIds:
         return out
 
 
-def meta_column(source_json: str, lines: np.ndarray) -> pa.Array:
-    """The ``meta`` text of rows that hold nothing but their target fields (see ``ingest_fields.meta_json``)."""
+def meta_column(source_json: str, lines: np.ndarray, fields: pa.Array | None = None) -> pa.Array:
+    """The ``meta`` text, ``{"source": ..., "line": ..., "fields": {...}}``: ``fields`` holds the JSON texts of what
+    each row has beyond its target fields (none: ``{}``)."""
     return pc.binary_join_element_wise(f'{{"source": {source_json}, "line": ', pa.array(lines).cast(pa.string()),
-                                       ', "fields": {}}', "")
+                                       ', "fields": ', "{}" if fields is None else fields, "}", "")
 
 
 class SeedShardWriter:
@@ -145,7 +127,7 @@ class SeedShardWriter:
     def flush(self, n: int | None = None) -> None:
         table = pa.concat_tables(self.pending) if self.pending else _ACCEPTED.empty_table()
         n = table.num_rows if n is None else n
-        rest = table.slice(n)
+        rest = table.slice(n)  # a slice holds the whole table's buffers: keep none when it is empty
         self.pending, self.rows = ([rest] if rest.num_rows else []), rest.num_rows
         uri = join_uri(self.dest_dir, shard_name(len(self.shards)))
         self.wait()  # one shard in flight at a time: memory stays bounded
@@ -154,9 +136,8 @@ class SeedShardWriter:
 
     def wait(self) -> None:
         """Wait for the shard being written; raises what its write raised."""
-        writing, self._writing = self._writing, None
-        if writing is not None:
-            writing.result()
+        if self._writing is not None:
+            self._writing.result()
 
     def close(self) -> None:
         """Write the rows still buffered (one empty shard when no row was accepted) and wait for every write."""
@@ -168,26 +149,14 @@ class SeedShardWriter:
             self._pool.shutdown()
 
 
-_ACCEPTED = pa.schema([(n, pa.string()) for n in ("id", "instruction", "input", "response", "meta")])
+_ACCEPTED = pa.schema([(n, pa.string()) for n in ("instruction", "input", "response", "meta", "content_key", "id")])
+_SEED = {"round": 0, "operation": "seed", "status": "seed", "prompt_tokens": 0, "completion_tokens": 0}
 
 
 def seed_table(accepted: pa.Table) -> pa.Table:
-    """Seed rows (round 0) from a table of ids, instructions, inputs, responses and meta."""
+    """Seed rows (round 0) from a table of the ``_ACCEPTED`` columns."""
     n = accepted.num_rows
-    arrays = []
-    for f in RECORD_SCHEMA:
-        if f.name in accepted.column_names:
-            arrays.append(accepted[f.name].cast(f.type))
-        elif f.name == "content_key":
-            arrays.append(content_keys(accepted["instruction"], accepted["input"]))
-        elif f.name == "root_id":
-            arrays.append(accepted["id"])
-        elif f.name == "round":
-            arrays.append(pa.array(np.zeros(n, np.int32)))
-        elif f.name in ("operation", "status"):
-            arrays.append(pa.array(["seed"] * n, f.type))
-        elif f.name in ("prompt_tokens", "completion_tokens"):
-            arrays.append(pa.array(np.zeros(n, np.int64)))
-        else:
-            arrays.append(pa.nulls(n, f.type))
-    return pa.Table.from_arrays(arrays, schema=RECORD_SCHEMA)
+    columns = {**{k: pa.repeat(pa.scalar(v, RECORD_SCHEMA.field(k).type), n) for k, v in _SEED.items()},
+               "root_id": accepted["id"], **{k: accepted[k] for k in accepted.column_names}}
+    return pa.table([columns[f.name] if f.name in columns else pa.nulls(n, f.type) for f in RECORD_SCHEMA],
+                    schema=RECORD_SCHEMA)

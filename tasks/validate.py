@@ -8,14 +8,16 @@ from __future__ import annotations
 
 import os
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from prompts import PromptPack, PromptPackError, PromptRenderError, load_pack
 from storage import StorageSettings, join_uri, resolve
 from tasks.core.config import EnvSettings, RunConfig
-from tasks.ingest import IngestError, check_field_map, find_unmatched_paths
-from tasks.ingest_fields import TARGET_FIELDS
+from tasks.ingest import IngestError, find_unmatched_paths
+from tasks.ingest_fields import field_map_problems
 from tasks.ingest_read import check_source
 from tasks.operations import resolve_weights
 
@@ -45,21 +47,23 @@ def validate_run(config: RunConfig, config_file: str, settings: StorageSettings 
     env = env or EnvSettings()
     settings = settings or env.storage
     problems: list[Problem] = []
-    pack = None
-    try:
-        pack = load_pack(config.prompt_pack)
-    except PromptPackError as err:
-        problems.append(Problem(config_file, "prompt_pack", _one_line(err)))
-    if pack is not None:
+
+    def check(key: str, call: Callable[[], Any], errors: type[Exception] | tuple[type[Exception], ...]) -> Any:
         try:
-            resolve_weights(pack, config.operation_weights)
-        except ValueError as err:
-            problems.append(Problem(config_file, "operation_weights", _one_line(err)))
+            return call()
+        except errors as err:
+            problems.append(Problem(config_file, key, _one_line(err)))
+
+    pack = check("prompt_pack", lambda: load_pack(config.prompt_pack), PromptPackError)
+    if pack is not None:
+        check("operation_weights", lambda: resolve_weights(pack, config.operation_weights), ValueError)
         problems += _render_templates(pack)
-    problems += _check_field_map(config, config_file)
-    problems += _check_model(config, config_file, env)
-    seeds_ok = _check_seeds(config, config_file, settings, problems)
-    if seeds_ok and config.field_map and not problems:
+    problems += [Problem(config_file, f"field_map.{target}", what)
+                 for target, what in field_map_problems(config.field_map).items()]
+    if (what := _model_problem(config, env)) is not None:
+        problems.append(Problem(config_file, "llm.model", what))
+    check("seeds", lambda: check_source(config.seeds, settings), IngestError)
+    if config.field_map and not problems:
         unmatched, fields = find_unmatched_paths(config.seeds, config.field_map, settings, config.ingest.csv_header)
         for target, path in config.field_map.items():
             if path in unmatched:
@@ -68,10 +72,7 @@ def validate_run(config: RunConfig, config_file: str, settings: StorageSettings 
     if config.train is not None:
         from tasks.train import RecipeError, load_recipe
 
-        try:
-            load_recipe(config.train.recipe)
-        except RecipeError as err:
-            problems.append(Problem(config_file, "train.recipe", _one_line(err)))
+        check("train.recipe", lambda: load_recipe(config.train.recipe), RecipeError)
     if not problems:  # the one write, last: nothing is created for a config that can't run
         problems += _check_writable(config, config_file, settings)
     return problems
@@ -96,21 +97,8 @@ def _render_templates(pack: PromptPack) -> list[Problem]:
     return out
 
 
-def _check_field_map(config: RunConfig, config_file: str) -> list[Problem]:
-    out = []
-    for target, source in config.field_map.items():
-        if target not in TARGET_FIELDS:
-            out.append(Problem(config_file, f"field_map.{target}",
-                               f"unknown target field; use {', '.join(TARGET_FIELDS)}"))
-            continue
-        try:
-            check_field_map({target: source})
-        except IngestError as err:
-            out.append(Problem(config_file, f"field_map.{target}", _one_line(err)))
-    return out
-
-
-def _check_model(config: RunConfig, config_file: str, env: EnvSettings) -> list[Problem]:
+def _model_problem(config: RunConfig, env: EnvSettings) -> str | None:
+    """What is wrong with the model setting, if anything (an OpenAI-compatible server is asked when the run starts)."""
     llm = config.llm
     if llm.backend == "scripted":
         from tasks.llm.base import BackendError
@@ -119,29 +107,27 @@ def _check_model(config: RunConfig, config_file: str, env: EnvSettings) -> list[
         try:
             scripted_backend(llm.model)
         except BackendError as err:
-            return [Problem(config_file, "llm.model", _one_line(str(err)))]
-        return []
+            return _one_line(str(err))
+        return None
     if llm.backend != "vllm":
-        return []  # an OpenAI-compatible server is asked when the run starts
+        return None
     from tasks.llm.models import DEFAULT_MODEL, DEFAULT_MODEL_DIRNAME, ModelPreparationError, bundled_gguf
 
     if llm.model == DEFAULT_MODEL:
         if (Path(env.llm.models_dir) / DEFAULT_MODEL_DIRNAME / "config.json").is_file():
-            return []
+            return None
         try:
             bundled_gguf()
         except ModelPreparationError as err:
-            return [Problem(config_file, "llm.model", _one_line(err))]
-        return []
+            return _one_line(err)
+        return None
     path = Path(llm.model).expanduser()
-    if path.is_dir():
-        if (path / "config.json").is_file():
-            return []
-        return [Problem(config_file, "llm.model", f"{path} has no config.json; give a Hugging Face model folder")]
-    if _in_hf_cache(llm.model):
-        return []
-    return [Problem(config_file, "llm.model", f"'{llm.model}' is not a model folder (with config.json) and not in "
-                    "the Hugging Face cache; use 'default' (the bundled model) or a local model folder")]
+    if path.is_dir() and not (path / "config.json").is_file():
+        return f"{path} has no config.json; give a Hugging Face model folder"
+    if path.is_dir() or _in_hf_cache(llm.model):
+        return None
+    return (f"'{llm.model}' is not a model folder (with config.json) and not in the Hugging Face cache; use 'default' "
+            "(the bundled model) or a local model folder")
 
 
 def _in_hf_cache(name: str) -> bool:
@@ -149,21 +135,10 @@ def _in_hf_cache(name: str) -> bool:
         return False
     try:
         from huggingface_hub import try_to_load_from_cache
-    except ImportError:
-        return False
-    try:
+
         return isinstance(try_to_load_from_cache(name, "config.json"), str)
-    except Exception:  # an id the hub library refuses is not cached either
+    except Exception:  # no hub library, or an id it refuses: not cached either
         return False
-
-
-def _check_seeds(config: RunConfig, config_file: str, settings: StorageSettings, problems: list[Problem]) -> bool:
-    try:
-        check_source(config.seeds, settings)
-    except IngestError as err:
-        problems.append(Problem(config_file, "seeds", _one_line(err)))
-        return False
-    return True
 
 
 def _check_writable(config: RunConfig, config_file: str, settings: StorageSettings) -> list[Problem]:

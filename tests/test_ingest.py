@@ -131,7 +131,7 @@ def test_whole_file_errors_are_clear(tmp_path):
         ingest_seeds(str(tmp_path / "seeds.txt"), str(tmp_path / "o"))
     with pytest.raises(IngestError, match="no such file"):
         ingest_seeds(str(tmp_path / "missing.jsonl"), str(tmp_path / "o"))
-    with pytest.raises(IngestError, match="unknown target fields"):
+    with pytest.raises(IngestError, match="field map: question: unknown target field; use instruction, input, output"):
         ingest_seeds(str(tmp_path / "x.jsonl"), str(tmp_path / "o"), field_map={"question": "Q"})
 
 
