@@ -31,7 +31,8 @@ def stage_of(params, respond) -> str:
 def one_call(backend, items: list[tuple[list, object]]) -> list:
     """All ``items`` given to the engine at once, each with its own sampling parameters."""
     from tasks.llm.aio import gather_on_loop
-    from tasks.llm.vllm_backend import chat_in_groups, completion_of, to_vllm_sampling_params
+    from tasks.llm.vllm_backend import chat_in_groups
+    from tasks.llm.vllm_io import completion_of, to_vllm_sampling_params
 
     if backend.streaming:
         return gather_on_loop(backend.acomplete(c, p) for c, p in items)

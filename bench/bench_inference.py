@@ -44,7 +44,9 @@ def main() -> None:
     from tasks.core.config import EnvSettings, LLMConfig, LLMEnvSettings
     from tasks.llm.base import SamplingParams
     from tasks.llm.factory import get_backend
-    from tasks.llm.vllm_backend import _on_cpu, engine_kwargs, get_vllm_engine, to_vllm_sampling_params
+    from tasks.llm.vllm_backend import get_vllm_engine
+    from tasks.llm.vllm_engine import engine_kwargs, on_cpu
+    from tasks.llm.vllm_io import to_vllm_sampling_params
 
     env = EnvSettings(llm=LLMEnvSettings(models_dir=args.models_dir)) if args.models_dir else EnvSettings()
     backend = get_backend(LLMConfig(backend="vllm", model="default"), env)
@@ -74,7 +76,7 @@ def main() -> None:
     backend_tps, raw_tps = tok_s(timings["backend"]), tok_s(timings["raw"])
     print(json.dumps({
         "model": backend.model_name,
-        "engine_args": engine_kwargs(backend.engine_args, _on_cpu()),
+        "engine_args": engine_kwargs(backend.engine_args, on_cpu()),
         "vllm_env": {k: v for k, v in os.environ.items() if k.startswith("VLLM_CPU_")},
         "prompts": len(convs),
         "max_tokens": args.max_tokens,

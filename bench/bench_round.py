@@ -25,7 +25,7 @@ def main() -> None:
     parser.add_argument("--parallel", type=int, default=1, help="orchestration.max_parallel_shards")
     args = parser.parse_args()
 
-    from tasks.llm.vllm_backend import to_vllm_sampling_params
+    from tasks.llm.vllm_io import to_vllm_sampling_params
 
     backend = bundled_backend()
     recorder = RecordingBackend(backend)

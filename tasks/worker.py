@@ -13,7 +13,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from tasks.llm.vllm_backend import cpu_env_defaults, cpu_id_ranges
+from tasks.llm.vllm_engine import cpu_env_defaults, cpu_id_ranges
 
 WARM_ENV = "EVOL_WORKER_WARM"
 

@@ -240,7 +240,7 @@ def test_empty_batch_makes_no_request(server):
 
 @pytest.fixture(scope="module")
 def vllm_server(tmp_path_factory, model_dir):
-    from tasks.llm.vllm_backend import cpu_env_defaults
+    from tasks.llm.vllm_engine import cpu_env_defaults
 
     model, port = model_dir, free_port()
     log_path = tmp_path_factory.mktemp("vllm-serve") / "server.log"

@@ -7,20 +7,13 @@ import threading
 import pytest
 
 from tasks.core.config import EnvSettings, LLMConfig, LLMEnvSettings
-from tasks.llm import vllm_backend, vllm_engine
+from tasks.llm import vllm_engine, vllm_io
 from tasks.llm.base import BackendError, SamplingParams
 from tasks.llm.factory import get_backend
 from tasks.llm.openai_backend import OpenAIBackend
-from tasks.llm.vllm_backend import (
-    VLLMBackend,
-    chat_prompt_tokens,
-    cpu_env_defaults,
-    cpu_id_ranges,
-    engine_constructions,
-    engine_kwargs,
-    get_vllm_engine,
-    shutdown_engines,
-)
+from tasks.llm.vllm_backend import VLLMBackend, engine_constructions, get_vllm_engine, shutdown_engines
+from tasks.llm.vllm_engine import cpu_env_defaults, cpu_id_ranges, engine_kwargs
+from tasks.llm.vllm_io import chat_prompt_tokens
 
 ENGINE_ARGS = {"max_model_len": 1024}
 GREEDY = SamplingParams(temperature=0.0, top_p=1.0, max_tokens=16)
@@ -55,13 +48,13 @@ def test_engine_kwargs_defaults_and_overrides(monkeypatch):
 
 @pytest.mark.vllm  # imports vllm: 6 s and more, too slow for the fast loop
 def test_sampling_params_translation():
-    params = vllm_backend.to_vllm_sampling_params(
+    params = vllm_io.to_vllm_sampling_params(
         SamplingParams(temperature=0.7, top_p=0.9, max_tokens=33, seed=5, stop=("###", "\n\n")), on_cpu=False)
     assert (params.temperature, params.top_p, params.max_tokens, params.seed) == (0.7, 0.9, 33, 5)
     assert params.stop == ["###", "\n\n"]
-    assert vllm_backend.to_vllm_sampling_params(SamplingParams()).stop == []
+    assert vllm_io.to_vllm_sampling_params(SamplingParams()).stop == []
     with pytest.raises(BackendError, match="remove `seed`"):
-        vllm_backend.to_vllm_sampling_params(SamplingParams(seed=5), on_cpu=True)
+        vllm_io.to_vllm_sampling_params(SamplingParams(seed=5), on_cpu=True)
 
 
 def test_factory(tmp_path):

@@ -13,20 +13,8 @@ from typing import Any
 from tasks.llm import vllm_async
 from tasks.llm.aio import gather_on_loop, run_on_loop
 from tasks.llm.base import Completion, Conversation, SamplingParams, is_prefilled
-from tasks.llm.vllm_engine import EngineCache, cpu_env_defaults, cpu_id_ranges, engine_kwargs
-from tasks.llm.vllm_engine import on_cpu as _on_cpu
-from tasks.llm.vllm_io import (
-    chat_kwargs,
-    chat_prompt_tokens,
-    completion_of,
-    error_completion,
-    prompt_problem,
-    to_vllm_sampling_params,
-)
-
-__all__ = ["VLLMBackend", "chat_in_groups", "chat_kwargs", "chat_prompt_tokens", "cpu_env_defaults", "cpu_id_ranges",
-           "engine_constructions", "engine_kwargs", "get_vllm_engine", "shutdown_engines", "to_vllm_sampling_params",
-           "_on_cpu"]  # bench/bench_inference.py, tasks/worker.py and tasks/estimate.py import some of these here
+from tasks.llm.vllm_engine import EngineCache
+from tasks.llm.vllm_io import chat_kwargs, completion_of, error_completion, prompt_problem, to_vllm_sampling_params
 
 logger = logging.getLogger(__name__)
 
