@@ -119,7 +119,7 @@ _RUNTIME_BUILDS = {"count": 0}
 
 
 def stage_runtime_builds() -> int:
-    """How many times this process built a pack and its backends (a cluster worker: once per run settings)."""
+    """How many times this process built a run's backends (a cluster worker: once per run settings)."""
     return _RUNTIME_BUILDS["count"]
 
 
@@ -137,13 +137,20 @@ def stage_runtime_built(spec: EvolveSpec) -> bool:
 
 
 def stage_runtime(spec: EvolveSpec) -> tuple[PromptPack, StageBackends]:
-    """The prompt pack and backend of a spec, built once per run and shared by its shard tasks."""
+    """The prompt pack and backend of a spec, built once per process and shared by its shard tasks.
+
+    Kept for the spec's settings and the pack's content: a pack whose files were edited since it was loaded (a
+    long-lived cluster worker between runs) is loaded again; the backends stay."""
     cache_key = spec.model_dump_json()
     with _RUNTIMES_LOCK:
-        if cache_key not in _RUNTIMES:
-            _RUNTIMES[cache_key] = (load_pack(spec.prompt_pack), stage_backends(spec.llm, streaming=spec.streaming))
+        found = _RUNTIMES.get(cache_key)
+        if found is None:
+            found = (load_pack(spec.prompt_pack), stage_backends(spec.llm, streaming=spec.streaming))
             _RUNTIME_BUILDS["count"] += 1
-        return _RUNTIMES[cache_key]
+        elif found[0].changed_on_disk():
+            found = (load_pack(spec.prompt_pack), found[1])
+        _RUNTIMES[cache_key] = found
+        return found
 
 
 @task(name="evolve-shard", task_run_name="evolve-r{round_index}-s{shard_index:05d}", retries=2,
