@@ -129,7 +129,6 @@ class PromptPack:
         self._files = files
         self._templates: dict[str, jinja2.Template] = {}
         self._shas: dict[str, str] = {}
-        self._sources: set[Path] = {manifest_path}  # every file the pack was read from, includes too
         for name, file in files.items():
             where = f"prompt pack manifest {manifest_path}: {keys[name]}"
             if not (folder / file).is_file():
@@ -146,12 +145,6 @@ class PromptPack:
             self._system_text = self.render("system").text.rstrip()
         except PromptRenderError as err:
             raise PromptPackError(f"prompt pack manifest {manifest_path}: system: {err}") from None
-        self.content_sha = _files_sha(self._sources)
-
-    def changed_on_disk(self) -> bool:
-        """Whether a file this pack was read from (its manifest, a template, an included part) now reads differently
-        or is gone: a process that keeps packs between runs loads it again."""
-        return _files_sha(self._sources) != self.content_sha
 
     def __repr__(self) -> str:
         return f"PromptPack(name={self.name!r}, folder={str(self.folder)!r}, operations={list(self._operations)})"
@@ -177,9 +170,7 @@ class PromptPack:
             if current in seen:
                 continue
             seen.add(current)
-            source, filename, _ = self._env.loader.get_source(self._env, current)
-            self._sources.add(Path(filename))
-            source = source.replace("\r\n", "\n")
+            source = self._env.loader.get_source(self._env, current)[0].replace("\r\n", "\n")
             parts.append(source if current == file else f"\0{current}\0{source}")
             refs = jinja2.meta.find_referenced_templates(self._env.parse(source))
             pending.extend(sorted(ref for ref in refs if ref is not None))
@@ -247,19 +238,6 @@ class PromptPack:
     def validity_messages(self, parent: str, candidate: str) -> tuple[list[dict[str, str]], str]:
         """The conversation asking whether ``candidate`` (a rewrite of ``parent``) is an instruction, and the sha."""
         return self._messages("validity", parent=parent, candidate=candidate)
-
-
-def _files_sha(paths: set[Path]) -> str | None:
-    """SHA-256 over the bytes of ``paths`` (sorted); None when one of them can't be read."""
-    digest = hashlib.sha256()
-    for path in sorted(paths):
-        try:
-            data = path.read_bytes()
-        except OSError:
-            return None
-        digest.update(f"\0{path}\0{len(data)}\0".encode())
-        digest.update(data)
-    return digest.hexdigest()
 
 
 def bundled_packs() -> tuple[str, ...]:

@@ -1,5 +1,6 @@
-"""A process that keeps a run's pack and backends (a cluster worker, between runs) notices an edited pack: the next
-shard renders the edited templates while the backends stay built."""
+"""A process that keeps a run's pack and backends (a cluster worker, between runs) notices an edited pack: a run that
+starts after the edit renders the edited templates while the backends stay built; a pack edited after its run
+started fails the run's shards instead of mixing templates."""
 
 from __future__ import annotations
 
@@ -7,7 +8,9 @@ import json
 import shutil
 from pathlib import Path
 
-from prompts import load_pack
+import pytest
+
+from prompts import PromptPackError, load_pack
 from storage import read_shard
 from tasks.context import EvolveSpec, build_context
 from tasks.core.config import parse_run_config
@@ -67,9 +70,15 @@ def test_an_edited_template_is_used_by_the_next_run_in_the_same_process(tmp_path
     for c in second:
         assert c["prompt_sha"] == new_shas[c["operation"]]
         assert (c["prompt_sha"] != old_shas[c["operation"]]) is (c["operation"] in EXTENDS_IN_DEPTH)
-    # one build of the backends for both runs; the pack was loaded again only because it changed
+    # each run's spec names its pack's templates: the second run's pack was loaded anew, the backends were built once
+    assert (first_spec.template_shas, spec.template_shas) == (old_shas, new_shas)
+    assert spec.model_copy(update={"template_shas": None}) == first_spec.model_copy(update={"template_shas": None})
     assert stage_runtime_builds() == builds + 1
-    assert spec == first_spec  # the same settings: what the cache was keyed on alone before
-    kept, _ = stage_runtime(spec)
-    assert stage_runtime(spec)[0] is kept  # unchanged files: the kept pack, not a new load
+    assert stage_runtime(first_spec)[0] is not stage_runtime(spec)[0]
+    # a shard of the first run in a process that has not loaded its pack yet (a worker joining late) would now
+    # render templates the run's keys do not name: it fails instead
+    reset_stage_runtimes()
+    with pytest.raises(PromptPackError, match=r"'.+/pack' changed since the run started \(templates add_constraints, "
+                                              r"concretizing, deepening, increase_reasoning_steps\): rerun"):
+        stage_runtime(first_spec)
     reset_stage_runtimes()
