@@ -63,6 +63,7 @@ class EvolveSpec(BaseModel):
     sampling: StageSampling
     elimination: EliminationConfig
     streaming: bool = False  # how rows are driven (orchestration.streaming): in no stage key
+    template_shas: dict[str, str] | None = None  # the pack's templates when the run started (in the key already)
 
     @classmethod
     def of(cls, config: RunConfig) -> EvolveSpec:
@@ -132,9 +133,9 @@ def build_context(config: RunConfig, recompute: tuple[str, ...] = (), env: EnvSe
         model[stage] = {**model_identity(llm.backend, llm.model, llm.engine_args, env.llm.models_dir),
                         "structured_outputs": llm.structured_outputs}
     seeds_sha = seeds_content_sha(config.seeds, settings)
-    evolve = EvolveSpec.of(config)
+    evolve = EvolveSpec.of(config).model_copy(update={"template_shas": template_shas})
     # the model enters the key through its identity; the rest of `llm` (per-stage overrides) through `model`
-    spec = evolve.model_dump(mode="json", exclude={"llm", "streaming"})
+    spec = evolve.model_dump(mode="json", exclude={"llm", "streaming", "template_shas"})
     return RunContext(
         config=config, layout=run_layout(config), template_shas=template_shas, model=model, seeds_sha=seeds_sha,
         evolve=evolve, evolve_key=content_key("evolve", template_shas, model, spec), recompute=tuple(recompute),

@@ -13,7 +13,7 @@ from prefect.logging import get_logger
 from prefect.states import Completed
 from pydantic import BaseModel
 
-from prompts import PromptPack, load_pack
+from prompts import PromptPack, PromptPackError, load_pack
 from storage import ShardCorrupt, ShardRef, StorageSettings, read_shard, write_shard
 from storage.schema import count_values, records_table
 from storage.shards import read_marker
@@ -113,21 +113,23 @@ def reusable_candidates(candidates_uri: str, key: str, settings: StorageSettings
         return None
 
 
-_RUNTIMES: dict[str, tuple[PromptPack, StageBackends]] = {}
+_RUNTIMES: dict[str, tuple[PromptPack, StageBackends]] = {}  # by the spec, the run's template shas included
+_BACKENDS: dict[str, StageBackends] = {}  # by the spec without them: an edited pack keeps the backends
 _RUNTIMES_LOCK = threading.Lock()
 _RUNTIME_BUILDS = {"count": 0}
 
 
 def stage_runtime_builds() -> int:
-    """How many times this process built a pack and its backends (a cluster worker: once per run settings)."""
+    """How many times this process built a run's backends (a cluster worker: once per run settings)."""
     return _RUNTIME_BUILDS["count"]
 
 
 def reset_stage_runtimes() -> None:
-    """Forget the packs and backends of earlier runs in this process (a run calls it at its start, so an
-    edited pack or a newly registered backend is picked up; vLLM engines stay cached on their own)."""
+    """Forget the packs and backends of earlier runs in this process (a run calls it at its start, so a newly
+    registered backend is picked up; vLLM engines stay cached on their own)."""
     with _RUNTIMES_LOCK:
         _RUNTIMES.clear()
+        _BACKENDS.clear()
 
 
 def stage_runtime_built(spec: EvolveSpec) -> bool:
@@ -137,12 +139,25 @@ def stage_runtime_built(spec: EvolveSpec) -> bool:
 
 
 def stage_runtime(spec: EvolveSpec) -> tuple[PromptPack, StageBackends]:
-    """The prompt pack and backend of a spec, built once per run and shared by its shard tasks."""
+    """The prompt pack and backends of a spec, built once per process and shared by its shard tasks.
+
+    A run's spec carries its pack's template shas (the ones in its stage keys), so a long-lived worker loads the
+    pack again for a run that started after an edit, and a pack that no longer matches its run (edited mid-run)
+    fails the shard instead of rendering templates the run's keys do not name."""
     cache_key = spec.model_dump_json()
     with _RUNTIMES_LOCK:
         if cache_key not in _RUNTIMES:
-            _RUNTIMES[cache_key] = (load_pack(spec.prompt_pack), stage_backends(spec.llm, streaming=spec.streaming))
-            _RUNTIME_BUILDS["count"] += 1
+            pack = load_pack(spec.prompt_pack)
+            if spec.template_shas is not None and pack.template_shas() != spec.template_shas:
+                changed = sorted(k for k in {*pack.template_shas(), *spec.template_shas}
+                                 if pack.template_shas().get(k) != spec.template_shas.get(k))
+                raise PromptPackError(f"prompt pack {spec.prompt_pack!r} changed since the run started (templates "
+                                      f"{', '.join(changed)}): rerun the flow to evolve with the edited pack")
+            settings = spec.model_dump_json(exclude={"template_shas"})
+            if settings not in _BACKENDS:
+                _BACKENDS[settings] = stage_backends(spec.llm, streaming=spec.streaming)
+                _RUNTIME_BUILDS["count"] += 1
+            _RUNTIMES[cache_key] = (pack, _BACKENDS[settings])
         return _RUNTIMES[cache_key]
 
 

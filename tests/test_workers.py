@@ -18,12 +18,12 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowRunFilter
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
-import tests.worker_support  # noqa: F401  (registers slow-demo in this process too, for the embedded reference)
 from flows.evol_instruct import evol_instruct
 from storage import resolve
 from tasks.core.config import parse_run_config
 from tasks.evolve import stage_runtime_builds
 from tasks.recovery import flow_run_tree, unfinished_task_runs
+from tests.worker_support import shards_done  # importing it registers slow-demo here too (the embedded reference)
 
 pytestmark = pytest.mark.server
 ROOT = Path(__file__).resolve().parents[1]
@@ -37,31 +37,41 @@ def free_port() -> int:
 
 
 class LocalCluster:
-    """A scheduler and ``n`` workers started as `evol worker` would start them, each in a process group of its own."""
+    """A scheduler and ``n`` workers started as `evol worker` would start them, each in a process group of its own.
 
-    def __init__(self, tmp: Path, n: int, item_s: float):
+    ``item_s``: seconds per conversation of the ``slow-demo`` backend; ``gate``: a file its conversations wait for
+    (held until it exists); ``env``: more variables for every process."""
+
+    def __init__(self, tmp: Path, n: int, item_s: float, gate: Path | None = None, env: dict[str, str] | None = None):
         self.address = f"tcp://127.0.0.1:{free_port()}"
+        self.tmp = tmp
         self.log_dir = tmp / "worker-log"
         self.log_dir.mkdir()
-        env = {**os.environ, "PYTHONPATH": str(ROOT), "EVOL_TEST_WORKER_LOG": str(self.log_dir),
-               "EVOL_TEST_ITEM_S": str(item_s), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+        self.env = {**os.environ, "PYTHONPATH": str(ROOT), "EVOL_TEST_WORKER_LOG": str(self.log_dir),
+                    "EVOL_TEST_ITEM_S": str(item_s), "PREFECT_SERVER_ANALYTICS_ENABLED": "false", **(env or {})}
+        if gate is not None:
+            self.env["EVOL_TEST_GATE"] = str(gate)
         port = self.address.rsplit(":", 1)[1]
         self.procs = [subprocess.Popen([sys.executable, "-m", "distributed.cli.dask_scheduler", "--port", port,
-                                        "--no-dashboard"], env=env, cwd=ROOT, start_new_session=True,
+                                        "--no-dashboard"], env=self.env, cwd=ROOT, start_new_session=True,
                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
-        cpus = sorted(os.sched_getaffinity(0))
-        self.workers = {}
-        for i in range(n):
-            proc = subprocess.Popen([sys.executable, "-m", "flows.cli", "worker", self.address, "--name", f"w{i}",
-                                     "--cpus", str(cpus[i % len(cpus)]), "--preload", "tests.worker_support"],
-                                    env=env, cwd=ROOT, start_new_session=True, stdout=subprocess.DEVNULL,
-                                    stderr=open(tmp / f"w{i}.log", "w"))  # noqa: SIM115
-            self.procs.append(proc)
-            self.workers[f"w{i}"] = proc
+        self.workers: dict[str, subprocess.Popen] = {}
         from distributed import Client
 
         self.client = Client(self.address, timeout=120)
-        self.client.wait_for_workers(n, timeout=180)
+        for i in range(n):
+            self.add_worker(f"w{i}")
+
+    def add_worker(self, name: str) -> None:
+        """Start one more `evol worker` (pinned to the next CPU in turn) and wait until the scheduler has it."""
+        cpus = sorted(os.sched_getaffinity(0))
+        proc = subprocess.Popen([sys.executable, "-m", "flows.cli", "worker", self.address, "--name", name,
+                                 "--cpus", str(cpus[len(self.workers) % len(cpus)]), "--preload",
+                                 "tests.worker_support"], env=self.env, cwd=ROOT, start_new_session=True,
+                                stdout=subprocess.DEVNULL, stderr=open(self.tmp / f"{name}.log", "w"))  # noqa: SIM115
+        self.procs.append(proc)
+        self.workers[name] = proc
+        self.client.wait_for_workers(len(self.workers), timeout=300)
 
     def by_name(self, fn) -> dict[str, object]:
         """``fn()`` run in every live worker, keyed by worker name."""
@@ -122,8 +132,9 @@ def unfinished_runs(flow_run_id: UUID) -> list[str]:
 def cluster_factory(tmp_path):
     made: list[LocalCluster] = []
 
-    def make(n: int = 2, item_s: float = 0.0) -> LocalCluster:
-        made.append(LocalCluster(tmp_path, n, item_s))
+    def make(n: int = 2, item_s: float = 0.0, gate: Path | None = None, env: dict[str, str] | None = None
+             ) -> LocalCluster:
+        made.append(LocalCluster(tmp_path, n, item_s, gate, env))
         return made[-1]
 
     yield make
@@ -142,6 +153,8 @@ def test_round_spreads_over_two_workers_each_building_its_backend_once(prefect_s
     pids = cluster.by_name(os.getpid)
     items = {name: cluster.items_done(pid) for name, pid in pids.items()}
     assert sorted(items) == ["w0", "w1"] and all(n > 0 for n in items.values()), items
+    done = cluster.by_name(shards_done)
+    assert min(done.values()) >= 1 and sum(done.values()) == 32, done  # 2 runs of 2 rounds of 8 shards, each once
     # two runs with the same settings, four rounds of shards: one build of the pack and backends per worker
     assert cluster.by_name(stage_runtime_builds) == {"w0": 1, "w1": 1}
 
@@ -181,3 +194,40 @@ def test_worker_killed_mid_shard_round_completes_on_the_other(prefect_server, cl
             runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id={"any_": [round_run.id]}))
     shard_runs = sorted(t.name for t in runs if t.name.startswith("evolve-"))
     assert shard_runs == [f"evolve-r1-s{i:05d}" for i in range(8)]  # the killed shard re-ran under its own task run
+
+
+def test_worker_joining_mid_round_takes_shards(prefect_server, cluster_factory, tmp_path):
+    """One worker holds its first shard at a gate until a second worker has joined and taken a shard of its own."""
+    gate = tmp_path / "gate"
+    cluster = cluster_factory(1, gate=gate)
+    first_pid = cluster.by_name(os.getpid)["w0"]
+    joined = threading.Event()
+
+    def join_while_busy() -> None:
+        import time
+
+        try:
+            deadline = time.monotonic() + 300
+            while cluster.items_done(first_pid) < 1 and time.monotonic() < deadline:
+                time.sleep(0.05)  # w0 is inside its first shard, held at the gate
+            cluster.add_worker("w1")
+            while time.monotonic() < deadline:
+                if any(p.stem != str(first_pid) and p.read_text() for p in cluster.log_dir.glob("*.log")):
+                    joined.set()  # w1 is inside a shard of this round too
+                    return
+                time.sleep(0.05)
+        finally:
+            gate.touch()  # never leave the round held
+
+    joiner = threading.Thread(target=join_while_busy, daemon=True)
+    with temporary_settings(updates={PREFECT_API_URL: prefect_server}):
+        reference = evol_instruct(make_config(tmp_path / "embedded", None))
+        joiner.start()
+        result = evol_instruct(make_config(tmp_path / "cluster", cluster.address))
+        joiner.join()
+    assert joined.is_set()
+    assert exports(result) == exports(reference)
+    assert result.rounds[0].shards == 8 and result.rounds[0].pool_in == 96
+    done = cluster.by_name(shards_done)
+    assert sorted(done) == ["w0", "w1"] and done["w1"] >= 1, done
+    assert done["w0"] + done["w1"] == 8  # every shard ran once, on one worker or the other
