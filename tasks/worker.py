@@ -54,8 +54,9 @@ def worker_plan(scheduler: str, name: str | None = None, cpus: str | None = None
     env["DASK_DISTRIBUTED__WORKER__DAEMON"] = "False"
     pinned = parse_cpus(cpus) if cpus else None
     if pinned:
-        env.update({**cpu_env_defaults(pinned), "OMP_NUM_THREADS": str(len(pinned))})
-        env["VLLM_CPU_OMP_THREADS_BIND"] = cpu_id_ranges(pinned)
+        for key, value in cpu_env_defaults(pinned).items():  # a value the user set (KV cache size) stays
+            env.setdefault(key, value)
+        env.update({"OMP_NUM_THREADS": str(len(pinned)), "VLLM_CPU_OMP_THREADS_BIND": cpu_id_ranges(pinned)})
     if gpu is not None:
         env["CUDA_VISIBLE_DEVICES"] = gpu
     if warm_config:

@@ -71,6 +71,10 @@ def test_worker_plan_one_thread_pinned_and_non_daemonic():
     assert plan.env["VLLM_CPU_OMP_THREADS_BIND"] == "2-3" and plan.env["OMP_NUM_THREADS"] == "2"
     assert plan.env["CUDA_VISIBLE_DEVICES"] == "0" and plan.env["EVOL_WORKER_WARM"] == "run.yaml"
     assert plan.env["DASK_DISTRIBUTED__WORKER__DAEMON"] == "False" and plan.env["PATH"] == "/bin"
+    assert plan.env["VLLM_CPU_KVCACHE_SPACE"] == "1" and plan.env["VLLM_CPU_NUM_OF_RESERVED_CPU"] == "0"
+    sized = worker_plan("tcp://s:8786", cpus="0", base_env={"VLLM_CPU_KVCACHE_SPACE": "8", "OMP_NUM_THREADS": "9"})
+    assert sized.env["VLLM_CPU_KVCACHE_SPACE"] == "8"  # the user's KV cache size stays
+    assert sized.env["OMP_NUM_THREADS"] == "1" and sized.env["VLLM_CPU_OMP_THREADS_BIND"] == "0"  # the pinning's
     bare = worker_plan("tcp://s:8786", nanny=False, base_env={})
     assert "--no-nanny" in bare.argv and "--name" not in bare.argv and bare.cpus is None
     assert "CUDA_VISIBLE_DEVICES" not in bare.env and "VLLM_CPU_OMP_THREADS_BIND" not in bare.env
