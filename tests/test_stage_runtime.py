@@ -82,3 +82,26 @@ def test_an_edited_template_is_used_by_the_next_run_in_the_same_process(tmp_path
                                               r"concretizing, deepening, increase_reasoning_steps\): rerun"):
         stage_runtime(first_spec)
     reset_stage_runtimes()
+
+
+def test_a_warmed_worker_runs_the_shards_of_a_run_on_the_backends_it_started(tmp_path):
+    """``evol worker --warm CONFIG`` builds the config's backends before any run; a run of that config (whose spec
+    names its template shas) then renders with the pack it loads and the backends already built."""
+    from tasks.worker import warm_engine
+
+    pack = tmp_path / "pack"
+    shutil.copytree(ROOT / "prompts" / "general", pack)
+    seeds = tmp_path / "seeds.jsonl"
+    seeds.write_text("".join(json.dumps(s) + "\n" for s in load_seeds(str(ROOT / "data" / "demo_seeds.jsonl"), 8)))
+    config_file = tmp_path / "warm.yaml"
+    config_file.write_text(json.dumps({"name": "warm", "seeds": str(seeds), "output_root": str(tmp_path / "warm"),
+                                       "rounds": 1, "shard_size": 8, "random_seed": 5, "prompt_pack": str(pack),
+                                       "llm": {"backend": "scripted", "model": "recording-demo"}}))
+    reset_stage_runtimes()
+    builds = stage_runtime_builds()
+    assert warm_engine(str(config_file)) == []  # the scripted backend has no engine to start
+    assert stage_runtime_builds() == builds + 1
+    rows, prompts, spec = run_shard(tmp_path, pack, "warm")
+    assert spec.template_shas == load_pack(pack).template_shas() and len(rows) == 8 and len(prompts) >= 8
+    assert stage_runtime_builds() == builds + 1  # the run's shard found the warmed backends
+    reset_stage_runtimes()
