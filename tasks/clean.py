@@ -91,6 +91,14 @@ def split_stops(stops: tuple[str, ...] | list[str],
     return tuple(s for s in stops if s not in deferred), deferred
 
 
+def breaks_off(cut_text: str) -> bool:
+    """Text cut at a stop string in the middle of a line that does not end a sentence there: "To create a new
+    #Created Prompt#, I need ..." cut to "To create a new" (a label on a line of its own, or after a full stop,
+    ends the rewrite)."""
+    line = cut_text.rstrip(" \t")
+    return bool(line) and not line.endswith("\n") and line[-1] not in ".?!:;)]}\"'`*"
+
+
 def cut_at_stops(text: str, stops: tuple[str, ...] | list[str]) -> tuple[str, bool]:
     """``text`` cut at the first stop string that follows some content (leading labels are not content), and
     whether it was cut. Matching ignores case."""

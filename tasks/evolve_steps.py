@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from prompts import PromptPack
-from tasks.clean import clean_evolved_instruction, cut_at_stops, split_stops
+from tasks.clean import breaks_off, clean_evolved_instruction, cut_at_stops, split_stops
 from tasks.context import EvolveSpec
 from tasks.core.config import SamplingParams
 from tasks.core.text import content_key, record_id
@@ -113,7 +113,8 @@ def row_steps(plan: ShardPlan, i: int) -> RowSteps:
     if elimination.validity_check:
         invalid = validity_rule_reason(instruction, plan.parents[i], pack.operations[plan.ops[i]].kind,
                                        elimination.shorter_than_parent_ratio,
-                                       "\n".join(m["content"] for m in plan.rendered[i][0]))
+                                       "\n".join(m["content"] for m in plan.rendered[i][0]),
+                                       broke_off=was_cut and breaks_off(text))
         if invalid is None:
             params = spec.sampling.validity.model_copy(update={"choices": VALIDITY_CHOICES})
             validity = yield Ask("validity", pack.validity_messages(plan.parents[i], instruction)[0], params)

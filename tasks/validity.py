@@ -130,15 +130,16 @@ def copies_prompt(text: str, prompt: str, parent: str, window: int = COPY_WINDOW
 
 
 def validity_rule_reason(instruction: str, parent: str, kind: str, shorter_ratio: float,
-                         prompt: str = "") -> str | None:
+                         prompt: str = "", broke_off: bool = False) -> str | None:
     """The first rule of ``VALIDITY_RULE_REASONS`` the evolution breaks, or None.
 
     ``kind`` is the operation's kind: only an in-depth rewrite must keep its parent's length. ``prompt`` is the
-    evolution prompt the model was given (its text, the parent included).
+    evolution prompt the model was given (its text, the parent included). ``broke_off``: a stop string cut the
+    rewrite mid-sentence (``tasks.clean.breaks_off``), which makes it unfinished.
     """
     if is_degenerate(instruction):
         return "degenerate_evolution"
-    if is_unfinished(instruction):
+    if broke_off or is_unfinished(instruction):
         return "unfinished_evolution"
     if has_scaffolding_fragment(instruction):
         return "scaffolding_fragment"

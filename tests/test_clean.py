@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tasks.clean import clean_evolved_instruction, cut_at_stops, split_stops
+from tasks.clean import breaks_off, clean_evolved_instruction, cut_at_stops, split_stops
 
 TABLE = "| name | age |\n| --- | --- |\n| Ann | 31 |"
 CODE = "```python\ndef f(x):\n    return x * 2\n```"
@@ -112,3 +112,9 @@ def test_cut_reports_whether_it_cut():
     assert cut_at_stops("Do X.\n#Rewritten Prompt#: Y", ("#Rewritten Prompt#",)) == ("Do X.\n", True)
     assert cut_at_stops("#Rewritten Prompt#:\n", ("#Rewritten Prompt#",)) == ("#Rewritten Prompt#:\n", False)
     assert cut_at_stops("Do X.", ()) == ("Do X.", False)
+
+
+def test_a_cut_breaks_off_when_its_line_does_not_end_a_sentence():
+    assert breaks_off("To create a new ") and breaks_off("Write about fog and")
+    assert not breaks_off("Write about fog.\n") and not breaks_off("Write about fog. ")
+    assert not breaks_off("Is it fog?") and not breaks_off('Say "fog"') and not breaks_off("")

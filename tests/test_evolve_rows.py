@@ -153,3 +153,23 @@ def test_export_mix_and_report_do_not_import_the_evolve_stage_or_a_backend():
             "print(sorted(m for m in sys.modules if m == 'tasks.evolve' or m.startswith('tasks.llm')))")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert (done.returncode, done.stdout.strip()) == (0, "[]"), done.stderr
+
+
+def test_a_rewrite_a_label_cuts_mid_sentence_is_unfinished():
+    """The model put its output label inside a sentence; the label's stop (applied after generation) cut it to "To
+    create a new", which no word rule catches: the cut itself marks it unfinished. A label after a full stop, or on
+    its own line, ends a rewrite."""
+    answers = iter(["To create a new #Rewritten Prompt#, I need to draw inspiration from the ",
+                    "Explain why the sky looks blue at noon but red at dusk. #Rewritten Prompt#: more",
+                    "Give three tips for sleeping better after a long flight across six time zones\n"
+                    "#Rewritten Prompt#"])
+
+    def respond(conversation, params):
+        return next(answers) if is_evolution_prompt(last_user_text(conversation)) else capable(conversation, params)
+
+    out = evolve_rows(ROWS, 1, config(), ScriptedBackend(engine_like(respond), constrained=True), PACK)
+    assert [c["instruction"] for c in out] == [
+        "To create a new", "Explain why the sky looks blue at noon but red at dusk.",
+        "Give three tips for sleeping better after a long flight across six time zones"]
+    assert [c["reject_reason"] for c in out] == ["unfinished_evolution", None, None]
+    assert [c["finish_reason"] for c in out] == ["stop", "stop", "stop"]

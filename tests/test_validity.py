@@ -105,6 +105,8 @@ def test_rule_order_and_reasons():
     for text, reason in cases.items():
         assert validity_rule_reason(text, parent, "in_depth", 0.5, prompt) == reason, text
     assert validity_rule_reason("Write a haiku.", parent, "in_breadth", 0.5, prompt) is None  # breadth may be short
+    assert validity_rule_reason("Write a haiku.", parent, "in_breadth", 0.5, prompt, broke_off=True) == (
+        "unfinished_evolution")  # a stop cut it mid-sentence
     assert set(cases.values()) == set(VALIDITY_RULE_REASONS)
 
 
