@@ -108,9 +108,10 @@ def _run_flow(config: Any, layout: Any, show_progress: bool, recompute: list[str
     try:
         return evol_instruct(config, recompute=list(recompute or []), take_over=take_over)
     except IngestError as err:  # the seeds as a whole can't be used (nothing accepted, too much rejected)
-        fail(str(err))
+        unusable = str(err)
     finally:
         stop.set()
         if watcher:
             watcher.join(timeout=5)
         run_log.finish()
+    fail(unusable)  # after the progress bars' last frame

@@ -120,8 +120,41 @@ class RunLog:
             fs.put_file(str(self.local), path)
 
 
+# Errors in the seeds the CLI reports in one ``error:`` line of its own: the terminal gets nothing else of them.
+USER_ERRORS = ("IngestError", "EmptySeedsError")
+
+
+class TerminalFilter(logging.Filter):
+    """What of a run's warnings and errors the terminal shows: no record of a seed-file error (the CLI's own error
+    line says it), and any other error as its one-line message; its traceback stays in the log file."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if exc is not None and any(c.__name__ in USER_ERRORS for c in type(exc).__mro__):
+            return False
+        return not any(f"exception {name}:" in record.getMessage() for name in USER_ERRORS)
+
+
+class OneLineFormatter(logging.Formatter):
+    """A console formatter that leaves out tracebacks (the log file's formatter writes them)."""
+
+    def __init__(self, inner: logging.Formatter | None) -> None:
+        super().__init__()
+        self.inner = inner or logging.Formatter()
+
+    def format(self, record: logging.LogRecord) -> str:
+        saved = record.exc_info, record.exc_text, record.stack_info
+        record.exc_info, record.exc_text, record.stack_info = None, None, None
+        try:
+            text = self.inner.format(record)
+        finally:
+            record.exc_info, record.exc_text, record.stack_info = saved
+        return f"{text} (traceback in the run's log)" if saved[0] else text
+
+
 def quiet_prefect_console(level: int = logging.WARNING) -> None:
-    """Raise the level of Prefect's console handlers (set up already, or later from the environment)."""
+    """Raise the level of Prefect's console handlers (set up already, or later from the environment), and give
+    them the terminal's filter and one-line formatter."""
     from prefect.logging.configuration import ensure_logging_setup
     from prefect.logging.handlers import PrefectConsoleHandler
 
@@ -130,3 +163,7 @@ def quiet_prefect_console(level: int = logging.WARNING) -> None:
         for handler in getattr(logger, "handlers", []):
             if isinstance(handler, PrefectConsoleHandler):
                 handler.setLevel(level)
+                if not any(isinstance(f, TerminalFilter) for f in handler.filters):
+                    handler.addFilter(TerminalFilter())
+                if not isinstance(handler.formatter, OneLineFormatter):
+                    handler.setFormatter(OneLineFormatter(handler.formatter))

@@ -70,3 +70,27 @@ def test_finishing_the_run_log_restores_the_environment(tmp_path, monkeypatch):
     assert not os.path.exists(config)
     assert "VLLM_LOGGING_CONFIG_PATH" not in os.environ and ENGINE_LOG_ENV not in os.environ
     assert os.environ["PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL"] == "INFO"
+
+
+def test_the_terminal_gets_errors_as_one_line_and_no_seed_file_errors():
+    import logging
+
+    from tasks.ingest import EmptySeedsError
+    from tasks.runlog import OneLineFormatter, TerminalFilter
+
+    def record(message, exc=None):
+        exc_info = (type(exc), exc, None) if exc else None
+        return logging.LogRecord("prefect.flow_runs", logging.ERROR, __file__, 1, message, None, exc_info)
+
+    try:
+        raise RuntimeError("engine died")
+    except RuntimeError as err:
+        crash = record("Encountered exception during execution", err)
+        crash.exc_info = (RuntimeError, err, err.__traceback__)
+    one_line = OneLineFormatter(logging.Formatter("%(levelname)s %(message)s"))
+    assert one_line.format(crash) == "ERROR Encountered exception during execution (traceback in the run's log)"
+    assert "Traceback" in logging.Formatter().format(crash)  # the record itself keeps it for the log file
+    keep = TerminalFilter()
+    assert keep.filter(crash) and keep.filter(record("round 1 evolved only 2 of 96 rows"))
+    assert not keep.filter(record("Encountered exception", EmptySeedsError("s.jsonl: 2 of 3 rows rejected")))
+    assert not keep.filter(record("Finished in state Failed('Task run encountered an exception EmptySeedsError: x')"))

@@ -147,6 +147,32 @@ def test_empty_or_mostly_rejected_seeds_stop_the_run_before_round_1(prefect_harn
     assert fs.glob(f"{root}/*/round=0/pool/*.parquet") and not fs.glob(f"{root}/*/round=1")
 
 
+@pytest.mark.server
+def test_unusable_seeds_are_one_error_line_on_a_users_terminal(tmp_path):
+    """``evol run`` as a user runs it (its own process, its private Prefect API, progress bars on): seeds it cannot
+    use give the error line and nothing else of the failure, no traceback, no Prefect error record; the log file
+    keeps the traceback."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    (tmp_path / "seeds.jsonl").write_text('{"instruction": "Write a haiku about the sea at night."}\nnot json\n'
+                                          '{"instruction": 5}\n')
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_API")}
+    evol = Path(sys.executable).parent / "evol"
+    done = subprocess.run([str(evol), "run", write_run(tmp_path)], capture_output=True, text=True, env=env,
+                          timeout=300)
+    output = done.stdout + done.stderr
+    assert done.returncode == 2, output
+    assert "Traceback" not in output and "ERROR" not in output and "EmptySeedsError" not in output, output
+    errors = [line for line in output.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and errors[0].startswith(f"error: {tmp_path / 'seeds.jsonl'}: 2 of 3 rows rejected")
+    assert output.rstrip().splitlines()[-1].startswith("error:")  # no progress bar drawn after it
+    (log,) = (tmp_path / "runs" / "v" / "logs").glob("run-*.log")
+    assert "Traceback" in log.read_text() and "EmptySeedsError" in log.read_text()
+
+
 def test_cli_ingest_empty_and_rejected_share(tmp_path):
     (tmp_path / "empty.jsonl").write_text("")
     result = run_cli("ingest", str(tmp_path / "empty.jsonl"), str(tmp_path / "o1"))
