@@ -75,6 +75,8 @@ def run_command(config_path: Path, rounds: int | None, output_root: str | None, 
                       ", ".join(f"{k}={v}" for k, v in r.rejected.items()),
                       "yes" if r.reused else f"{r.shards_reused}/{r.shards} shards")
     console.print(table)
+    from tasks.report import seeds_line
+    console.print(seeds_line(result.ingest), soft_wrap=True, highlight=False)
     from tasks.monitor import low_evolution_warning
     for r in result.rounds:
         warning = low_evolution_warning(r, config.orchestration.min_evolved_share)

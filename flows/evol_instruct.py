@@ -221,7 +221,7 @@ def _run_stages(ctx: RunContext) -> RunResult:
                                       ctx.forced("export"), estimate, lengths).result()
     create_markdown_artifact(
         key=artifact_key(layout.run_id, "summary"),
-        markdown=final_markdown(layout.run_uri, data_key, rounds, mix, lengths, export.files)
+        markdown=final_markdown(layout.run_uri, data_key, ingest, rounds, mix, lengths, export.files)
         + "\n" + plots_markdown(export.files),
         description=f"Evol-Instruct run {layout.run_id}",
     )

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from storage import ShardRef, StorageSettings, duck_connect, read_parquet_sql, total_rows
 from tasks.core.text import md_table
 from tasks.mix import MixSummary
 from tasks.round import RoundSummary, totals
+
+if TYPE_CHECKING:  # the report reads the ingest summary without importing the ingest stage
+    from tasks.ingest import IngestSummary
 
 BAR_WIDTH = 40
 
@@ -56,12 +61,22 @@ def instruction_length_by_round(seeds: list[ShardRef], rounds: list[RoundSummary
     return out
 
 
-def final_markdown(run_uri: str, data_key: str, rounds: list[RoundSummary], mix: MixSummary,
-                   lengths: dict[str, float], exports: dict[str, str]) -> str:
+def seeds_line(ingest: IngestSummary) -> str:
+    """What became of the seed file's rows, and where the rejected ones are."""
+    line = f"seeds: {ingest.read} read, {ingest.accepted} accepted"
+    if ingest.rejected:  # duplicates among them (reason ``duplicate``)
+        reasons = ", ".join(f"{k}={v}" for k, v in sorted(ingest.rejected.items()))
+        line += f", {sum(ingest.rejected.values())} rejected ({reasons}); quarantined rows: {ingest.rejected_uri}"
+    return line
+
+
+def final_markdown(run_uri: str, data_key: str, ingest: IngestSummary, rounds: list[RoundSummary],
+                   mix: MixSummary, lengths: dict[str, float], exports: dict[str, str]) -> str:
     """The run's final summary."""
     parts = [
         f"# Evol-Instruct run `{run_uri}`\n",
         f"Data key `{data_key}`; final rows: **{mix.final}**.\n",
+        seeds_line(ingest).capitalize() + ".\n",
         "\n".join(md_table(["round", "pool in", "evolved", "carried", "tokens"],
                            [[r.round, r.pool_in, r.evolved, r.carried, r.prompt_tokens + r.completion_tokens]
                             for r in rounds])) + "\n",

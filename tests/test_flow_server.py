@@ -56,6 +56,7 @@ def test_run_against_a_real_prefect_server(prefect_server, tmp_path):
     assert {"srv-round-1", "srv-round-2", "srv-round-1-progress", "srv-round-2-progress", "srv-summary"} <= keys
     summary = next(a for a in artifacts if a.key == "srv-summary")
     assert "Rejections by reason" in summary.data and "Mean instruction length" in summary.data
+    assert "Seeds: 96 read, 96 accepted.\n" in summary.data and "seeds: 96 read, 96 accepted\n" in done.stdout
 
 
 def test_full_run_on_s3(s3_bucket, s3_settings, tmp_path):

@@ -147,6 +147,19 @@ def test_empty_or_mostly_rejected_seeds_stop_the_run_before_round_1(prefect_harn
     assert fs.glob(f"{root}/*/round=0/pool/*.parquet") and not fs.glob(f"{root}/*/round=1")
 
 
+def test_the_run_says_what_became_of_the_seed_rows(prefect_harness, tmp_path):
+    good = [{"instruction": f"Write a short poem about the number {n} and a cat."} for n in range(6)]
+    (tmp_path / "seeds.jsonl").write_text("".join(json.dumps(s) + "\n" for s in good[:3]) + "not json\n"
+                                          + json.dumps(good[0]) + "\n" + '{"prompt": "x"}\n'
+                                          + "".join(json.dumps(s) + "\n" for s in good[3:]))
+    result = run_cli("run", write_run(tmp_path), "--no-progress")
+    assert result.exit_code == 0, result.output
+    quarantine = tmp_path / "runs" / "v" / "round=0" / "rejected_input" / "shard-00000.parquet"
+    expected = (f"seeds: 9 read, 6 accepted, 3 rejected (duplicate=1, malformed_json=1, missing_instruction=1); "
+                f"quarantined rows: {quarantine}")
+    assert expected in result.output.replace("\n", "")
+
+
 @pytest.mark.server
 def test_unusable_seeds_are_one_error_line_on_a_users_terminal(tmp_path):
     """``evol run`` as a user runs it (its own process, its private Prefect API, progress bars on): seeds it cannot
