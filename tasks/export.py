@@ -92,7 +92,9 @@ def dataset_card(config: RunConfig, data_key: str, template_shas: dict[str, str]
     lines += md_table(["round", "pool in", "evolved", "carried", "prompt tokens", "completion tokens"],
                       [[r.round, r.pool_in, r.evolved, r.carried, r.prompt_tokens, r.completion_tokens]
                        for r in rounds])
-    lines += ["", "## Rejections by reason", "", *md_table(["reason", "rows"], totals(rounds, "rejected").items())]
+    rejected = totals(rounds, "rejected")
+    lines += ["", "## Rejections by reason", "",
+              *(md_table(["reason", "rows"], rejected.items()) if rejected else ["No evolution was rejected."])]
     lines += ["", "## Plots", ""]
     for name, title in PLOTS.items():
         lines += [f"![{title}](plots/{name})", ""]

@@ -173,3 +173,20 @@ def test_card_names_the_model_of_each_stage(tmp_path):
                            llm={"backend": "scripted", "model": "cheap", "judge": {"model": "strong"}})
     assert _model_lines(split) == ["- evolve model: `scripted:cheap`", "- respond model: `scripted:cheap`",
                                    "- judge model: `scripted:strong`"]
+
+
+def test_a_card_without_rejections_says_so_instead_of_an_empty_table(tmp_path):
+    from tasks.export import dataset_card
+    from tasks.mix import MixSummary
+    from tasks.round import RoundSummary
+
+    _, config = make_config(tmp_path, str(tmp_path / "runs"))
+    counts = {"pool_in": 4, "prompt_tokens": 9, "completion_tokens": 9, "wall_seconds": 1.0, "shard_seconds": 1.0}
+    clean = RoundSummary(round=1, shards=1, evolved=4, carried=0, rejected={}, operations={"deepening": 4}, **counts)
+    mix = MixSummary(candidates=8, no_response=0, near_duplicates=0, sampled_out=0, final=8, by_round={"0": 4, "1": 4},
+                     by_operation={"deepening": 4}, final_uri="f", dropped_uri="d", final_sha256="0")
+    card = dataset_card(config, "key", {}, [clean], mix)
+    assert "## Rejections by reason\n\nNo evolution was rejected.\n" in card
+    rejecting = clean.model_copy(update={"evolved": 3, "carried": 1, "rejected": {"duplicate": 1}})
+    assert "## Rejections by reason\n\n| reason | rows |\n| --- | --- |\n| duplicate | 1 |\n" in dataset_card(
+        config, "key", {}, [rejecting], mix)
