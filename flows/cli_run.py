@@ -4,31 +4,47 @@ from __future__ import annotations
 
 import os
 import threading
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, Task, TextColumn
 from rich.table import Table
+from rich.text import Text
 
 console = Console()
 
 
-def _watch_progress(layout: Any, rounds: int, stop: threading.Event) -> None:
-    """Poll the run's committed candidate shards and show one bar per round."""
-    from storage import list_committed_shards
+class RoundTimeColumn(ProgressColumn):
+    """A round's time, from the round's start to its end (or now); ``-:--:--`` until the round starts."""
 
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=console, transient=False) as progress:
-        bars = [progress.add_task(f"round {k}", total=None) for k in range(1, rounds + 1)]
-        while True:
-            for k, bar in enumerate(bars, start=1):
-                done = len(list_committed_shards(layout.stage_dir(k, "candidates")))
-                pool = len(list_committed_shards(layout.stage_dir(k - 1, "pool")))
-                progress.update(bar, completed=done, total=pool or None)
-            if stop.wait(1.0):
-                break
+    def render(self, task: Task) -> Text:
+        seconds = task.fields.get("seconds")
+        if seconds is None:
+            return Text("-:--:--", style="progress.elapsed")
+        return Text(str(timedelta(seconds=int(seconds))), style="progress.elapsed")
+
+
+def _watch_progress(run_id: str, rounds: int, stop: threading.Event, out: Console | None = None) -> None:
+    """One bar per round from the run's own round progress in this process (``tasks.monitor.round_bars``): a
+    round's bar counts this run's shard tasks as they finish, reused ones included, and its time starts with the
+    round. The run folder's markers are not read: an earlier run's shards have them too."""
+    from tasks.monitor import round_bars
+
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), RoundTimeColumn(),
+                  console=out or console, transient=False) as progress:
+        tasks = [progress.add_task(f"round {k}", total=None, seconds=None) for k in range(1, rounds + 1)]
+
+        def show() -> None:
+            for task, bar in zip(tasks, round_bars(run_id, rounds), strict=True):
+                progress.update(task, completed=bar.completed, total=bar.total, seconds=bar.seconds)
+
+        show()
+        while not stop.wait(0.5):
+            show()
+        show()  # the last frame: what the run did up to its end
 
 
 def run_command(config_path: Path, rounds: int | None, output_root: str | None, show_progress: bool,
@@ -104,7 +120,9 @@ def _run_flow(config: Any, layout: Any, show_progress: bool, recompute: list[str
     stop = threading.Event()
     watcher = None
     if show_progress:
-        watcher = threading.Thread(target=_watch_progress, args=(layout, config.rounds, stop), daemon=True)
+        from tasks.monitor import reset_live_rounds
+        reset_live_rounds(layout.run_id)  # the flow does too, at its start; the bars begin empty meanwhile
+        watcher = threading.Thread(target=_watch_progress, args=(layout.run_id, config.rounds, stop), daemon=True)
         watcher.start()
     from tasks.ingest import IngestError
     try:

@@ -42,6 +42,8 @@ from tasks.monitor import (
     artifact_key,
     flow_run_name_for,
     low_evolution_warning,
+    publish_round,
+    reset_live_rounds,
     run_name_of,
     shard_log_line,
 )
@@ -92,6 +94,7 @@ def evol_round(ctx: RunContext, round_index: int, pool_in: list[ShardRef], refer
     )
     logger = get_run_logger()
     progress = RoundProgress(round_index, len(pool_in), started=started)
+    publish_round(layout.run_id, progress)  # the terminal's bar for this round counts from here
     progress_key = artifact_key(layout.run_id, "round", round_index, "progress")
     # On a cluster each worker's engine starts with its first shard and stays warm for the worker's life.
     distributed = cluster_address(ctx.config.orchestration) is not None
@@ -137,6 +140,7 @@ def evol_round(ctx: RunContext, round_index: int, pool_in: list[ShardRef], refer
         raise RoundFailed(f"round {round_index}: {len(failed)} shard(s) failed after retries; rerun the flow to "
                           f"compute only these: " + "; ".join(failed))
     summary = finish_round_task.submit(layout, round_index, summaries, pool_in, references, started, force).result()
+    progress.ended = time.time()
     create_table_artifact(key=artifact_key(layout.run_id, "round", round_index), table=round_table(summary),
                           description=f"Round {round_index} of run {layout.run_id}")
     create_table_artifact(key=artifact_key(layout.run_id, "round", round_index, "samples"),
@@ -181,6 +185,7 @@ def evol_instruct(config: RunConfig, recompute: list[str] | None = None, take_ov
             logger.info("removed %d temp file(s) left by killed runs", len(swept))
         ctx = build_context(config, tuple(recompute or ()))
         reset_stage_runtimes()
+        reset_live_rounds(layout.run_id)
         write_file_atomic(layout.file("config.json"), json.dumps(config.model_dump(mode="json"), indent=2).encode())
         logger.info("run %s: outputs under %s", layout.run_id, layout.run_uri)
         result = _run_stages(ctx)

@@ -1,5 +1,6 @@
 """Live monitoring of a run: artifact keys per run, a log line per shard, a round's progress, the
-low-evolution warning, flow-run names. Pure functions; the flow publishes what they return."""
+low-evolution warning, flow-run names. Pure functions; the flow publishes what they return. The rounds of the
+run in progress in this process are kept by run id, for the terminal's progress bars (``round_bars``)."""
 
 from __future__ import annotations
 
@@ -56,6 +57,12 @@ class RoundProgress:
     generated_tokens: int = 0
     rejected: dict[str, int] = field(default_factory=dict)
     note: str = ""  # the engine start: "starting ...", then "... ready in N s"
+    round_started: float | None = None  # the round's start (``started`` moves to the engine being ready)
+    ended: float | None = None  # the round finished (its shards and its dedup)
+
+    def __post_init__(self) -> None:
+        if self.round_started is None:
+            self.round_started = self.started
 
     def add(self, summary: ShardSummary) -> None:
         """Count one finished shard."""
@@ -78,6 +85,49 @@ class RoundProgress:
                 f"passed elimination, {self.generated_tokens / wall:.1f} tok/s, {wall:.0f} s"
                 + (f", ETA {eta:.0f} s" if eta is not None and self.done < self.shards else "")
                 + (f"; {self.note}" if self.note else ""))
+
+
+_LIVE_ROUNDS: dict[str, dict[int, RoundProgress]] = {}  # run id -> round -> its progress, in this process
+
+
+def reset_live_rounds(run_id: str) -> None:
+    """Forget the rounds an earlier run of ``run_id`` showed in this process (a run calls it at its start)."""
+    _LIVE_ROUNDS[run_id] = {}
+
+
+def publish_round(run_id: str, progress: RoundProgress) -> None:
+    """Show a round that has started: its progress object is updated in place as its shard tasks finish."""
+    _LIVE_ROUNDS.setdefault(run_id, {})[progress.round_index] = progress
+
+
+def live_rounds(run_id: str) -> dict[int, RoundProgress]:
+    """The rounds of ``run_id`` that have started in this process, by round number."""
+    return dict(_LIVE_ROUNDS.get(run_id, {}))
+
+
+@dataclass(frozen=True)
+class RoundBar:
+    """What a round's progress bar shows: this run's finished shard tasks (reused ones included), out of the
+    round's shards (None before the round starts), and the seconds since the round's start (None before it)."""
+
+    completed: int
+    total: int | None
+    seconds: float | None
+
+
+def round_bars(run_id: str, rounds: int, now: float | None = None) -> list[RoundBar]:
+    """One bar per round of the run in progress in this process, from its rounds' own progress (not from the
+    markers in the run folder, which an earlier run's shards also have)."""
+    live = live_rounds(run_id)
+    now = time.time() if now is None else now
+    bars = []
+    for k in range(1, rounds + 1):
+        p = live.get(k)
+        if p is None:
+            bars.append(RoundBar(0, None, None))
+        else:
+            bars.append(RoundBar(p.done, p.shards, max((p.ended or now) - (p.round_started or p.started), 0.0)))
+    return bars
 
 
 def low_evolution_warning(summary: RoundSummary, min_share: float) -> str | None:
