@@ -25,6 +25,7 @@ def _measure_log() -> RunLog:
 
 def plan_command(config_path: Path, sets: list[str], recompute: list[str], measure: int) -> None:
     from flows.cli import fail, fail_on_problems
+    from flows.cli_models import prepare_for_config
     from tasks.context import check_recompute
     from tasks.core.config import ConfigError, load_run_config
     from tasks.estimate import engine_time_line, whole_run
@@ -38,6 +39,7 @@ def plan_command(config_path: Path, sets: list[str], recompute: list[str], measu
     except (ConfigError, ValueError) as err:
         fail(str(err))
     fail_on_problems(validate_run(config, str(config_path)))
+    prepare_for_config(config)
     run_log = _measure_log() if measure else None
     try:
         plan = make_plan(config, tuple(recompute), measure)

@@ -60,6 +60,8 @@ def run_command(config_path: Path, rounds: int | None, output_root: str | None, 
     api = os.environ.get("PREFECT_API_URL")
     console.print(f"run [bold]{layout.run_id}[/] ({config.rounds} rounds, {config.llm.backend} backend, "
                   f"model {config.llm.model}) on {api or 'a local Prefect API for this run'}")
+    from flows.cli_models import prepare_for_config
+    prepare_for_config(config)
     if api:
         result = _run_flow(config, layout, show_progress, recompute, take_over, verbose)
     else:
