@@ -38,7 +38,7 @@ def plan_command(config_path: Path, sets: list[str], recompute: list[str], measu
         check_recompute(tuple(recompute), config.rounds)
     except (ConfigError, ValueError) as err:
         fail(str(err))
-    fail_on_problems(validate_run(config, str(config_path)))
+    fail_on_problems(validate_run(config, str(config_path), write_check=False))  # a plan writes nothing
     prepare_for_config(config)
     run_log = _measure_log() if measure else None
     try:

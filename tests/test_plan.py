@@ -57,6 +57,17 @@ def test_a_fresh_run_folder_recomputes_every_stage(tmp_path):
     assert f"whole run: {total} prompt tokens," in out.output and "to compute:" not in out.output  # one line
 
 
+def test_evol_plan_writes_nothing_under_the_output_root(tmp_path):
+    seeds = tmp_path / "seeds.jsonl"
+    seeds.write_text("\n".join(json.dumps(s) for s in load_seeds()) + "\n")
+    config = {"seeds": str(seeds), "output_root": str(tmp_path / "nu-plan"), "rounds": 1,
+              "llm": {"backend": "scripted", "model": "demo"}}
+    out = CliRunner().invoke(app, ["plan", str(write_config(tmp_path, config)), "--measure", "3"])
+    assert out.exit_code == 0, out.output
+    assert not (tmp_path / "nu-plan").exists()  # not even the empty folder of a write check
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run.yaml", "seeds.jsonl"]
+
+
 def test_after_a_run_every_stage_is_reused_and_nothing_is_left_to_compute(finished):
     _, config, _, _ = finished
     plan = make_plan(parse_run_config(config))
