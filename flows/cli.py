@@ -73,8 +73,9 @@ def ingest(
                                              help="Fail when more than this share of the rows is rejected"),
     debug: bool = typer.Option(False, "--debug", help="Show the traceback behind an error"),
 ) -> None:
-    """Read seed instructions into Parquet shards; bad rows are quarantined with their reason."""
-    from tasks.ingest import IngestError, check_ingest_summary, ingest_seeds
+    """Read seed instructions into Parquet shards; bad rows are quarantined with their reason. When no row is
+    accepted or too many are rejected, no seed shard is kept (the quarantined rows are, to read why)."""
+    from tasks.ingest import IngestError, check_ingest_summary, discard_seed_shards, ingest_seeds
 
     DEBUG["on"] = DEBUG["on"] or debug
     header = {"auto": "auto", "yes": True, "true": True, "no": False, "false": False}.get(csv_header.lower())
@@ -93,13 +94,14 @@ def ingest(
     for reason, count in summary.rejected.items():
         table.add_row(f"rejected: {reason}", str(count))
     console.print(table)
+    try:
+        check_ingest_summary(summary, max_rejected_share, setting="--max-rejected-share")
+    except IngestError as err:  # no stage marker here to say it failed: a kept shard would look good
+        discard_seed_shards(summary)
+        fail(f"{err}; no seed shard kept in {dest}")
     console.print(f"{len(summary.shards)} shard(s) in {dest}", soft_wrap=True)
     if summary.rejected_uri:
         console.print(f"quarantined rows: {summary.rejected_uri}", soft_wrap=True)
-    try:
-        check_ingest_summary(summary, max_rejected_share)
-    except IngestError as err:
-        fail(str(err))
 
 
 @app.command()
