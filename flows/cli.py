@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import typer
 from rich.console import Console
@@ -31,6 +31,12 @@ def main(debug: bool = typer.Option(False, "--debug", help="Show the traceback b
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     # The ephemeral API starts a local server; on a busy 2-core machine that can take over 20 s.
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
+
+
+def run_line(config: Any) -> str:
+    """``N round(s), BACKEND backend, model MODEL``: what `evol run` and `evol plan` say of a run first."""
+    rounds = f"{config.rounds} round" + ("" if config.rounds == 1 else "s")
+    return f"{rounds}, {config.llm.backend} backend, model {config.llm.model}"
 
 
 def fail(message: str) -> NoReturn:

@@ -24,7 +24,7 @@ def _measure_log() -> RunLog:
 
 
 def plan_command(config_path: Path, sets: list[str], recompute: list[str], measure: int) -> None:
-    from flows.cli import fail, fail_on_problems
+    from flows.cli import fail, fail_on_problems, run_line
     from flows.cli_models import prepare_for_config
     from tasks.context import check_recompute
     from tasks.core.config import ConfigError, load_run_config
@@ -48,8 +48,7 @@ def plan_command(config_path: Path, sets: list[str], recompute: list[str], measu
     finally:
         if run_log is not None:
             run_log.finish()
-    console.print(f"plan for run [bold]{plan.run_uri}[/] ({config.rounds} rounds, {config.llm.backend} backend, "
-                  f"model {config.llm.model})", soft_wrap=True, highlight=False)
+    console.print(f"plan for run [bold]{plan.run_uri}[/] ({run_line(config)})", soft_wrap=True, highlight=False)
     stages = Table(title="stages")
     for col in ("stage", "would be", "shards reused", "why"):
         stages.add_column(col, justify="right" if col == "shards reused" else "left")

@@ -68,6 +68,18 @@ def test_evol_plan_writes_nothing_under_the_output_root(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run.yaml", "seeds.jsonl"]
 
 
+def test_evol_plan_says_1_round_and_its_first_line_is_one_line_when_piped(tmp_path):
+    seeds = tmp_path / "seeds.jsonl"
+    seeds.write_text("\n".join(json.dumps(s) for s in load_seeds()) + "\n")
+    root = tmp_path / ("an-output-root-whose-path-is-long-enough-to-pass-eighty-columns" * 2)
+    for rounds, said in ((1, "1 round"), (2, "2 rounds")):
+        config = {"name": "p", "seeds": str(seeds), "output_root": str(root), "rounds": rounds,
+                  "llm": {"backend": "scripted", "model": "demo"}}
+        out = CliRunner().invoke(app, ["plan", str(write_config(tmp_path, config))])  # not a tty: 80 columns
+        assert out.exit_code == 0, out.output
+        assert out.output.splitlines()[0] == f"plan for run {root / 'p'} ({said}, scripted backend, model demo)"
+
+
 def test_after_a_run_every_stage_is_reused_and_nothing_is_left_to_compute(finished):
     _, config, _, _ = finished
     plan = make_plan(parse_run_config(config))
