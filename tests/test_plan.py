@@ -57,7 +57,9 @@ def test_a_fresh_run_folder_recomputes_every_stage(tmp_path):
     assert f"whole run: {total} prompt tokens," in out.output and "to compute:" not in out.output  # one line
 
 
-def test_evol_plan_writes_nothing_under_the_output_root(tmp_path):
+def test_evol_plan_writes_nothing_under_the_output_root(tmp_path, monkeypatch):
+    (tmp_path / "tmp").mkdir()
+    monkeypatch.setattr("tempfile.tempdir", str(tmp_path / "tmp"))  # where --measure's log goes
     seeds = tmp_path / "seeds.jsonl"
     seeds.write_text("\n".join(json.dumps(s) for s in load_seeds()) + "\n")
     config = {"seeds": str(seeds), "output_root": str(tmp_path / "nu-plan"), "rounds": 1,
@@ -65,7 +67,7 @@ def test_evol_plan_writes_nothing_under_the_output_root(tmp_path):
     out = CliRunner().invoke(app, ["plan", str(write_config(tmp_path, config)), "--measure", "3"])
     assert out.exit_code == 0, out.output
     assert not (tmp_path / "nu-plan").exists()  # not even the empty folder of a write check
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["run.yaml", "seeds.jsonl"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run.yaml", "seeds.jsonl", "tmp"]
 
 
 def test_evol_plan_says_1_round_and_its_first_line_is_one_line_when_piped(tmp_path):
