@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import typer
 from rich.console import Console
@@ -31,6 +31,12 @@ def main(debug: bool = typer.Option(False, "--debug", help="Show the traceback b
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     # The ephemeral API starts a local server; on a busy 2-core machine that can take over 20 s.
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
+
+
+def run_line(config: Any) -> str:
+    """``N round(s), BACKEND backend, model MODEL``: what `evol run` and `evol plan` say of a run first."""
+    rounds = f"{config.rounds} round" + ("" if config.rounds == 1 else "s")
+    return f"{rounds}, {config.llm.backend} backend, model {config.llm.model}"
 
 
 def fail(message: str) -> NoReturn:
@@ -73,8 +79,9 @@ def ingest(
                                              help="Fail when more than this share of the rows is rejected"),
     debug: bool = typer.Option(False, "--debug", help="Show the traceback behind an error"),
 ) -> None:
-    """Read seed instructions into Parquet shards; bad rows are quarantined with their reason."""
-    from tasks.ingest import IngestError, check_ingest_summary, ingest_seeds
+    """Read seed instructions into Parquet shards; bad rows are quarantined with their reason. When no row is
+    accepted or too many are rejected, no seed shard is kept (the quarantined rows are, to read why)."""
+    from tasks.ingest import IngestError, check_ingest_summary, discard_seed_shards, ingest_seeds
 
     DEBUG["on"] = DEBUG["on"] or debug
     header = {"auto": "auto", "yes": True, "true": True, "no": False, "false": False}.get(csv_header.lower())
@@ -93,13 +100,14 @@ def ingest(
     for reason, count in summary.rejected.items():
         table.add_row(f"rejected: {reason}", str(count))
     console.print(table)
+    try:
+        check_ingest_summary(summary, max_rejected_share, setting="--max-rejected-share")
+    except IngestError as err:  # no stage marker here to say it failed: a kept shard would look good
+        discard_seed_shards(summary)
+        fail(f"{err}; no seed shard kept in {dest}")
     console.print(f"{len(summary.shards)} shard(s) in {dest}", soft_wrap=True)
     if summary.rejected_uri:
         console.print(f"quarantined rows: {summary.rejected_uri}", soft_wrap=True)
-    try:
-        check_ingest_summary(summary, max_rejected_share)
-    except IngestError as err:
-        fail(str(err))
 
 
 @app.command()

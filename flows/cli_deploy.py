@@ -83,13 +83,13 @@ def deploy_command(project_dir: Path, config_uri: str | None, interval: int | No
     except Exception as err:  # the server is down or refuses: say where
         fail(f"can't reach the Prefect API at {api_url}: {type(err).__name__}: {err}")
     for name, new in created.items():
-        console.print(f"work pool [bold]{name}[/]: {'created (process)' if new else 'exists'}")
+        console.print(f"work pool [bold]{name}[/]: {'created (process)' if new else 'exists'}", soft_wrap=True)
     env = {**os.environ, "PREFECT_API_URL": api_url}
     for cmd in deploy_commands(specs, config_uri, interval, cron):
         done = subprocess.run(cmd, cwd=project_dir, env=env, capture_output=True, text=True)
         if done.returncode != 0:
             fail(f"{' '.join(cmd[1:])} failed:\n{done.stdout[-2000:]}{done.stderr[-2000:]}")
         names = [cmd[cmd.index("--name") + 1]] if "--name" in cmd else [spec["name"] for spec in specs]
-        console.print("deployed " + ", ".join(f"[bold]{name}[/]" for name in names))
+        console.print("deployed " + ", ".join(f"[bold]{name}[/]" for name in names), soft_wrap=True)
     console.print(f"on {api_url}; start a worker per pool: "
-                  + ", ".join(f"prefect worker start --pool {p}" for p in pools))
+                  + ", ".join(f"prefect worker start --pool {p}" for p in pools), soft_wrap=True)

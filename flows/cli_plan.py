@@ -24,7 +24,8 @@ def _measure_log() -> RunLog:
 
 
 def plan_command(config_path: Path, sets: list[str], recompute: list[str], measure: int) -> None:
-    from flows.cli import fail, fail_on_problems
+    from flows.cli import fail, fail_on_problems, run_line
+    from flows.cli_models import prepare_for_config
     from tasks.context import check_recompute
     from tasks.core.config import ConfigError, load_run_config
     from tasks.estimate import engine_time_line, whole_run
@@ -37,7 +38,8 @@ def plan_command(config_path: Path, sets: list[str], recompute: list[str], measu
         check_recompute(tuple(recompute), config.rounds)
     except (ConfigError, ValueError) as err:
         fail(str(err))
-    fail_on_problems(validate_run(config, str(config_path)))
+    fail_on_problems(validate_run(config, str(config_path), write_check=False))  # a plan writes nothing
+    prepare_for_config(config)
     run_log = _measure_log() if measure else None
     try:
         plan = make_plan(config, tuple(recompute), measure)
@@ -46,8 +48,7 @@ def plan_command(config_path: Path, sets: list[str], recompute: list[str], measu
     finally:
         if run_log is not None:
             run_log.finish()
-    console.print(f"plan for run [bold]{plan.run_uri}[/] ({config.rounds} rounds, {config.llm.backend} backend, "
-                  f"model {config.llm.model})", soft_wrap=True, highlight=False)
+    console.print(f"plan for run [bold]{plan.run_uri}[/] ({run_line(config)})", soft_wrap=True, highlight=False)
     stages = Table(title="stages")
     for col in ("stage", "would be", "shards reused", "why"):
         stages.add_column(col, justify="right" if col == "shards reused" else "left")

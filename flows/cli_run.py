@@ -74,8 +74,11 @@ def run_command(config_path: Path, rounds: int | None, output_root: str | None, 
         fail(f"run folder {layout.run_uri} is in use by {held.get('purpose')} (pid {held.get('pid')} on "
              f"{held.get('host')}, since {held.get('started')}); wait for it, or pass --take-over if it is dead")
     api = os.environ.get("PREFECT_API_URL")
-    console.print(f"run [bold]{layout.run_id}[/] ({config.rounds} rounds, {config.llm.backend} backend, "
-                  f"model {config.llm.model}) on {api or 'a local Prefect API for this run'}")
+    from flows.cli import run_line
+    console.print(f"run [bold]{layout.run_id}[/] ({run_line(config)}) on {api or 'a local Prefect API for this run'}",
+                  soft_wrap=True, highlight=False)
+    from flows.cli_models import prepare_for_config
+    prepare_for_config(config)
     if api:
         result = _run_flow(config, layout, show_progress, recompute, take_over, verbose)
     else:
@@ -99,7 +102,7 @@ def run_command(config_path: Path, rounds: int | None, output_root: str | None, 
         if warning:
             console.print(f"[bold yellow]warning:[/] {warning}", soft_wrap=True, highlight=False)
     console.print(f"final rows: [bold]{result.mix.final}[/] (seeds and survivors after dedup)"
-                  + (" (reused)" if result.mix.reused else ""))
+                  + (" (reused)" if result.mix.reused else ""), soft_wrap=True, highlight=False)
     console.print(f"outputs: {result.run_uri}", soft_wrap=True)
     for kind, uri in result.export.files.items():
         console.print(f"  {kind:9s} {uri}", soft_wrap=True)

@@ -21,5 +21,5 @@ def worker_command(scheduler: str, name: str | None, cpus: str | None, gpu: str 
     if plan.cpus:
         os.sched_setaffinity(0, plan.cpus)  # kept across exec: the worker, its engine and their children
     console.print(f"evol worker {name or ''} -> {scheduler} (cpus {cpus or 'all'}, gpu {gpu or '-'})",
-                  highlight=False)
+                  soft_wrap=True, highlight=False)
     os.execve(plan.argv[0], plan.argv, plan.env)

@@ -14,9 +14,9 @@ from prefect import task
 from prefect.states import Completed
 from pydantic import BaseModel
 
-from storage import RunLayout, StorageSettings, join_uri
+from storage import RunLayout, StorageSettings, join_uri, resolve
 from storage.schema import REJECTED_INPUT_SCHEMA, records_table
-from storage.shards import read_marker, remove_shards_except, shard_name, write_shard
+from storage.shards import MARKER_SUFFIX, read_marker, remove_shards_except, shard_name, write_shard
 from storage.stages import ShardRef, StageMismatch, read_stage, total_rows, write_stage
 from tasks.core.config import RunConfig
 from tasks.ingest_fast import SeedShardWriter, SeenIds, fast_extract, meta_column, with_ids
@@ -162,8 +162,10 @@ def _table_of(good: list[tuple[Any, ...]], src_json: str) -> tuple[pa.Table, np.
                       "meta": meta_column(src_json, lines, fields)}), lines, raws.__getitem__)
 
 
-def check_ingest_summary(summary: IngestSummary, max_rejected_share: float = 0.5) -> IngestSummary:
-    """The summary unchanged, or EmptySeedsError: no row accepted, or more than ``max_rejected_share`` rejected."""
+def check_ingest_summary(summary: IngestSummary, max_rejected_share: float = 0.5,
+                         setting: str = "ingest.max_rejected_share") -> IngestSummary:
+    """The summary unchanged, or EmptySeedsError: no row accepted, or more than ``max_rejected_share`` rejected
+    (the error names ``setting``: the run config's key, or the option of ``evol ingest``)."""
     rejected = summary.read - summary.accepted
     reasons = ", ".join(f"{k}={v}" for k, v in summary.rejected.items()) or "none"
     where = f"; quarantined rows: {summary.rejected_uri}" if summary.rejected_uri else ""
@@ -171,8 +173,18 @@ def check_ingest_summary(summary: IngestSummary, max_rejected_share: float = 0.5
         raise EmptySeedsError(f"{summary.source}: 0 of {summary.read} rows accepted (rejected: {reasons}){where}")
     if rejected / summary.read > max_rejected_share:
         raise EmptySeedsError(f"{summary.source}: {rejected} of {summary.read} rows rejected, more than "
-                              f"ingest.max_rejected_share={max_rejected_share:g} (rejected: {reasons}){where}")
+                              f"{setting}={max_rejected_share:g} (rejected: {reasons}){where}")
     return summary
+
+
+def discard_seed_shards(summary: IngestSummary, settings: StorageSettings | None = None) -> None:
+    """Remove the seed shards an ingest wrote, each marker before its file: none looks committed meanwhile. For
+    ``evol ingest`` whose check failed: a run's ingest keeps them, its stage marker records the failed summary."""
+    for uri in summary.shards:
+        fs, path = resolve(uri, settings)
+        for name in (path + MARKER_SUFFIX, path):
+            if fs.exists(name):
+                fs.rm_file(name)
 
 
 def ingest_run_seeds(config: RunConfig, layout: RunLayout, key: str, force: bool = False,

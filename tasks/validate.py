@@ -42,8 +42,10 @@ def _one_line(text: str) -> str:
 
 
 def validate_run(config: RunConfig, config_file: str, settings: StorageSettings | None = None,
-                 env: EnvSettings | None = None) -> list[Problem]:
-    """Every problem found in ``config`` (empty when the run can start); writes one small file to the output root."""
+                 env: EnvSettings | None = None, write_check: bool = True) -> list[Problem]:
+    """Every problem found in ``config`` (empty when the run can start); with ``write_check`` writes (and removes)
+    one small file under the output root, which creates the output root; a plan passes ``False``: it writes
+    nothing there."""
     env = env or EnvSettings()
     settings = settings or env.storage
     problems: list[Problem] = []
@@ -73,7 +75,7 @@ def validate_run(config: RunConfig, config_file: str, settings: StorageSettings 
         from tasks.train import RecipeError, load_recipe
 
         check("train.recipe", lambda: load_recipe(config.train.recipe), RecipeError)
-    if not problems:  # the one write, last: nothing is created for a config that can't run
+    if write_check and not problems:  # the one write, last: nothing is created for a config that can't run
         problems += _check_writable(config, config_file, settings)
     return problems
 

@@ -154,6 +154,29 @@ def test_cli_ingest_demo_seeds(tmp_path):
     assert len(set(ids)) == 96
 
 
+def test_cli_ingest_that_fails_its_check_names_its_option_and_keeps_no_seed_shard(tmp_path):
+    src, dest = tmp_path / "s.jsonl", tmp_path / "seeds"
+    src.write_text('{"prompt": "Write a poem about rain"}\n{"prompt": ""}\n{"prompt": " "}\n')
+    result = CliRunner().invoke(app, ["ingest", str(src), str(dest), "--map", "instruction=prompt"])
+    assert result.exit_code == 2, result.output
+    quarantined = dest / "_rejected" / "shard-00000.parquet"
+    assert result.output.splitlines()[-1] == (
+        f"error: {src}: 2 of 3 rows rejected, more than --max-rejected-share=0.5 (rejected: empty_instruction=2); "
+        f"quarantined rows: {quarantined}; no seed shard kept in {dest}")
+    assert "shard(s) in" not in result.output
+    assert sorted(p.name for p in dest.iterdir()) == ["_rejected"]  # no shard, no marker
+    assert read_shard(str(quarantined)).num_rows == 2  # the rows that say why stay
+    src.write_text('{"prompt": ""}\n')
+    result = CliRunner().invoke(app, ["ingest", str(src), str(dest), "--map", "instruction=prompt"])
+    assert result.exit_code == 2 and "0 of 1 rows accepted" in result.output  # not even the empty shard
+    assert sorted(p.name for p in dest.iterdir()) == ["_rejected"]
+    src.write_text('{"prompt": "Write a poem about rain"}\n{"prompt": ""}\n{"prompt": " "}\n')
+    result = CliRunner().invoke(app, ["ingest", str(src), str(dest), "--map", "instruction=prompt",
+                                      "--max-rejected-share", "0.7"])
+    assert result.exit_code == 0, result.output
+    assert [read_shard(u).num_rows for u in list_committed_shards(str(dest))] == [1]
+
+
 def test_cli_ingest_bad_map_and_missing_file(tmp_path):
     result = CliRunner().invoke(app, ["ingest", "nope.jsonl", str(tmp_path / "o")])
     assert result.exit_code == 2 and "no such file" in result.output

@@ -155,3 +155,85 @@ def test_cli_models_prepare_error_exit_code(tmp_path, monkeypatch):
     result = CliRunner().invoke(app, ["models", "prepare", "--models-dir", str(tmp_path)])
     assert result.exit_code == 2
     assert "no gguf" in result.output
+
+
+def test_default_models_dir_is_the_users_cache_whatever_the_current_directory(tmp_path, monkeypatch):
+    from tasks.core.config import EnvSettings
+
+    monkeypatch.delenv("EVOL_LLM__MODELS_DIR", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert EnvSettings().llm.models_dir == str(tmp_path / "xdg" / "evol-instruct" / "models")
+    for unusable in ("", "relative/cache"):  # the XDG spec: a relative XDG_CACHE_HOME is ignored
+        monkeypatch.setenv("XDG_CACHE_HOME", unusable)
+        assert EnvSettings().llm.models_dir == str(tmp_path / "home" / ".cache" / "evol-instruct" / "models")
+    monkeypatch.setenv("EVOL_LLM__MODELS_DIR", str(tmp_path / "mine"))
+    assert EnvSettings().llm.models_dir == str(tmp_path / "mine")
+
+
+@pytest.fixture()
+def noisy_convert(monkeypatch):
+    """A tiny conversion that draws the three progress bars the real one draws (GGUF reader, loading, writing)."""
+    def convert(gguf: Path, dest: Path) -> None:
+        import transformers.modeling_gguf_pytorch_utils as gguf_utils
+        from transformers.utils import logging as hf_logging
+
+        for _ in gguf_utils.tqdm(range(3), desc="Converting and de-quantizing GGUF tensors..."):
+            pass
+        for bar in ("Loading weights", "Writing model shards"):
+            for _ in hf_logging.tqdm(range(3), desc=bar):
+                pass
+        dest.mkdir(parents=True)
+        (dest / "config.json").write_text(json.dumps({"model_type": "llama"}))
+
+    monkeypatch.setattr(models, "_convert_gguf", convert)
+
+
+def test_a_quiet_preparation_draws_no_progress_bars_and_leaves_them_on(tmp_path, noisy_convert, capsys):
+    from transformers.utils import logging as hf_logging
+
+    prepare_default_model(tmp_path / "quiet", progress=False)
+    err = capsys.readouterr().err  # (other threads of a full session may write here too: look for the bars)
+    assert not any(bar in err for bar in ("GGUF tensors", "Loading weights", "Writing model shards", "it/s]")), err
+    assert hf_logging.is_progress_bar_enabled()  # switched back on afterwards
+    prepare_default_model(tmp_path / "loud")  # `evol models prepare`: the user asked, the bars show
+    err = capsys.readouterr().err
+    assert all(bar in err for bar in ("Converting and de-quantizing GGUF", "Loading weights", "Writing model shards"))
+
+
+def test_resolving_an_unprepared_default_says_where_in_one_warning(tmp_path, noisy_convert, capsys, caplog):
+    with caplog.at_level("WARNING", logger=models.__name__):
+        folder = resolve_model("default", tmp_path / "m")
+        assert resolve_model("default", tmp_path / "m") == folder  # prepared now: said once
+    assert [r.getMessage() for r in caplog.records] == [
+        f"preparing the bundled model (llm.model: default) once into {tmp_path / 'm' / DEFAULT_MODEL_DIRNAME}: "
+        "not prepared there yet (`evol models prepare` does it ahead)"]
+    err = capsys.readouterr().err
+    assert not any(bar in err for bar in ("GGUF tensors", "Loading weights", "Writing model shards", "it/s]")), err
+
+
+def test_evol_plan_outside_the_checkout_prepares_into_the_cache_in_one_line(tmp_path, noisy_convert, monkeypatch):
+    from tests.flow_script import load_seeds
+
+    seeds = tmp_path / "seeds.jsonl"
+    seeds.write_text("\n".join(json.dumps(s) for s in load_seeds()) + "\n")
+    monkeypatch.delenv("EVOL_LLM__MODELS_DIR", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    cwd = tmp_path / "elsewhere"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    config = tmp_path / "run.yaml"
+    config.write_text(json.dumps({"seeds": str(seeds), "output_root": str(tmp_path / "runs"), "rounds": 1,
+                                  "llm": {"backend": "vllm", "model": "default"}}))
+    target = tmp_path / "cache" / "evol-instruct" / "models" / DEFAULT_MODEL_DIRNAME
+    runner = CliRunner()
+    first = runner.invoke(app, ["plan", str(config)], env={"COLUMNS": "80"})
+    assert first.exit_code == 0, first.output
+    assert first.output.splitlines()[0] == (f"preparing the bundled model (llm.model: default) once into {target}: "
+                                            "not prepared there yet (`evol models prepare` does it ahead)")
+    assert "Loading weights" not in first.output and "GGUF tensors" not in first.output
+    assert (target / MARKER).is_file() and list(cwd.iterdir()) == []
+    again = runner.invoke(app, ["plan", str(config)], env={"COLUMNS": "80"})
+    assert again.exit_code == 0, again.output
+    assert "preparing" not in again.output

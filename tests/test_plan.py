@@ -57,6 +57,31 @@ def test_a_fresh_run_folder_recomputes_every_stage(tmp_path):
     assert f"whole run: {total} prompt tokens," in out.output and "to compute:" not in out.output  # one line
 
 
+def test_evol_plan_writes_nothing_under_the_output_root(tmp_path, monkeypatch):
+    (tmp_path / "tmp").mkdir()
+    monkeypatch.setattr("tempfile.tempdir", str(tmp_path / "tmp"))  # where --measure's log goes
+    seeds = tmp_path / "seeds.jsonl"
+    seeds.write_text("\n".join(json.dumps(s) for s in load_seeds()) + "\n")
+    config = {"seeds": str(seeds), "output_root": str(tmp_path / "nu-plan"), "rounds": 1,
+              "llm": {"backend": "scripted", "model": "demo"}}
+    out = CliRunner().invoke(app, ["plan", str(write_config(tmp_path, config)), "--measure", "3"])
+    assert out.exit_code == 0, out.output
+    assert not (tmp_path / "nu-plan").exists()  # not even the empty folder of a write check
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run.yaml", "seeds.jsonl", "tmp"]
+
+
+def test_evol_plan_says_1_round_and_its_first_line_is_one_line_when_piped(tmp_path):
+    seeds = tmp_path / "seeds.jsonl"
+    seeds.write_text("\n".join(json.dumps(s) for s in load_seeds()) + "\n")
+    root = tmp_path / ("an-output-root-whose-path-is-long-enough-to-pass-eighty-columns" * 2)
+    for rounds, said in ((1, "1 round"), (2, "2 rounds")):
+        config = {"name": "p", "seeds": str(seeds), "output_root": str(root), "rounds": rounds,
+                  "llm": {"backend": "scripted", "model": "demo"}}
+        out = CliRunner().invoke(app, ["plan", str(write_config(tmp_path, config))])  # not a tty: 80 columns
+        assert out.exit_code == 0, out.output
+        assert out.output.splitlines()[0] == f"plan for run {root / 'p'} ({said}, scripted backend, model demo)"
+
+
 def test_after_a_run_every_stage_is_reused_and_nothing_is_left_to_compute(finished):
     _, config, _, _ = finished
     plan = make_plan(parse_run_config(config))

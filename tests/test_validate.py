@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import time
 
@@ -158,6 +159,19 @@ def test_the_run_says_what_became_of_the_seed_rows(prefect_harness, tmp_path):
     expected = (f"seeds: 9 read, 6 accepted, 3 rejected (duplicate=1, malformed_json=1, missing_instruction=1); "
                 f"quarantined rows: {quarantine}")
     assert expected in result.output.replace("\n", "")
+
+
+def test_the_runs_first_and_last_lines_are_one_line_each_when_piped(prefect_harness, tmp_path):
+    import os
+
+    name = "a-run-whose-name-is-long-enough-to-pass-eighty-columns"
+    result = run_cli("run", write_run(tmp_path, name=name), "--no-progress")  # not a tty: 80 columns
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    api = os.environ.get("PREFECT_API_URL") or "a local Prefect API for this run"
+    assert lines[0] == f"run {name} (1 round, scripted backend, model demo) on {api}"
+    final = [line for line in lines if line.startswith("final rows: ")]
+    assert len(final) == 1 and re.fullmatch(r"final rows: \d+ \(seeds and survivors after dedup\)", final[0])
 
 
 @pytest.mark.server

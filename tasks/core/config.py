@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import math
+import os
 import posixpath
 import warnings
 from pathlib import Path
@@ -43,11 +44,20 @@ class SamplingParams(StrictModel):
         return value
 
 
+def default_models_dir() -> str:
+    """Where prepared models live unless ``EVOL_LLM__MODELS_DIR`` says: the user's cache folder,
+    ``$XDG_CACHE_HOME/evol-instruct/models`` (``~/.cache/evol-instruct/models`` without an absolute XDG_CACHE_HOME),
+    so the current directory never decides it."""
+    cache = os.environ.get("XDG_CACHE_HOME", "")
+    base = Path(cache) if os.path.isabs(cache) else Path.home() / ".cache"
+    return str(base / "evol-instruct" / "models")
+
+
 class LLMEnvSettings(BaseModel):
     """Where models and servers are (``EVOL_LLM__MODELS_DIR``, ``__BASE_URL``, ``__API_KEY``) and how the ``openai``
     backend talks to a server (``EVOL_LLM__REQUEST_TIMEOUT_S``, ``__MAX_RETRIES``, ``__MAX_CONCURRENCY``)."""
 
-    models_dir: str = "models"
+    models_dir: str = Field(default_factory=default_models_dir)
     base_url: str = "http://127.0.0.1:8000/v1"
     api_key: SecretStr = SecretStr("EMPTY")
     request_timeout_s: float = Field(600.0, gt=0)

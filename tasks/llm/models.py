@@ -9,6 +9,8 @@ import logging
 import os
 import shutil
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from storage.shards import file_sha256
@@ -73,14 +75,44 @@ def _convert_gguf(gguf: Path, dest: Path) -> None:
     tokenizer.save_pretrained(str(dest))
 
 
-def prepare_default_model(models_dir: str | Path) -> Path:
+@contextmanager
+def _no_progress_bars() -> Iterator[None]:
+    """Silence transformers' progress bars (its own ones and the GGUF reader's plain tqdm) for a while."""
+    from functools import partial
+
+    import transformers.modeling_gguf_pytorch_utils as gguf_utils
+    from transformers.utils import logging as hf_logging
+
+    enabled = hf_logging.is_progress_bar_enabled()
+    gguf_tqdm = gguf_utils.tqdm
+    hf_logging.disable_progress_bar()
+    gguf_utils.tqdm = partial(gguf_tqdm, disable=True)
+    try:
+        yield
+    finally:
+        gguf_utils.tqdm = gguf_tqdm
+        if enabled:
+            hf_logging.enable_progress_bar()
+
+
+def default_model_folder(models_dir: str | Path) -> Path:
+    """Where the bundled model is (or will be) prepared under ``models_dir``."""
+    return Path(models_dir).expanduser().resolve() / DEFAULT_MODEL_DIRNAME
+
+
+def is_default_model_prepared(models_dir: str | Path) -> bool:
+    return _is_prepared(default_model_folder(models_dir))
+
+
+def prepare_default_model(models_dir: str | Path, progress: bool = True) -> Path:
     """Convert the bundled GGUF into ``models_dir/smollm2-135m-instruct`` once and return that folder.
 
     The conversion is written to a temporary sibling folder with a marker (file hashes) and renamed into place,
-    so the folder is either absent or complete. A prepared folder is returned untouched.
+    so the folder is either absent or complete. A prepared folder is returned untouched. ``progress=False``
+    hides the conversion's progress bars (a preparation the user did not ask for says so in one line instead).
     """
-    models_dir = Path(models_dir).expanduser().resolve()
-    target = models_dir / DEFAULT_MODEL_DIRNAME
+    target = default_model_folder(models_dir)
+    models_dir = target.parent
     if _is_prepared(target):
         return target
     gguf = bundled_gguf()
@@ -88,7 +120,11 @@ def prepare_default_model(models_dir: str | Path) -> Path:
     tmp = models_dir / f".{DEFAULT_MODEL_DIRNAME}.tmp-{uuid.uuid4().hex[:8]}"
     logger.info("preparing the bundled model %s into %s", gguf.name, target)
     try:
-        _convert_gguf(gguf, tmp)
+        if progress:
+            _convert_gguf(gguf, tmp)
+        else:
+            with _no_progress_bars():
+                _convert_gguf(gguf, tmp)
         for path in tmp.rglob("*"):  # safetensors are written 0600; the folder is meant to be shared (volumes)
             path.chmod(0o755 if path.is_dir() else 0o644)
         files = folder_hashes(tmp)
@@ -117,7 +153,10 @@ def resolve_model(name: str, models_dir: str | Path) -> str:
     """``"default"`` -> the prepared bundled model folder; an existing local folder -> its absolute path;
     anything else (a hub id) unchanged."""
     if name == DEFAULT_MODEL:
-        return str(prepare_default_model(models_dir))
+        if not is_default_model_prepared(models_dir):  # asked for by a run, not by `evol models prepare`
+            logger.warning("preparing the bundled model (llm.model: default) once into %s: not prepared there yet "
+                           "(`evol models prepare` does it ahead)", default_model_folder(models_dir))
+        return str(prepare_default_model(models_dir, progress=False))
     path = Path(name).expanduser()
     if path.is_dir():
         return str(path.resolve())
