@@ -114,7 +114,7 @@ def row_steps(plan: ShardPlan, i: int) -> RowSteps:
         invalid = validity_rule_reason(instruction, plan.parents[i], pack.operations[plan.ops[i]].kind,
                                        elimination.shorter_than_parent_ratio,
                                        "\n".join(m["content"] for m in plan.rendered[i][0]),
-                                       broke_off=was_cut and breaks_off(text))
+                                       broke_off=(was_cut or evolved.at_stop_string) and breaks_off(text))
         if invalid is None:
             params = spec.sampling.validity.model_copy(update={"choices": VALIDITY_CHOICES})
             validity = yield Ask("validity", pack.validity_messages(plan.parents[i], instruction)[0], params)

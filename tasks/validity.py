@@ -134,8 +134,9 @@ def validity_rule_reason(instruction: str, parent: str, kind: str, shorter_ratio
     """The first rule of ``VALIDITY_RULE_REASONS`` the evolution breaks, or None.
 
     ``kind`` is the operation's kind: only an in-depth rewrite must keep its parent's length. ``prompt`` is the
-    evolution prompt the model was given (its text, the parent included). ``broke_off``: a stop string cut the
-    rewrite mid-sentence (``tasks.clean.breaks_off``), which makes it unfinished.
+    evolution prompt the model was given (its text, the parent included). ``broke_off``: a stop string (the
+    engine's, or an output label's after generation) ended the rewrite mid-sentence (``tasks.clean.breaks_off``),
+    which makes it unfinished.
     """
     if is_degenerate(instruction):
         return "degenerate_evolution"

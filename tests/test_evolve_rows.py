@@ -173,3 +173,18 @@ def test_a_rewrite_a_label_cuts_mid_sentence_is_unfinished():
         "Give three tips for sleeping better after a long flight across six time zones"]
     assert [c["reject_reason"] for c in out] == ["unfinished_evolution", None, None]
     assert [c["finish_reason"] for c in out] == ["stop", "stop", "stop"]
+
+
+def test_a_rewrite_the_engine_stopped_mid_sentence_is_unfinished():
+    """The engine stopped at a stop string after "Create a new": unfinished. The same words ended by the model itself
+    (end of sequence) are judged by the other rules; a full sentence ended by a stop string is kept."""
+    answers = iter([Completion(text="\nCreate a new ", finish_reason="stop", at_stop_string=True),
+                    Completion(text="\nExplain why the sky looks blue at noon but red at dusk ", finish_reason="stop"),
+                    Completion(text="Give three tips for sleeping better after a long flight across six time zones.",
+                               finish_reason="stop", at_stop_string=True)])
+
+    def respond(conversation, params):
+        return next(answers) if is_evolution_prompt(last_user_text(conversation)) else capable(conversation, params)
+
+    out = evolve_rows(ROWS, 1, config(), ScriptedBackend(respond, constrained=True), PACK)
+    assert [c["reject_reason"] for c in out] == ["unfinished_evolution", None, None]

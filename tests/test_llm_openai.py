@@ -100,10 +100,11 @@ class FakeServer:
                     text, logprobs = "Not Equal", {"content": [{"token": "Not", "logprob": -0.1, "bytes": None,
                                                                 "top_logprobs": [{"token": "Not", "logprob": -0.1},
                                                                                  {"token": "Equal", "logprob": -2.6}]}]}
+                stop_reason = "###" if kind == "stopped" else None  # vLLM's server names the stop string it hit
                 self.reply(200, {
                     "id": "x", "object": "chat.completion", "created": 0, "model": "fake-model",
                     "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
-                                 "logprobs": logprobs, "finish_reason": "stop"}],
+                                 "logprobs": logprobs, "finish_reason": "stop", "stop_reason": stop_reason}],
                     "usage": {"prompt_tokens": len(prompt.split()), "completion_tokens": 2, "total_tokens": 0},
                 })
 
@@ -138,6 +139,12 @@ def test_429_is_retried_then_succeeds(server):
     assert server.attempts == {"flaky one": 2}
     assert (result.text, result.finish_reason, result.prompt_tokens, result.completion_tokens, result.error) == (
         "echo: flaky one", "stop", 2, 2, None)
+
+
+def test_a_stop_string_ending_is_read_from_vllms_stop_reason(server):
+    stopped, ended = make_backend(server.url).generate([user("stopped here"), user("ended here")], PARAMS)
+    assert (stopped.at_stop_string, ended.at_stop_string) == (True, False)
+    assert stopped.finish_reason == ended.finish_reason == "stop"
 
 
 def test_batch_in_order_with_bounded_concurrency_model_and_key(server):

@@ -121,7 +121,17 @@ def test_small_max_tokens_gives_length(backend):
     params = SamplingParams(temperature=0.0, max_tokens=4)
     [result] = backend.generate([user("Write a long essay about the history of the Roman Empire.")], params)
     assert result.ok
-    assert (result.finish_reason, result.completion_tokens) == ("length", 4)
+    assert (result.finish_reason, result.completion_tokens, result.at_stop_string) == ("length", 4, False)
+
+
+@pytest.mark.vllm
+def test_a_stop_string_ending_is_told_apart_from_end_of_sequence(backend):
+    """The engine says when a stop string ended the text (the row rules use it: a rewrite cut mid-sentence)."""
+    params = SamplingParams(temperature=0.0, max_tokens=32, stop=(" ",))
+    [cut] = backend.generate([user("Write one sentence about the sea.")], params)
+    assert cut.ok and cut.finish_reason == "stop" and cut.at_stop_string and " " not in cut.text
+    [whole] = backend.generate([user("Write one sentence about the sea.")], GREEDY)
+    assert not whole.at_stop_string  # no stop string asked for: end of sequence or the length cap
 
 
 @pytest.mark.vllm

@@ -37,6 +37,7 @@ class Completion(BaseModel):
     ``constrained``: the text was produced under a forced choice (it is exactly one of the choices).
     ``choice_margin``: for a forced choice, the log-probability of the chosen answer's best first token minus
     that of the best first token of any other choice (>= 0 for a greedy decision; ``None`` when unknown).
+    ``at_stop_string``: the engine ended the text at one of the request's stop strings (not at end-of-sequence).
     """
 
     model_config = ConfigDict(frozen=True)
@@ -48,6 +49,7 @@ class Completion(BaseModel):
     error: str | None = None
     constrained: bool = False
     choice_margin: float | None = None
+    at_stop_string: bool = False
 
     @property
     def ok(self) -> bool:

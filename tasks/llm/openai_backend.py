@@ -150,6 +150,7 @@ def _parse(response: ChatCompletion, choices: tuple[str, ...] | None) -> Complet
         return Completion(text=text, finish_reason=choice.finish_reason,
                           prompt_tokens=int(getattr(usage, "prompt_tokens", 0) or 0),
                           completion_tokens=int(getattr(usage, "completion_tokens", 0) or 0),
-                          constrained=constrained, choice_margin=margin)
+                          constrained=constrained, choice_margin=margin,
+                          at_stop_string=isinstance(getattr(choice, "stop_reason", None), str))  # vLLM's field
     except (IndexError, TypeError, AttributeError, ValueError) as err:
         return Completion(error=f"unexpected response shape: {type(err).__name__}: {err}", finish_reason="error")

@@ -61,7 +61,8 @@ def completion_of(output: Any, choices: tuple[str, ...] | None = None) -> Comple
         margin = choice_margin(first, choice.text, choices)
     return Completion(text=choice.text, finish_reason=choice.finish_reason,
                       prompt_tokens=len(output.prompt_token_ids or ()), completion_tokens=len(choice.token_ids),
-                      constrained=constrained, choice_margin=margin)
+                      constrained=constrained, choice_margin=margin,
+                      at_stop_string=isinstance(getattr(choice, "stop_reason", None), str))
 
 
 def error_completion(message: str) -> Completion:
