@@ -37,7 +37,7 @@ def prepare_for_config(config: Any) -> None:
     from tasks.llm.models import (
         DEFAULT_MODEL,
         ModelPreparationError,
-        default_model_folder,
+        implicit_preparation_note,
         is_default_model_prepared,
         prepare_default_model,
     )
@@ -48,8 +48,7 @@ def prepare_for_config(config: Any) -> None:
     models_dir = EnvSettings().llm.models_dir
     if is_default_model_prepared(models_dir):
         return
-    console.print(f"preparing the bundled model (llm.model: default) once into {default_model_folder(models_dir)}: "
-                  "not prepared there yet (`evol models prepare` does it ahead)", soft_wrap=True, highlight=False)
+    console.print(implicit_preparation_note(models_dir), soft_wrap=True, highlight=False)
     try:
         prepare_default_model(models_dir, progress=False)
     except ModelPreparationError as err:

@@ -126,7 +126,7 @@ def round_bars(run_id: str, rounds: int, now: float | None = None) -> list[Round
         if p is None:
             bars.append(RoundBar(0, None, None))
         else:
-            bars.append(RoundBar(p.done, p.shards, max((p.ended or now) - (p.round_started or p.started), 0.0)))
+            bars.append(RoundBar(p.done, p.shards, max((p.ended or now) - p.round_started, 0.0)))
     return bars
 
 

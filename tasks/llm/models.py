@@ -104,6 +104,12 @@ def is_default_model_prepared(models_dir: str | Path) -> bool:
     return _is_prepared(default_model_folder(models_dir))
 
 
+def implicit_preparation_note(models_dir: str | Path) -> str:
+    """The one line said when a run or a plan prepares the bundled model it needs (not `evol models prepare`)."""
+    return (f"preparing the bundled model (llm.model: default) once into {default_model_folder(models_dir)}: "
+            "not prepared there yet (`evol models prepare` does it ahead)")
+
+
 def prepare_default_model(models_dir: str | Path, progress: bool = True) -> Path:
     """Convert the bundled GGUF into ``models_dir/smollm2-135m-instruct`` once and return that folder.
 
@@ -154,8 +160,7 @@ def resolve_model(name: str, models_dir: str | Path) -> str:
     anything else (a hub id) unchanged."""
     if name == DEFAULT_MODEL:
         if not is_default_model_prepared(models_dir):  # asked for by a run, not by `evol models prepare`
-            logger.warning("preparing the bundled model (llm.model: default) once into %s: not prepared there yet "
-                           "(`evol models prepare` does it ahead)", default_model_folder(models_dir))
+            logger.warning(implicit_preparation_note(models_dir))
         return str(prepare_default_model(models_dir, progress=False))
     path = Path(name).expanduser()
     if path.is_dir():
