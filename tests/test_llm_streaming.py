@@ -94,8 +94,9 @@ def test_async_engine_rows_match_the_offline_batches_on_greedy_sampling(engines)
 @pytest.mark.vllm
 def test_async_engine_items_fail_alone_and_a_batch_is_in_order(engines):
     _, streaming = engines
-    convs = [user("Say hello."), user("word " * 1500), user("Say goodbye.")]
+    convs = [user("Hi."), user("word " * 1500), user("Say goodbye to everyone in the room, one by one.")]
     results = streaming.generate(convs, SamplingParams(temperature=0.0, max_tokens=8))
     assert results[0].ok and results[2].ok
     assert results[1].error.startswith("prompt has ") and results[1].error.endswith("max_model_len is 1024")
-    assert results[2] == streaming.generate([convs[2]], SamplingParams(temperature=0.0, max_tokens=8))[0]
+    [alone] = streaming.generate([convs[2]], SamplingParams(temperature=0.0, max_tokens=8))
+    assert results[2].prompt_tokens == alone.prompt_tokens and results[0].prompt_tokens < alone.prompt_tokens

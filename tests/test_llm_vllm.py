@@ -92,6 +92,8 @@ def backend(model_dir):
 
 @pytest.mark.vllm
 def test_batch_comes_back_in_order_with_exact_token_counts(backend):
+    """Each result carries the token count of the prompt the engine answered; with 16 distinct lengths, a result out
+    of place could not match. (No text is compared across batchings: vLLM's CPU build is not batch invariant.)"""
     convs = [user(f"Question {i}: " + "why is the sky blue? " * i) for i in range(1, 17)]
     results = backend.generate(convs, GREEDY)
     tokenizer = backend.engine.get_tokenizer()
@@ -101,16 +103,12 @@ def test_batch_comes_back_in_order_with_exact_token_counts(backend):
     for r in results:
         assert r.ok and r.finish_reason in ("stop", "length") and r.text
         assert 1 <= r.completion_tokens <= GREEDY.max_tokens
-    # the i-th answer is the answer to the i-th prompt: each alone gives the same greedy text
-    for i in (0, 15):
-        alone = backend.generate([convs[i]], GREEDY)[0]
-        assert (alone.text, alone.completion_tokens) == (results[i].text, results[i].completion_tokens)
+        assert (r.finish_reason == "length") == (r.completion_tokens == GREEDY.max_tokens)
 
 
 @pytest.mark.vllm
-def test_greedy_is_deterministic_and_seeded_sampling_is_refused_on_cpu(backend):
-    convs = [user("Name three fruits."), user("Write a haiku about rain."), user("What is 2 + 2?")]
-    assert backend.generate(convs, GREEDY) == backend.generate(convs, GREEDY)
+def test_seeded_sampling_is_refused_on_cpu(backend):
+    convs = [user("Name three fruits."), user("Write a haiku about rain.")]
     seeded = SamplingParams(temperature=1.0, top_p=0.95, max_tokens=8, seed=7)
     with pytest.raises(BackendError, match="seed is not supported by vLLM on CPU"):
         backend.generate(convs, seeded)
@@ -142,7 +140,9 @@ def test_overlong_prompt_fails_alone(backend):
     bad = results[1]
     assert not bad.ok and bad.text == "" and bad.finish_reason == "error"
     assert bad.error.startswith("prompt has ") and bad.error.endswith("tokens, max_model_len is 1024")
-    assert results[0] == backend.generate([convs[0]], GREEDY)[0]
+    tokenizer = backend.engine.get_tokenizer()
+    assert [results[0].prompt_tokens, results[2].prompt_tokens] == [chat_prompt_tokens(tokenizer, convs[0]),
+                                                                    chat_prompt_tokens(tokenizer, convs[2])]
 
 
 @pytest.mark.vllm
@@ -157,21 +157,26 @@ def test_engine_is_built_once_and_shared(backend, model_dir):
 
 
 @pytest.mark.vllm
-def test_calls_from_threads_are_serialised(backend):
-    convs = [user("Count to three."), user("Name a colour.")]
+def test_calls_from_threads_each_get_their_own_answers(backend):
+    """Two threads share the engine: each call gets back its own prompts' answers, in order (told apart by their
+    prompt token counts, not by text, which depends on what else the engine ran)."""
     short = SamplingParams(temperature=0.0, max_tokens=8)
-    expected = backend.generate(convs, short)
+    tokenizer = backend.engine.get_tokenizer()
+    calls = {k: [user(f"Count to {k + 3}." + " Please." * (2 * k + j)) for j in range(3)] for k in range(2)}
+    expected = {k: [chat_prompt_tokens(tokenizer, c) for c in convs] for k, convs in calls.items()}
+    assert len({n for counts in expected.values() for n in counts}) == 6
     out: dict[int, list] = {}
 
     def work(k: int) -> None:
-        out[k] = backend.generate(convs, short)
+        out[k] = backend.generate(calls[k], short)
 
-    threads = [threading.Thread(target=work, args=(k,)) for k in range(2)]
+    threads = [threading.Thread(target=work, args=(k,)) for k in calls]
     for t in threads:
         t.start()
     for t in threads:
-        t.join(timeout=300)
-    assert out == {0: expected, 1: expected}
+        t.join()
+    assert {k: [r.prompt_tokens for r in results] for k, results in out.items()} == expected
+    assert all(r.ok and 1 <= r.completion_tokens <= 8 for results in out.values() for r in results)
 
 
 # ---- forced choices and prefilled turns on the real engine ----------------------------------------------------
