@@ -142,33 +142,16 @@ def model_dir(tmp_path_factory):
 @pytest.fixture(scope="session")
 def prefect_server(tmp_path_factory):
     """A real Prefect server (SQLite) on 127.0.0.1, as a user would start it; yields its API URL."""
-    import httpx
+    from tests.services import prefect_server as start_prefect_server
 
     port = free_port()
     home = tmp_path_factory.mktemp("prefect-home")
     env = {**os.environ, "PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
            "PREFECT_API_URL": ""}
     prefect = os.path.join(os.path.dirname(sys.executable), "prefect")
-    proc = subprocess.Popen([prefect, "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}/api"
-    try:
-        deadline = time.time() + 120
-        while True:
-            try:
-                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if proc.poll() is not None:
-                raise RuntimeError("prefect server exited")
-            if time.time() > deadline:
-                raise TimeoutError("prefect server did not answer in 120 s")
-            time.sleep(0.5)
+    with start_prefect_server([prefect, "server", "start", "--host", "127.0.0.1", "--port", str(port)], env,
+                              f"http://127.0.0.1:{port}/api", home / "server.log") as url:
         yield url
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
 
 
 # A test that uses one of these fixtures is marked by it, so `-m "not vllm and not s3 and not server"` (the

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -23,17 +22,12 @@ from storage import resolve
 from tasks.core.config import parse_run_config
 from tasks.evolve import stage_runtime_builds
 from tasks.recovery import flow_run_tree, unfinished_task_runs
+from tests.conftest import free_port
 from tests.worker_support import shards_done  # importing it registers slow-demo here too (the embedded reference)
 
 pytestmark = pytest.mark.server
 ROOT = Path(__file__).resolve().parents[1]
 EXPORTS = ("parquet", "alpaca", "messages")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class LocalCluster:
