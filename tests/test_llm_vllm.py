@@ -162,7 +162,7 @@ def test_calls_from_threads_each_get_their_own_answers(backend):
     prompt token counts, not by text, which depends on what else the engine ran)."""
     short = SamplingParams(temperature=0.0, max_tokens=8)
     tokenizer = backend.engine.get_tokenizer()
-    calls = {k: [user(f"Count to {k + 3}." + " Please." * (2 * k + j)) for j in range(3)] for k in range(2)}
+    calls = {k: [user(f"Count to {k + 3}." + " Please." * (3 * k + j)) for j in range(3)] for k in range(2)}
     expected = {k: [chat_prompt_tokens(tokenizer, c) for c in convs] for k, convs in calls.items()}
     assert len({n for counts in expected.values() for n in counts}) == 6
     out: dict[int, list] = {}
