@@ -81,7 +81,7 @@ def ingest(
 ) -> None:
     """Read seed instructions into Parquet shards; bad rows are quarantined with their reason. When no row is
     accepted or too many are rejected, no seed shard is kept (the quarantined rows are, to read why)."""
-    from tasks.ingest import IngestError, check_ingest_summary, discard_seed_shards, ingest_seeds
+    from tasks.ingest.seeds import IngestError, check_ingest_summary, discard_seed_shards, ingest_seeds
 
     DEBUG["on"] = DEBUG["on"] or debug
     header = {"auto": "auto", "yes": True, "true": True, "no": False, "false": False}.get(csv_header.lower())
@@ -178,7 +178,7 @@ def runs_command(
     output_root: str = typer.Argument("runs", help="Where runs are written (a config's output_root)"),
 ) -> None:
     """List the runs under an output root: status, rounds done, rows, started."""
-    from tasks.run_index import list_runs
+    from tasks.reporting.run_index import list_runs
 
     try:
         runs = list_runs(output_root)
@@ -202,7 +202,7 @@ def show_command(
 ) -> None:
     """Print a run's dataset card (its export/README.md)."""
     from storage.uri import join_uri
-    from tasks.run_index import run_card
+    from tasks.reporting.run_index import run_card
 
     uri = run_name if ("/" in run_name or "://" in run_name) else join_uri(output_root, run_name)
     try:

@@ -12,7 +12,7 @@ console = Console(stderr=True)
 def worker_command(scheduler: str, name: str | None, cpus: str | None, gpu: str | None, preload: list[str],
                    warm: str | None, nanny: bool) -> None:
     from flows.cli import fail
-    from tasks.worker import worker_plan
+    from tasks.runtime.worker import worker_plan
 
     try:
         plan = worker_plan(scheduler, name, cpus, gpu, preload, warm, nanny)

@@ -28,16 +28,17 @@ from flows.train import train
 from storage import ShardRef, StageMismatch, total_rows
 from storage.lease import RunLease, is_stale
 from storage.shards import sweep_temp_files, write_file_atomic
-from tasks.cancel import CancelWatcher, cancel_and_exit
-from tasks.context import RunContext, build_context, run_layout
 from tasks.core.config import RunConfig
-from tasks.engine import engine_labels, needs_engine_start, start_engines_task
-from tasks.estimate import engine_time_line
-from tasks.evolve import ShardSummary, evolve_shard_task, reset_stage_runtimes
-from tasks.export import ExportSummary, export_final_task
-from tasks.ingest import IngestSummary, ingest_run_seeds_task
-from tasks.mix import MixSummary, mix_final_task
-from tasks.monitor import (
+from tasks.core.context import RunContext, run_layout
+from tasks.core.summaries import ExportSummary, IngestSummary, MixSummary, RoundSummary, ShardSummary, engine_time_line
+from tasks.evolve.shard import evolve_shard_task, reset_stage_runtimes
+from tasks.export.card import instruction_length_by_round
+from tasks.export.files import export_final_task
+from tasks.export.plots import plots_markdown
+from tasks.ingest.seeds import ingest_run_seeds_task
+from tasks.mix.final import mix_final_task
+from tasks.planning.plan import run_estimate
+from tasks.reporting.monitor import (
     RoundProgress,
     artifact_key,
     flow_run_name_for,
@@ -47,13 +48,14 @@ from tasks.monitor import (
     run_name_of,
     shard_log_line,
 )
-from tasks.plan import run_estimate
-from tasks.plots import plots_markdown
-from tasks.recovery import crash_dead_flow_run, crash_lost_task_runs
-from tasks.report import final_markdown, instruction_length_by_round, round_table
-from tasks.round import RoundSummary, finish_round_task
-from tasks.samples import round_samples
-from tasks.trigger import TriggerResult, trigger_training
+from tasks.reporting.report import final_markdown, round_table
+from tasks.reporting.samples import round_samples
+from tasks.round.finish import finish_round_task
+from tasks.runtime.cancel import CancelWatcher, cancel_and_exit
+from tasks.runtime.engine import engine_labels, needs_engine_start, start_engines_task
+from tasks.runtime.recovery import crash_dead_flow_run, crash_lost_task_runs
+from tasks.runtime.resolve import build_context
+from tasks.runtime.trigger import TriggerResult, trigger_training
 
 
 class RoundFailed(RuntimeError):

@@ -12,7 +12,7 @@ from itertools import groupby
 from typing import Any
 
 from tasks.llm.base import BackendError
-from tasks.runlog import ENGINE_LOG_ENV, engine_output_to_log
+from tasks.reporting.runlog import ENGINE_LOG_ENV, engine_output_to_log
 
 logger = logging.getLogger(__name__)
 
