@@ -3,24 +3,17 @@
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
-from typing import Any, NoReturn
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
+from flows.cli_common import DEBUG, console, fail
 from flows.cli_models import models_app
 
 app = typer.Typer(help="Evol-Instruct data pipeline: evolve, eliminate, deduplicate, export, train.",
                   no_args_is_help=True, pretty_exceptions_enable=False)
 app.add_typer(models_app, name="models")
-console = Console()
-err_console = Console(stderr=True)
-
-
-DEBUG = {"on": False}
 
 
 @app.callback()
@@ -31,27 +24,6 @@ def main(debug: bool = typer.Option(False, "--debug", help="Show the traceback b
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     # The ephemeral API starts a local server; on a busy 2-core machine that can take over 20 s.
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
-
-
-def run_line(config: Any) -> str:
-    """``N round(s), BACKEND backend, model MODEL``: what `evol run` and `evol plan` say of a run first."""
-    rounds = f"{config.rounds} round" + ("" if config.rounds == 1 else "s")
-    return f"{rounds}, {config.llm.backend} backend, model {config.llm.model}"
-
-
-def fail(message: str) -> NoReturn:
-    """Print ``error: <message>`` (one line per line of the message) and exit 2; ``--debug`` adds the traceback."""
-    if DEBUG["on"] and sys.exc_info()[0] is not None:
-        err_console.print_exception()
-    for line in str(message).splitlines() or [""]:
-        err_console.print(f"[bold red]error:[/] {line}", soft_wrap=True, markup=True, highlight=False)
-    raise typer.Exit(code=2)
-
-
-def fail_on_problems(problems: list) -> None:
-    """Exit 2 with one ``error: <file>: <key>: <what>`` line per problem, if there are any."""
-    if problems:
-        fail("\n".join(str(p) for p in problems))
 
 
 def _parse_map(pairs: list[str]) -> dict[str, str]:

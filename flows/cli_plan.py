@@ -9,7 +9,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from tasks.reporting.runlog import RunLog
+from tasks.core.runlog import RunLog
 
 console = Console()
 
@@ -24,7 +24,7 @@ def _measure_log() -> RunLog:
 
 
 def plan_command(config_path: Path, sets: list[str], recompute: list[str], measure: int) -> None:
-    from flows.cli import fail, fail_on_problems, run_line
+    from flows.cli_common import fail, fail_on_problems, run_line
     from flows.cli_models import prepare_for_config
     from tasks.core.config import ConfigError, load_run_config
     from tasks.core.context import check_recompute

@@ -52,7 +52,7 @@ def run_command(config_path: Path, rounds: int | None, output_root: str | None, 
                 sets: list[str] | None = None) -> None:
     """Load the config, run the flow (a private local Prefect API unless PREFECT_API_URL is set), print the
     outputs."""
-    from flows.cli import fail
+    from flows.cli_common import fail
     from storage.lease import RunLease, is_stale
     from tasks.core.config import ConfigError, load_run_config
     from tasks.core.context import check_recompute, run_layout
@@ -64,7 +64,7 @@ def run_command(config_path: Path, rounds: int | None, output_root: str | None, 
     except (ConfigError, ValueError) as err:
         fail(str(err))
     # Plan-time validation: a config that can't run fails here, before Prefect starts or a run folder exists.
-    from flows.cli import fail_on_problems
+    from flows.cli_common import fail_on_problems
     from tasks.planning.validate import check_cluster, check_prefect_api, validate_run
     fail_on_problems(validate_run(config, str(config_path)) + check_prefect_api() + check_cluster(config))
 
@@ -74,7 +74,7 @@ def run_command(config_path: Path, rounds: int | None, output_root: str | None, 
         fail(f"run folder {layout.run_uri} is in use by {held.get('purpose')} (pid {held.get('pid')} on "
              f"{held.get('host')}, since {held.get('started')}); wait for it, or pass --take-over if it is dead")
     api = os.environ.get("PREFECT_API_URL")
-    from flows.cli import run_line
+    from flows.cli_common import run_line
     console.print(f"run [bold]{layout.run_id}[/] ({run_line(config)}) on {api or 'a local Prefect API for this run'}",
                   soft_wrap=True, highlight=False)
     from flows.cli_models import prepare_for_config
@@ -111,9 +111,9 @@ def run_command(config_path: Path, rounds: int | None, output_root: str | None, 
 
 def _run_flow(config: Any, layout: Any, show_progress: bool, recompute: list[str] | None, take_over: bool,
               verbose: bool = False) -> Any:
-    from flows.cli import fail
+    from flows.cli_common import fail
     from flows.evol_instruct import evol_instruct
-    from tasks.reporting.runlog import RunLog
+    from tasks.core.runlog import RunLog
 
     run_log = RunLog.for_run(layout.run_uri)
     run_log.start(verbose)

@@ -11,7 +11,7 @@ console = Console(stderr=True)
 
 def worker_command(scheduler: str, name: str | None, cpus: str | None, gpu: str | None, preload: list[str],
                    warm: str | None, nanny: bool) -> None:
-    from flows.cli import fail
+    from flows.cli_common import fail
     from tasks.runtime.worker import worker_plan
 
     try:
