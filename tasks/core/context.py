@@ -1,5 +1,5 @@
 """What a run resolves to, once: its folder, the prompt pack's template shas, the model's identity, the seeds'
-content hash, and the content key of each stage.
+content hash, and the stage key of each stage (``stage_key``).
 
 A stage's key is the hash of exactly what it depends on, so a rerun recomputes a stage only when one of
 those changed (and everything downstream, through the shas of its outputs):

@@ -10,13 +10,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from prefect import task
 from prefect.logging import get_logger
-from prefect.states import Completed
 
 from prompts import PromptPack, PromptPackError, load_pack
 from storage import ShardCorrupt, ShardRef, StorageSettings, read_shard, write_shard
 from storage.schema import count_values, records_table
 from storage.shards import read_marker
 from tasks.core.context import EvolveSpec
+from tasks.core.stage import Stage, state
 from tasks.core.summaries import ShardSummary
 from tasks.evolve.drive import drive_batch, drive_streaming
 from tasks.evolve.steps import ShardPlan
@@ -61,28 +61,27 @@ def evolve_shard(
     return summarize(round_index, pool.uri, ShardRef.of(marker), table, time.perf_counter() - started)
 
 
+def shard_counts(candidates: ShardRef, table: pa.Table) -> dict[str, Any]:
+    """What a shard summary counts from its candidates shard's columns."""
+    passed = pc.equal(table["status"], "evolved")
+    return {"candidates": candidates, "pool_in": table.num_rows, "passed": pc.sum(passed).as_py() or 0,
+            "rejected": count_values(table["reject_reason"]),
+            "operations": count_values(table["operation"].filter(passed)),
+            "prompt_tokens": pc.sum(table["prompt_tokens"]).as_py() or 0,
+            "completion_tokens": pc.sum(table["completion_tokens"]).as_py() or 0}
+
+
 def summarize(round_index: int, pool_uri: str, candidates: ShardRef, table: pa.Table,
               seconds: float, reused: bool = False) -> ShardSummary:
     """The summary of a candidates shard, counted from its columns."""
-    passed = pc.equal(table["status"], "evolved")
-    return ShardSummary(
-        round=round_index,
-        pool_uri=pool_uri,
-        candidates=candidates,
-        pool_in=table.num_rows,
-        passed=pc.sum(passed).as_py() or 0,
-        rejected=count_values(table["reject_reason"]),
-        operations=count_values(table["operation"].filter(passed)),
-        prompt_tokens=pc.sum(table["prompt_tokens"]).as_py() or 0,
-        completion_tokens=pc.sum(table["completion_tokens"]).as_py() or 0,
-        seconds=round(seconds, 3),
-        reused=reused,
-    )
+    return ShardSummary(round=round_index, pool_uri=pool_uri, seconds=round(seconds, 3), reused=reused,
+                        **shard_counts(candidates, table))
 
 
-def reusable_candidates(candidates_uri: str, key: str, settings: StorageSettings | None = None) -> tuple[
-        ShardRef, pa.Table] | None:
-    """The committed candidates shard written under ``key``, if it still verifies; None means compute it."""
+def read_candidates(candidates_uri: str, key: str, settings: StorageSettings | None = None,
+                    problems: list[str] | None = None) -> dict[str, Any] | None:
+    """The committed candidates shard written under ``key`` as a record, if it still verifies (its ``.done``
+    marker is the shard's stage marker); None means compute it."""
     try:
         marker = read_marker(candidates_uri, settings)
     except ShardCorrupt:
@@ -90,11 +89,15 @@ def reusable_candidates(candidates_uri: str, key: str, settings: StorageSettings
     if marker.get("key") != key:
         return None
     try:
-        return ShardRef.of(marker), read_shard(candidates_uri, settings, expected=marker)
+        table = read_shard(candidates_uri, settings, expected=marker)
     except ShardCorrupt as err:
-        logger = get_logger(__name__)
-        logger.warning("%s", err)
+        get_logger(__name__).warning("%s", err)
         return None
+    return {"summary": {**shard_counts(ShardRef.of(marker), table), "seconds": 0.0}}
+
+
+EVOLVE_SHARD = Stage("evolve", ShardSummary, lambda layout, k, i: layout.shard(k, "candidates", i),
+                     read=read_candidates)
 
 
 _RUNTIMES: dict[str, tuple[PromptPack, StageBackends]] = {}  # by the spec, the run's template shas included
@@ -151,11 +154,8 @@ def evolve_shard_task(pool: ShardRef, candidates_uri: str, round_index: int, sha
                       spec: EvolveSpec, key: str, force: bool = False) -> ShardSummary:
     """Evolve one pool shard; a candidates shard already committed under the same key is reused (state
     ``Reused`` in the UI), so the storage marker is the only record of what is done."""
-    if not force:
-        found = reusable_candidates(candidates_uri, key)
-        if found is not None:
-            ref, table = found
-            return Completed(data=summarize(round_index, pool.uri, ref, table, 0.0, reused=True),
-                             name="Reused", message=f"{candidates_uri} was committed under the same key")
+    found = None if force else EVOLVE_SHARD.done(candidates_uri, key, round=round_index, pool_uri=pool.uri)
+    if found is not None:
+        return state(found, f"{candidates_uri} was committed under the same key")
     pack, backend = stage_runtime(spec)
     return evolve_shard(pool, candidates_uri, round_index, spec, backend, pack, key=key)

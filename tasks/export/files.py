@@ -10,12 +10,12 @@ import json
 import pyarrow as pa
 import pyarrow.parquet as pq
 from prefect import task
-from prefect.states import Completed
 
 from storage import RunLayout, StorageSettings, read_shard, resolve
 from storage.shards import write_file_atomic
 from tasks.core.config import RunConfig
 from tasks.core.context import stage_key
+from tasks.core.stage import Stage, state
 from tasks.core.summaries import Estimate, ExportSummary, MixSummary, RoundSummary
 from tasks.core.text import parent_text
 from tasks.export.card import dataset_card
@@ -64,15 +64,13 @@ def export_final(layout: RunLayout, config: RunConfig, data_key: str,
                  lengths: dict[str, float] | None = None) -> ExportSummary:
     """Write every export under ``{run}/export/`` (the plots under ``export/plots/``), then ``_export.json``;
     reused when the final shard and the card are what the last export was made from and every file still has
-    its recorded SHA-256. ``lengths``: mean instruction length by round (``tasks.report``), for the card and
+    its recorded SHA-256. ``lengths``: mean instruction length by round (``tasks.export.card``), for the card and
     its plot."""
     card = dataset_card(config, data_key, template_shas, rounds, mix, estimate, lengths).encode()
     key = export_key(mix, card)
-    marker_uri = layout.file("export", "_export.json")
-    if not force:
-        reused = reusable_export(marker_uri, key, settings)
-        if reused is not None:
-            return reused
+    found = None if force else EXPORT.done(layout.export_marker(), key, settings)
+    if found is not None:
+        return found
     table = export_table(mix.final_uri, mix.final_sha256, settings)
     payloads = {
         "parquet": ("data.parquet", to_parquet_bytes(table)),
@@ -87,11 +85,14 @@ def export_final(layout: RunLayout, config: RunConfig, data_key: str,
         hashes[kind] = write_file_atomic(uri, data, settings)
         files[kind] = uri
     summary = ExportSummary(rows=table.num_rows, files=files, sha256=hashes)
-    write_file_atomic(marker_uri, json.dumps({"key": key, "summary": summary.model_dump()}).encode(), settings)
+    record = {"key": key, "summary": summary.model_dump()}
+    write_file_atomic(layout.export_marker(), json.dumps(record).encode(), settings)
     return summary
 
 
-def reusable_export(marker_uri: str, key: str, settings: StorageSettings | None) -> ExportSummary | None:
+def read_export(marker_uri: str, key: str, settings: StorageSettings | None = None,
+                problems: list[str] | None = None) -> dict | None:
+    """The export marker written under ``key``, when every file it names still has its recorded SHA-256."""
     fs, path = resolve(marker_uri, settings)
     try:
         record = json.loads(fs.cat_file(path))
@@ -99,15 +100,18 @@ def reusable_export(marker_uri: str, key: str, settings: StorageSettings | None)
         return None
     if record.get("key") != key:
         return None
-    summary = ExportSummary.model_validate(record["summary"])
-    for kind, uri in summary.files.items():
+    summary = record["summary"]
+    for kind, uri in summary["files"].items():
         file_fs, file_path = resolve(uri, settings)
         try:
-            if hashlib.sha256(file_fs.cat_file(file_path)).hexdigest() != summary.sha256[kind]:
+            if hashlib.sha256(file_fs.cat_file(file_path)).hexdigest() != summary["sha256"][kind]:
                 return None
         except FileNotFoundError:
             return None
-    return summary.model_copy(update={"reused": True})
+    return record
+
+
+EXPORT = Stage("export", ExportSummary, RunLayout.export_marker, read=read_export)
 
 
 @task(name="export", retries=1, retry_delay_seconds=5)
@@ -116,6 +120,5 @@ def export_final_task(layout: RunLayout, config: RunConfig, data_key: str,
                       force: bool = False, estimate: Estimate | None = None,
                       lengths: dict[str, float] | None = None) -> ExportSummary:
     """Write the exports of the final data and the card's plots (or reuse them)."""
-    summary = export_final(layout, config, data_key, template_shas, rounds, mix, force, estimate=estimate,
-                           lengths=lengths)
-    return Completed(data=summary, name="Reused") if summary.reused else summary
+    return state(export_final(layout, config, data_key, template_shas, rounds, mix, force, estimate=estimate,
+                              lengths=lengths))

@@ -11,13 +11,13 @@ import duckdb
 import numpy as np
 import pyarrow as pa
 from prefect import task
-from prefect.states import Completed
 
 from storage import RunLayout, StorageSettings, join_uri, resolve
 from storage.schema import REJECTED_INPUT_SCHEMA, records_table
 from storage.shards import MARKER_SUFFIX, read_marker, remove_shards_except, shard_name, write_shard
-from storage.stages import ShardRef, StageMismatch, read_stage, total_rows, write_stage
+from storage.stages import ShardRef, StageMismatch, total_rows, write_stage
 from tasks.core.config import RunConfig
+from tasks.core.stage import Stage, state
 from tasks.core.summaries import IngestSummary
 from tasks.ingest.fast import SeedShardWriter, SeenIds, fast_extract, meta_column, with_ids
 from tasks.ingest.fields import Rejection, dumps, extract_fields, field_map_problems, lookup
@@ -172,16 +172,17 @@ def discard_seed_shards(summary: IngestSummary, settings: StorageSettings | None
                 fs.rm_file(name)
 
 
+INGEST = Stage("ingest", IngestSummary, RunLayout.ingest_marker)
+
+
 def ingest_run_seeds(config: RunConfig, layout: RunLayout, key: str, force: bool = False,
                      settings: StorageSettings | None = None) -> IngestSummary:
     """Round 0 of a run: the seed shards. Reused when ``_ingest.json`` was written under ``key`` (the seed
     file's content, field map, ingest settings, shard size, reader) and every shard it names still verifies.
     Too few accepted rows stop the run either way (EmptySeedsError)."""
-    marker_uri = layout.file("round=0", "_ingest.json")
     problems: list[str] = []
-    record = None if force else read_stage(marker_uri, key, settings, problems)
-    if record is not None:
-        summary = IngestSummary.model_validate({**record["summary"], "reused": True})
+    summary = None if force else INGEST.done(layout.ingest_marker(), key, settings, problems)
+    if summary is not None:
         return check_ingest_summary(summary, config.ingest.max_rejected_share)
     pool_dir, rejected_dir = layout.stage_dir(0, "pool"), layout.stage_dir(0, "rejected_input")
     summary = ingest_seeds(config.seeds, pool_dir, rejected_dir, config.shard_size, config.field_map, settings,
@@ -193,7 +194,8 @@ def ingest_run_seeds(config: RunConfig, layout: RunLayout, key: str, force: bool
     remove_shards_except(pool_dir, summary.shards, settings)
     remove_shards_except(rejected_dir, [r.uri for r in rejected], settings)
     summary = summary.model_copy(update={"refs": refs, "problems": problems})
-    write_stage(marker_uri, key, summary.model_dump(mode="json"), {"pool": refs, "rejected": rejected}, settings)
+    outputs = {"pool": refs, "rejected": rejected}
+    write_stage(layout.ingest_marker(), key, summary.model_dump(mode="json"), outputs, settings)
     return check_ingest_summary(summary, config.ingest.max_rejected_share)
 
 
@@ -205,5 +207,4 @@ def _retry_unless_bad_input(task: Any, task_run: Any, state: Any) -> bool:
 @task(name="ingest-seeds", retries=2, retry_delay_seconds=5, retry_condition_fn=_retry_unless_bad_input)
 def ingest_run_seeds_task(config: RunConfig, layout: RunLayout, key: str, force: bool = False) -> IngestSummary:
     """Ingest the run's seed file into round 0 (or reuse it)."""
-    summary = ingest_run_seeds(config, layout, key, force)
-    return Completed(data=summary, name="Reused") if summary.reused else summary
+    return state(ingest_run_seeds(config, layout, key, force))

@@ -6,7 +6,6 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 from prefect import task
-from prefect.states import Completed
 
 from storage import (
     RunLayout,
@@ -14,13 +13,13 @@ from storage import (
     StageMismatch,
     StorageSettings,
     read_shard,
-    read_stage,
     total_rows,
     write_shard,
     write_stage,
 )
 from storage.schema import RECORD_SCHEMA, count_values
 from tasks.core.config import RunConfig
+from tasks.core.stage import Stage, state
 from tasks.core.summaries import MixSummary
 from tasks.mix.near_dedup import find_near_duplicates
 
@@ -30,16 +29,18 @@ def _with_reason(table: pa.Table, reason: str) -> pa.Table:
                             pa.array([reason] * table.num_rows, pa.string()))
 
 
+MIX = Stage("mix", MixSummary, RunLayout.mix_marker)
+
+
 def mix_final(layout: RunLayout, config: RunConfig, inputs: list[ShardRef], key: str, force: bool = False,
               settings: StorageSettings | None = None) -> MixSummary:
     """Build and commit ``final/`` (the training data) and ``final_dropped/`` (with reasons) from ``inputs``.
 
     Reused when ``final/_mix.json`` was written under ``key`` and both shards still verify.
     """
-    marker_uri = layout.file("final", "_mix.json")
-    record = None if force else read_stage(marker_uri, key, settings)
-    if record is not None:
-        return MixSummary.model_validate({**record["summary"], "reused": True})
+    found = None if force else MIX.done(layout.mix_marker(), key, settings)
+    if found is not None:
+        return found
     # the input shards (seeds first, then each round's evolved rows), each checked against its ref
     tables = [read_shard(ref.uri, settings, expected=ref.model_dump()) for ref in inputs]
     table = pa.concat_tables(tables) if tables else RECORD_SCHEMA.empty_table()
@@ -85,8 +86,8 @@ def mix_final(layout: RunLayout, config: RunConfig, inputs: list[ShardRef], key:
         by_operation=count_values(table["operation"]),
         final_uri=final_uri, dropped_uri=dropped_uri, final_sha256=final_ref.sha256,
     )
-    write_stage(marker_uri, key, summary.model_dump(mode="json"), {"final": [final_ref], "dropped": [dropped_ref]},
-                settings)
+    outputs = {"final": [final_ref], "dropped": [dropped_ref]}
+    write_stage(layout.mix_marker(), key, summary.model_dump(mode="json"), outputs, settings)
     return summary
 
 
@@ -94,5 +95,4 @@ def mix_final(layout: RunLayout, config: RunConfig, inputs: list[ShardRef], key:
 def mix_final_task(layout: RunLayout, config: RunConfig, inputs: list[ShardRef], key: str,
                    force: bool = False) -> MixSummary:
     """Mix the seeds and every round's survivors into the final data (or reuse it)."""
-    summary = mix_final(layout, config, inputs, key, force)
-    return Completed(data=summary, name="Reused") if summary.reused else summary
+    return state(mix_final(layout, config, inputs, key, force))

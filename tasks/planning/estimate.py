@@ -16,7 +16,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from prompts import load_pack
-from storage import ShardRef, duck_connect, list_committed_shards, read_parquet_sql, resolve
+from storage import RunLayout, ShardRef, duck_connect, list_committed_shards, read_parquet_sql, resolve
 from storage.schema import records_table
 from tasks.core.config import EnvSettings, LLMConfig, RunConfig
 from tasks.core.context import RunContext
@@ -149,7 +149,8 @@ def previous_figures(ctx: RunContext, counter: WordCounter) -> Figures | None:
         rounds = [p.rstrip("/").rsplit("/", 1)[-1] for p in fs.glob(f"{root}/{name}/round=*")]
         files = [u for r in rounds for u in list_committed_shards(f"{run_uri}/{r}/candidates")]
         if files:
-            done = [json.loads(fs.cat_file(p))["summary"] for p in fs.glob(f"{root}/{name}/round=*/_round.json")]
+            markers = fs.glob(resolve(RunLayout(ctx.config.output_root, name).round_marker("*"))[1])
+            done = [json.loads(fs.cat_file(p))["summary"] for p in markers]
             return candidate_figures(duck_connect(*files), read_parquet_sql(files), counter,
                                      f"previous run {name} ({{rows}} candidates)", sum(s["wall_seconds"] for s in done),
                                      sum(s["completion_tokens"] for s in done), f"previous run {name}'s rounds")

@@ -10,16 +10,18 @@ import tempfile
 
 from pydantic import BaseModel
 
-from storage import RunLayout, ShardRef, read_stage, resolve, stage_refs
+from storage import RunLayout, ShardRef, read_stage, resolve
 from storage.shards import committed_marker, write_file_atomic
 from tasks.core.config import RunConfig
 from tasks.core.context import RunContext, stage_key
-from tasks.core.summaries import Estimate, MixSummary, RoundSummary
+from tasks.core.summaries import Estimate
 from tasks.export.card import dataset_card, instruction_length_by_round
-from tasks.export.files import export_key, reusable_export
+from tasks.export.files import export_key
+from tasks.ingest.seeds import ingest_run_seeds
 from tasks.planning.estimate import make_estimate
 from tasks.round.finish import round_key
 from tasks.runtime.resolve import build_context
+from tasks.runtime.stages import EVOLVE_SHARD, EXPORT, INGEST, MIX, ROUND, mix_inputs, round_references
 
 ESTIMATE_FILE = "estimate.json"
 
@@ -52,35 +54,33 @@ def plan_stages(ctx: RunContext, seeds: list[ShardRef], estimate: Estimate | Non
     """Rounds, mix and export with the run's keys, from the seed shards (committed or ingested now) on;
     ``estimate`` is the one recorded in the run folder for this work (None: the run makes a new one)."""
     config, layout = ctx.config, ctx.layout
-    stages, pool, evolved, summaries, upstream = [], seeds, [], [], ""
+    stages, pool, rounds, upstream = [], seeds, [], ""
     for k in range(1, config.rounds + 1):
-        name, marker = f"round={k}", layout.file(f"round={k}", "_round.json")
+        name, marker = f"round={k}", ROUND.marker(layout, k)
         markers = [] if upstream or ctx.forced(name) else [committed_marker(
-            layout.shard(k, "candidates", i), ctx.evolve_shard_key(ref.sha256, k)) for i, ref in enumerate(pool)]
+            EVOLVE_SHARD.marker(layout, k, i), ctx.evolve_shard_key(ref.sha256, k)) for i, ref in enumerate(pool)]
         done = [ShardRef.of(m) for m in markers if m is not None]
-        references = seeds + evolved + (pool if k > 1 else [])  # as the flow hands them to the round
-        record = None if upstream or len(done) < len(pool) else read_stage(marker, round_key(done, pool, references))
-        stages.append(StagePlan(stage=f"round {k}", reused=record is not None, shards=len(pool),
-                                shards_reused=len(done), why="" if record else _why(ctx, name, marker, upstream)))
-        if record is None:
+        key = round_key(done, pool, round_references(seeds, rounds, pool))
+        summary = None if upstream or len(done) < len(pool) else ROUND.done(marker, key)
+        stages.append(StagePlan(stage=f"round {k}", reused=summary is not None, shards=len(pool),
+                                shards_reused=len(done), why="" if summary else _why(ctx, name, marker, upstream)))
+        if summary is None:
             upstream = upstream or f"round {k}"
             continue
-        summaries.append(RoundSummary.model_validate(record["summary"]))
-        pool, evolved = stage_refs(record, "pool"), evolved + stage_refs(record, "evolved")
-    mix_marker, export_marker = layout.file("final", "_mix.json"), layout.file("export", "_export.json")
-    data_key = ctx.mix_key([r.sha256 for r in (seeds if config.mix.include_seeds else []) + evolved])
-    mix = None if upstream or ctx.forced("mix") else read_stage(mix_marker, data_key)
+        rounds.append(summary)
+        pool = summary.pool_out
+    mix_marker, export_marker = MIX.marker(layout), EXPORT.marker(layout)
+    data_key = ctx.mix_key([r.sha256 for r in mix_inputs(config, seeds, rounds)])
+    mix = None if upstream or ctx.forced("mix") else MIX.done(mix_marker, data_key)
     if mix is None:
         return stages + [StagePlan(stage="mix", reused=False, why=_why(ctx, "mix", mix_marker, upstream)),
                          StagePlan(stage="export", reused=False, why=f"after {upstream or 'mix'}")]
     stages.append(StagePlan(stage="mix", reused=True))
     if estimate is None:
         return stages + [StagePlan(stage="export", reused=False, why="the card gets a new estimate")]
-    summary = MixSummary.model_validate(mix["summary"])
-    card = dataset_card(config, data_key, ctx.template_shas, summaries, summary, estimate,
-                        instruction_length_by_round(seeds, summaries))
-    reused = not ctx.forced("export") and reusable_export(export_marker, export_key(summary, card.encode()),
-                                                          None) is not None
+    card = dataset_card(config, data_key, ctx.template_shas, rounds, mix, estimate,
+                        instruction_length_by_round(seeds, rounds))
+    reused = not ctx.forced("export") and EXPORT.done(export_marker, export_key(mix, card.encode())) is not None
     return stages + [StagePlan(stage="export", reused=reused, why="" if reused else _why(ctx, "export", export_marker))]
 
 
@@ -109,19 +109,14 @@ def run_estimate(ctx: RunContext, refs: list[ShardRef], accepted: int) -> Estima
 def make_plan(config: RunConfig, recompute: tuple[str, ...] = (), measure: int = 0) -> RunPlan:
     """The plan of a run of ``config``: stage by stage, and the estimate of what is still to compute (the seed
     shards are the committed ones when ingest is reused, else ingest's own output written to a temporary folder)."""
-    from tasks.ingest.seeds import ingest_run_seeds
-
     ctx = build_context(config, tuple(recompute))
-    marker = ctx.layout.file("round=0", "_ingest.json")
-    record = None if ctx.forced("ingest") else read_stage(marker, ctx.ingest_key)
+    marker = INGEST.marker(ctx.layout)
+    found = None if ctx.forced("ingest") else INGEST.done(marker, ctx.ingest_key)
     with tempfile.TemporaryDirectory(prefix="evol-plan-") as workdir:
-        if record is None:
-            summary = ingest_run_seeds(config, RunLayout(workdir, "plan"), ctx.ingest_key, True)
-            refs, accepted = summary.refs, summary.accepted
-        else:
-            refs, accepted = stage_refs(record, "pool"), record["summary"]["accepted"]
-        ingest = StagePlan(stage="ingest", reused=record is not None, shards=len(refs),
-                           shards_reused=len(refs) if record else 0, why="" if record else _why(ctx, "ingest", marker))
+        summary = found or ingest_run_seeds(config, RunLayout(workdir, "plan"), ctx.ingest_key, True)
+        refs, accepted = summary.refs, summary.accepted
+        ingest = StagePlan(stage="ingest", reused=found is not None, shards=len(refs),
+                           shards_reused=len(refs) if found else 0, why="" if found else _why(ctx, "ingest", marker))
         estimate = make_estimate(ctx, refs, accepted, measure)
         stages = [ingest, *plan_stages(ctx, refs, stored_estimate(ctx))]
     share = {s.stage: 0.0 if s.reused else 1 - s.shards_reused / max(1, s.shards) for s in stages}

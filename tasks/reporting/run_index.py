@@ -9,7 +9,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from storage import StorageSettings, resolve
+from storage import RunLayout, StorageSettings, resolve
 from storage.lease import LEASE_NAME, is_stale
 from storage.uri import join_uri
 
@@ -41,10 +41,10 @@ def run_info(run_uri: str, settings: StorageSettings | None = None) -> RunInfo |
     if config is None:
         return None
     lease = _json(fs, f"{path}/{LEASE_NAME}")
-    export = _json(fs, f"{path}/export/_export.json")
-    mix = _json(fs, f"{path}/final/_mix.json")
-    rounds_done = sum(1 for p in fs.glob(f"{path}/round=*/_round.json") if not p.rstrip("/").split("/")[-2]
-                      .endswith("=0"))
+    layout = RunLayout(*run_uri.rstrip("/").rsplit("/", 1))
+    export, mix = (_json(fs, resolve(uri, settings)[1]) for uri in (layout.export_marker(), layout.mix_marker()))
+    rounds_done = sum(1 for p in fs.glob(resolve(layout.round_marker("*"), settings)[1])
+                      if not p.rstrip("/").split("/")[-2].endswith("=0"))
     if lease is not None:
         status = "crashed" if is_stale(lease) else "running"
         started = lease.get("started")

@@ -9,7 +9,6 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 from prefect import task
-from prefect.states import Completed
 
 from storage import (
     RunLayout,
@@ -18,7 +17,6 @@ from storage import (
     duck_connect,
     read_parquet_sql,
     read_shard,
-    read_stage,
     verify_shard,
     write_shard,
     write_stage,
@@ -26,6 +24,7 @@ from storage import (
 from storage.schema import count_values
 from storage.shards import remove_shards_except
 from tasks.core.context import stage_key
+from tasks.core.stage import Stage, state
 from tasks.core.summaries import RoundSummary, ShardSummary
 from tasks.round.dedup import find_exact_duplicates
 
@@ -64,6 +63,9 @@ def round_key(candidates: list[ShardRef], pool_in: list[ShardRef], references: l
                        [r.sha256 for r in references])
 
 
+ROUND = Stage("round", RoundSummary, RunLayout.round_marker)
+
+
 def finish_round(
     layout: RunLayout,
     round_index: int,
@@ -80,11 +82,10 @@ def finish_round(
     pool). Reused when ``_round.json`` was written under the same key and its shards still verify.
     """
     key = round_key([s.candidates for s in shard_summaries], pool_in, references)
-    marker_uri = layout.file(f"round={round_index}", "_round.json")
-    record = None if force else read_stage(marker_uri, key, settings)
-    if record is not None:
-        return RoundSummary.model_validate({**record["summary"], "reused": True,
-                                            "shards_reused": sum(1 for s in shard_summaries if s.reused)})
+    shards_reused = sum(1 for s in shard_summaries if s.reused)
+    found = None if force else ROUND.done(layout.round_marker(round_index), key, settings, shards_reused=shards_reused)
+    if found is not None:
+        return found
     candidate_uris = [s.candidates.uri for s in shard_summaries]
     for ref in references:
         verify_shard(ref.uri, settings, expected=ref.model_dump())
@@ -119,12 +120,12 @@ def finish_round(
         completion_tokens=sum(s.completion_tokens for s in shard_summaries),
         wall_seconds=round(time.time() - started, 3),
         shard_seconds=round(sum(s.seconds for s in shard_summaries), 3),
-        shards_reused=sum(1 for s in shard_summaries if s.reused),
+        shards_reused=shards_reused,
         pool_out=outputs["pool"],
         evolved_shards=outputs["evolved"],
         rejected_shards=outputs["rejected"],
     )
-    write_stage(marker_uri, key, result.model_dump(mode="json"), outputs, settings)
+    write_stage(layout.round_marker(round_index), key, result.model_dump(mode="json"), outputs, settings)
     return result
 
 
@@ -160,5 +161,4 @@ def finish_round_task(layout: RunLayout, round_index: int, shard_summaries: list
                       pool_in: list[ShardRef], references: list[ShardRef], started: float,
                       force: bool = False) -> RoundSummary:
     """Finish a round once all its shards are done (or reuse its committed outputs)."""
-    summary = finish_round(layout, round_index, shard_summaries, pool_in, references, started, force)
-    return Completed(data=summary, name="Reused") if summary.reused else summary
+    return state(finish_round(layout, round_index, shard_summaries, pool_in, references, started, force))
