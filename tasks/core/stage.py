@@ -1,12 +1,7 @@
-"""One stage of a run: its name, its marker, reuse, its run and its summary.
-
-Ingest, an evolve shard, a round's finish, mix and export are each a ``Stage``. Each is keyed by the content it
-depends on (``tasks.core.context``); its marker records the key, the summary and the outputs, written after them.
-``done`` reads the marker back: the recorded summary (``reused``) when it was written under the key asked for and
-every output still verifies, else None. ``get`` reuses or runs; a Prefect task returns ``state(summary)``, so a
-reused stage shows as ``Reused``. The flow runs the stages of ``tasks.runtime.stages`` and `evol plan` asks the same
-stages what is done.
-"""
+"""One stage of a run (ingest, an evolve shard, a round's finish, mix, export): its name, its summary, its marker
+(written last, under the stage key), and reuse: ``done`` is the recorded summary when the marker holds the key asked
+for and every output still verifies. The flow runs each stage's task (``state``: ``Reused`` when it was reused);
+`evol plan` asks the same stages (``tasks.runtime.stages``) what is done."""
 
 from __future__ import annotations
 
@@ -20,7 +15,6 @@ from storage import StorageSettings, read_stage
 from tasks.core.summaries import Summary
 
 S = TypeVar("S", bound=Summary)
-Reader = Callable[[str, str, StorageSettings | None, list[str] | None], dict[str, Any] | None]
 
 
 @dataclass(frozen=True)
@@ -28,18 +22,13 @@ class Stage(Generic[S]):
     name: str  # as `--recompute` and `evol plan` name it
     summary: type[S]
     marker: Callable[..., str]  # (layout, *index) -> the marker's URI, a RunLayout method
-    read: Reader = read_stage  # the verified record under a key, or None
+    read: Callable[..., dict[str, Any] | None] = read_stage  # (uri, key, settings, problems) -> record
 
     def done(self, marker_uri: str, key: str, settings: StorageSettings | None = None,
              problems: list[str] | None = None, **update: Any) -> S | None:
         """The summary recorded under ``key`` (``update`` set on it), or None: the stage is to run."""
         record = self.read(marker_uri, key, settings, problems)
         return None if record is None else self.summary.model_validate({**record["summary"], "reused": True, **update})
-
-    def get(self, marker_uri: str, key: str, force: bool, run: Callable[[], S],
-            settings: StorageSettings | None = None, problems: list[str] | None = None, **update: Any) -> S:
-        """The recorded summary, unless ``force`` or there is none: then ``run()``'s."""
-        return (None if force else self.done(marker_uri, key, settings, problems, **update)) or run()
 
 
 def state(summary: S, message: str | None = None) -> S | State:
