@@ -31,6 +31,7 @@ demo: setup
 
 lint: setup
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/lint-imports
 
 # Debian packages the tests use: PostgreSQL for the team-topology test (tests/test_team_topology.py).
 # Installed as root with apt-get; elsewhere the test skips and says why.

@@ -31,8 +31,8 @@ from bench_dedup import sentences  # noqa: E402
 
 from storage import list_committed_shards, read_shard  # noqa: E402
 from storage.shards import read_shard_unverified  # noqa: E402
-from tasks.dedup import find_exact_duplicates  # noqa: E402
-from tasks.ingest import ingest_seeds  # noqa: E402
+from tasks.ingest.seeds import ingest_seeds  # noqa: E402
+from tasks.round.dedup import find_exact_duplicates  # noqa: E402
 
 
 def peak_mb() -> int:
@@ -63,8 +63,8 @@ def finish_round(tmp: str, pool_uris: list[str], reference_uris: list[str]) -> d
 
     from storage import RunLayout, ShardRef, write_shard
     from storage.shards import read_marker
-    from tasks.evolve import summarize
-    from tasks.round import finish_round as finish
+    from tasks.evolve.shard import summarize
+    from tasks.round.finish import finish_round as finish
 
     layout = RunLayout(f"{tmp}/runs", "bench")
     pool = [ShardRef.of(read_marker(u)) for u in pool_uris]

@@ -62,9 +62,9 @@ def one_round(tmp: Path, label: str, rows: int, shard_size: int, model: str, clu
     """Seconds for round 1 of a fresh run (ingest excluded)."""
     from flows.evol_instruct import evol_round
     from flows.runners import round_task_runner
-    from tasks.context import build_context
     from tasks.core.config import parse_run_config
-    from tasks.ingest import ingest_run_seeds
+    from tasks.ingest.seeds import ingest_run_seeds
+    from tasks.runtime.resolve import build_context
 
     seeds = tmp / f"seeds-{label}.jsonl"
     make_seeds(seeds, rows)

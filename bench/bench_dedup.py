@@ -29,8 +29,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from tasks.core.config import EliminationConfig  # noqa: E402
 from tasks.core.text import content_keys  # noqa: E402
-from tasks.eliminate import text_rule_reasons  # noqa: E402
-from tasks.near_dedup import find_near_duplicates, optimal_lsh_params, shingle_hashes, utf8_buffers  # noqa: E402
+from tasks.judge.rules import text_rule_reasons  # noqa: E402
+from tasks.mix.near_dedup import find_near_duplicates, optimal_lsh_params, shingle_hashes, utf8_buffers  # noqa: E402
 
 VOCAB = (
     "write explain describe compare list summarize design create analyze evaluate a the of for with and in on "

@@ -40,12 +40,12 @@ def main() -> None:
 
     from flows.evol_instruct import evol_round
     from prompts import load_pack
-    from tasks.context import build_context
     from tasks.core.config import parse_run_config
-    from tasks.evolve import evolve_shard
-    from tasks.ingest import ingest_run_seeds
+    from tasks.evolve.shard import evolve_shard
+    from tasks.ingest.seeds import ingest_run_seeds
     from tasks.llm.scripted import scripted_backend
-    from tasks.round import finish_round
+    from tasks.round.finish import finish_round
+    from tasks.runtime.resolve import build_context
 
     with prefect_test_harness(server_startup_timeout=180), tempfile.TemporaryDirectory() as tmp:
         for shards in args.shards:

@@ -66,10 +66,10 @@ def one_round(recorder: RecordingBackend, name: str, seeds: int, shard_size: int
     from prefect.testing.utilities import prefect_test_harness
 
     from flows.evol_instruct import evol_round
-    from tasks.context import build_context
     from tasks.core.config import parse_run_config
-    from tasks.ingest import ingest_run_seeds
+    from tasks.ingest.seeds import ingest_run_seeds
     from tasks.llm.scripted import register_scripted_backend
+    from tasks.runtime.resolve import build_context
 
     register_scripted_backend(recorder, "bench-vllm")
     orchestration = {"max_parallel_shards": parallel, "retries": 0, **settings.pop("orchestration", {})}

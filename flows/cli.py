@@ -3,24 +3,17 @@
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
-from typing import Any, NoReturn
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
+from flows.cli_common import DEBUG, console, fail
 from flows.cli_models import models_app
 
 app = typer.Typer(help="Evol-Instruct data pipeline: evolve, eliminate, deduplicate, export, train.",
                   no_args_is_help=True, pretty_exceptions_enable=False)
 app.add_typer(models_app, name="models")
-console = Console()
-err_console = Console(stderr=True)
-
-
-DEBUG = {"on": False}
 
 
 @app.callback()
@@ -31,27 +24,6 @@ def main(debug: bool = typer.Option(False, "--debug", help="Show the traceback b
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     # The ephemeral API starts a local server; on a busy 2-core machine that can take over 20 s.
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
-
-
-def run_line(config: Any) -> str:
-    """``N round(s), BACKEND backend, model MODEL``: what `evol run` and `evol plan` say of a run first."""
-    rounds = f"{config.rounds} round" + ("" if config.rounds == 1 else "s")
-    return f"{rounds}, {config.llm.backend} backend, model {config.llm.model}"
-
-
-def fail(message: str) -> NoReturn:
-    """Print ``error: <message>`` (one line per line of the message) and exit 2; ``--debug`` adds the traceback."""
-    if DEBUG["on"] and sys.exc_info()[0] is not None:
-        err_console.print_exception()
-    for line in str(message).splitlines() or [""]:
-        err_console.print(f"[bold red]error:[/] {line}", soft_wrap=True, markup=True, highlight=False)
-    raise typer.Exit(code=2)
-
-
-def fail_on_problems(problems: list) -> None:
-    """Exit 2 with one ``error: <file>: <key>: <what>`` line per problem, if there are any."""
-    if problems:
-        fail("\n".join(str(p) for p in problems))
 
 
 def _parse_map(pairs: list[str]) -> dict[str, str]:
@@ -81,7 +53,7 @@ def ingest(
 ) -> None:
     """Read seed instructions into Parquet shards; bad rows are quarantined with their reason. When no row is
     accepted or too many are rejected, no seed shard is kept (the quarantined rows are, to read why)."""
-    from tasks.ingest import IngestError, check_ingest_summary, discard_seed_shards, ingest_seeds
+    from tasks.ingest.seeds import IngestError, check_ingest_summary, discard_seed_shards, ingest_seeds
 
     DEBUG["on"] = DEBUG["on"] or debug
     header = {"auto": "auto", "yes": True, "true": True, "no": False, "false": False}.get(csv_header.lower())
@@ -178,7 +150,7 @@ def runs_command(
     output_root: str = typer.Argument("runs", help="Where runs are written (a config's output_root)"),
 ) -> None:
     """List the runs under an output root: status, rounds done, rows, started."""
-    from tasks.run_index import list_runs
+    from tasks.reporting.run_index import list_runs
 
     try:
         runs = list_runs(output_root)
@@ -202,7 +174,7 @@ def show_command(
 ) -> None:
     """Print a run's dataset card (its export/README.md)."""
     from storage.uri import join_uri
-    from tasks.run_index import run_card
+    from tasks.reporting.run_index import run_card
 
     uri = run_name if ("/" in run_name or "://" in run_name) else join_uri(output_root, run_name)
     try:

@@ -67,7 +67,7 @@ def deploy_command(project_dir: Path, config_uri: str | None, interval: int | No
     """Create the pools, then deploy every deployment of ``prefect.yaml``; exits non-zero on the first failure."""
     from prefect.settings import PREFECT_API_URL
 
-    from flows.cli import fail
+    from flows.cli_common import fail
 
     api_url = PREFECT_API_URL.value()
     if not api_url:

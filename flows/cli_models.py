@@ -32,7 +32,7 @@ def prepare(
 def prepare_for_config(config: Any) -> None:
     """Before a run or a plan: a stage on the bundled vLLM model that is not prepared yet is prepared now, said in
     one line (where, and why) instead of the conversion's progress bars; an error ends the command."""
-    from flows.cli import console, fail
+    from flows.cli_common import console, fail
     from tasks.core.config import STAGES, EnvSettings
     from tasks.llm.models import (
         DEFAULT_MODEL,

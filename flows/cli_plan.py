@@ -9,7 +9,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from tasks.runlog import RunLog
+from tasks.core.runlog import RunLog
 
 console = Console()
 
@@ -24,14 +24,14 @@ def _measure_log() -> RunLog:
 
 
 def plan_command(config_path: Path, sets: list[str], recompute: list[str], measure: int) -> None:
-    from flows.cli import fail, fail_on_problems, run_line
+    from flows.cli_common import fail, fail_on_problems, run_line
     from flows.cli_models import prepare_for_config
-    from tasks.context import check_recompute
     from tasks.core.config import ConfigError, load_run_config
-    from tasks.estimate import engine_time_line, whole_run
-    from tasks.ingest import IngestError
-    from tasks.plan import make_plan
-    from tasks.validate import validate_run
+    from tasks.core.context import check_recompute
+    from tasks.core.summaries import engine_time_line, whole_run
+    from tasks.ingest.seeds import IngestError
+    from tasks.planning.plan import make_plan
+    from tasks.planning.validate import validate_run
 
     try:
         config = load_run_config(config_path, None, sets)

@@ -31,7 +31,7 @@ def _watch_progress(run_id: str, rounds: int, stop: threading.Event, out: Consol
     """One bar per round from the run's own round progress in this process (``tasks.monitor.round_bars``): a
     round's bar counts this run's shard tasks as they finish, reused ones included, and its time starts with the
     round. The run folder's markers are not read: an earlier run's shards have them too."""
-    from tasks.monitor import round_bars
+    from tasks.reporting.monitor import round_bars
 
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), RoundTimeColumn(),
                   console=out or console, transient=False) as progress:
@@ -52,10 +52,10 @@ def run_command(config_path: Path, rounds: int | None, output_root: str | None, 
                 sets: list[str] | None = None) -> None:
     """Load the config, run the flow (a private local Prefect API unless PREFECT_API_URL is set), print the
     outputs."""
-    from flows.cli import fail
+    from flows.cli_common import fail
     from storage.lease import RunLease, is_stale
-    from tasks.context import check_recompute, run_layout
     from tasks.core.config import ConfigError, load_run_config
+    from tasks.core.context import check_recompute, run_layout
 
     overrides = {k: v for k, v in (("rounds", rounds), ("output_root", output_root)) if v is not None}
     try:
@@ -64,8 +64,8 @@ def run_command(config_path: Path, rounds: int | None, output_root: str | None, 
     except (ConfigError, ValueError) as err:
         fail(str(err))
     # Plan-time validation: a config that can't run fails here, before Prefect starts or a run folder exists.
-    from flows.cli import fail_on_problems
-    from tasks.validate import check_cluster, check_prefect_api, validate_run
+    from flows.cli_common import fail_on_problems
+    from tasks.planning.validate import check_cluster, check_prefect_api, validate_run
     fail_on_problems(validate_run(config, str(config_path)) + check_prefect_api() + check_cluster(config))
 
     layout = run_layout(config)
@@ -74,7 +74,7 @@ def run_command(config_path: Path, rounds: int | None, output_root: str | None, 
         fail(f"run folder {layout.run_uri} is in use by {held.get('purpose')} (pid {held.get('pid')} on "
              f"{held.get('host')}, since {held.get('started')}); wait for it, or pass --take-over if it is dead")
     api = os.environ.get("PREFECT_API_URL")
-    from flows.cli import run_line
+    from flows.cli_common import run_line
     console.print(f"run [bold]{layout.run_id}[/] ({run_line(config)}) on {api or 'a local Prefect API for this run'}",
                   soft_wrap=True, highlight=False)
     from flows.cli_models import prepare_for_config
@@ -94,9 +94,9 @@ def run_command(config_path: Path, rounds: int | None, output_root: str | None, 
                       ", ".join(f"{k}={v}" for k, v in r.rejected.items()),
                       "yes" if r.reused else f"{r.shards_reused}/{r.shards} shards")
     console.print(table)
-    from tasks.report import seeds_line
+    from tasks.reporting.report import seeds_line
     console.print(seeds_line(result.ingest), soft_wrap=True, highlight=False)
-    from tasks.monitor import low_evolution_warning
+    from tasks.reporting.monitor import low_evolution_warning
     for r in result.rounds:
         warning = low_evolution_warning(r, config.orchestration.min_evolved_share)
         if warning:
@@ -111,9 +111,9 @@ def run_command(config_path: Path, rounds: int | None, output_root: str | None, 
 
 def _run_flow(config: Any, layout: Any, show_progress: bool, recompute: list[str] | None, take_over: bool,
               verbose: bool = False) -> Any:
-    from flows.cli import fail
+    from flows.cli_common import fail
     from flows.evol_instruct import evol_instruct
-    from tasks.runlog import RunLog
+    from tasks.core.runlog import RunLog
 
     run_log = RunLog.for_run(layout.run_uri)
     run_log.start(verbose)
@@ -123,11 +123,11 @@ def _run_flow(config: Any, layout: Any, show_progress: bool, recompute: list[str
     stop = threading.Event()
     watcher = None
     if show_progress:
-        from tasks.monitor import reset_live_rounds
+        from tasks.reporting.monitor import reset_live_rounds
         reset_live_rounds(layout.run_id)  # the flow does too, at its start; the bars begin empty meanwhile
         watcher = threading.Thread(target=_watch_progress, args=(layout.run_id, config.rounds, stop), daemon=True)
         watcher.start()
-    from tasks.ingest import IngestError
+    from tasks.ingest.seeds import IngestError
     try:
         return evol_instruct(config, recompute=list(recompute or []), take_over=take_over)
     except IngestError as err:  # the seeds as a whole can't be used (nothing accepted, too much rejected)

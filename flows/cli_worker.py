@@ -11,8 +11,8 @@ console = Console(stderr=True)
 
 def worker_command(scheduler: str, name: str | None, cpus: str | None, gpu: str | None, preload: list[str],
                    warm: str | None, nanny: bool) -> None:
-    from flows.cli import fail
-    from tasks.worker import worker_plan
+    from flows.cli_common import fail
+    from tasks.runtime.worker import worker_plan
 
     try:
         plan = worker_plan(scheduler, name, cpus, gpu, preload, warm, nanny)

@@ -28,16 +28,17 @@ from flows.train import train
 from storage import ShardRef, StageMismatch, total_rows
 from storage.lease import RunLease, is_stale
 from storage.shards import sweep_temp_files, write_file_atomic
-from tasks.cancel import CancelWatcher, cancel_and_exit
-from tasks.context import RunContext, build_context, run_layout
 from tasks.core.config import RunConfig
-from tasks.engine import engine_labels, needs_engine_start, start_engines_task
-from tasks.estimate import engine_time_line
-from tasks.evolve import ShardSummary, evolve_shard_task, reset_stage_runtimes
-from tasks.export import ExportSummary, export_final_task
-from tasks.ingest import IngestSummary, ingest_run_seeds_task
-from tasks.mix import MixSummary, mix_final_task
-from tasks.monitor import (
+from tasks.core.context import RunContext, run_layout
+from tasks.core.summaries import ExportSummary, IngestSummary, MixSummary, RoundSummary, ShardSummary, engine_time_line
+from tasks.evolve.shard import evolve_shard_task, reset_stage_runtimes
+from tasks.export.card import instruction_length_by_round
+from tasks.export.files import export_final_task
+from tasks.export.plots import plots_markdown
+from tasks.ingest.seeds import ingest_run_seeds_task
+from tasks.mix.final import mix_final_task
+from tasks.planning.plan import run_estimate
+from tasks.reporting.monitor import (
     RoundProgress,
     artifact_key,
     flow_run_name_for,
@@ -47,13 +48,15 @@ from tasks.monitor import (
     run_name_of,
     shard_log_line,
 )
-from tasks.plan import run_estimate
-from tasks.plots import plots_markdown
-from tasks.recovery import crash_dead_flow_run, crash_lost_task_runs
-from tasks.report import final_markdown, instruction_length_by_round, round_table
-from tasks.round import RoundSummary, finish_round_task
-from tasks.samples import round_samples
-from tasks.trigger import TriggerResult, trigger_training
+from tasks.reporting.report import final_markdown, round_table
+from tasks.reporting.samples import round_samples
+from tasks.round.finish import finish_round_task
+from tasks.runtime.cancel import CancelWatcher, cancel_and_exit
+from tasks.runtime.engine import engine_labels, needs_engine_start, start_engines_task
+from tasks.runtime.recovery import crash_dead_flow_run, crash_lost_task_runs
+from tasks.runtime.resolve import build_context
+from tasks.runtime.stages import EVOLVE_SHARD, mix_inputs, round_references
+from tasks.runtime.trigger import TriggerResult, trigger_training
 
 
 class RoundFailed(RuntimeError):
@@ -87,7 +90,7 @@ def evol_round(ctx: RunContext, round_index: int, pool_in: list[ShardRef], refer
     started = time.time()
     _check_chain(f"round {round_index}", expected_pool, pool_in)
     layout, force = ctx.layout, ctx.forced(f"round={round_index}")
-    candidate_uris = [layout.shard(round_index, "candidates", i) for i in range(len(pool_in))]
+    candidate_uris = [EVOLVE_SHARD.marker(layout, round_index, i) for i in range(len(pool_in))]
     keys = [ctx.evolve_shard_key(ref.sha256, round_index) for ref in pool_in]
     shard_task = evolve_shard_task.with_options(
         retries=ctx.config.orchestration.retries, retry_delay_seconds=ctx.config.orchestration.retry_delay_s
@@ -212,11 +215,10 @@ def _run_stages(ctx: RunContext) -> RunResult:
     rounds: list[RoundSummary] = []
     pool, expected = ingest.refs, ingest.accepted
     for k in range(1, config.rounds + 1):
-        references = ingest.refs + [ref for r in rounds for ref in r.evolved_shards] + (pool if k > 1 else [])
-        summary = round_flow(ctx, k, pool, references, expected)
+        summary = round_flow(ctx, k, pool, round_references(ingest.refs, rounds, pool), expected)
         rounds.append(summary)
         pool, expected = summary.pool_out, summary.pool_in
-    inputs = (ingest.refs if config.mix.include_seeds else []) + [ref for r in rounds for ref in r.evolved_shards]
+    inputs = mix_inputs(config, ingest.refs, rounds)
     _check_chain("mix", (ingest.accepted if config.mix.include_seeds else 0) + sum(r.evolved for r in rounds),
                  inputs)
     data_key = ctx.mix_key([r.sha256 for r in inputs])

@@ -5,7 +5,8 @@ from __future__ import annotations
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
-from tasks.train import TrainResult, train_markdown, train_task
+from tasks.core.summaries import TrainResult
+from tasks.train.sft import train_markdown, train_task
 
 
 @flow(name="train", flow_run_name="train-{recipe}")

@@ -34,3 +34,17 @@ class RunLayout:
     def file(self, *parts: str) -> str:
         """Any other file of the run (summaries, exports, the config)."""
         return join_uri(self.run_uri, *parts)
+
+    # The stage markers (``storage.stages``): the record of each stage's key, summary and outputs.
+    def ingest_marker(self) -> str:
+        return self.file("round=0", "_ingest.json")
+
+    def round_marker(self, round_index: int | str) -> str:
+        """A round's marker (``"*"``: a glob of every round's)."""
+        return self.file(f"round={round_index}", "_round.json")
+
+    def mix_marker(self) -> str:
+        return self.file("final", "_mix.json")
+
+    def export_marker(self) -> str:
+        return self.file("export", "_export.json")

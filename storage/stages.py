@@ -1,6 +1,6 @@
 """Stage markers: the one record of what a stage produced and from what.
 
-A stage marker (``_ingest.json``, ``_round.json``, ...) holds the stage's content key, its summary and
+A stage marker (``_ingest.json``, ``_round.json``, ...) holds the stage's key, its summary and
 the shards it wrote (URI, rows, SHA-256). It is written after all of them; a stage counts as done only
 when its marker's key is the key asked for and every shard it names still matches.
 """

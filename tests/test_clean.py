@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tasks.clean import breaks_off, clean_evolved_instruction, cut_at_stops, split_stops
+from tasks.evolve.clean import breaks_off, clean_evolved_instruction, cut_at_stops, split_stops
 
 TABLE = "| name | age |\n| --- | --- |\n| Ann | 31 |"
 CODE = "```python\ndef f(x):\n    return x * 2\n```"

@@ -8,7 +8,7 @@ from prefect_dask import DaskTaskRunner
 
 from flows.runners import cluster_address, release_future, round_task_runner
 from tasks.core.config import ConfigError, EnvSettings, OrchestrationConfig, parse_run_config
-from tasks.worker import parse_cpus, worker_plan
+from tasks.runtime.worker import parse_cpus, worker_plan
 
 
 def test_embedded_by_default_and_the_config_wins_over_the_environment():
@@ -83,7 +83,7 @@ def test_worker_plan_one_thread_pinned_and_non_daemonic():
 def test_a_cluster_run_needs_a_prefect_server_and_a_scheduler_that_answers(monkeypatch):
     import socket
 
-    from tasks.validate import check_cluster
+    from tasks.planning.validate import check_cluster
 
     monkeypatch.delenv("EVOL_CLUSTER", raising=False)
     monkeypatch.delenv("PREFECT_API_URL", raising=False)

@@ -75,7 +75,7 @@ def test_random_seed_and_its_old_name(tmp_path):
 
 
 def test_run_folder_is_the_name_or_the_seed_file_stem():
-    from tasks.context import run_layout
+    from tasks.core.context import run_layout
 
     assert run_layout(RunConfig(seeds="s3://b/seeds.jsonl", name="nightly", output_root="/o")).run_uri == "/o/nightly"
     assert run_layout(RunConfig(seeds="s3://b/my seeds.v2.jsonl.gz", output_root="/o")).run_uri == "/o/my-seeds"

@@ -11,7 +11,7 @@ from uuid import UUID
 
 import pytest
 
-from tasks.recovery import flow_run_tree
+from tasks.runtime.recovery import flow_run_tree
 from tests.test_crash_recovery import BIN, evol_run, write_config
 
 pytestmark = pytest.mark.server

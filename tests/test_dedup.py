@@ -13,8 +13,14 @@ import pytest
 from storage import RunLayout, write_shard
 from storage.schema import records_table
 from tasks.core.text import content_key, content_keys, normalize_text
-from tasks.dedup import find_exact_duplicates
-from tasks.near_dedup import find_near_duplicates, minhash_signatures, optimal_lsh_params, shingle_hashes, utf8_buffers
+from tasks.mix.near_dedup import (
+    find_near_duplicates,
+    minhash_signatures,
+    optimal_lsh_params,
+    shingle_hashes,
+    utf8_buffers,
+)
+from tasks.round.dedup import find_exact_duplicates
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
 

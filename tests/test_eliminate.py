@@ -9,15 +9,8 @@ import pyarrow as pa
 import pytest
 
 from tasks.core.config import EliminationConfig
-from tasks.eliminate import (
-    _TOKEN_PY,
-    DEFAULT_STOP_WORDS,
-    REJECT_REASONS,
-    TEXT_RULE_REASONS,
-    equality_reason,
-    parse_equality,
-    text_rule_reasons,
-)
+from tasks.judge.equality import equality_reason, parse_equality
+from tasks.judge.rules import _TOKEN_PY, DEFAULT_STOP_WORDS, REJECT_REASONS, TEXT_RULE_REASONS, text_rule_reasons
 
 PACK_PHRASES = ["given prompt", "rewritten prompt", "#rewritten prompt#", "created prompt", "#created prompt#"]
 GOOD = {"instruction": "Explain how a hash map works.", "response": "The answer is 42.", "finish_reason": "stop",

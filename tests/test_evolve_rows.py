@@ -9,7 +9,7 @@ import sys
 from prompts import load_pack
 from tasks.core.config import LLMConfig, RunConfig, SamplingParams, StageLLMConfig, StageSampling
 from tasks.core.text import record_id
-from tasks.evolve import evolve_rows
+from tasks.evolve.shard import evolve_rows
 from tasks.llm.base import Completion, Conversation
 from tasks.llm.factory import StageBackends, stage_backends
 from tasks.llm.scripted import (
@@ -149,8 +149,8 @@ def test_stage_backends_are_built_from_the_config_and_shared_when_equal():
 
 def test_export_mix_and_report_do_not_import_the_evolve_stage_or_a_backend():
     """``parent_text`` lives in ``tasks.core.text``: the later stages import neither evolve nor the LLM layer."""
-    code = ("import sys, tasks.export, tasks.mix, tasks.report; "
-            "print(sorted(m for m in sys.modules if m == 'tasks.evolve' or m.startswith('tasks.llm')))")
+    code = ("import sys, tasks.export.files, tasks.mix.final, tasks.reporting.report; "
+            "print(sorted(m for m in sys.modules if m.startswith(('tasks.evolve', 'tasks.llm'))))")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert (done.returncode, done.stdout.strip()) == (0, "[]"), done.stderr
 

@@ -11,9 +11,9 @@ import pytest
 from prompts import load_pack
 from tasks.core.config import EliminationConfig
 from tasks.core.text import record_id
-from tasks.evolve import evolve_rows
-from tasks.evolve_drive import drive_streaming
-from tasks.evolve_steps import ShardPlan
+from tasks.evolve.drive import drive_streaming
+from tasks.evolve.shard import evolve_rows
+from tasks.evolve.steps import ShardPlan
 from tasks.llm.aio import run_on_loop
 from tasks.llm.base import BackendError, Completion
 from tasks.llm.factory import StageBackends
@@ -128,7 +128,7 @@ def test_text_rules_of_rows_in_flight_share_queries():
     plan = ShardPlan.of(rows_of(texts), 1, spec, PACK, backends.model_names())
 
     async def run():
-        from tasks.evolve_drive import RuleBatcher, _row
+        from tasks.evolve.drive import RuleBatcher, _row
 
         rules = RuleBatcher(spec.elimination, PACK.scaffolding_phrases)
         out = await asyncio.gather(*(_row(gen, backends, rules) for gen in plan.steps()))

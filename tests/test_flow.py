@@ -136,7 +136,7 @@ def test_cached_shard_whose_output_was_deleted_is_recomputed(prefect_harness, tm
                             llm={"backend": "scripted", "model": "demo"})
     first = evol_instruct(config)
     from storage import is_committed
-    from tasks.context import run_layout
+    from tasks.core.context import run_layout
 
     layout = run_layout(config)
     shard = layout.shard(1, "candidates", 0)
@@ -165,7 +165,7 @@ def test_run_hands_its_export_to_the_training_deployment(prefect_harness, tmp_pa
 
 
 def test_card_names_the_model_of_each_stage(tmp_path):
-    from tasks.export import _model_lines
+    from tasks.export.card import _model_lines
 
     _, same = make_config(tmp_path, str(tmp_path / "runs"))
     assert _model_lines(same) == ["- model: `scripted:flowtest` (evolve, respond, judge)"]
@@ -176,9 +176,8 @@ def test_card_names_the_model_of_each_stage(tmp_path):
 
 
 def test_a_card_without_rejections_says_so_instead_of_an_empty_table(tmp_path):
-    from tasks.export import dataset_card
-    from tasks.mix import MixSummary
-    from tasks.round import RoundSummary
+    from tasks.core.summaries import MixSummary, RoundSummary
+    from tasks.export.card import dataset_card
 
     _, config = make_config(tmp_path, str(tmp_path / "runs"))
     counts = {"pool_in": 4, "prompt_tokens": 9, "completion_tokens": 9, "wall_seconds": 1.0, "shard_seconds": 1.0}

@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 from flows.cli import app
 from storage import list_committed_shards, read_shard, resolve
 from tasks.core.text import record_id
-from tasks.ingest import IngestError, ingest_seeds
+from tasks.ingest.seeds import IngestError, ingest_seeds
 
 GOOD = [
     {"instruction": "Name three primary colours.", "input": "", "output": "Red, blue and yellow."},

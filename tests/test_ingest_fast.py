@@ -10,10 +10,11 @@ import pyarrow as pa
 import pytest
 
 from storage import list_committed_shards, read_shard
-from tasks import ingest_fast, ingest_read
 from tasks.core.text import content_key, record_id
-from tasks.ingest import ingest_seeds
-from tasks.ingest_fast import SeenIds, fast_extract, with_ids
+from tasks.ingest import fast as ingest_fast
+from tasks.ingest import read as ingest_read
+from tasks.ingest.fast import SeenIds, fast_extract, with_ids
+from tasks.ingest.seeds import ingest_seeds
 
 # Text where Arrow's ASCII functions and Python's str methods could part: edge and inner whitespace of every
 # kind, control characters, non-ASCII case and spaces.

@@ -14,8 +14,8 @@ import pytest
 import zstandard
 
 from storage import read_shard
-from tasks import ingest_read
-from tasks.ingest import IngestError, ingest_seeds
+from tasks.ingest import read as ingest_read
+from tasks.ingest.seeds import IngestError, ingest_seeds
 
 SELF_INSTRUCT = [
     {"id": "seed_task_0", "name": "breakfast", "instruction": "Suggest a breakfast with no milk.",
@@ -280,7 +280,7 @@ def test_run_ingest_check_stops_fresh_and_cached_and_is_not_retried(tmp_path):
 
     from storage import RunLayout
     from tasks.core.config import parse_run_config
-    from tasks.ingest import EmptySeedsError, _retry_unless_bad_input, ingest_run_seeds
+    from tasks.ingest.seeds import EmptySeedsError, _retry_unless_bad_input, ingest_run_seeds
 
     (tmp_path / "s.jsonl").write_text('{"instruction": "only one"}\nbroken\n{"instruction": ""}\n')
     config = parse_run_config({"seeds": str(tmp_path / "s.jsonl"), "ingest": {"max_rejected_share": 0.6}})

@@ -8,7 +8,7 @@ import pytest
 from prompts import load_pack
 from tasks.core.config import RunConfig, SamplingParams, StageSampling
 from tasks.core.text import record_id
-from tasks.evolve import evolve_rows
+from tasks.evolve.shard import evolve_rows
 from tasks.llm.aio import gather_on_loop
 from tasks.llm.base import BackendError
 from tasks.llm.vllm_async import async_engine_constructions

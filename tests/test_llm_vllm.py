@@ -209,7 +209,7 @@ def test_constrained_judge_answers_exactly_one_choice_with_a_margin(backend):
 @pytest.mark.vllm
 def test_prefilled_turn_is_continued_and_a_repeated_label_never_empties_the_output(backend):
     from prompts import load_pack
-    from tasks.clean import clean_evolved_instruction, cut_at_stops, split_stops
+    from tasks.evolve.clean import clean_evolved_instruction, cut_at_stops, split_stops
 
     pack = load_pack("general")
     seeds = ["Write a haiku about a lighthouse.", "Name three primary colours.", "What is 37 multiplied by 24?",

@@ -26,12 +26,17 @@ from prefect.client.schemas.filters import (
 
 import flows.evol_instruct as evol_flow
 from storage import ShardRef
-from tasks.context import content_key
-from tasks.evolve import ShardSummary
+from tasks.core.context import stage_key as content_key
+from tasks.core.summaries import RoundSummary, ShardSummary
+from tasks.export.plots import PLOTS
 from tasks.llm.scripted import ScriptedBackend, register_scripted_backend
-from tasks.monitor import RoundProgress, artifact_key, flow_run_name_for, low_evolution_warning, shard_log_line
-from tasks.plots import PLOTS
-from tasks.round import RoundSummary
+from tasks.reporting.monitor import (
+    RoundProgress,
+    artifact_key,
+    flow_run_name_for,
+    low_evolution_warning,
+    shard_log_line,
+)
 from tests.flow_script import PlannedScript
 from tests.test_flow import make_config
 
@@ -89,7 +94,7 @@ def test_low_evolution_warning_below_the_share_only():
 def test_min_evolved_share_is_in_no_stage_key(tmp_path):
     _, low = make_config(tmp_path, str(tmp_path / "r"), orchestration={"min_evolved_share": 0.5})
     _, default = make_config(tmp_path, str(tmp_path / "r"))
-    from tasks.context import EvolveSpec
+    from tasks.core.context import EvolveSpec
 
     assert content_key(EvolveSpec.of(low).model_dump()) == content_key(EvolveSpec.of(default).model_dump())
     assert low.model_dump(exclude={"orchestration"}) == default.model_dump(exclude={"orchestration"})

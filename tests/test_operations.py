@@ -8,7 +8,7 @@ from collections import Counter
 import pytest
 
 from prompts import load_pack
-from tasks.operations import choose_operation, resolve_weights, uniform_draw
+from tasks.evolve.operations import choose_operation, resolve_weights, uniform_draw
 
 WEIGHTS = {"add_constraints": 1.0, "deepening": 2.0, "concretizing": 0.0, "in_breadth": 3.0, "complicate_input": 0.5}
 

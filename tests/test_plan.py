@@ -11,8 +11,8 @@ from typer.testing import CliRunner
 
 from flows.cli import app
 from tasks.core.config import ConfigError, LLMConfig, load_run_config, parse_run_config
-from tasks.estimate import CharCounter, WordCounter, token_counter
-from tasks.plan import make_plan
+from tasks.planning.estimate import CharCounter, WordCounter, token_counter
+from tasks.planning.plan import make_plan
 from tests.flow_script import load_seeds
 
 STAGES = ["ingest", "round 1", "round 2", "mix", "export"]

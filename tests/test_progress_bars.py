@@ -10,9 +10,9 @@ import time
 
 from rich.console import Console
 
-import tasks.evolve
+import tasks.evolve.shard
 from flows.cli_run import _watch_progress
-from tasks.monitor import RoundBar, RoundProgress, live_rounds, publish_round, reset_live_rounds, round_bars
+from tasks.reporting.monitor import RoundBar, RoundProgress, live_rounds, publish_round, reset_live_rounds, round_bars
 from tests.flow_script import load_seeds
 
 
@@ -56,21 +56,21 @@ def _config(tmp, seeds: list[dict]) -> dict:
 def _run_watched(config: dict, monkeypatch) -> tuple[list[tuple[int, str, list[RoundBar], float]], str]:
     """Run the flow; while each shard is computed (before its candidates are committed) note the bars."""
     from flows.evol_instruct import evol_instruct
-    from tasks.context import run_layout
     from tasks.core.config import parse_run_config
+    from tasks.core.context import run_layout
 
     parsed = parse_run_config(config)
     run_id = run_layout(parsed).run_id
     computed = []
-    compute = tasks.evolve.evolve_shard
+    compute = tasks.evolve.shard.evolve_shard
 
     def watched(pool, candidates_uri, round_index, *args, **kwargs):
         computed.append((round_index, candidates_uri.rsplit("/", 1)[-1], round_bars(run_id, 2), time.time()))
         return compute(pool, candidates_uri, round_index, *args, **kwargs)
 
-    monkeypatch.setattr(tasks.evolve, "evolve_shard", watched)
+    monkeypatch.setattr(tasks.evolve.shard, "evolve_shard", watched)
     evol_instruct(parsed)
-    monkeypatch.setattr(tasks.evolve, "evolve_shard", compute)
+    monkeypatch.setattr(tasks.evolve.shard, "evolve_shard", compute)
     return computed, run_id
 
 

@@ -11,12 +11,12 @@ from prompts import load_pack
 from storage import RunLayout, ShardRef, list_committed_shards, read_shard
 from storage.schema import RECORD_SCHEMA, records_table
 from storage.shards import read_marker
-from tasks.context import EvolveSpec
 from tasks.core.config import OrchestrationConfig, RunConfig
-from tasks.evolve import evolve_shard, summarize
-from tasks.ingest import ingest_seeds
+from tasks.core.context import EvolveSpec
+from tasks.evolve.shard import evolve_shard, summarize
+from tasks.ingest.seeds import ingest_seeds
 from tasks.llm.scripted import ScriptedBackend
-from tasks.round import RoundInvariantError, check_round_invariant, finish_round, shard_outputs
+from tasks.round.finish import RoundInvariantError, check_round_invariant, finish_round, shard_outputs
 from tests.flow_script import ROUND1_REJECTED, ROUND2_REJECTED, PlannedScript, load_seeds
 
 

@@ -4,15 +4,15 @@ from __future__ import annotations
 
 from storage import RunLayout, ShardRef, write_shard
 from storage.schema import records_table
-from tasks.context import EvolveSpec
 from tasks.core.config import LLMConfig, RunConfig
-from tasks.engine import EngineStart, engine_labels, needs_engine_start, pending_shards, start_engines
-from tasks.evolve import reset_stage_runtimes, stage_runtime_built
+from tasks.core.context import EvolveSpec
+from tasks.core.summaries import RoundSummary
+from tasks.evolve.shard import reset_stage_runtimes, stage_runtime_built
+from tasks.export.plots import evolved_share_png, rejections_png, run_plots
 from tasks.llm.factory import StageBackends
 from tasks.llm.scripted import ScriptedBackend, demo_responder
-from tasks.plots import evolved_share_png, rejections_png, run_plots
-from tasks.round import RoundSummary
-from tasks.samples import round_samples, trim
+from tasks.reporting.samples import round_samples, trim
+from tasks.runtime.engine import EngineStart, engine_labels, needs_engine_start, pending_shards, start_engines
 
 
 def test_trim_keeps_start_and_end_on_one_line():

@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 
 from flows.cli import app
 from storage.lease import RunLease
-from tasks.run_index import list_runs, run_card
+from tasks.reporting.run_index import list_runs, run_card
 from tests.test_crash_recovery import BIN, evol_run, write_config
 
 

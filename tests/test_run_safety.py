@@ -22,8 +22,8 @@ from storage import RunLayout, ShardCorrupt, StageMismatch, read_shard, resolve,
 from storage.lease import LeaseHeld, RunLease
 from storage.schema import records_table
 from storage.shards import ShardWriter, sweep_temp_files
-from tasks.context import run_layout
 from tasks.core.config import parse_run_config
+from tasks.core.context import run_layout
 from tests.flow_script import load_seeds
 from tests.test_storage import make_rows
 

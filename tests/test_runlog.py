@@ -7,7 +7,7 @@ import subprocess
 import sys
 import textwrap
 
-from tasks.runlog import ENGINE_LOG_ENV, engine_output_to_log
+from tasks.core.runlog import ENGINE_LOG_ENV, engine_output_to_log
 
 
 def test_engine_output_goes_to_the_log_and_the_terminal_gets_its_stderr_back(tmp_path, monkeypatch, capfd):
@@ -37,7 +37,7 @@ def test_the_real_engine_start_writes_to_the_log_not_the_terminal(model_dir, tmp
     """As ``evol run`` does without --verbose: the terminal gets only what the run prints itself."""
     script = textwrap.dedent(f"""
         from tasks.llm.vllm_backend import get_vllm_engine, shutdown_engines
-        from tasks.runlog import RunLog
+        from tasks.core.runlog import RunLog
         log = RunLog.for_run({str(tmp_path / "run")!r})
         log.start(verbose=False)
         get_vllm_engine({str(model_dir)!r}, {{"max_model_len": 512}})
@@ -58,7 +58,7 @@ def test_the_real_engine_start_writes_to_the_log_not_the_terminal(model_dir, tmp
 
 def test_finishing_the_run_log_restores_the_environment(tmp_path, monkeypatch):
     """An engine started after a run in the same process (tests, notebooks) must not read the deleted config."""
-    from tasks.runlog import RunLog
+    from tasks.core.runlog import RunLog
 
     monkeypatch.delenv("VLLM_LOGGING_CONFIG_PATH", raising=False)
     monkeypatch.setenv("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "INFO")
@@ -75,8 +75,8 @@ def test_finishing_the_run_log_restores_the_environment(tmp_path, monkeypatch):
 def test_the_terminal_gets_errors_as_one_line_and_no_seed_file_errors():
     import logging
 
-    from tasks.ingest import EmptySeedsError
-    from tasks.runlog import OneLineFormatter, TerminalFilter
+    from tasks.core.runlog import OneLineFormatter, TerminalFilter
+    from tasks.ingest.seeds import EmptySeedsError
 
     def record(message, exc=None):
         exc_info = (type(exc), exc, None) if exc else None

@@ -12,11 +12,12 @@ import pytest
 
 from prompts import PromptPackError, load_pack
 from storage import read_shard
-from tasks.context import EvolveSpec, build_context
 from tasks.core.config import parse_run_config
-from tasks.evolve import evolve_shard_task, reset_stage_runtimes, stage_runtime, stage_runtime_builds
-from tasks.ingest import ingest_run_seeds
+from tasks.core.context import EvolveSpec
+from tasks.evolve.shard import evolve_shard_task, reset_stage_runtimes, stage_runtime, stage_runtime_builds
+from tasks.ingest.seeds import ingest_run_seeds
 from tasks.llm.scripted import ScriptedBackend, demo_responder, register_scripted_backend
+from tasks.runtime.resolve import build_context
 from tests.flow_script import load_seeds
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -87,7 +88,7 @@ def test_an_edited_template_is_used_by_the_next_run_in_the_same_process(tmp_path
 def test_a_warmed_worker_runs_the_shards_of_a_run_on_the_backends_it_started(tmp_path):
     """``evol worker --warm CONFIG`` builds the config's backends before any run; a run of that config (whose spec
     names its template shas) then renders with the pack it loads and the backends already built."""
-    from tasks.worker import warm_engine
+    from tasks.runtime.worker import warm_engine
 
     pack = tmp_path / "pack"
     shutil.copytree(ROOT / "prompts" / "general", pack)

@@ -15,7 +15,9 @@ from prefect import flow
 
 from storage import resolve
 from tasks.core.config import ConfigError, RunConfig, TrainConfig, parse_run_config
-from tasks.train import (
+from tasks.runtime.trigger import TriggerResult, deployment_exists, trigger_training
+from tasks.train.cli import main as train_cli_main
+from tasks.train.sft import (
     RECIPES_DIR,
     RecipeError,
     build_trainer,
@@ -26,8 +28,6 @@ from tasks.train import (
     to_prompt_completion,
     upload_folder,
 )
-from tasks.train_cli import main as train_cli_main
-from tasks.trigger import TriggerResult, deployment_exists, trigger_training
 
 ROOT = Path(__file__).resolve().parent.parent
 # Made-up facts: the base model can't know them, so a falling loss means it is fitting them.

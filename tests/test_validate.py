@@ -15,7 +15,7 @@ from flows.cli import DEBUG, app
 from prompts.pack import PACKS_DIR
 from storage import resolve
 from tasks.core.config import parse_run_config
-from tasks.validate import validate_run
+from tasks.planning.validate import validate_run
 from tests.conftest import free_port, moto_server
 
 SEEDS = [{"instruction": f"Explain topic number {i} in two sentences.", "output": "Fine.", "Skill": "x"}

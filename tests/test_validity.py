@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tasks.validity import (
+from tasks.judge.validity import (
     LLM_VALIDITY_REASON,
     VALIDITY_RULE_REASONS,
     answers_parent,
@@ -111,7 +111,7 @@ def test_rule_order_and_reasons():
 
 
 def test_unfinished_evolutions():
-    from tasks.validity import is_unfinished
+    from tasks.judge.validity import is_unfinished
 
     # cut by a stop string or the token cap mid-sentence, or a word or two: none is an instruction
     for text in ("The", "Rewrite this.", "The shortest of the three, Carla, is taller than Ben.\n\nMake sure the",

@@ -11,8 +11,8 @@ import pytest
 from flows.evol_instruct import evol_instruct
 from prompts import load_pack
 from storage import list_committed_shards, read_shard
-from tasks.context import run_layout
 from tasks.core.config import parse_run_config
+from tasks.core.context import run_layout
 from tests.flow_script import load_seeds
 from tests.test_monitor import _run_records
 

@@ -20,8 +20,8 @@ from prefect.settings import PREFECT_API_URL, temporary_settings
 from flows.evol_instruct import evol_instruct
 from storage import resolve
 from tasks.core.config import parse_run_config
-from tasks.evolve import stage_runtime_builds
-from tasks.recovery import flow_run_tree, unfinished_task_runs
+from tasks.evolve.shard import stage_runtime_builds
+from tasks.runtime.recovery import flow_run_tree, unfinished_task_runs
 from tests.conftest import free_port
 from tests.worker_support import shards_done  # importing it registers slow-demo here too (the embedded reference)
 

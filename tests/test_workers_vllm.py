@@ -11,8 +11,8 @@ from prefect.settings import PREFECT_API_URL, temporary_settings
 
 from flows.evol_instruct import evol_instruct
 from storage import list_committed_shards, read_shard
-from tasks.context import run_layout
 from tasks.core.config import parse_run_config
+from tasks.core.context import run_layout
 from tests.flow_script import load_seeds
 from tests.test_workers import ROOT, LocalCluster
 from tests.worker_support import engines_built, shards_done

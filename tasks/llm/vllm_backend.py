@@ -35,7 +35,7 @@ def _build(model: str, kwargs: dict[str, Any]) -> tuple[Any, threading.Lock]:
 def get_vllm_engine(model: str, engine_args: dict[str, Any] | None = None) -> tuple[Any, threading.Lock]:
     """The process-wide ``vllm.LLM`` for ``model`` and ``engine_args`` with its lock, built on first use.
 
-    vLLM's import and the engine's start write to the run's log file, not the terminal (``tasks.runlog``)."""
+    vLLM's import and the engine's start write to the run's log file, not the terminal (``tasks.core.runlog``)."""
     return ENGINES.get(model, engine_args, _build)
 
 

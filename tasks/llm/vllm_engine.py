@@ -11,8 +11,8 @@ from collections.abc import Callable
 from itertools import groupby
 from typing import Any
 
+from tasks.core.runlog import ENGINE_LOG_ENV, engine_output_to_log
 from tasks.llm.base import BackendError
-from tasks.runlog import ENGINE_LOG_ENV, engine_output_to_log
 
 logger = logging.getLogger(__name__)
 
@@ -37,7 +37,7 @@ def cpu_env_defaults(cpus: set[int] | list[int] | None = None) -> dict[str, str]
 
 def on_cpu() -> bool:
     """Whether vLLM runs on CPU here; ``BackendError`` without vLLM. Its import writes to the run's log, not the
-    terminal (``tasks.runlog``)."""
+    terminal (``tasks.core.runlog``)."""
     try:
         with engine_output_to_log():
             from vllm.platforms import current_platform

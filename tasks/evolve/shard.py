@@ -1,0 +1,161 @@
+"""One round on one pool shard: choose operations, evolve, clean, answer, eliminate; write the candidates."""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+from prefect import task
+from prefect.logging import get_logger
+
+from prompts import PromptPack, PromptPackError, load_pack
+from storage import ShardCorrupt, ShardRef, StorageSettings, read_shard, write_shard
+from storage.schema import count_values, records_table
+from storage.shards import read_marker
+from tasks.core.context import EvolveSpec
+from tasks.core.stage import Stage, state
+from tasks.core.summaries import ShardSummary
+from tasks.evolve.drive import drive_batch, drive_streaming
+from tasks.evolve.steps import ShardPlan
+from tasks.llm.aio import run_on_loop
+from tasks.llm.base import LLMBackend
+from tasks.llm.factory import StageBackends, stage_backends
+
+
+def evolve_rows(
+    rows: list[dict[str, Any]], round_index: int, config: EvolveSpec, backends: StageBackends | LLMBackend,
+    pack: PromptPack, streaming: bool = False,
+) -> list[dict[str, Any]]:
+    """One candidate per pool row, in order, with status ``evolved`` or ``rejected`` and its reason.
+
+    ``backends``: the evolving, answering and judging backends (one backend serves all three). ``streaming``: each
+    row moves to its next stage as soon as its own step is done, on the process's streaming loop (rows of other
+    shards of the process in flight too); otherwise stage by stage in one batch per stage. Same candidates.
+    """
+    stages = backends if isinstance(backends, StageBackends) else StageBackends.single(backends)
+    plan = ShardPlan.of(rows, round_index, config, pack, stages.model_names())
+    if streaming:
+        return run_on_loop(drive_streaming(plan, stages))
+    return drive_batch(plan, stages)
+
+
+def evolve_shard(
+    pool: ShardRef,
+    candidates_uri: str,
+    round_index: int,
+    spec: EvolveSpec,
+    backend: StageBackends | LLMBackend,
+    pack: PromptPack,
+    key: str | None = None,
+    settings: StorageSettings | None = None,
+) -> ShardSummary:
+    """Evolve every row of a pool shard (checked against its ref) and commit the candidates shard under ``key``."""
+    started = time.perf_counter()
+    rows = read_shard(pool.uri, settings, expected=pool.model_dump()).to_pylist()
+    candidates = evolve_rows(rows, round_index, spec, backend, pack, spec.streaming) if rows else []
+    table = records_table(candidates)
+    marker = write_shard(candidates_uri, table, settings=settings, key=key)
+    return summarize(round_index, pool.uri, ShardRef.of(marker), table, time.perf_counter() - started)
+
+
+def shard_counts(candidates: ShardRef, table: pa.Table) -> dict[str, Any]:
+    """What a shard summary counts from its candidates shard's columns."""
+    passed = pc.equal(table["status"], "evolved")
+    return {"candidates": candidates, "pool_in": table.num_rows, "passed": pc.sum(passed).as_py() or 0,
+            "rejected": count_values(table["reject_reason"]),
+            "operations": count_values(table["operation"].filter(passed)),
+            "prompt_tokens": pc.sum(table["prompt_tokens"]).as_py() or 0,
+            "completion_tokens": pc.sum(table["completion_tokens"]).as_py() or 0}
+
+
+def summarize(round_index: int, pool_uri: str, candidates: ShardRef, table: pa.Table,
+              seconds: float, reused: bool = False) -> ShardSummary:
+    """The summary of a candidates shard, counted from its columns."""
+    return ShardSummary(round=round_index, pool_uri=pool_uri, seconds=round(seconds, 3), reused=reused,
+                        **shard_counts(candidates, table))
+
+
+def read_candidates(candidates_uri: str, key: str, settings: StorageSettings | None = None,
+                    problems: list[str] | None = None) -> dict[str, Any] | None:
+    """The committed candidates shard written under ``key`` as a record, if it still verifies (its ``.done``
+    marker is the shard's stage marker); None means compute it."""
+    try:
+        marker = read_marker(candidates_uri, settings)
+    except ShardCorrupt:
+        return None  # never committed
+    if marker.get("key") != key:
+        return None
+    try:
+        table = read_shard(candidates_uri, settings, expected=marker)
+    except ShardCorrupt as err:
+        get_logger(__name__).warning("%s", err)
+        return None
+    return {"summary": {**shard_counts(ShardRef.of(marker), table), "seconds": 0.0}}
+
+
+EVOLVE_SHARD = Stage("evolve", ShardSummary, lambda layout, k, i: layout.shard(k, "candidates", i),
+                     read=read_candidates)
+
+
+_RUNTIMES: dict[str, tuple[PromptPack, StageBackends]] = {}  # by the spec, the run's template shas included
+_BACKENDS: dict[str, StageBackends] = {}  # by the spec without them: an edited pack keeps the backends
+_RUNTIMES_LOCK = threading.Lock()
+_RUNTIME_BUILDS = {"count": 0}
+
+
+def stage_runtime_builds() -> int:
+    """How many times this process built a run's backends (a cluster worker: once per run settings)."""
+    return _RUNTIME_BUILDS["count"]
+
+
+def reset_stage_runtimes() -> None:
+    """Forget the packs and backends of earlier runs in this process (a run calls it at its start, so a newly
+    registered backend is picked up; vLLM engines stay cached on their own)."""
+    with _RUNTIMES_LOCK:
+        _RUNTIMES.clear()
+        _BACKENDS.clear()
+
+
+def stage_runtime_built(spec: EvolveSpec) -> bool:
+    """Whether this run already built the pack and backends of ``spec`` (so their engines are warm)."""
+    with _RUNTIMES_LOCK:
+        return spec.model_dump_json() in _RUNTIMES
+
+
+def stage_runtime(spec: EvolveSpec) -> tuple[PromptPack, StageBackends]:
+    """The prompt pack and backends of a spec, built once per process and shared by its shard tasks.
+
+    A run's spec carries its pack's template shas (the ones in its stage keys), so a long-lived worker loads the
+    pack again for a run that started after an edit, and a pack that no longer matches its run (edited mid-run)
+    fails the shard instead of rendering templates the run's keys do not name."""
+    cache_key = spec.model_dump_json()
+    with _RUNTIMES_LOCK:
+        if cache_key not in _RUNTIMES:
+            pack = load_pack(spec.prompt_pack)
+            if spec.template_shas is not None and pack.template_shas() != spec.template_shas:
+                changed = sorted(k for k in {*pack.template_shas(), *spec.template_shas}
+                                 if pack.template_shas().get(k) != spec.template_shas.get(k))
+                raise PromptPackError(f"prompt pack {spec.prompt_pack!r} changed since the run started (templates "
+                                      f"{', '.join(changed)}): rerun the flow to evolve with the edited pack")
+            settings = spec.model_dump_json(exclude={"template_shas"})
+            if settings not in _BACKENDS:
+                _BACKENDS[settings] = stage_backends(spec.llm, streaming=spec.streaming)
+                _RUNTIME_BUILDS["count"] += 1
+            _RUNTIMES[cache_key] = (pack, _BACKENDS[settings])
+        return _RUNTIMES[cache_key]
+
+
+@task(name="evolve-shard", task_run_name="evolve-r{round_index}-s{shard_index:05d}", retries=2,
+      retry_delay_seconds=[2, 10], tags=["llm"])
+def evolve_shard_task(pool: ShardRef, candidates_uri: str, round_index: int, shard_index: int,
+                      spec: EvolveSpec, key: str, force: bool = False) -> ShardSummary:
+    """Evolve one pool shard; a candidates shard already committed under the same key is reused (state
+    ``Reused`` in the UI), so the storage marker is the only record of what is done."""
+    found = None if force else EVOLVE_SHARD.done(candidates_uri, key, round=round_index, pool_uri=pool.uri)
+    if found is not None:
+        return state(found, f"{candidates_uri} was committed under the same key")
+    pack, backend = stage_runtime(spec)
+    return evolve_shard(pool, candidates_uri, round_index, spec, backend, pack, key=key)

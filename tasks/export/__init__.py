@@ -1,0 +1,1 @@
+"""Export: Parquet, Alpaca JSON, chat messages, the dataset card and its plots."""

@@ -1,0 +1,89 @@
+"""The dataset card (``export/README.md``): counts per round and operation, rejections, instruction lengths, the
+plots, the estimate beside the actual tokens, config, model, prompts. No wall-clock figures."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import yaml
+
+from storage import ShardRef, StorageSettings, duck_connect, read_parquet_sql, total_rows
+from tasks.core.config import STAGES, RunConfig
+from tasks.core.summaries import Estimate, MixSummary, RoundSummary, engine_time_line, totals, whole_run
+from tasks.core.text import md_table
+from tasks.export.plots import PLOTS
+
+# Settings that do not shape the data: kept out of the card, so changing them leaves the exports as they are.
+CARD_EXCLUDES = {"orchestration", "train", "output_root"}
+
+
+def _model_lines(config: RunConfig) -> list[str]:
+    """One line when every stage uses the same model, else one line per stage (evolve, respond, judge)."""
+    stages = {stage: config.llm.for_stage(stage) for stage in STAGES}
+    names = {stage: f"{c.backend}:{c.model}" for stage, c in stages.items()}
+    if len(set(names.values())) == 1:
+        return [f"- model: `{names['evolve']}` (evolve, respond, judge)"]
+    return [f"- {stage} model: `{name}`" for stage, name in names.items()]
+
+
+def dataset_card(config: RunConfig, data_key: str, template_shas: dict[str, str],
+                 rounds: list[RoundSummary], mix: MixSummary, estimate: Estimate | None = None,
+                 lengths: dict[str, float] | None = None) -> str:
+    """A Markdown dataset card: counts per round and operation, rejections, instruction lengths, the plots
+    (``plots/*.png`` next to it), the estimate made when the run started beside the actual tokens, config,
+    model, prompts.
+
+    It holds no wall-clock figures, so the same data (and estimate) always gives the same card."""
+    lines = [f"# Evol-Instruct data: {config.name or data_key}", "",
+             f"- data key: `{data_key}`", *_model_lines(config), f"- prompt pack: `{config.prompt_pack}`",
+             f"- rows: {mix.final}", "", "## Rounds", ""]
+    lines += md_table(["round", "pool in", "evolved", "carried", "prompt tokens", "completion tokens"],
+                      [[r.round, r.pool_in, r.evolved, r.carried, r.prompt_tokens, r.completion_tokens]
+                       for r in rounds])
+    rejected = totals(rounds, "rejected")
+    lines += ["", "## Rejections by reason", "",
+              *(md_table(["reason", "rows"], rejected.items()) if rejected else ["No evolution was rejected."])]
+    lines += ["", "## Plots", ""]
+    for name, title in PLOTS.items():
+        lines += [f"![{title}](plots/{name})", ""]
+    lines += md_table(["instructions", "mean length (words)"], [[k, f"{v:g}"] for k, v in (lengths or {}).items()])
+    lines += ["", "## Final data", "", *md_table(["round", "rows"], mix.by_round.items())]
+    lines += ["", *md_table(["operation", "rows"], mix.by_operation.items())]
+    lines += ["", f"Dropped while mixing: {mix.no_response} without a response, "
+              f"{mix.near_duplicates} near duplicates, {mix.sampled_out} sampled out.", ""]
+    lines += estimate_markdown(estimate, rounds) if estimate is not None else []
+    lines += ["## Prompt templates", "",
+              *md_table(["template", "sha"], [[k, f"`{v}`"] for k, v in sorted(template_shas.items())])]
+    lines += ["", "## Configuration", "", "```yaml",
+              yaml.safe_dump(config.model_dump(mode="json", exclude=CARD_EXCLUDES), sort_keys=True).rstrip(),
+              "```", ""]
+    return "\n".join(lines)
+
+
+def estimate_markdown(estimate: Estimate, actual: list[Any]) -> list[str]:
+    """The dataset card's section: the estimate made when the run started beside each round's actual tokens."""
+    by_round, whole = {r.round: r for r in actual}, whole_run(estimate)
+    rows = [[e.round, e.prompt_tokens, getattr(by_round.get(e.round), "prompt_tokens", "-"), e.completion_tokens,
+             getattr(by_round.get(e.round), "completion_tokens", "-")] for e in estimate.rounds]
+    rows.append(["total", whole.total("prompt_tokens"), sum(r.prompt_tokens for r in actual),
+                 whole.total("completion_tokens"), sum(r.completion_tokens for r in actual)])
+    return ["## Estimate and actual", "", f"Estimated when the run started, from the seeds' token lengths "
+            f"({estimate.tokenizer}); completions: {estimate.completions}.", "",
+            *md_table(["round", "prompt tokens (est.)", "prompt tokens", "completion tokens (est.)",
+                       "completion tokens"], rows), "", engine_time_line(whole), ""]
+
+
+def instruction_length_by_round(seeds: list[ShardRef], rounds: list[RoundSummary],
+                                settings: StorageSettings | None = None) -> dict[str, float]:
+    """Mean instruction length in words: the seeds, then each round's evolutions (rounds with none left out)."""
+    out: dict[str, float] = {}
+    for label, refs in [("seeds", seeds)] + [(f"round {r.round}", r.evolved_shards) for r in rounds]:
+        if not total_rows(refs):
+            continue
+        uris = [r.uri for r in refs]
+        con = duck_connect(*uris, settings=settings)
+        mean = con.execute(
+            f"SELECT avg(len(string_split(trim(instruction), ' '))) FROM {read_parquet_sql(uris)}"
+        ).fetchone()[0]
+        out[label] = round(mean, 1)
+    return out

@@ -1,0 +1,124 @@
+"""Exports of the final data: Parquet (canonical), Alpaca JSON, chat ``messages`` JSONL, a dataset card with
+its plots (``export/plots/*.png``)."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+from prefect import task
+
+from storage import RunLayout, StorageSettings, read_shard, resolve
+from storage.shards import write_file_atomic
+from tasks.core.config import RunConfig
+from tasks.core.context import stage_key
+from tasks.core.stage import Stage, state
+from tasks.core.summaries import Estimate, ExportSummary, MixSummary, RoundSummary
+from tasks.core.text import parent_text
+from tasks.export.card import dataset_card
+from tasks.export.plots import plot_kind, run_plots
+
+EXPORT_COLUMNS = [
+    "id", "root_id", "parent_id", "round", "operation", "instruction", "input", "response", "model",
+    "prompt_sha", "response_prompt_sha", "prompt_tokens", "completion_tokens", "finish_reason", "meta",
+]
+
+
+def export_table(final_uri: str, sha256: str, settings: StorageSettings | None = None) -> pa.Table:
+    """The final data with the exported columns (no wall-clock fields, so exports are reproducible)."""
+    return read_shard(final_uri, settings, expected={"sha256": sha256}).select(EXPORT_COLUMNS)
+
+
+def to_parquet_bytes(table: pa.Table) -> bytes:
+    buf = io.BytesIO()
+    pq.write_table(table, buf, compression="zstd")
+    return buf.getvalue()
+
+
+def to_alpaca_bytes(table: pa.Table) -> bytes:
+    rows = [{"instruction": r["instruction"], "input": r["input"], "output": r["response"],
+             "meta": json.loads(r["meta"]) if r["meta"] else None}
+            for r in table.select(["instruction", "input", "response", "meta"]).to_pylist()]
+    return json.dumps(rows, ensure_ascii=False, indent=1).encode("utf-8")
+
+
+def to_messages_bytes(table: pa.Table) -> bytes:
+    lines = []
+    for r in table.select(["id", "instruction", "input", "response"]).to_pylist():
+        messages = [{"role": "user", "content": parent_text(r)}, {"role": "assistant", "content": r["response"]}]
+        lines.append(json.dumps({"id": r["id"], "messages": messages}, ensure_ascii=False))
+    return ("\n".join(lines) + "\n").encode("utf-8") if lines else b""
+
+
+def export_key(mix: MixSummary, card: bytes) -> str:
+    """What the exports depend on: the final shard and the dataset card."""
+    return stage_key("export", mix.final_sha256, hashlib.sha256(card).hexdigest())
+
+
+def export_final(layout: RunLayout, config: RunConfig, data_key: str,
+                 template_shas: dict[str, str], rounds: list[RoundSummary], mix: MixSummary, force: bool = False,
+                 settings: StorageSettings | None = None, estimate: Estimate | None = None,
+                 lengths: dict[str, float] | None = None) -> ExportSummary:
+    """Write every export under ``{run}/export/`` (the plots under ``export/plots/``), then ``_export.json``;
+    reused when the final shard and the card are what the last export was made from and every file still has
+    its recorded SHA-256. ``lengths``: mean instruction length by round (``tasks.export.card``), for the card and
+    its plot."""
+    card = dataset_card(config, data_key, template_shas, rounds, mix, estimate, lengths).encode()
+    key = export_key(mix, card)
+    found = None if force else EXPORT.done(layout.export_marker(), key, settings)
+    if found is not None:
+        return found
+    table = export_table(mix.final_uri, mix.final_sha256, settings)
+    payloads = {
+        "parquet": ("data.parquet", to_parquet_bytes(table)),
+        "alpaca": ("alpaca.json", to_alpaca_bytes(table)),
+        "messages": ("messages.jsonl", to_messages_bytes(table)),
+        "card": ("README.md", card),
+        **{plot_kind(name): (f"plots/{name}", png) for name, png in run_plots(rounds, lengths or {}).items()},
+    }
+    files, hashes = {}, {}
+    for kind, (name, data) in payloads.items():
+        uri = layout.file("export", *name.split("/"))
+        hashes[kind] = write_file_atomic(uri, data, settings)
+        files[kind] = uri
+    summary = ExportSummary(rows=table.num_rows, files=files, sha256=hashes)
+    record = {"key": key, "summary": summary.model_dump()}
+    write_file_atomic(layout.export_marker(), json.dumps(record).encode(), settings)
+    return summary
+
+
+def read_export(marker_uri: str, key: str, settings: StorageSettings | None = None,
+                problems: list[str] | None = None) -> dict | None:
+    """The export marker written under ``key``, when every file it names still has its recorded SHA-256."""
+    fs, path = resolve(marker_uri, settings)
+    try:
+        record = json.loads(fs.cat_file(path))
+    except (FileNotFoundError, ValueError):
+        return None
+    if record.get("key") != key:
+        return None
+    summary = record["summary"]
+    for kind, uri in summary["files"].items():
+        file_fs, file_path = resolve(uri, settings)
+        try:
+            if hashlib.sha256(file_fs.cat_file(file_path)).hexdigest() != summary["sha256"][kind]:
+                return None
+        except FileNotFoundError:
+            return None
+    return record
+
+
+EXPORT = Stage("export", ExportSummary, RunLayout.export_marker, read=read_export)
+
+
+@task(name="export", retries=1, retry_delay_seconds=5)
+def export_final_task(layout: RunLayout, config: RunConfig, data_key: str,
+                      template_shas: dict[str, str], rounds: list[RoundSummary], mix: MixSummary,
+                      force: bool = False, estimate: Estimate | None = None,
+                      lengths: dict[str, float] | None = None) -> ExportSummary:
+    """Write the exports of the final data and the card's plots (or reuse them)."""
+    return state(export_final(layout, config, data_key, template_shas, rounds, mix, force, estimate=estimate,
+                              lengths=lengths))

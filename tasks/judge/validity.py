@@ -1,0 +1,190 @@
+"""The rewrite-validity check: an evolution must be a rewritten instruction, not an answer, a continuation or junk.
+
+A forced-choice judge accepts anything that is offered to it, so what a strict text parse of a free answer did by
+accident is done here on purpose: cheap rules over the text (each with its own reject reason, checked in the order
+of ``VALIDITY_RULE_REASONS``), then a constrained yes/no question to the judge model (``not_an_instruction``).
+"""
+
+from __future__ import annotations
+
+import re
+
+from prompts import PromptPack
+from tasks.core.config import SamplingParams
+from tasks.core.text import normalize_text
+from tasks.llm.base import Completion, Conversation
+
+# Reasons of the rules over text, in the order they are checked; the LLM check's reason comes after them.
+VALIDITY_RULE_REASONS: tuple[str, ...] = (
+    "degenerate_evolution",  # no words, or a loop of repeated words or lines
+    "unfinished_evolution",  # under three words, or it breaks off mid-sentence ("... how many you can write in")
+    "scaffolding_fragment",  # leftover pieces of the prompt's headings: a lone "#", "#Label#", "Prompt#:"
+    "copies_prompt",  # copies a run of words from the evolution prompt (its rules, its worked example)
+    "answers_parent",  # an answer to the parent instead of a rewrite of it
+    "continues_parent",  # picks up where the parent stopped instead of standing alone
+    "shorter_than_parent",  # an in-depth rewrite adds to its parent: one far shorter lost the parent
+)
+LLM_VALIDITY_REASON = "not_an_instruction"  # the judge model says the text is not an instruction
+VALIDITY_UNPARSEABLE = "validity_unparseable"  # free text from a judge without constrained decoding, neither yes nor no
+VALIDITY_REASONS: tuple[str, ...] = VALIDITY_RULE_REASONS + (LLM_VALIDITY_REASON, VALIDITY_UNPARSEABLE)
+VALIDITY_CHOICES: tuple[str, ...] = ("Yes", "No")
+
+_WORD = re.compile(r"[^\W_]+(?:['\u2019][^\W_]+)*")
+# A heading fragment: "#Label#" (not "C#" nor a markdown header), a lone run of "#", or a label word glued to "#".
+_FRAGMENT = re.compile(
+    r"#[A-Za-z][^#\n]{0,40}#"  # "#Rewritten Prompt#", "#The Given Prompt#", "#Answer#"
+    r"|(?:^|\s)#+(?=\s*$)"  # a "#" run ending the text or standing alone on a line
+    r"|\b(?:prompt|instruction)\s*#",  # "Prompt#", "Instruction #"
+    re.IGNORECASE | re.MULTILINE,
+)
+# How answers open: assent, a report of the result, the assistant speaking of itself.
+_ANSWER_OPENERS = re.compile(
+    r"""\A\W*(?:
+        (?:sure|certainly|of\s+course|absolutely|okay|yes
+          | here\s+(?:is|are)|here's
+          | the\s+(?:answer|result|solution|response)\s+(?:is|are|was)
+          | as\s+an\s+ai)\b
+      | (?:answer|solution|response|output|result)\s*:
+    )""",
+    re.IGNORECASE | re.VERBOSE,
+)
+# Openers that also begin real requests ("I have this code: ... why does it fail?"): an answer only without a
+# question in the text.
+_STATEMENT_OPENERS = re.compile(r"\A\W*(?:i|i'm|i've|i'll|i\s+would|it\s+is|it's)\b", re.IGNORECASE)
+# Words a finished sentence does not end with; a text ending in one (no closing mark) was cut off.
+_DANGLING = frozenset(
+    "a an the to of in on at for from with by into about as and or but nor if than that which who whose "
+    "your my our their its this these those is are was were be make".split()
+)
+MIN_WORDS = 3
+_CONTINUATION_OPENERS = re.compile(r"\A(?:[,;:)\]}]|\.\.\.|(?:and|or|but|so|then|because)\b)", re.IGNORECASE)
+
+
+def words(text: str) -> list[str]:
+    """The word tokens of a text (letters and digits, inner apostrophes kept)."""
+    return _WORD.findall(text)
+
+
+def is_degenerate(text: str) -> bool:
+    """No word with a letter, or a loop: one word over half of 12+ words, or a line repeated three times."""
+    tokens = [w.lower() for w in words(text)]
+    if not any(any(ch.isalpha() for ch in w) for w in tokens):
+        return True
+    if len(tokens) >= 12 and max(tokens.count(w) for w in set(tokens)) > len(tokens) / 2:
+        return True
+    lines = [normalize_text(line) for line in text.splitlines() if line.strip()]
+    return any(lines.count(line) >= 3 for line in set(lines))
+
+
+def is_unfinished(text: str) -> bool:
+    """Under ``MIN_WORDS`` words, or the last line breaks off on a word no sentence ends with ("the", "in")."""
+    tokens = words(text)
+    if len(tokens) < MIN_WORDS:
+        return True
+    tail = text.rstrip()
+    return tail[-1:].isalpha() and tokens[-1].lower() in _DANGLING
+
+
+def has_scaffolding_fragment(text: str) -> bool:
+    """Leftover heading pieces: ``#Label#``, a lone ``#`` run (a markdown header keeps its text), ``Prompt#``."""
+    return _FRAGMENT.search(text) is not None
+
+
+def answers_parent(text: str) -> bool:
+    """The text opens the way answers do ("Sure", "Here is", "The answer is"), or as a statement ("It's 37 times
+    24.", "I would ...") and asks nothing."""
+    stripped = text.strip()
+    if _ANSWER_OPENERS.match(stripped):
+        return True
+    return _STATEMENT_OPENERS.match(stripped) is not None and "?" not in stripped
+
+
+def continues_parent(text: str, parent: str) -> bool:
+    """The text picks up mid-sentence: it opens with a joining word or mark, or in lower case after a parent
+    that does not."""
+    stripped = text.strip()
+    if not stripped:
+        return False
+    if _CONTINUATION_OPENERS.match(stripped):
+        return True
+    first, parent_first = stripped[0], parent.strip()[:1]
+    return first.isalpha() and first.islower() and not (parent_first.isalpha() and parent_first.islower())
+
+
+def is_far_shorter(text: str, parent: str, ratio: float) -> bool:
+    """Fewer than ``ratio`` times the parent's words (the paper's in-depth rewrite adds 10 to 20 words)."""
+    return len(words(text)) < ratio * len(words(parent))
+
+
+COPY_WINDOW = 8  # words in a row: long enough that a rewrite does not share it with a prompt by chance
+
+
+def _windows(tokens: list[str], size: int) -> set[tuple[str, ...]]:
+    return {tuple(tokens[i : i + size]) for i in range(len(tokens) - size + 1)}
+
+
+def copies_prompt(text: str, prompt: str, parent: str, window: int = COPY_WINDOW) -> bool:
+    """The text repeats ``window`` words in a row from the evolution prompt that are not in the parent."""
+    tokens = [w.lower() for w in words(text)]
+    if len(tokens) < window:
+        return False
+    shared = _windows(tokens, window) & _windows([w.lower() for w in words(prompt)], window)
+    return bool(shared - _windows([w.lower() for w in words(parent)], window))
+
+
+def validity_rule_reason(instruction: str, parent: str, kind: str, shorter_ratio: float,
+                         prompt: str = "", broke_off: bool = False) -> str | None:
+    """The first rule of ``VALIDITY_RULE_REASONS`` the evolution breaks, or None.
+
+    ``kind`` is the operation's kind: only an in-depth rewrite must keep its parent's length. ``prompt`` is the
+    evolution prompt the model was given (its text, the parent included). ``broke_off``: a stop string (the
+    engine's, or an output label's after generation) ended the rewrite mid-sentence (``tasks.clean.breaks_off``),
+    which makes it unfinished.
+    """
+    if is_degenerate(instruction):
+        return "degenerate_evolution"
+    if broke_off or is_unfinished(instruction):
+        return "unfinished_evolution"
+    if has_scaffolding_fragment(instruction):
+        return "scaffolding_fragment"
+    if prompt and copies_prompt(instruction, prompt, parent):
+        return "copies_prompt"
+    if answers_parent(instruction):
+        return "answers_parent"
+    if continues_parent(instruction, parent):
+        return "continues_parent"
+    if kind == "in_depth" and is_far_shorter(instruction, parent, shorter_ratio):
+        return "shorter_than_parent"
+    return None
+
+
+def llm_validity_reason(verdict: str | None) -> str | None:
+    """The reject reason for the judge's parsed yes/no verdict (``None`` verdict: it answered neither)."""
+    if verdict == "Yes":
+        return None
+    if verdict == "No":
+        return LLM_VALIDITY_REASON
+    if verdict is None:
+        return VALIDITY_UNPARSEABLE
+    raise ValueError(f"unknown validity verdict {verdict!r}")
+
+
+def parse_yes_no(text: str | None) -> str | None:
+    """A yes/no answer parsed strictly (for backends without constrained decoding): "Yes", "No" or None."""
+    if text is None:
+        return None
+    core = text.strip(" \t\r\n\"'`*_#.,;:!?()[]").lower()
+    return {"yes": "Yes", "no": "No"}.get(core)
+
+
+def validity_request(pack: PromptPack, parent: str, evolved: str,
+                     sampling: SamplingParams) -> tuple[Conversation, SamplingParams]:
+    """The judge's yes/no question for one evolution: the pack's messages and the sampling with the forced choice."""
+    return pack.validity_messages(parent, evolved)[0], sampling.model_copy(update={"choices": VALIDITY_CHOICES})
+
+
+def validity_result(check: Completion) -> str | None:
+    """The reject reason the judge's answer gives (None: a valid rewrite; ``llm_error``: no answer)."""
+    if not check.ok:
+        return "llm_error"
+    return llm_validity_reason(check.text if check.constrained else parse_yes_no(check.text))

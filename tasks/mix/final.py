@@ -1,0 +1,98 @@
+"""The final data: seeds plus every round's survivors, near-deduplicated, shuffled, sampled."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+from prefect import task
+
+from storage import (
+    RunLayout,
+    ShardRef,
+    StageMismatch,
+    StorageSettings,
+    read_shard,
+    total_rows,
+    write_shard,
+    write_stage,
+)
+from storage.schema import RECORD_SCHEMA, count_values
+from tasks.core.config import RunConfig
+from tasks.core.stage import Stage, state
+from tasks.core.summaries import MixSummary
+from tasks.mix.near_dedup import find_near_duplicates
+
+
+def _with_reason(table: pa.Table, reason: str) -> pa.Table:
+    return table.set_column(table.schema.get_field_index("reject_reason"), "reject_reason",
+                            pa.array([reason] * table.num_rows, pa.string()))
+
+
+MIX = Stage("mix", MixSummary, RunLayout.mix_marker)
+
+
+def mix_final(layout: RunLayout, config: RunConfig, inputs: list[ShardRef], key: str, force: bool = False,
+              settings: StorageSettings | None = None) -> MixSummary:
+    """Build and commit ``final/`` (the training data) and ``final_dropped/`` (with reasons) from ``inputs``.
+
+    Reused when ``final/_mix.json`` was written under ``key`` and both shards still verify.
+    """
+    found = None if force else MIX.done(layout.mix_marker(), key, settings)
+    if found is not None:
+        return found
+    # the input shards (seeds first, then each round's evolved rows), each checked against its ref
+    tables = [read_shard(ref.uri, settings, expected=ref.model_dump()) for ref in inputs]
+    table = pa.concat_tables(tables) if tables else RECORD_SCHEMA.empty_table()
+    if table.num_rows != total_rows(inputs):
+        raise StageMismatch(f"mix: read {table.num_rows} rows from shards that hold {total_rows(inputs)}")
+    candidates = table.num_rows
+    # a null response compares as null: filled as blank
+    has_response = pc.invert(pc.fill_null(pc.equal(pc.utf8_trim_whitespace(table["response"]), ""), True))
+    dropped = [_with_reason(table.filter(pc.invert(has_response)), "no_response")]
+    table = table.filter(has_response)
+
+    # Exact duplicates never get here: ingest drops them among the seeds, each round against everything before.
+    near_count = 0
+    if config.dedup.near and table.num_rows:
+        near = find_near_duplicates(table["id"].to_pylist(), table["content_key"],
+                                    threshold=config.dedup.jaccard_threshold, shingle_size=config.dedup.shingle_size,
+                                    num_perm=config.dedup.num_perm, seed=config.random_seed)
+        near_count = len(near)
+        is_near = pc.is_in(table["id"], pa.array(list(near), pa.string()))
+        near_rows = _with_reason(table.filter(is_near), "near_duplicate")
+        near_rows = near_rows.set_column(RECORD_SCHEMA.get_field_index("duplicate_of"), "duplicate_of",
+                                         pa.array([near[i] for i in near_rows["id"].to_pylist()], pa.string()))
+        dropped.append(near_rows)
+        table = table.filter(pc.invert(is_near))
+
+    # Shuffle from a canonical order so the result does not depend on shard layout.
+    table = table.take(pc.sort_indices(table, [("id", "ascending")]))
+    order = np.random.default_rng(config.random_seed).permutation(table.num_rows)
+    table = table.take(pa.array(order, pa.int64()))
+    sampled_out = 0
+    if config.mix.sample_size is not None and table.num_rows > config.mix.sample_size:
+        sampled_out = table.num_rows - config.mix.sample_size
+        table = table.slice(0, config.mix.sample_size)
+
+    final_uri = layout.run_shard("final", 0)
+    dropped_uri = layout.run_shard("final_dropped", 0)
+    final_ref = ShardRef.of(write_shard(final_uri, table, settings=settings, key=key))
+    dropped_table = pa.concat_tables([d.select(RECORD_SCHEMA.names).cast(RECORD_SCHEMA) for d in dropped])
+    dropped_ref = ShardRef.of(write_shard(dropped_uri, dropped_table, settings=settings, key=key))
+    summary = MixSummary(
+        candidates=candidates, no_response=dropped[0].num_rows, near_duplicates=near_count, sampled_out=sampled_out,
+        final=table.num_rows, by_round={str(r): n for r, n in count_values(table["round"]).items()},
+        by_operation=count_values(table["operation"]),
+        final_uri=final_uri, dropped_uri=dropped_uri, final_sha256=final_ref.sha256,
+    )
+    outputs = {"final": [final_ref], "dropped": [dropped_ref]}
+    write_stage(layout.mix_marker(), key, summary.model_dump(mode="json"), outputs, settings)
+    return summary
+
+
+@task(name="mix-final", retries=1, retry_delay_seconds=5)
+def mix_final_task(layout: RunLayout, config: RunConfig, inputs: list[ShardRef], key: str,
+                   force: bool = False) -> MixSummary:
+    """Mix the seeds and every round's survivors into the final data (or reuse it)."""
+    return state(mix_final(layout, config, inputs, key, force))

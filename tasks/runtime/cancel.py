@@ -1,0 +1,101 @@
+"""Cancellation of a run started outside a worker (``evol run``): watch the flow run's state, stop on Cancelling.
+
+Prefect's workers kill the process of a flow run that is cancelled in the UI; a run started from the
+command line has no worker, so its flow run would sit in Cancelling while the run went on. The watcher
+polls the flow run's state; when it turns Cancelling it marks the run and everything under it Cancelled
+and ends the process. Nothing committed is lost: shards are published atomically and a half-written
+temp file is swept by the next run, which reuses every committed shard.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from uuid import UUID
+
+import httpx
+from prefect.client.orchestration import SyncPrefectClient
+from prefect.client.schemas.objects import StateType
+from prefect.states import Cancelled
+
+from tasks.runtime.recovery import UNFINISHED, flow_run_tree, unfinished_task_runs
+
+CANCEL_MESSAGE = "cancelled through the Prefect API; committed shards are kept and a rerun resumes from them"
+
+
+def cancel_flow_run_tree(client: SyncPrefectClient, flow_run_id: UUID, message: str = CANCEL_MESSAGE) -> int:
+    """Mark a flow run, its subflow runs and their unfinished task runs Cancelled; returns how many runs changed."""
+    changed = 0
+    for flow_run in reversed(flow_run_tree(client, flow_run_id)):
+        for task_run in unfinished_task_runs(client, flow_run.id):
+            client.set_task_run_state(task_run.id, Cancelled(message=message), force=True)
+            changed += 1
+        if flow_run.state is None or flow_run.state.type in UNFINISHED:
+            client.set_flow_run_state(flow_run.id, Cancelled(message=message), force=True)
+            changed += 1
+    return changed
+
+
+EXIT_CANCELLED = 130
+
+
+def cancel_and_exit(client: SyncPrefectClient, flow_run_id: UUID, release: Callable[[], None]) -> None:
+    """Record the cancellation on the flow run tree, give the run folder back (``release``), end the process.
+
+    Task runs report their states through events the server records a moment later, so a task that started
+    just before the end can show up Running after the first pass: a detached sweeper makes the same pass
+    again once this process (and so every event it sends) is gone."""
+    changed = cancel_flow_run_tree(client, flow_run_id)
+    release()
+    subprocess.Popen([sys.executable, "-m", "tasks.runtime.cancel", str(client.api_url), str(flow_run_id)],
+                     start_new_session=True, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
+    print(f"run cancelled through the Prefect API (flow run {flow_run_id}, {changed} run(s) marked Cancelled); "
+          "committed shards are kept, a rerun resumes from them", file=sys.stderr, flush=True)
+    os._exit(EXIT_CANCELLED)  # the shard threads hold no state worth waiting for: commits are atomic
+
+
+def sweep_after_exit(api_url: str, flow_run_id: UUID, pauses: tuple[float, ...] = (2.0, 3.0)) -> int:
+    """Cancel what the server recorded late; a local API that ended with the run leaves nothing to sweep."""
+    changed = 0
+    for pause in pauses:
+        time.sleep(pause)
+        try:
+            with SyncPrefectClient(api=api_url) as client:
+                changed += cancel_flow_run_tree(client, flow_run_id)
+        except httpx.ConnectError:
+            return changed  # the run's private API ended with it
+    return changed
+
+
+class CancelWatcher:
+    """A daemon thread polling ``flow_run_id``'s state every ``interval_s``; calls ``on_cancel`` once on
+    Cancelling (or Cancelled)."""
+
+    def __init__(self, api_url: str, flow_run_id: UUID, on_cancel: Callable[[SyncPrefectClient], None],
+                 interval_s: float = 1.0):
+        self.api_url, self.flow_run_id, self.on_cancel, self.interval_s = api_url, flow_run_id, on_cancel, interval_s
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, name="cancel-watcher", daemon=True)
+
+    def _watch(self) -> None:
+        with SyncPrefectClient(api=self.api_url) as client:
+            while not self._stop.wait(self.interval_s):
+                state = client.read_flow_run(self.flow_run_id).state
+                if state is not None and state.type in (StateType.CANCELLING, StateType.CANCELLED):
+                    self.on_cancel(client)
+                    return
+
+    def __enter__(self) -> CancelWatcher:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+
+
+if __name__ == "__main__":
+    sweep_after_exit(sys.argv[1], UUID(sys.argv[2]))

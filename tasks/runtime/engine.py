@@ -1,0 +1,75 @@
+"""The engine start as a step of its own: a round that has shards to compute and no warm backend yet starts
+its engines in a task of their own (``start-engines``) before its shards run, so the UI shows the start and
+its seconds instead of a silent 0/N bar. Once per run: later rounds find the backends built."""
+
+from __future__ import annotations
+
+import time
+
+from prefect import task
+from pydantic import BaseModel
+
+from storage import ShardCorrupt, StorageSettings
+from storage.shards import read_marker
+from tasks.core.config import STAGES, LLMConfig
+from tasks.core.context import EvolveSpec
+from tasks.evolve.shard import stage_runtime, stage_runtime_built
+
+
+class EngineStart(BaseModel):
+    """What starting a run's backends did."""
+
+    backends: list[str]  # "backend model" per distinct backend, as configured
+    engines: list[str]  # model names of the engines started (vLLM); none for scripted or remote backends
+    seconds: float
+
+    def note(self) -> str:
+        """One line for the log and the round's progress."""
+        what = f"engine {', '.join(self.engines)}" if self.engines else f"backend {', '.join(self.backends)}"
+        return f"{what} ready in {self.seconds:.1f} s"
+
+
+def engine_labels(llm: LLMConfig) -> list[str]:
+    """``backend model`` of each distinct backend a run uses, in stage order."""
+    labels: list[str] = []
+    for stage in STAGES:
+        resolved = llm.for_stage(stage)
+        label = f"{resolved.backend} {resolved.model}"
+        if label not in labels:
+            labels.append(label)
+    return labels
+
+
+def pending_shards(candidate_uris: list[str], keys: list[str], force: bool = False,
+                   settings: StorageSettings | None = None) -> int:
+    """How many of a round's candidate shards are not committed under their key (markers only: cheap)."""
+    if force:
+        return len(candidate_uris)
+    pending = 0
+    for uri, key in zip(candidate_uris, keys, strict=True):
+        try:
+            pending += read_marker(uri, settings).get("key") != key
+        except ShardCorrupt:
+            pending += 1
+    return pending
+
+
+def needs_engine_start(spec: EvolveSpec, candidate_uris: list[str], keys: list[str], force: bool = False) -> bool:
+    """Whether a round must start its engines first: it has shards to compute and this run has not built its
+    backends yet. A round whose shards are all reused starts nothing."""
+    return not stage_runtime_built(spec) and pending_shards(candidate_uris, keys, force) > 0
+
+
+def start_engines(spec: EvolveSpec) -> EngineStart:
+    """Build the run's prompt pack and backends and start the engines that need it."""
+    started = time.perf_counter()
+    _pack, backends = stage_runtime(spec)
+    engines = backends.start()
+    return EngineStart(backends=engine_labels(spec.llm), engines=engines,
+                       seconds=round(time.perf_counter() - started, 3))
+
+
+@task(name="start-engines", task_run_name="start-engines-r{round_index}", tags=["llm"])
+def start_engines_task(spec: EvolveSpec, round_index: int) -> EngineStart:
+    """Start the run's LLM engines before the round's shards (a failed start fails the round at once)."""
+    return start_engines(spec)

@@ -1,0 +1,42 @@
+"""Resolve a run once at its start: the prompt pack's template shas, each LLM role's model identity, the seeds'
+content hash, and from them the stage keys (``tasks.core.context``)."""
+
+from __future__ import annotations
+
+from prompts import load_pack
+from storage import StorageSettings
+from tasks.core.config import STAGES as LLM_STAGES
+from tasks.core.config import EnvSettings, RunConfig
+from tasks.core.context import (
+    READER_VERSION,
+    EvolveSpec,
+    RunContext,
+    check_recompute,
+    run_layout,
+    seeds_content_sha,
+    stage_key,
+)
+
+
+def build_context(config: RunConfig, recompute: tuple[str, ...] = (), env: EnvSettings | None = None,
+                  settings: StorageSettings | None = None) -> RunContext:
+    """Resolve a config once: pack, model identity, seeds hash, stage keys."""
+    from tasks.llm.models import model_identity
+
+    check_recompute(recompute, config.rounds)
+    env = env or EnvSettings()
+    template_shas = load_pack(config.prompt_pack).template_shas()
+    model = {}
+    for stage in LLM_STAGES:  # each stage's own model: a judge changed alone redoes the shards it judged
+        llm = config.llm.for_stage(stage)
+        model[stage] = {**model_identity(llm.backend, llm.model, llm.engine_args, env.llm.models_dir),
+                        "structured_outputs": llm.structured_outputs}
+    seeds_sha = seeds_content_sha(config.seeds, settings)
+    evolve = EvolveSpec.of(config).model_copy(update={"template_shas": template_shas})
+    # the model enters the key through its identity; the rest of `llm` (per-stage overrides) through `model`
+    spec = evolve.model_dump(mode="json", exclude={"llm", "streaming", "template_shas"})
+    return RunContext(
+        config=config, layout=run_layout(config), template_shas=template_shas, model=model, seeds_sha=seeds_sha,
+        evolve=evolve, evolve_key=stage_key("evolve", template_shas, model, spec), recompute=tuple(recompute),
+        ingest_key=stage_key("ingest", seeds_sha, config.field_map, config.ingest.csv_header, config.shard_size,
+                               READER_VERSION))
