@@ -4,7 +4,7 @@
 
 Rows are ~100-character instructions (10% exact or near copies) and ~200-character answers. Near dedup runs
 on the same content keys and the same byte shingles three ways: the numpy MinHash the pipeline uses
-(``tasks/near_dedup.py``), rensa (Rust) and datasketch, each with LSH banding, verification of the pairs by
+(``tasks/mix/near_dedup.py``), rensa (Rust) and datasketch, each with LSH banding, verification of the pairs by
 their signatures and scipy's connected components. Each stage reports rows/s
 (wall), wall and CPU seconds (all threads), and the line ends with the peak RSS and the 1-minute load
 average: on a shared machine, CPU seconds are the steadier figure.
@@ -76,7 +76,7 @@ def synthetic(n: int, seed: int = 0) -> tuple[list[str], list[str], pa.Table]:
 
 
 def flat_shingles(keys: pa.Array, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """The byte ``k``-gram hashes ``tasks.near_dedup`` uses, back to back (uint64), and the row offsets (n + 1)."""
+    """The byte ``k``-gram hashes ``tasks.mix.near_dedup`` uses, back to back (uint64), and the row offsets (n + 1)."""
     padded, starts, lengths = utf8_buffers(keys)
     counts = np.maximum(lengths - k + 1, 1)
     offsets = np.zeros(len(counts) + 1, np.int64)
