@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 
@@ -17,6 +20,10 @@ from storage import StorageSettings
 
 os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")  # no network here
+# Each test process (pytest-xdist runs two) gets a Prefect home of its own: the local API an `evol run` starts keeps its
+# SQLite database there, and two runs in two test processes must not share it (nor the user's own profile).
+os.environ["PREFECT_HOME"] = tempfile.mkdtemp(prefix="evol-tests-prefect-home-")
+atexit.register(shutil.rmtree, os.environ["PREFECT_HOME"], True)
 
 
 def free_port() -> int:
