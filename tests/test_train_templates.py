@@ -15,7 +15,15 @@ from typer.testing import CliRunner
 from flows.cli import app
 from tasks.core.config import TrainConfig
 from tasks.train.check import dry_run
-from tasks.train.sft import RECIPES_DIR, RecipeError, build_trainer, load_recipe, read_sft_rows, run_training
+from tasks.train.sft import (
+    RECIPES_DIR,
+    RecipeError,
+    build_trainer,
+    load_recipe,
+    read_sft_rows,
+    run_training,
+    train_task,
+)
 from tasks.train.templates import TEMPLATES_DIR, NoChatTemplateError, render, template_names
 from tests.test_train import FACTS, completion_label_mask, hand_off, messages_jsonl, write_uri
 
@@ -112,6 +120,11 @@ def test_a_base_model_without_a_template_fails_in_one_line(base_model, tmp_path,
     with pytest.raises(NoChatTemplateError) as err:
         run_training(dataset, str(recipe), str(tmp_path / "out"))
     assert str(err.value) == expected
+    launched = tmp_path / "launched.yaml"  # under accelerate launch: the flow's task says it before launching
+    (tmp_path / "cpu.yaml").write_text("distributed_type: 'NO'\nnum_processes: 1\nuse_cpu: true\n")
+    launched.write_text(recipe.read_text() + f"accelerate_config: {tmp_path / 'cpu.yaml'}\n")
+    with pytest.raises(NoChatTemplateError, match=f"^{launched}: the tokenizer of {base_model} has no chat template"):
+        train_task.fn(dataset, str(launched), str(tmp_path / "out"))
     out = CliRunner().invoke(app, ["train", str(recipe), "--dataset", dataset, "--output", str(tmp_path / "out")])
     assert out.exit_code == 2 and f"error: {expected} (evol train {recipe} --dry-run shows every check)" in out.output
     assert not (tmp_path / "out").exists()
@@ -139,6 +152,7 @@ def test_the_loss_falls_on_the_answer_and_its_end_token_in_the_alpaca_format(bas
     for i, row in enumerate(rows):
         ids, mask = completion_label_mask(trainer, i)
         start = mask.index(1)
+        assert ids[0] == tokenizer.bos_token_id and ids.count(tokenizer.bos_token_id) == 1  # the template's BOS only
         assert mask == [0] * start + [1] * (len(ids) - start)
         assert tokenizer.decode(ids[start:]) == row["completion"][0]["content"] + tokenizer.eos_token
         assert tokenizer.decode(ids[:start]).endswith(f"{row['prompt'][0]['content']}\n\n### Response:")

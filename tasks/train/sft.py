@@ -249,10 +249,13 @@ def run_training(dataset_uri: str, recipe: str, output_uri: str, models_dir: str
 def train_task(dataset_uri: str, recipe: str, output_uri: str) -> TrainResult:
     """Fine-tune on the exported messages and write the model and metrics under ``output_uri``: in this process, or
     under ``accelerate launch`` (one process per device) when the recipe names an accelerate config."""
-    accelerate_config = load_recipe(recipe).accelerate_config
-    if accelerate_config:
-        config = recipe_path(accelerate_config, RECIPES_DIR / "accelerate")
+    spec = load_recipe(recipe)
+    if spec.accelerate_config:
+        config = recipe_path(spec.accelerate_config, RECIPES_DIR / "accelerate")
         if not config.is_file():
             raise RecipeError(f"accelerate config not found: {config}")
+        # The template check here too: its one line in this task's error, not "accelerate launch exited with 2".
+        training_tokenizer(spec.chat_template, resolve_model(spec.base_model, EnvSettings().llm.models_dir),
+                           str(recipe_path(recipe)))
         return launch_with_accelerate(dataset_uri, recipe, output_uri, config)
     return run_training(dataset_uri, recipe, output_uri)
