@@ -23,6 +23,7 @@ from prefect.futures import as_completed
 from prefect.settings import PREFECT_API_URL
 from pydantic import BaseModel
 
+from flows.evol_score import evol_score
 from flows.runners import cluster_address, release_future, round_task_runner
 from flows.train import train
 from storage import ShardRef, StageMismatch, total_rows
@@ -30,7 +31,15 @@ from storage.lease import RunLease, is_stale
 from storage.shards import sweep_temp_files, write_file_atomic
 from tasks.core.config import RunConfig
 from tasks.core.context import RunContext, run_layout
-from tasks.core.summaries import ExportSummary, IngestSummary, MixSummary, RoundSummary, ShardSummary, engine_time_line
+from tasks.core.summaries import (
+    ExportSummary,
+    IngestSummary,
+    MixSummary,
+    RoundSummary,
+    ScoreSummary,
+    ShardSummary,
+    engine_time_line,
+)
 from tasks.evolve.shard import evolve_shard_task, reset_stage_runtimes
 from tasks.export.files import export_final_task
 from tasks.export.plots import plots_markdown
@@ -56,6 +65,7 @@ from tasks.runtime.recovery import crash_dead_flow_run, crash_lost_task_runs
 from tasks.runtime.resolve import build_context
 from tasks.runtime.stages import EVOLVE_SHARD, walk
 from tasks.runtime.trigger import TriggerResult, trigger_training
+from tasks.score.shard import reset_score_runtimes
 
 
 class RoundFailed(RuntimeError):
@@ -69,6 +79,7 @@ class RunResult(BaseModel):
     data_key: str
     ingest: IngestSummary
     rounds: list[RoundSummary]
+    score: ScoreSummary | None = None
     mix: MixSummary
     export: ExportSummary
     training: TriggerResult | None = None
@@ -187,6 +198,7 @@ def evol_instruct(config: RunConfig, recompute: list[str] | None = None, take_ov
             logger.info("removed %d temp file(s) left by killed runs", len(swept))
         ctx = build_context(config, tuple(recompute or ()))
         reset_stage_runtimes()
+        reset_score_runtimes()
         reset_live_rounds(layout.run_id)
         write_file_atomic(layout.file("config.json"), json.dumps(config.model_dump(mode="json"), indent=2).encode())
         logger.info("run %s: outputs under %s", layout.run_id, layout.run_uri)
@@ -201,6 +213,7 @@ class RunSteps:
     def __init__(self, ctx: RunContext) -> None:
         self.ctx, self.logger, self.estimate = ctx, get_run_logger(), None
         self.round_flow = evol_round.with_options(task_runner=round_task_runner(ctx.config.orchestration))
+        self.score_flow = evol_score.with_options(task_runner=round_task_runner(ctx.config.orchestration))
 
     def ingest(self) -> IngestSummary:
         ctx = self.ctx
@@ -221,10 +234,13 @@ class RunSteps:
     def round(self, k: int, pool: list[ShardRef], references: list[ShardRef], expected: int) -> RoundSummary:
         return self.round_flow(self.ctx, k, pool, references, expected)
 
-    def mix(self, inputs: list[ShardRef], data_key: str, expected: int) -> MixSummary:
+    def score(self, inputs: list[list[ShardRef]]) -> ScoreSummary:
+        return self.score_flow(self.ctx, inputs)
+
+    def mix(self, inputs: list[ShardRef], data_key: str, expected: int, scores: list[ShardRef]) -> MixSummary:
         _check_chain("mix", expected, inputs)
         ctx = self.ctx
-        return mix_final_task.submit(ctx.layout, ctx.config, inputs, data_key, ctx.forced("mix")).result()
+        return mix_final_task.submit(ctx.layout, ctx.config, inputs, data_key, ctx.forced("mix"), scores).result()
 
     def export(self, data_key: str, rounds: list[RoundSummary], mix: MixSummary,
                lengths: dict[str, float]) -> ExportSummary:
@@ -249,5 +265,5 @@ def _run_stages(ctx: RunContext) -> RunResult:
         training = trigger_training(w.export.files["messages"], layout.run_uri, config.train, in_process=train)
         get_run_logger().info("training %s: flow run %s -> %s", training.mode, training.flow_run_id,
                               training.output_uri)
-    return RunResult(run_uri=layout.run_uri, data_key=w.data_key, ingest=w.ingest, rounds=w.rounds, mix=w.mix,
-                     export=w.export, training=training)
+    return RunResult(run_uri=layout.run_uri, data_key=w.data_key, ingest=w.ingest, rounds=w.rounds, score=w.score,
+                     mix=w.mix, export=w.export, training=training)

@@ -19,6 +19,7 @@ from tasks.core.config import validation_message
 PACKS_DIR = Path(__file__).resolve().parent
 MANIFEST = "manifest.yaml"
 SPECIAL_TEMPLATES = ("system", "equality", "answer", "validity")
+SCORING_TEMPLATES = ("complexity", "quality")  # the scoring stage's; not in ``template_shas`` (the evolve key)
 KINDS = ("in_depth", "in_breadth")
 _OPERATION_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
 
@@ -76,6 +77,7 @@ class _Manifest(BaseModel):
     answer: str
     validity: str
     operations: dict[str, _OperationEntry] = Field(min_length=1)
+    scoring: dict[Literal["complexity", "quality"], str] | None = None
     scaffolding_phrases: tuple[str, ...] = ()
 
 
@@ -125,7 +127,10 @@ class PromptPack:
         )
         files = {name: getattr(manifest, name) for name in SPECIAL_TEMPLATES}
         files.update({name: spec.template for name, spec in self._operations.items()})
+        self.has_scoring = manifest.scoring is not None and set(manifest.scoring) == set(SCORING_TEMPLATES)
+        files.update(manifest.scoring or {})
         keys = {name: name for name in SPECIAL_TEMPLATES} | {n: f"operations.{n}.template" for n in self._operations}
+        keys |= {name: f"scoring.{name}" for name in manifest.scoring or {}}
         self._files = files
         self._templates: dict[str, jinja2.Template] = {}
         self._shas: dict[str, str] = {}
@@ -156,7 +161,23 @@ class PromptPack:
 
     def template_shas(self) -> dict[str, str]:
         """Template name (operations, ``system``, ``equality``, ``answer``) -> sha; for the run fingerprint."""
-        return dict(self._shas)
+        return {k: v for k, v in self._shas.items() if k not in SCORING_TEMPLATES}
+
+    def scoring_pack(self) -> PromptPack:
+        """The pack whose scoring templates this one uses: itself, or the bundled ``general`` pack."""
+        return self if self.has_scoring else load_pack("general")
+
+    def scoring_shas(self) -> dict[str, str]:
+        """The scoring templates' shas (the scoring stage's key)."""
+        pack = self.scoring_pack()
+        return {k: pack._shas[k] for k in SCORING_TEMPLATES}
+
+    def score_messages(self, kind: str, **variables: Any) -> list[dict[str, str]]:
+        """The conversation of one scoring request: ``complexity`` (``questions``, ``target``: 1-based) or
+        ``quality`` (``question``, ``response``)."""
+        if kind not in SCORING_TEMPLATES:
+            raise PromptRenderError(f"no scoring template {kind!r} (known: {', '.join(SCORING_TEMPLATES)})")
+        return self.scoring_pack()._messages(kind, **variables)[0]
 
     def _template_sha(self, file: str, variants: tuple[dict[str, str], ...] = ()) -> str:
         # Text with normalised newlines, so a checkout with CRLF endings gives the same sha. Templates that

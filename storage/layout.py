@@ -43,6 +43,10 @@ class RunLayout:
         """A round's marker (``"*"``: a glob of every round's)."""
         return self.file(f"round={round_index}", "_round.json")
 
+    def score_shard(self, index: int) -> str:
+        """A shard of the scoring stage (its ``.done`` marker is the stage's record of that shard)."""
+        return self.run_shard("scores", index)
+
     def mix_marker(self) -> str:
         return self.file("final", "_mix.json")
 

@@ -45,6 +45,27 @@ RECORD_SCHEMA = pa.schema(
     ]
 )
 
+# One row's scores (the scoring stage, ``scores/``): complexity among its root's variants and quality of its
+# response, each the expectation over the choices 1..6 (``*_probs``: their probabilities) or, from a backend without
+# log-probabilities, the chosen score (``*_method``: "expectation" or "chosen"; null: not scored), and its embedding.
+SCORE_SCHEMA = pa.schema(
+    [
+        pa.field("id", pa.string(), nullable=False),
+        pa.field("root_id", pa.string(), nullable=False),
+        pa.field("round", pa.int32(), nullable=False),
+        pa.field("complexity", pa.float64()),
+        pa.field("complexity_probs", pa.list_(pa.float64())),
+        pa.field("complexity_method", pa.string()),
+        pa.field("quality", pa.float64()),
+        pa.field("quality_probs", pa.list_(pa.float64())),
+        pa.field("quality_method", pa.string()),
+        pa.field("embedding", pa.list_(pa.float32())),
+        pa.field("score_model", pa.string()),
+        pa.field("prompt_tokens", pa.int64(), nullable=False),
+        pa.field("completion_tokens", pa.int64(), nullable=False),
+    ]
+)
+
 # A row of input that could not be used, kept with where it came from and why.
 REJECTED_INPUT_SCHEMA = pa.schema(
     [

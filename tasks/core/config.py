@@ -105,13 +105,16 @@ class LLMConfig(StrictModel):
     evolve: StageLLMConfig | None = None
     respond: StageLLMConfig | None = None
     judge: StageLLMConfig | None = None
+    score: StageLLMConfig | None = None  # the scoring stage (``score:``): the judge's settings unless given
 
     def for_stage(self, stage: str) -> LLMConfig:
-        """The backend settings of one stage (``evolve``, ``respond`` or ``judge``), with no stage overrides."""
-        if stage not in STAGES:
-            raise ValueError(f"unknown stage {stage!r} (expected one of {', '.join(STAGES)})")
+        """The backend settings of one stage (``evolve``, ``respond``, ``judge`` or ``score``, which starts from the
+        judge's), with no stage overrides."""
+        if stage not in (*STAGES, "score"):
+            raise ValueError(f"unknown stage {stage!r} (expected one of {', '.join(STAGES)}, score)")
         override = getattr(self, stage)
-        base = self.model_dump(include={"backend", "model", "engine_args", "structured_outputs"})
+        source = self.for_stage("judge") if stage == "score" else self
+        base = source.model_dump(include={"backend", "model", "engine_args", "structured_outputs"})
         if override is not None:
             base.update({k: v for k, v in override.model_dump().items() if v is not None})
         return LLMConfig.model_validate(base)
@@ -147,11 +150,47 @@ class DedupConfig(StrictModel):
     num_perm: int = Field(128, ge=8)
 
 
+class SelectionConfig(StrictModel):
+    """Diversity-aware selection (Deita): rows by complexity x quality, each taken only when its embedding's cosine
+    similarity to every row taken before is below ``threshold``, until ``mix.sample_size`` rows."""
+
+    threshold: float = Field(0.9, gt=0.0, le=1.0)
+
+
 class MixConfig(StrictModel):
-    """The final data: seeds plus every round's survivors, shuffled, optionally sampled."""
+    """The final data: seeds plus every round's survivors, shuffled, optionally sampled (at random, or by
+    ``selection`` from the scores)."""
 
     include_seeds: bool = True
     sample_size: int | None = Field(None, ge=1)
+    selection: SelectionConfig | None = None
+
+
+class ScoreConfig(StrictModel):
+    """The scoring stage after the rounds (Deita): complexity per root, quality per row, both 1-6 by constrained
+    decoding and the expectation over the choices' probabilities; the embeddings the selection compares."""
+
+    complexity: bool = True
+    quality: bool = True
+    embeddings: bool = True
+    sampling: SamplingParams = SamplingParams(temperature=0.0, top_p=1.0, max_tokens=1)
+
+
+# Options added after runs were made: left out of stage keys and the dataset card while unset, so such runs keep
+# their keys and exports byte for byte.
+UNSET_OPTIONS = (("score",), ("llm", "score"), ("mix", "selection"))
+
+
+def without_unset_options(data: dict[str, Any]) -> dict[str, Any]:
+    """A config's JSON dump (or a part of it) without the later options that are unset (None)."""
+    out = copy.deepcopy(data)
+    for path in UNSET_OPTIONS:
+        node = out
+        for part in path[:-1]:
+            node = node.get(part) if isinstance(node, dict) else None
+        if isinstance(node, dict) and path[-1] in node and node[path[-1]] is None:
+            del node[path[-1]]
+    return out
 
 
 class OrchestrationConfig(StrictModel):
@@ -209,6 +248,7 @@ class RunConfig(StrictModel):
     elimination: EliminationConfig = EliminationConfig()
     dedup: DedupConfig = DedupConfig()
     mix: MixConfig = MixConfig()
+    score: ScoreConfig | None = None  # the scoring stage: off unless given
     orchestration: OrchestrationConfig = OrchestrationConfig()
     train: TrainConfig | None = None
 
@@ -221,6 +261,13 @@ class RunConfig(StrictModel):
             warnings.warn("config key `seed` is deprecated: call it `random_seed`", FutureWarning, stacklevel=2)
             data = {("random_seed" if k == "seed" else k): v for k, v in data.items()}
         return data
+
+    @model_validator(mode="after")
+    def _selection_needs_scores(self) -> RunConfig:
+        if self.mix.selection is not None and (self.score is None or not self.score.embeddings):
+            raise ValueError("mix.selection ranks rows by their scores and compares their embeddings: give a `score:` "
+                             "section (with embeddings: true)")
+        return self
 
     @field_validator("operation_weights")
     @classmethod

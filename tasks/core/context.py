@@ -8,7 +8,10 @@ those changed (and everything downstream, through the shas of its outputs):
 - an evolve shard: its pool shard's sha, the round, the templates, the model, sampling, elimination,
   operation weights and the run seed;
 - finishing a round: its candidate shards and the shards its dedup compares against;
-- mix: the seeds' and every round's evolved shards, dedup and mix settings, the run seed;
+- a score shard (``score:``): its seed shard's and the same shard of every round's evolutions, the scoring
+  templates, the scoring model, the score settings;
+- mix: the seeds' and every round's evolved shards (with ``mix.selection``, the score shards), dedup and mix
+  settings, the run seed;
 - export: the final shard and what the dataset card shows.
 """
 
@@ -23,7 +26,14 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict
 
 from storage import RunLayout, StorageSettings, resolve
-from tasks.core.config import EliminationConfig, LLMConfig, RunConfig, StageSampling
+from tasks.core.config import (
+    EliminationConfig,
+    LLMConfig,
+    RunConfig,
+    ScoreConfig,
+    StageSampling,
+    without_unset_options,
+)
 
 # Bump when the reading of seed files changes what ingest produces.
 READER_VERSION = "3"
@@ -70,6 +80,22 @@ class EvolveSpec(BaseModel):
                    elimination=config.elimination, streaming=config.orchestration.streaming)
 
 
+class ScoreSpec(BaseModel):
+    """The settings a score shard reads: the pack (its scoring templates), the scoring model, the score settings."""
+
+    model_config = ConfigDict(frozen=True)
+
+    prompt_pack: str
+    llm: LLMConfig  # the ``score`` role, resolved
+    score: ScoreConfig
+
+    @classmethod
+    def of(cls, config: RunConfig) -> ScoreSpec | None:
+        if config.score is None:
+            return None
+        return cls(prompt_pack=config.prompt_pack, llm=config.llm.for_stage("score"), score=config.score)
+
+
 class RunContext(BaseModel):
     """A run, resolved once at its start; stages get the parts they need from it."""
 
@@ -84,6 +110,8 @@ class RunContext(BaseModel):
     ingest_key: str
     evolve_key: str
     recompute: tuple[str, ...] = ()
+    score: ScoreSpec | None = None
+    score_key: str = ""  # the scoring templates, model and settings; a shard's key adds its inputs
 
     def forced(self, stage: str) -> bool:
         """Whether the user asked to recompute ``stage`` (``ingest``, ``round=K``, ``mix``, ``export``)."""
@@ -92,10 +120,16 @@ class RunContext(BaseModel):
     def evolve_shard_key(self, pool_sha: str, round_index: int) -> str:
         return stage_key("evolve", self.evolve_key, pool_sha, round_index)
 
-    def mix_key(self, input_shas: list[str]) -> str:
+    def score_shard_key(self, input_shas: list[str]) -> str:
+        return stage_key("score", self.score_key, input_shas)
+
+    def mix_key(self, input_shas: list[str], score_shas: list[str] | None = None) -> str:
+        """Mix's key; ``score_shas`` (with ``mix.selection``) and unset later options only enter it when given, so a
+        run without them keeps its key."""
         c = self.config
-        return stage_key("mix", input_shas, c.dedup.model_dump(mode="json"), c.mix.model_dump(mode="json"),
-                           c.random_seed, c.rounds)
+        parts = ["mix", input_shas, c.dedup.model_dump(mode="json"),
+                 without_unset_options({"mix": c.mix.model_dump(mode="json")})["mix"], c.random_seed, c.rounds]
+        return stage_key(*parts, *([score_shas] if score_shas else []))
 
 
 def seeds_content_sha(uri: str, settings: StorageSettings | None = None) -> str:
@@ -105,7 +139,7 @@ def seeds_content_sha(uri: str, settings: StorageSettings | None = None) -> str:
         return hashlib.file_digest(f, "sha256").hexdigest()
 
 
-STAGES = ("ingest", "mix", "export", "all")
+STAGES = ("ingest", "score", "mix", "export", "all")
 
 
 def check_recompute(recompute: tuple[str, ...], rounds: int) -> None:
@@ -113,5 +147,5 @@ def check_recompute(recompute: tuple[str, ...], rounds: int) -> None:
     valid = set(STAGES) | {f"round={k}" for k in range(1, rounds + 1)}
     bad = [s for s in recompute if s not in valid]
     if bad:
-        raise ValueError(f"unknown stage(s) to recompute {bad}: use ingest, round=1..round={rounds}, mix, export "
-                         "or all")
+        raise ValueError(f"unknown stage(s) to recompute {bad}: use ingest, round=1..round={rounds}, score, mix, "
+                         "export or all")

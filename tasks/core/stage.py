@@ -9,9 +9,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
+import pyarrow as pa
+from prefect.logging import get_logger
 from prefect.states import Completed, State
 
-from storage import StorageSettings, read_stage
+from storage import ShardCorrupt, ShardRef, StorageSettings, read_shard, read_stage
+from storage.shards import read_marker
 from tasks.core.summaries import Summary
 
 S = TypeVar("S", bound=Summary)
@@ -29,6 +32,29 @@ class Stage(Generic[S]):
         """The summary recorded under ``key`` (``update`` set on it), or None: the stage is to run."""
         record = self.read(marker_uri, key, settings, problems)
         return None if record is None else self.summary.model_validate({**record["summary"], "reused": True, **update})
+
+
+def shard_reader(counts: Callable[[ShardRef, pa.Table], dict[str, Any]]) -> Callable[..., dict[str, Any] | None]:
+    """A ``Stage.read`` for a stage of one shard whose ``.done`` marker is its stage marker (an evolve shard, a score
+    shard): the committed shard written under the key asked for, if it still verifies, as a record whose summary
+    is ``counts(ref, table)``; None means compute it."""
+
+    def read(uri: str, key: str, settings: StorageSettings | None = None,
+             problems: list[str] | None = None) -> dict[str, Any] | None:
+        try:
+            marker = read_marker(uri, settings)
+        except ShardCorrupt:
+            return None  # never committed
+        if marker.get("key") != key:
+            return None
+        try:
+            table = read_shard(uri, settings, expected=marker)
+        except ShardCorrupt as err:
+            get_logger(__name__).warning("%s", err)
+            return None
+        return {"summary": {**counts(ShardRef.of(marker), table), "seconds": 0.0}}
+
+    return read
 
 
 def state(summary: S, message: str | None = None) -> S | State:

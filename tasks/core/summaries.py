@@ -73,6 +73,35 @@ def totals(rounds: list[RoundSummary], field: str) -> dict[str, int]:
     return dict(sorted(total.items()))
 
 
+class ScoreShardSummary(Summary):
+    """What one score shard holds: its rows, how many got each score, how many only a chosen score."""
+
+    shard: int = 0
+    scores: ShardRef
+    rows: int
+    complexity: int  # rows with a complexity score
+    quality: int  # rows with a quality score
+    chosen: int  # scores that are the chosen choice (a backend without log-probabilities), not an expectation
+    embedded: int
+    prompt_tokens: int
+    completion_tokens: int
+    seconds: float
+
+
+class ScoreSummary(Summary):
+    """The scoring stage: its shards (one per seed shard) and their counts summed."""
+
+    shards: list[ScoreShardSummary]
+    shards_reused: int = 0
+
+    @property
+    def refs(self) -> list[ShardRef]:
+        return [s.scores for s in self.shards]
+
+    def total(self, field: str) -> int:
+        return sum(getattr(s, field) for s in self.shards)
+
+
 class MixSummary(Summary):
     """What went into the final data and what was dropped on the way."""
 
@@ -80,6 +109,7 @@ class MixSummary(Summary):
     no_response: int
     near_duplicates: int
     sampled_out: int
+    not_selected: int = 0  # diversity-aware selection (mix.selection): rows ranked but not taken
     final: int
     by_round: dict[str, int]
     by_operation: dict[str, int]

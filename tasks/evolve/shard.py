@@ -9,14 +9,12 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 from prefect import task
-from prefect.logging import get_logger
 
 from prompts import PromptPack, PromptPackError, load_pack
-from storage import ShardCorrupt, ShardRef, StorageSettings, read_shard, write_shard
+from storage import ShardRef, StorageSettings, read_shard, write_shard
 from storage.schema import count_values, records_table
-from storage.shards import read_marker
 from tasks.core.context import EvolveSpec
-from tasks.core.stage import Stage, state
+from tasks.core.stage import Stage, shard_reader, state
 from tasks.core.summaries import ShardSummary
 from tasks.evolve.drive import drive_batch, drive_streaming
 from tasks.evolve.steps import ShardPlan
@@ -78,26 +76,9 @@ def summarize(round_index: int, pool_uri: str, candidates: ShardRef, table: pa.T
                         **shard_counts(candidates, table))
 
 
-def read_candidates(candidates_uri: str, key: str, settings: StorageSettings | None = None,
-                    problems: list[str] | None = None) -> dict[str, Any] | None:
-    """The committed candidates shard written under ``key`` as a record, if it still verifies (its ``.done``
-    marker is the shard's stage marker); None means compute it."""
-    try:
-        marker = read_marker(candidates_uri, settings)
-    except ShardCorrupt:
-        return None  # never committed
-    if marker.get("key") != key:
-        return None
-    try:
-        table = read_shard(candidates_uri, settings, expected=marker)
-    except ShardCorrupt as err:
-        get_logger(__name__).warning("%s", err)
-        return None
-    return {"summary": {**shard_counts(ShardRef.of(marker), table), "seconds": 0.0}}
-
-
+# A candidates shard's ``.done`` marker is its stage marker.
 EVOLVE_SHARD = Stage("evolve", ShardSummary, lambda layout, k, i: layout.shard(k, "candidates", i),
-                     read=read_candidates)
+                     read=shard_reader(shard_counts))
 
 
 _RUNTIMES: dict[str, tuple[PromptPack, StageBackends]] = {}  # by the spec, the run's template shas included

@@ -8,7 +8,7 @@ from typing import Any
 import yaml
 
 from storage import ShardRef, StorageSettings, duck_connect, read_parquet_sql, total_rows
-from tasks.core.config import STAGES, RunConfig
+from tasks.core.config import STAGES, RunConfig, without_unset_options
 from tasks.core.summaries import Estimate, MixSummary, RoundSummary, engine_time_line, totals, whole_run
 from tasks.core.text import md_table
 from tasks.export.plots import PLOTS
@@ -49,13 +49,15 @@ def dataset_card(config: RunConfig, data_key: str, template_shas: dict[str, str]
     lines += md_table(["instructions", "mean length (words)"], [[k, f"{v:g}"] for k, v in (lengths or {}).items()])
     lines += ["", "## Final data", "", *md_table(["round", "rows"], mix.by_round.items())]
     lines += ["", *md_table(["operation", "rows"], mix.by_operation.items())]
+    selected = f", {mix.not_selected} not selected (diversity-aware selection)" if config.mix.selection else ""
     lines += ["", f"Dropped while mixing: {mix.no_response} without a response, "
-              f"{mix.near_duplicates} near duplicates, {mix.sampled_out} sampled out.", ""]
+              f"{mix.near_duplicates} near duplicates, {mix.sampled_out} sampled out{selected}.", ""]
     lines += estimate_markdown(estimate, rounds) if estimate is not None else []
     lines += ["## Prompt templates", "",
               *md_table(["template", "sha"], [[k, f"`{v}`"] for k, v in sorted(template_shas.items())])]
     lines += ["", "## Configuration", "", "```yaml",
-              yaml.safe_dump(config.model_dump(mode="json", exclude=CARD_EXCLUDES), sort_keys=True).rstrip(),
+              yaml.safe_dump(without_unset_options(config.model_dump(mode="json", exclude=CARD_EXCLUDES)),
+                             sort_keys=True).rstrip(),
               "```", ""]
     return "\n".join(lines)
 

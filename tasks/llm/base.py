@@ -25,7 +25,7 @@ Message = dict[str, str]
 Conversation = list[Message]
 
 __all__ = ["BackendError", "Completion", "Conversation", "LLMBackend", "Message", "SamplingParams",
-           "choice_margin", "is_prefilled", "TOP_LOGPROBS"]
+           "choice_logprobs", "choice_margin", "forced_choice", "is_prefilled", "TOP_LOGPROBS"]
 
 # How many alternatives a backend asks for at the deciding position of a forced choice.
 TOP_LOGPROBS = 20
@@ -37,6 +37,8 @@ class Completion(BaseModel):
     ``constrained``: the text was produced under a forced choice (it is exactly one of the choices).
     ``choice_margin``: for a forced choice, the log-probability of the chosen answer's best first token minus
     that of the best first token of any other choice (>= 0 for a greedy decision; ``None`` when unknown).
+    ``choice_logprobs``: the same position's best log-probability of each choice found among the alternatives
+    (``None``: the backend gave none).
     ``at_stop_string``: the engine ended the text at one of the request's stop strings (not at end-of-sequence).
     """
 
@@ -49,6 +51,7 @@ class Completion(BaseModel):
     error: str | None = None
     constrained: bool = False
     choice_margin: float | None = None
+    choice_logprobs: dict[str, float] | None = None  # forced choice: each choice's best first-token log-probability
     at_stop_string: bool = False
 
     @property
@@ -85,17 +88,33 @@ def choice_margin(top_logprobs: Mapping[str, float], chosen: str, choices: Seque
     choice is in the list, the lowest listed log-probability bounds it (the margin is then a lower bound).
     ``None`` when no listed token begins ``chosen``.
     """
-    finite = {t: lp for t, lp in top_logprobs.items() if math.isfinite(lp)}  # masked-out tokens are -inf
+    best = choice_logprobs(top_logprobs, choices)
+    if chosen not in best:
+        return None
+    others = [lp for c, lp in best.items() if c != chosen]
+    other = max(others) if others else min(lp for lp in top_logprobs.values() if math.isfinite(lp))
+    return best[chosen] - other
+
+
+def choice_logprobs(top_logprobs: Mapping[str, float], choices: Sequence[str]) -> dict[str, float]:
+    """Each choice's best first-token log-probability among ``top_logprobs`` (tokens, surrounding whitespace
+    ignored, that begin exactly one choice; masked-out tokens, -inf, skipped); a choice with no such token is
+    left out."""
     best: dict[str, float] = {}
-    for token, logprob in finite.items():
+    for token, logprob in top_logprobs.items():
         piece = token.strip()
-        if not piece:
+        if not piece or not math.isfinite(logprob):
             continue
         begun = [c for c in choices if c.startswith(piece)]
         if len(begun) == 1:
             best[begun[0]] = max(best.get(begun[0], float("-inf")), logprob)
-    if chosen not in best:
-        return None
-    others = [lp for c, lp in best.items() if c != chosen]
-    other = max(others) if others else min(finite.values())
-    return best[chosen] - other
+    return best
+
+
+def forced_choice(top_logprobs: Mapping[str, float] | None, chosen: str,
+                  choices: Sequence[str]) -> dict[str, float | dict[str, float] | None]:
+    """A forced choice's ``choice_margin`` and ``choice_logprobs`` fields from its first position's alternatives."""
+    if not top_logprobs:
+        return {"choice_margin": None, "choice_logprobs": None}
+    return {"choice_margin": choice_margin(top_logprobs, chosen, choices),
+            "choice_logprobs": choice_logprobs(top_logprobs, choices)}

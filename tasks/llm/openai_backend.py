@@ -12,7 +12,7 @@ from openai.types.chat import ChatCompletion
 
 from tasks.core.config import LLMEnvSettings, SamplingParams
 from tasks.llm.aio import gather_on_loop
-from tasks.llm.base import TOP_LOGPROBS, BackendError, Completion, Conversation, choice_margin, is_prefilled
+from tasks.llm.base import TOP_LOGPROBS, BackendError, Completion, Conversation, forced_choice, is_prefilled
 
 
 class OpenAIBackend:
@@ -141,16 +141,16 @@ def _parse(response: ChatCompletion, choices: tuple[str, ...] | None) -> Complet
         choice = response.choices[0]
         text = choice.message.content or ""
         constrained = choices is not None and text in choices
-        margin = None
+        decided: dict[str, Any] = {}
         content = choice.logprobs.content if choice.logprobs else None
-        if constrained and content:
-            first = {t.token: float(t.logprob) for t in content[0].top_logprobs or []}
-            margin = choice_margin(first, text, choices) if first else None
+        if constrained and choices is not None:
+            first = {t.token: float(t.logprob) for t in content[0].top_logprobs or []} if content else None
+            decided = forced_choice(first, text, choices)
         usage = response.usage
         return Completion(text=text, finish_reason=choice.finish_reason,
                           prompt_tokens=int(getattr(usage, "prompt_tokens", 0) or 0),
                           completion_tokens=int(getattr(usage, "completion_tokens", 0) or 0),
-                          constrained=constrained, choice_margin=margin,
+                          constrained=constrained, **decided,
                           at_stop_string=isinstance(getattr(choice, "stop_reason", None), str))  # vLLM's field
     except (IndexError, TypeError, AttributeError, ValueError) as err:
         return Completion(error=f"unexpected response shape: {type(err).__name__}: {err}", finish_reason="error")

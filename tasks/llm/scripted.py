@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 import inspect
+import math
+import re
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -10,18 +13,32 @@ from typing import Any
 from tasks.llm.base import BackendError, Completion, Conversation, SamplingParams
 
 Responder = Callable[[Conversation, SamplingParams], Any]  # Completion | str, or an awaitable of one
+Embedder = Callable[[str], list[float]]
+FAKE_DIMENSIONS = 64
+
+
+def fake_embedding(text: str) -> list[float]:
+    """A deterministic unit vector for logic tests: each word, lower-cased, adds one to a dimension its hash picks,
+    so texts that share words point the same way."""
+    vector = [0.0] * FAKE_DIMENSIONS
+    for word in re.findall(r"\w+", text.lower()) or [""]:
+        vector[int.from_bytes(hashlib.sha256(word.encode()).digest()[:4], "big") % FAKE_DIMENSIONS] += 1.0
+    norm = math.sqrt(sum(v * v for v in vector))
+    return [v / norm for v in vector]
 
 
 class ScriptedBackend:
     """Answers with ``responder(conversation, params)``; a plain string becomes a ``stop`` completion.
 
     ``constrained=True`` plays a backend with constrained decoding: under a forced choice an answer must be one
-    of the choices (anything else fails the item) and is marked ``constrained`` with ``margin``.
+    of the choices (anything else fails the item) and is marked ``constrained`` with ``margin``. ``embed`` gives
+    ``embedder(text)`` for each text (default: ``fake_embedding``).
     """
 
     def __init__(self, responder: Responder, model_name: str = "scripted", constrained: bool = False,
-                 margin: float | None = None):
+                 margin: float | None = None, embedder: Embedder = fake_embedding):
         self.responder = responder
+        self.embedder = embedder
         self.model_name = model_name
         self.constrained = constrained
         self.margin = margin
@@ -40,6 +57,10 @@ class ScriptedBackend:
                 result = Completion(error=f"{type(err).__name__}: {err}", finish_reason="error")
             out.append(self._completion(conv, params, result))
         return out
+
+    def embed(self, texts: list[str]) -> list[list[float]]:
+        """One embedding per text, in order."""
+        return [self.embedder(t) for t in texts]
 
     async def acomplete(self, conversation: Conversation, params: SamplingParams) -> Completion:
         """Answer one conversation (a call of one item); a responder may return an awaitable to hold the row."""
@@ -105,6 +126,8 @@ def demo_responder(conversation: Conversation, params: SamplingParams) -> str:
     text = last_user_text(conversation)
     if params.choices is not None and "Yes" in params.choices:
         return "Yes"
+    if params.choices is not None and all(c.isdigit() for c in params.choices):  # a score: from the text's bytes
+        return params.choices[sum(text.encode()) % len(params.choices)]
     if GIVEN in text and "#Created Prompt#" in text:
         words = given_prompt(text).split()
         return "Devise an uncommon variant of this task: " + " ".join(reversed(words[:12]))

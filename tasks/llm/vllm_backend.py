@@ -10,7 +10,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from tasks.llm import vllm_async
+from tasks.llm import vllm_async, vllm_embed
 from tasks.llm.aio import gather_on_loop, run_on_loop
 from tasks.llm.base import Completion, Conversation, SamplingParams, is_prefilled
 from tasks.llm.vllm_engine import EngineCache
@@ -42,7 +42,7 @@ def get_vllm_engine(model: str, engine_args: dict[str, Any] | None = None) -> tu
 def shutdown_engines() -> None:
     """Stop every cached engine's processes now (end of a test session or benchmark); the next use builds anew."""
     vllm_async.shutdown_async_engines()
-    for llm, lock in ENGINES.pop_all():
+    for llm, lock in ENGINES.pop_all() + vllm_embed.pooling_engines():
         with lock:
             core = getattr(getattr(llm, "llm_engine", None), "engine_core", None)
             try:
@@ -97,6 +97,10 @@ class VLLMBackend:
     def start(self) -> None:
         """Start the engine now (a run does it as its own step, before its first shard); a no-op when warm."""
         self.engine  # noqa: B018 - building it is the point
+
+    def embed(self, texts: list[str]) -> list[list[float]]:
+        """One embedding per text from vLLM's pooling runner on this model (``tasks.llm.vllm_embed``)."""
+        return vllm_embed.embed_texts(self.model, self.engine_args, texts)
 
     async def acomplete(self, conversation: Conversation, params: SamplingParams) -> Completion:
         """One completion from the async engine (call it on the streaming loop: ``tasks.llm.aio``)."""

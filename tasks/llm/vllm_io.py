@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from tasks.core.config import SamplingParams
-from tasks.llm.base import TOP_LOGPROBS, BackendError, Completion, Conversation, choice_margin, is_prefilled
+from tasks.llm.base import TOP_LOGPROBS, BackendError, Completion, Conversation, forced_choice, is_prefilled
 from tasks.llm.vllm_engine import on_cpu as _on_cpu
 
 
@@ -55,13 +55,13 @@ def to_vllm_sampling_params(params: SamplingParams, on_cpu: bool | None = None) 
 def completion_of(output: Any, choices: tuple[str, ...] | None = None) -> Completion:
     choice = output.outputs[0]
     constrained = choices is not None and choice.text in choices
-    margin = None
-    if constrained and choice.logprobs:
-        first = {lp.decoded_token or "": lp.logprob for lp in choice.logprobs[0].values()}
-        margin = choice_margin(first, choice.text, choices)
+    decided: dict = {}
+    if constrained and choices is not None:
+        first = {lp.decoded_token or "": lp.logprob for lp in choice.logprobs[0].values()} if choice.logprobs else None
+        decided = forced_choice(first, choice.text, choices)
     return Completion(text=choice.text, finish_reason=choice.finish_reason,
                       prompt_tokens=len(output.prompt_token_ids or ()), completion_tokens=len(choice.token_ids),
-                      constrained=constrained, choice_margin=margin,
+                      constrained=constrained, **decided,
                       at_stop_string=isinstance(getattr(choice, "stop_reason", None), str))
 
 

@@ -1,4 +1,5 @@
-"""The final data: seeds plus every round's survivors, near-deduplicated, shuffled, sampled."""
+"""The final data: seeds plus every round's survivors, near-deduplicated, shuffled, sampled (at random, or by
+diversity-aware selection over the scoring stage's scores: ``tasks.mix.select``)."""
 
 from __future__ import annotations
 
@@ -17,24 +18,36 @@ from storage import (
     write_shard,
     write_stage,
 )
-from storage.schema import RECORD_SCHEMA, count_values
+from storage.schema import RECORD_SCHEMA, SCORE_SCHEMA, count_values
 from tasks.core.config import RunConfig
 from tasks.core.stage import Stage, state
 from tasks.core.summaries import MixSummary
 from tasks.mix.near_dedup import find_near_duplicates
+from tasks.mix.select import select_table
 
 
-def _with_reason(table: pa.Table, reason: str) -> pa.Table:
-    return table.set_column(table.schema.get_field_index("reject_reason"), "reject_reason",
-                            pa.array([reason] * table.num_rows, pa.string()))
+def _with_reason(table: pa.Table, reason: str, duplicate_of: pa.Array | None = None) -> pa.Table:
+    """The rows with ``reject_reason`` set (and ``duplicate_of``: the kept row each was dropped for)."""
+    table = table.set_column(table.schema.get_field_index("reject_reason"), "reject_reason",
+                             pa.array([reason] * table.num_rows, pa.string()))
+    if duplicate_of is None:
+        return table
+    return table.set_column(RECORD_SCHEMA.get_field_index("duplicate_of"), "duplicate_of", duplicate_of)
+
+
+def _read_all(refs: list[ShardRef], settings: StorageSettings | None, schema: pa.Schema) -> pa.Table:
+    tables = [read_shard(ref.uri, settings, expected=ref.model_dump()) for ref in refs]
+    return pa.concat_tables(tables) if tables else schema.empty_table()
 
 
 MIX = Stage("mix", MixSummary, RunLayout.mix_marker)
 
 
 def mix_final(layout: RunLayout, config: RunConfig, inputs: list[ShardRef], key: str, force: bool = False,
-              settings: StorageSettings | None = None) -> MixSummary:
-    """Build and commit ``final/`` (the training data) and ``final_dropped/`` (with reasons) from ``inputs``.
+              settings: StorageSettings | None = None, scores: list[ShardRef] | None = None) -> MixSummary:
+    """Build and commit ``final/`` (the training data) and ``final_dropped/`` (with reasons) from ``inputs``;
+    with ``mix.selection``, the rows are chosen by their ``scores`` (the score shards), the others dropped as
+    ``not_selected`` with the nearest chosen row in ``duplicate_of``.
 
     Reused when ``final/_mix.json`` was written under ``key`` and both shards still verify.
     """
@@ -42,8 +55,7 @@ def mix_final(layout: RunLayout, config: RunConfig, inputs: list[ShardRef], key:
     if found is not None:
         return found
     # the input shards (seeds first, then each round's evolved rows), each checked against its ref
-    tables = [read_shard(ref.uri, settings, expected=ref.model_dump()) for ref in inputs]
-    table = pa.concat_tables(tables) if tables else RECORD_SCHEMA.empty_table()
+    table = _read_all(inputs, settings, RECORD_SCHEMA)
     if table.num_rows != total_rows(inputs):
         raise StageMismatch(f"mix: read {table.num_rows} rows from shards that hold {total_rows(inputs)}")
     candidates = table.num_rows
@@ -60,12 +72,17 @@ def mix_final(layout: RunLayout, config: RunConfig, inputs: list[ShardRef], key:
                                     num_perm=config.dedup.num_perm, seed=config.random_seed)
         near_count = len(near)
         is_near = pc.is_in(table["id"], pa.array(list(near), pa.string()))
-        near_rows = _with_reason(table.filter(is_near), "near_duplicate")
-        near_rows = near_rows.set_column(RECORD_SCHEMA.get_field_index("duplicate_of"), "duplicate_of",
-                                         pa.array([near[i] for i in near_rows["id"].to_pylist()], pa.string()))
-        dropped.append(near_rows)
+        near_ids = table.filter(is_near)["id"].to_pylist()
+        dropped.append(_with_reason(table.filter(is_near), "near_duplicate",
+                                    pa.array([near[i] for i in near_ids], pa.string())))
         table = table.filter(pc.invert(is_near))
 
+    not_selected = 0
+    if config.mix.selection is not None:
+        table, left, nearest = select_table(table, _read_all(scores or [], settings, SCORE_SCHEMA),
+                                            config.mix.selection.threshold, config.mix.sample_size)
+        dropped.append(_with_reason(left, "not_selected", nearest))
+        not_selected = left.num_rows
     # Shuffle from a canonical order so the result does not depend on shard layout.
     table = table.take(pc.sort_indices(table, [("id", "ascending")]))
     order = np.random.default_rng(config.random_seed).permutation(table.num_rows)
@@ -82,6 +99,7 @@ def mix_final(layout: RunLayout, config: RunConfig, inputs: list[ShardRef], key:
     dropped_ref = ShardRef.of(write_shard(dropped_uri, dropped_table, settings=settings, key=key))
     summary = MixSummary(
         candidates=candidates, no_response=dropped[0].num_rows, near_duplicates=near_count, sampled_out=sampled_out,
+        not_selected=not_selected,
         final=table.num_rows, by_round={str(r): n for r, n in count_values(table["round"]).items()},
         by_operation=count_values(table["operation"]),
         final_uri=final_uri, dropped_uri=dropped_uri, final_sha256=final_ref.sha256,
@@ -93,6 +111,6 @@ def mix_final(layout: RunLayout, config: RunConfig, inputs: list[ShardRef], key:
 
 @task(name="mix-final", retries=1, retry_delay_seconds=5)
 def mix_final_task(layout: RunLayout, config: RunConfig, inputs: list[ShardRef], key: str,
-                   force: bool = False) -> MixSummary:
+                   force: bool = False, scores: list[ShardRef] | None = None) -> MixSummary:
     """Mix the seeds and every round's survivors into the final data (or reuse it)."""
-    return state(mix_final(layout, config, inputs, key, force))
+    return state(mix_final(layout, config, inputs, key, force, scores=scores))

@@ -14,14 +14,23 @@ from storage import RunLayout, ShardRef, read_stage, resolve
 from storage.shards import committed_marker, write_file_atomic
 from tasks.core.config import RunConfig
 from tasks.core.context import RunContext, stage_key
-from tasks.core.summaries import Estimate, ExportSummary, IngestSummary, MixSummary, RoundSummary, Summary
+from tasks.core.summaries import (
+    Estimate,
+    ExportSummary,
+    IngestSummary,
+    MixSummary,
+    RoundSummary,
+    ScoreShardSummary,
+    ScoreSummary,
+    Summary,
+)
 from tasks.export.card import dataset_card
 from tasks.export.files import export_key
 from tasks.ingest.seeds import ingest_run_seeds
 from tasks.planning.estimate import make_estimate
 from tasks.round.finish import round_key
 from tasks.runtime.resolve import build_context
-from tasks.runtime.stages import EVOLVE_SHARD, EXPORT, INGEST, MIX, ROUND, stage_names, walk
+from tasks.runtime.stages import EVOLVE_SHARD, EXPORT, INGEST, MIX, ROUND, SCORE_SHARD, stage_names, walk
 
 ESTIMATE_FILE = "estimate.json"
 
@@ -75,7 +84,20 @@ class PlanSteps:
         self.note(f"round {k}", summary, _why(ctx, name, marker), len(pool), len(done))
         return summary
 
-    def mix(self, inputs: list[ShardRef], data_key: str, expected: int) -> MixSummary | None:
+    def score(self, inputs: list[list[ShardRef]]) -> ScoreSummary | None:
+        ctx = self.ctx
+        found: list[ScoreShardSummary | None] = [
+            None if ctx.forced("score") else SCORE_SHARD.done(SCORE_SHARD.marker(ctx.layout, i),
+                                                              ctx.score_shard_key([r.sha256 for r in refs]), shard=i)
+            for i, refs in enumerate(inputs)]
+        done = [s for s in found if s is not None]
+        summary = ScoreSummary(shards=done, shards_reused=len(done)) if len(done) == len(inputs) else None
+        why = "forced by --recompute" if ctx.forced("score") else "its inputs changed or it has not run yet"
+        self.note("score", summary, why, len(inputs), len(done))
+        return summary
+
+    def mix(self, inputs: list[ShardRef], data_key: str, expected: int,
+            scores: list[ShardRef]) -> MixSummary | None:
         marker = MIX.marker(self.ctx.layout)
         summary = None if self.ctx.forced("mix") else MIX.done(marker, data_key)
         self.note("mix", summary, _why(self.ctx, "mix", marker))
@@ -99,10 +121,10 @@ def plan_stages(ctx: RunContext, seeds: IngestSummary, estimate: Estimate | None
     first stage that is recomputed the outputs are unknown: the stages after it are recomputed too."""
     steps = PlanSteps(ctx, seeds, estimate)
     walk(ctx, steps)
-    stages, names = steps.stages, stage_names(ctx.config.rounds)[1:]
+    stages, names = steps.stages, stage_names(ctx.config.rounds, ctx.score is not None)[1:]
     first = next((s for s in stages if not s.reused), None)
-    return stages + [StagePlan(stage=name, reused=False, shards=first.shards if name.startswith("round") else 0,
-                               why=f"after {first.stage}") for name in names[len(stages):] if first is not None]
+    return stages + [StagePlan(stage=name, reused=False, shards=len(seeds.refs) if name.startswith(("round", "score"))
+                               else 0, why=f"after {first.stage}") for name in names[len(stages):] if first is not None]
 
 
 def estimate_key(ctx: RunContext) -> str:

@@ -11,6 +11,7 @@ from tasks.core.context import (
     READER_VERSION,
     EvolveSpec,
     RunContext,
+    ScoreSpec,
     check_recompute,
     run_layout,
     seeds_content_sha,
@@ -35,7 +36,13 @@ def build_context(config: RunConfig, recompute: tuple[str, ...] = (), env: EnvSe
     evolve = EvolveSpec.of(config).model_copy(update={"template_shas": template_shas})
     # the model enters the key through its identity; the rest of `llm` (per-stage overrides) through `model`
     spec = evolve.model_dump(mode="json", exclude={"llm", "streaming", "template_shas"})
+    score, score_key = ScoreSpec.of(config), ""
+    if score is not None:
+        identity = model_identity(score.llm.backend, score.llm.model, score.llm.engine_args, env.llm.models_dir)
+        score_key = stage_key("score", load_pack(config.prompt_pack).scoring_shas(), identity,
+                              score.llm.structured_outputs, score.score.model_dump(mode="json"))
     return RunContext(
+        score=score, score_key=score_key,
         config=config, layout=run_layout(config), template_shas=template_shas, model=model, seeds_sha=seeds_sha,
         evolve=evolve, evolve_key=stage_key("evolve", template_shas, model, spec), recompute=tuple(recompute),
         ingest_key=stage_key("ingest", seeds_sha, config.field_map, config.ingest.csv_header, config.shard_size,

@@ -1,9 +1,10 @@
-"""A run's stages in their order, walked once for the flow and for `evol plan`: ingest, round 1..M, mix, export.
+"""A run's stages in their order, walked once for the flow and for `evol plan`: ingest, round 1..M, score (when the
+config has a ``score:`` section), mix, export.
 
 ``walk`` hands each stage what the one before it recorded (a round its pool and dedup references, mix its inputs and
 the data key, export the card's figures); its ``steps`` say what doing a stage means: the flow runs its task, the
 plan asks the stage's marker whether it is done. The stages themselves: ``INGEST``, ``EVOLVE_SHARD``, ``ROUND``,
-``MIX``, ``EXPORT``."""
+``SCORE_SHARD``, ``MIX``, ``EXPORT``."""
 
 from __future__ import annotations
 
@@ -13,20 +14,21 @@ from typing import Any
 from storage import ShardRef
 from tasks.core.config import RunConfig
 from tasks.core.context import RunContext
-from tasks.core.summaries import ExportSummary, IngestSummary, MixSummary, RoundSummary
+from tasks.core.summaries import ExportSummary, IngestSummary, MixSummary, RoundSummary, ScoreSummary
 from tasks.evolve.shard import EVOLVE_SHARD
 from tasks.export.card import instruction_length_by_round
 from tasks.export.files import EXPORT
 from tasks.ingest.seeds import INGEST
 from tasks.mix.final import MIX
 from tasks.round.finish import ROUND
+from tasks.score.shard import SCORE_SHARD, score_inputs
 
-STAGES = (INGEST, EVOLVE_SHARD, ROUND, MIX, EXPORT)  # in the order a run runs them (rounds: shards, then finish)
+STAGES = (INGEST, EVOLVE_SHARD, ROUND, SCORE_SHARD, MIX, EXPORT)  # in the order a run runs them
 
 
-def stage_names(rounds: int) -> list[str]:
-    """The stages of a run of ``rounds`` rounds as `evol plan` lists them."""
-    return ["ingest", *(f"round {k}" for k in range(1, rounds + 1)), "mix", "export"]
+def stage_names(rounds: int, scored: bool = False) -> list[str]:
+    """The stages of a run of ``rounds`` rounds (``scored``: with the scoring stage) as `evol plan` lists them."""
+    return ["ingest", *(f"round {k}" for k in range(1, rounds + 1)), *(["score"] if scored else []), "mix", "export"]
 
 
 @dataclass
@@ -35,6 +37,7 @@ class Walked:
 
     ingest: IngestSummary | None = None
     rounds: list[RoundSummary] = field(default_factory=list)
+    score: ScoreSummary | None = None
     data_key: str | None = None
     mix: MixSummary | None = None
     lengths: dict[str, float] = field(default_factory=dict)
@@ -43,8 +46,10 @@ class Walked:
 
 def walk(ctx: RunContext, steps: Any) -> Walked:
     """Each stage in turn, each handed what the stages before it recorded: ``steps.ingest()``, ``steps.round(k,
-    pool, references, expected)``, ``steps.mix(inputs, data_key, expected)``, ``steps.export(data_key, rounds, mix,
-    lengths)`` (``expected``: the rows the stages before counted); a step that returns None ends the walk."""
+    pool, references, expected)``, with a ``score:`` section ``steps.score(inputs)`` (each score shard's input
+    shards), ``steps.mix(inputs, data_key, expected, scores)`` (``scores``: the score shards, with
+    ``mix.selection``), ``steps.export(data_key, rounds, mix, lengths)`` (``expected``: the rows the stages before
+    counted); a step that returns None ends the walk."""
     w = Walked(ingest=steps.ingest())
     if w.ingest is None:
         return w
@@ -55,10 +60,15 @@ def walk(ctx: RunContext, steps: Any) -> Walked:
             return w
         w.rounds.append(summary)
         pool, expected = summary.pool_out, summary.pool_in
+    if ctx.score is not None:
+        w.score = steps.score(score_inputs(seeds, w.rounds))
+        if w.score is None:
+            return w
     inputs = mix_inputs(ctx.config, seeds, w.rounds)
-    w.data_key = ctx.mix_key([r.sha256 for r in inputs])
+    scores = w.score.refs if w.score is not None and ctx.config.mix.selection is not None else []
+    w.data_key = ctx.mix_key([r.sha256 for r in inputs], [r.sha256 for r in scores])
     counted = (w.ingest.accepted if ctx.config.mix.include_seeds else 0) + sum(r.evolved for r in w.rounds)
-    w.mix = steps.mix(inputs, w.data_key, counted)
+    w.mix = steps.mix(inputs, w.data_key, counted, scores)
     if w.mix is None:
         return w
     w.lengths = instruction_length_by_round(seeds, w.rounds)

@@ -1,0 +1,86 @@
+"""The scoring stage: one task per seed shard, over that shard's roots (the seed shard and the same shard of every
+round's evolutions: a round keeps each root's rows in its seed's shard), mapped like a round's shards; each shard is
+committed under the hash of its inputs and reused while they stay the same."""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+from prefect import task
+
+from prompts import PromptPack, load_pack
+from storage import ShardRef, StorageSettings, read_shard, write_shard
+from storage.schema import SCORE_SCHEMA, records_table
+from tasks.core.context import ScoreSpec
+from tasks.core.stage import Stage, shard_reader, state
+from tasks.core.summaries import RoundSummary, ScoreShardSummary
+from tasks.llm.base import LLMBackend
+from tasks.llm.factory import get_backend
+from tasks.score.rows import score_rows
+
+
+def score_inputs(seeds: list[ShardRef], rounds: list[RoundSummary]) -> list[list[ShardRef]]:
+    """Each score shard's inputs: seed shard i, then shard i of each round's evolutions."""
+    return [[seed, *(r.evolved_shards[i] for r in rounds)] for i, seed in enumerate(seeds)]
+
+
+def score_counts(scores: ShardRef, table: pa.Table) -> dict[str, Any]:
+    """What a score shard's summary counts from its columns."""
+    chosen = sum(pc.sum(pc.equal(table[f"{k}_method"], "chosen")).as_py() or 0 for k in ("complexity", "quality"))
+    return {"scores": scores, "rows": table.num_rows, "chosen": chosen,
+            "complexity": table.num_rows - table["complexity"].null_count,
+            "quality": table.num_rows - table["quality"].null_count,
+            "embedded": table.num_rows - table["embedding"].null_count,
+            "prompt_tokens": pc.sum(table["prompt_tokens"]).as_py() or 0,
+            "completion_tokens": pc.sum(table["completion_tokens"]).as_py() or 0}
+
+
+# A score shard's ``.done`` marker is its stage marker.
+SCORE_SHARD = Stage("score", ScoreShardSummary, lambda layout, i: layout.score_shard(i),
+                    read=shard_reader(score_counts))
+
+
+def score_shard(inputs: list[ShardRef], scores_uri: str, spec: ScoreSpec, backend: LLMBackend, pack: PromptPack,
+                key: str | None = None, settings: StorageSettings | None = None) -> ScoreShardSummary:
+    """Score every row of a shard's inputs (each checked against its ref) and commit the scores under ``key``."""
+    started = time.perf_counter()
+    rows = [row for ref in inputs for row in read_shard(ref.uri, settings, expected=ref.model_dump()).to_pylist()]
+    table = records_table(score_rows(rows, pack, backend, spec.score), SCORE_SCHEMA)
+    marker = write_shard(scores_uri, table, schema=SCORE_SCHEMA, settings=settings, key=key)
+    seconds = round(time.perf_counter() - started, 3)
+    return ScoreShardSummary(seconds=seconds, **score_counts(ShardRef.of(marker), table))
+
+
+_RUNTIMES: dict[str, tuple[PromptPack, LLMBackend]] = {}
+_LOCK = threading.Lock()
+
+
+def reset_score_runtimes() -> None:
+    """Forget the scoring backends of earlier runs in this process (a run calls it at its start)."""
+    with _LOCK:
+        _RUNTIMES.clear()
+
+
+def score_runtime(spec: ScoreSpec) -> tuple[PromptPack, LLMBackend]:
+    """The pack and the scoring backend of a spec, built once per process and shared by its score tasks."""
+    cache_key = spec.model_dump_json()
+    with _LOCK:
+        if cache_key not in _RUNTIMES:
+            _RUNTIMES[cache_key] = (load_pack(spec.prompt_pack), get_backend(spec.llm))
+        return _RUNTIMES[cache_key]
+
+
+@task(name="score-shard", task_run_name="score-s{shard_index:05d}", retries=2, retry_delay_seconds=[2, 10],
+      tags=["llm"])
+def score_shard_task(inputs: list[ShardRef], scores_uri: str, shard_index: int, spec: ScoreSpec, key: str,
+                     force: bool = False) -> ScoreShardSummary:
+    """Score one shard's rows; a score shard already committed under the same key is reused (state ``Reused``)."""
+    found = None if force else SCORE_SHARD.done(scores_uri, key, shard=shard_index)
+    if found is not None:
+        return state(found, f"{scores_uri} was committed under the same key")
+    pack, backend = score_runtime(spec)
+    return score_shard(inputs, scores_uri, spec, backend, pack, key=key).model_copy(update={"shard": shard_index})
