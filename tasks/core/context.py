@@ -88,12 +88,14 @@ class ScoreSpec(BaseModel):
     prompt_pack: str
     llm: LLMConfig  # the ``score`` role, resolved
     score: ScoreConfig
+    streaming: bool = False  # the run's engine kind (orchestration.streaming), so a shared model is one engine
 
     @classmethod
     def of(cls, config: RunConfig) -> ScoreSpec | None:
         if config.score is None:
             return None
-        return cls(prompt_pack=config.prompt_pack, llm=config.llm.for_stage("score"), score=config.score)
+        return cls(prompt_pack=config.prompt_pack, llm=config.llm.for_stage("score"), score=config.score,
+                   streaming=config.orchestration.streaming)
 
 
 class RunContext(BaseModel):

@@ -70,7 +70,7 @@ def score_runtime(spec: ScoreSpec) -> tuple[PromptPack, LLMBackend]:
     cache_key = spec.model_dump_json()
     with _LOCK:
         if cache_key not in _RUNTIMES:
-            _RUNTIMES[cache_key] = (load_pack(spec.prompt_pack), get_backend(spec.llm))
+            _RUNTIMES[cache_key] = (load_pack(spec.prompt_pack), get_backend(spec.llm, streaming=spec.streaming))
         return _RUNTIMES[cache_key]
 
 

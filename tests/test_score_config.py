@@ -1,0 +1,48 @@
+"""The scoring stage's settings: the ``llm.score`` role, ``mix.selection`` needing scores, unset options out of keys."""
+
+from __future__ import annotations
+
+import pytest
+
+from tasks.core.config import ConfigError, parse_run_config, without_unset_options
+from tasks.core.context import RunContext, ScoreSpec, run_layout, stage_key
+
+
+def config(**extra):
+    return parse_run_config({"seeds": "s.jsonl", "llm": {"backend": "scripted", "model": "demo"}, **extra})
+
+
+def test_the_score_role_defaults_to_the_judges_settings():
+    judged = config(llm={"model": "base", "judge": {"backend": "openai", "model": "big-judge"}})
+    assert (judged.llm.for_stage("score").backend, judged.llm.for_stage("score").model) == ("openai", "big-judge")
+    own = config(llm={"model": "base", "judge": {"model": "big-judge"}, "score": {"model": "scorer"}})
+    assert own.llm.for_stage("score").model == "scorer" and own.llm.for_stage("judge").model == "big-judge"
+    assert ScoreSpec.of(config()) is None and ScoreSpec.of(config(score={})).llm.model == "demo"
+
+
+def test_selection_needs_scores_with_embeddings():
+    with pytest.raises(ConfigError, match="mix.selection ranks rows by their scores"):
+        config(mix={"selection": {}})
+    with pytest.raises(ConfigError, match="mix.selection"):
+        config(score={"embeddings": False}, mix={"selection": {}})
+    assert config(score={}, mix={"selection": {"threshold": 0.8}}).mix.selection.threshold == 0.8
+
+
+def test_unset_options_stay_out_of_the_mix_key_and_the_card():
+    plain = config()
+    dump = without_unset_options(plain.model_dump(mode="json"))
+    assert "score" not in dump and "score" not in dump["llm"] and "selection" not in dump["mix"]
+    assert dump["mix"] == {"include_seeds": True, "sample_size": None}  # what it was before these options
+
+    def ctx(c):
+        return RunContext(config=c, layout=run_layout(c), template_shas={}, model={}, seeds_sha="x",
+                          evolve={"prompt_pack": "general", "operation_weights": None, "random_seed": 0,
+                                  "prefill": True, "llm": c.llm, "sampling": c.sampling,
+                                  "elimination": c.elimination}, ingest_key="i", evolve_key="e")
+
+    # the key of a run without them is the one such a run had before (the mix settings as they were dumped)
+    before = stage_key("mix", ["a"], plain.dedup.model_dump(mode="json"), {"include_seeds": True, "sample_size": None},
+                       0, plain.rounds)
+    assert ctx(plain).mix_key(["a"]) == before
+    selecting = config(score={}, mix={"selection": {}})
+    assert ctx(selecting).mix_key(["a"], ["s"]) != ctx(selecting).mix_key(["a"], ["t"])
