@@ -53,7 +53,8 @@ def plan_command(config_path: Path, sets: list[str], recompute: list[str], measu
     for col in ("stage", "would be", "shards reused", "why"):
         stages.add_column(col, justify="right" if col == "shards reused" else "left")
     for s in plan.stages:
-        shards = f"{s.shards_reused}/{s.shards}" if s.stage == "ingest" or s.stage.startswith("round") else "-"
+        sharded = s.stage in ("ingest", "score") or s.stage.startswith("round")
+        shards = f"{s.shards_reused}/{s.shards}" if sharded else "-"
         stages.add_row(s.stage, "reused" if s.reused else "recomputed", shards, s.why)
     console.print(stages)
     e = plan.estimate

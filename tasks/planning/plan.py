@@ -92,8 +92,7 @@ class PlanSteps:
             for i, refs in enumerate(inputs)]
         done = [s for s in found if s is not None]
         summary = ScoreSummary(shards=done, shards_reused=len(done)) if len(done) == len(inputs) else None
-        why = "forced by --recompute" if ctx.forced("score") else "its inputs changed or it has not run yet"
-        self.note("score", summary, why, len(inputs), len(done))
+        self.note("score", summary, _why(ctx, "score", SCORE_SHARD.marker(ctx.layout, 0)), len(inputs), len(done))
         return summary
 
     def mix(self, inputs: list[ShardRef], data_key: str, expected: int,
