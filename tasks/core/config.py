@@ -15,15 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, f
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from storage import StorageSettings, resolve
-from tasks.core.elimination import (
-    EQUALITY_RULE,
-    FREE_TEXT_EQUALITY,
-    RULE_NAMES,
-    VALIDITY_JUDGE_RULE,
-    VALIDITY_TEXT_RULES,
-    Profile,
-    profile_rules,
-)
+from tasks.core.elimination import EliminationConfig
 
 ModelT = TypeVar("ModelT", bound=BaseModel)
 
@@ -133,49 +125,6 @@ class StageSampling(StrictModel):
     respond: SamplingParams = SamplingParams()
     equality: SamplingParams = SamplingParams(temperature=0.0, top_p=1.0, max_tokens=8)
     validity: SamplingParams = SamplingParams(temperature=0.0, top_p=1.0, max_tokens=4)
-
-
-class EliminationConfig(StrictModel):
-    """Which elimination rules run (a named profile, each rule switchable) and their thresholds and word lists."""
-
-    profile: Profile = "default"  # paper | default | small-model (tasks/core/elimination.py)
-    rules: dict[str, bool] = Field(default_factory=dict)  # a rule by name on or off, over the profile's set
-    equality_check: bool | None = None  # the judge's Equal / Not Equal question; None: the profile's
-    validity_check: bool | None = None  # the rewrite-validity rules and the judge's yes/no; None: the profile's
-    shorter_than_parent_ratio: float = Field(0.5, gt=0.0, le=1.0)  # an in-depth rewrite under this share fails
-    sorry_max_words: int = Field(80, ge=1)
-    sorry_words: tuple[str, ...] = ("sorry",)
-    stop_words: tuple[str, ...] | None = None  # None: the built-in English list
-    scaffolding_phrases: tuple[str, ...] | None = None  # None: the prompt pack's list
-
-    @field_validator("rules")
-    @classmethod
-    def _known_rules(cls, value: dict[str, bool]) -> dict[str, bool]:
-        unknown = sorted(set(value) - set(RULE_NAMES))
-        if unknown:
-            raise ValueError(f"unknown elimination rule(s) {unknown}: the rules are {list(RULE_NAMES)}")
-        return value
-
-    def enabled_rules(self) -> frozenset[str]:
-        """The rules this run applies: the profile's, then the two checks' switches, then ``rules``."""
-        on = set(profile_rules(self.profile))
-        switches = {EQUALITY_RULE: (EQUALITY_RULE,), "validity": (*VALIDITY_TEXT_RULES, VALIDITY_JUDGE_RULE)}
-        for flag, names in ((self.equality_check, switches[EQUALITY_RULE]), (self.validity_check,
-                                                                            switches["validity"])):
-            if flag is not None:
-                on = on | set(names) if flag else on - set(names)
-        on |= {name for name, flag in self.rules.items() if flag}
-        on -= {name for name, flag in self.rules.items() if not flag}
-        return frozenset(on)
-
-    def uses(self, rule: str) -> bool:
-        """Whether ``rule`` (a name of ``RULE_NAMES``) runs."""
-        return rule in self.enabled_rules()
-
-    @property
-    def equality_constrained(self) -> bool:
-        """Ask the equality question as a forced choice (False: free text parsed strictly, as the paper does)."""
-        return self.profile not in FREE_TEXT_EQUALITY
 
 
 class DedupConfig(StrictModel):

@@ -19,6 +19,8 @@ from __future__ import annotations
 
 from typing import Literal
 
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
 # Rules over the evolution's own text (the evolution is not answered when one rejects it).
 EVOLUTION_RULES: tuple[str, ...] = ("empty_evolution", "evolution_truncated", "scaffolding_copied")
 # The rewrite-validity rules over text, in the order they are checked, then the judge's yes/no question.
@@ -52,3 +54,48 @@ def profile_rules(profile: str) -> frozenset[str]:
         return PROFILES[profile]
     except KeyError:
         raise ValueError(f"unknown elimination profile {profile!r}: use one of {sorted(PROFILES)}") from None
+
+
+class EliminationConfig(BaseModel):
+    """Which elimination rules run (a named profile, each rule switchable) and their thresholds and word lists."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")  # as every part of the run's config
+
+    profile: Profile = "default"  # paper | default | small-model (tasks/core/elimination.py)
+    rules: dict[str, bool] = Field(default_factory=dict)  # a rule by name on or off, over the profile's set
+    equality_check: bool | None = None  # the judge's Equal / Not Equal question; None: the profile's
+    validity_check: bool | None = None  # the rewrite-validity rules and the judge's yes/no; None: the profile's
+    shorter_than_parent_ratio: float = Field(0.5, gt=0.0, le=1.0)  # an in-depth rewrite under this share fails
+    sorry_max_words: int = Field(80, ge=1)
+    sorry_words: tuple[str, ...] = ("sorry",)
+    stop_words: tuple[str, ...] | None = None  # None: the built-in English list
+    scaffolding_phrases: tuple[str, ...] | None = None  # None: the prompt pack's list
+
+    @field_validator("rules")
+    @classmethod
+    def _known_rules(cls, value: dict[str, bool]) -> dict[str, bool]:
+        unknown = sorted(set(value) - set(RULE_NAMES))
+        if unknown:
+            raise ValueError(f"unknown elimination rule(s) {unknown}: the rules are {list(RULE_NAMES)}")
+        return value
+
+    def enabled_rules(self) -> frozenset[str]:
+        """The rules this run applies: the profile's, then the two checks' switches, then ``rules``."""
+        on = set(profile_rules(self.profile))
+        switches = {EQUALITY_RULE: (EQUALITY_RULE,), "validity": (*VALIDITY_TEXT_RULES, VALIDITY_JUDGE_RULE)}
+        for flag, names in ((self.equality_check, switches[EQUALITY_RULE]), (self.validity_check,
+                                                                            switches["validity"])):
+            if flag is not None:
+                on = on | set(names) if flag else on - set(names)
+        on |= {name for name, flag in self.rules.items() if flag}
+        on -= {name for name, flag in self.rules.items() if not flag}
+        return frozenset(on)
+
+    def uses(self, rule: str) -> bool:
+        """Whether ``rule`` (a name of ``RULE_NAMES``) runs."""
+        return rule in self.enabled_rules()
+
+    @property
+    def equality_constrained(self) -> bool:
+        """Ask the equality question as a forced choice (False: free text parsed strictly, as the paper does)."""
+        return self.profile not in FREE_TEXT_EQUALITY
