@@ -185,3 +185,17 @@ def test_lower_case_is_a_continuation_only_for_in_depth_prose():
     assert continues_parent("at night, with a storm.", PARENT)
     assert not continues_parent("f(x) = 6x^2 - 2x, so f(4) =", PARENT)
     assert not continues_parent("you must write a version control system in C++.", PARENT, "in_breadth")
+
+
+def test_a_text_that_opens_with_code_opens_where_its_prose_does():
+    answer = "```python\nprint(f\"Include 1 cup of flour.\")\n```\nHere's how you can add a data format in Python."
+    assert answers_parent(answer)  # the bundled model's output (demo, round 1)
+    assert not answers_parent("```python\nprint(1)\n```\nHere is my code. Why does it print 1?")
+    assert not answers_parent("```sql\nSELECT 1;\n```\nWhat does this query return?")
+
+
+def test_a_fenced_block_that_never_closes_is_unfinished():
+    from tasks.judge.validity import is_unfinished
+
+    assert is_unfinished("Fix this function:\n```python\ndef f(x):\n    return x +")
+    assert not is_unfinished("Fix this function:\n```python\ndef f(x):\n    return x +\n```\nWhy does it fail?")

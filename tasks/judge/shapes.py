@@ -32,6 +32,17 @@ def prose_lines(text: str) -> list[str]:
     return [line for line in lines if any(ch.isalpha() for ch in line)]
 
 
+def has_open_fence(text: str) -> bool:
+    """A fenced block opens and never closes (an odd number of fence lines): the text broke off inside it."""
+    return sum(1 for line in text.splitlines() if _FENCE.match(line)) % 2 == 1
+
+
+def starts_with_code(text: str) -> bool:
+    """The text's first line opens a fenced block or is a line of code, a table or markup."""
+    first = text.lstrip("\n").split("\n", 1)[0]
+    return bool(_FENCE.match(first) or _DATA_LINE.search(first))
+
+
 def ends_a_list(text: str) -> bool:
     """The text ends on a list's last item: its last line is an item after another item ("- Ham mayo"), or it
     holds two or more options in order ("A) 01, 56 ... D) None of these")."""

@@ -12,7 +12,7 @@ import re
 from prompts import PromptPack
 from tasks.core.config import SamplingParams
 from tasks.core.elimination import VALIDITY_TEXT_RULES
-from tasks.judge.shapes import ends_a_list, prose_lines
+from tasks.judge.shapes import ends_a_list, has_open_fence, prose_lines, starts_with_code
 from tasks.llm.base import Completion, Conversation
 
 # Reasons of the rules over text, in the order they are checked; the LLM check's reason comes after them.
@@ -82,10 +82,10 @@ def is_degenerate(text: str) -> bool:
 
 
 def is_unfinished(text: str) -> bool:
-    """Under ``MIN_WORDS`` words, or the last line breaks off on a word no sentence ends with ("the", "in"), unless
-    it is a list's last item or option ("D) None of these")."""
+    """Under ``MIN_WORDS`` words, a fenced block that never closes, or the last line breaks off on a word no sentence
+    ends with ("the", "in"), unless it is a list's last item or option ("D) None of these")."""
     tokens = words(text)
-    if len(tokens) < MIN_WORDS:
+    if len(tokens) < MIN_WORDS or has_open_fence(text):
         return True
     tail = text.rstrip()
     return tail[-1:].isalpha() and tokens[-1].lower() in _DANGLING and not ends_a_list(text)
@@ -101,9 +101,11 @@ def answers_parent(text: str) -> bool:
     "I would ...", "Here is ...", "As an AI ...") and asks nothing: a first-person request ("I am applying for
     ... Please help") is not an answer."""
     stripped = text.strip()
-    if _ANSWER_OPENERS.match(stripped):
+    # A text that opens with code opens where its prose does ("```python ...``` Here's how you can ...").
+    lead = stripped if not starts_with_code(stripped) else next(iter(prose_lines(stripped)), "")
+    if _ANSWER_OPENERS.match(lead):
         return True
-    return _STATEMENT_OPENERS.match(stripped) is not None and _REQUEST.search(stripped) is None
+    return _STATEMENT_OPENERS.match(lead) is not None and _REQUEST.search(stripped) is None
 
 
 def continues_parent(text: str, parent: str, kind: str = "in_depth") -> bool:
