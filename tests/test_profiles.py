@@ -48,6 +48,13 @@ def test_a_switched_off_validity_rule_lets_its_rows_through():
 
 def test_the_paper_profile_asks_equality_in_free_text():
     pack, params = load_pack("general"), SamplingParams(max_tokens=8)
-    assert EliminationConfig().equality_constrained and not EliminationConfig(profile="paper").equality_constrained
-    assert equality_request(pack, "a", "b", params)[1].choices == EQUALITY_CHOICES
-    assert equality_request(pack, "a", "b", params, constrained=False)[1].choices is None
+    assert EliminationConfig(profile="paper").paper_equality and not EliminationConfig().paper_equality
+    ours, forced = equality_request(pack, "Name a colour.", "Name a warm colour.", params)
+    assert forced.choices == EQUALITY_CHOICES and "Here are two instructions to an AI assistant." in ours[-1]["content"]
+    papers, free = equality_request(pack, "Name a colour.", "Name a warm colour.", params, paper=True)
+    assert free.choices is None
+    assert papers[-1]["content"].strip().endswith(
+        "Here are two Instructions to ChatGPT AI, do you think they are equal to each other, which meet the following "
+        "requirements:\n1. They have same constraints and requirments.\n2. They have same depth and breadth of the "
+        "inquiry.\nThe First Prompt: Name a colour.\nThe Second Prompt: Name a warm colour.\nYour Judgement (Just "
+        "answer: Equal or Not Equal. No need to explain the reason.):")

@@ -43,9 +43,9 @@ PROFILES: dict[str, frozenset[str]] = {
     "default": _PAPER | frozenset(VALIDITY_TEXT_RULES) | {VALIDITY_JUDGE_RULE},
     "small-model": frozenset(RULE_NAMES),
 }
-# Profiles whose equality question is answered in free text and parsed strictly, as in the paper (the others
-# force the choice between "Equal" and "Not Equal" where the backend can).
-FREE_TEXT_EQUALITY: frozenset[str] = frozenset({"paper"})
+# Profiles that ask the equality question as the paper does: in its words, answered in free text and parsed
+# strictly (the others force the choice between "Equal" and "Not Equal" where the backend can).
+PAPER_EQUALITY: frozenset[str] = frozenset({"paper"})
 
 
 def profile_rules(profile: str) -> frozenset[str]:
@@ -96,6 +96,6 @@ class EliminationConfig(BaseModel):
         return rule in self.enabled_rules()
 
     @property
-    def equality_constrained(self) -> bool:
-        """Ask the equality question as a forced choice (False: free text parsed strictly, as the paper does)."""
-        return self.profile not in FREE_TEXT_EQUALITY
+    def paper_equality(self) -> bool:
+        """Ask the equality question as the paper does (its words, a free answer parsed strictly)."""
+        return self.profile in PAPER_EQUALITY

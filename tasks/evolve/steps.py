@@ -125,7 +125,7 @@ def row_steps(plan: ShardPlan, i: int) -> RowSteps:
     reason = yield Rules("late_rules", _fields(instruction, finish, evolved, answer))
     if reason is None and EQUALITY_RULE in plan.rules:
         check = yield Ask("equality", *equality_request(pack, plan.parents[i], instruction, spec.sampling.equality,
-                                                        elimination.equality_constrained))
+                                                        elimination.paper_equality))
         reason = equality_result(check)
     return candidate(plan, i, instruction, finish, reason, evolved, validity, answer, check)
 

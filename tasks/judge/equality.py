@@ -46,11 +46,11 @@ def equality_reason(parsed: str | None) -> str | None:
 
 
 def equality_request(pack: PromptPack, parent: str, evolved: str, sampling: SamplingParams,
-                     constrained: bool = True) -> tuple[Conversation, SamplingParams]:
-    """The judge's question for one evolution: the pack's messages and the sampling, with the forced choice
-    unless ``constrained`` is False (the paper's way: a free answer, parsed strictly by ``parse_equality``)."""
-    params = sampling.model_copy(update={"choices": EQUALITY_CHOICES}) if constrained else sampling
-    return pack.equality_messages(parent, evolved)[0], params
+                     paper: bool = False) -> tuple[Conversation, SamplingParams]:
+    """The judge's question for one evolution: the pack's messages and the sampling with the forced choice; with
+    ``paper``, asked as the paper asks it: its words, and a free answer, parsed strictly by ``parse_equality``."""
+    params = sampling if paper else sampling.model_copy(update={"choices": EQUALITY_CHOICES})
+    return pack.equality_messages(parent, evolved, paper=paper)[0], params
 
 
 def equality_result(check: Completion) -> str | None:
