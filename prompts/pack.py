@@ -231,9 +231,10 @@ class PromptPack:
         """The conversation that asks for a response to ``instruction`` (and its input), and the template sha."""
         return self._messages("answer", instruction=instruction, input=input or "")
 
-    def equality_messages(self, first: str, second: str) -> tuple[list[dict[str, str]], str]:
-        """The conversation asking whether two instructions are equal, and the template sha."""
-        return self._messages("equality", first=first, second=second)
+    def equality_messages(self, first: str, second: str, paper: bool = False) -> tuple[list[dict[str, str]], str]:
+        """The conversation asking whether two instructions are equal, and the template sha. ``paper``: the
+        template may word it as the paper does (the bundled packs do; a template that ignores it is fine)."""
+        return self._messages("equality", first=first, second=second, paper=paper)
 
     def validity_messages(self, parent: str, candidate: str) -> tuple[list[dict[str, str]], str]:
         """The conversation asking whether ``candidate`` (a rewrite of ``parent``) is an instruction, and the sha."""

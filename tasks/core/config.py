@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, f
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from storage import StorageSettings, resolve
+from tasks.core.elimination import EliminationConfig
 
 ModelT = TypeVar("ModelT", bound=BaseModel)
 
@@ -124,18 +125,6 @@ class StageSampling(StrictModel):
     respond: SamplingParams = SamplingParams()
     equality: SamplingParams = SamplingParams(temperature=0.0, top_p=1.0, max_tokens=8)
     validity: SamplingParams = SamplingParams(temperature=0.0, top_p=1.0, max_tokens=4)
-
-
-class EliminationConfig(StrictModel):
-    """Thresholds and word lists of the elimination rules."""
-
-    equality_check: bool = True
-    validity_check: bool = True  # the rewrite-validity rules (heuristics and the LLM yes/no check)
-    shorter_than_parent_ratio: float = Field(0.5, gt=0.0, le=1.0)  # an in-depth rewrite under this share fails
-    sorry_max_words: int = Field(80, ge=1)
-    sorry_words: tuple[str, ...] = ("sorry",)
-    stop_words: tuple[str, ...] | None = None  # None: the built-in English list
-    scaffolding_phrases: tuple[str, ...] | None = None  # None: the prompt pack's list
 
 
 class DedupConfig(StrictModel):

@@ -9,6 +9,7 @@ import yaml
 
 from storage import ShardRef, StorageSettings, duck_connect, read_parquet_sql, total_rows
 from tasks.core.config import STAGES, RunConfig
+from tasks.core.elimination import RULE_NAMES
 from tasks.core.summaries import Estimate, MixSummary, RoundSummary, engine_time_line, totals, whole_run
 from tasks.core.text import md_table
 from tasks.export.plots import PLOTS
@@ -26,6 +27,13 @@ def _model_lines(config: RunConfig) -> list[str]:
     return [f"- {stage} model: `{name}`" for stage, name in names.items()]
 
 
+def _elimination_line(config: RunConfig) -> str:
+    """The elimination profile and the rules that ran, in their order."""
+    on = config.elimination.enabled_rules()
+    names = ", ".join(f"`{name}`" for name in RULE_NAMES if name in on)
+    return f"- elimination profile: `{config.elimination.profile}` (rules: {names})"
+
+
 def dataset_card(config: RunConfig, data_key: str, template_shas: dict[str, str],
                  rounds: list[RoundSummary], mix: MixSummary, estimate: Estimate | None = None,
                  lengths: dict[str, float] | None = None) -> str:
@@ -36,7 +44,7 @@ def dataset_card(config: RunConfig, data_key: str, template_shas: dict[str, str]
     It holds no wall-clock figures, so the same data (and estimate) always gives the same card."""
     lines = [f"# Evol-Instruct data: {config.name or data_key}", "",
              f"- data key: `{data_key}`", *_model_lines(config), f"- prompt pack: `{config.prompt_pack}`",
-             f"- rows: {mix.final}", "", "## Rounds", ""]
+             _elimination_line(config), f"- rows: {mix.final}", "", "## Rounds", ""]
     lines += md_table(["round", "pool in", "evolved", "carried", "prompt tokens", "completion tokens"],
                       [[r.round, r.pool_in, r.evolved, r.carried, r.prompt_tokens, r.completion_tokens]
                        for r in rounds])
