@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, f
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from storage import StorageSettings, resolve
+from tasks.core.yamlfile import DuplicateKeyError, load_yaml
 
 ModelT = TypeVar("ModelT", bound=BaseModel)
 
@@ -190,10 +191,15 @@ class IngestConfig(StrictModel):
     csv_header: Literal["auto"] | bool = "auto"  # auto: the first row is a header when it names a known field
 
 
+NAME_MAX = 100
+
+
 class RunConfig(StrictModel):
     """Everything that decides what a run produces. Frozen; unknown keys are errors."""
 
-    name: str | None = Field(None, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+    # The run folder's name: at most 100 characters keeps it (and the files named after it) within every file
+    # system's 255-byte limit on a name.
+    name: str | None = Field(None, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", max_length=NAME_MAX)
     seeds: str
     field_map: dict[str, str] = Field(default_factory=dict)
     ingest: IngestConfig = IngestConfig()
@@ -334,9 +340,11 @@ def load_run_config_uri(uri: str, overrides: dict[str, Any] | None = None,
         else:
             fs, path = resolve(uri, settings or EnvSettings().storage)
             text = fs.cat_file(path).decode("utf-8")
-        data = yaml.safe_load(text)
+        data = load_yaml(text)
     except FileNotFoundError:
         raise ConfigError(f"configuration file not found: {source}") from None
+    except DuplicateKeyError as err:
+        raise ConfigError(f"{source}: {err}") from None
     except yaml.YAMLError as err:
         raise ConfigError(f"{source}: invalid YAML: {' '.join(str(err).split())}") from None
     except ValueError as err:

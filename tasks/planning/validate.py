@@ -144,7 +144,11 @@ def _in_hf_cache(name: str) -> bool:
 
 
 def _check_writable(config: RunConfig, config_file: str, settings: StorageSettings) -> list[Problem]:
-    """One small write (and its removal) under the output root."""
+    """One small write (and its removal) under the output root, which must outlive this process."""
+    if config.output_root.startswith("memory://"):
+        return [Problem(config_file, "output_root", f"{config.output_root}: memory:// lives only as long as this "
+                        "process, so every output would vanish when it exits; give a local folder or s3:// "
+                        "(memory:// is for tests that call the flow in their own process)")]
     probe = join_uri(config.output_root, f".evol-write-check-{uuid.uuid4().hex[:12]}")
     try:
         fs, path = resolve(probe, settings)

@@ -19,6 +19,7 @@ from storage.shards import write_file_atomic
 from tasks.core.config import EnvSettings, StrictModel, validated
 from tasks.core.summaries import LossPoint, TrainResult
 from tasks.core.text import md_table
+from tasks.core.yamlfile import DuplicateKeyError, load_yaml
 from tasks.llm.models import resolve_model
 from tasks.train.launch import launch_with_accelerate
 
@@ -80,10 +81,12 @@ def load_recipe(recipe: str) -> TrainRecipe:
     """Load and validate a recipe by name or path; errors name the file and each bad key."""
     path = recipe_path(recipe)
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = load_yaml(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         known = sorted(p.stem for p in RECIPES_DIR.glob("*.yaml"))
         raise RecipeError(f"recipe not found: {path} (known names: {', '.join(known)})") from None
+    except DuplicateKeyError as err:
+        raise RecipeError(f"{path}: {err}") from None
     except yaml.YAMLError as err:
         raise RecipeError(f"invalid YAML in {path}: {err}") from None
     return validated(TrainRecipe, data, str(path), RecipeError)
