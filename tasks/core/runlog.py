@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import sys
 import tempfile
 import threading
@@ -103,7 +104,8 @@ class RunLog:
         logging.getLogger().addHandler(self.handler)
 
     def finish(self) -> None:
-        """Close the file; upload it to the run folder when that is not local."""
+        """Close the file; upload it to the run folder when that is not local, and remove the local copy then (a
+        failed upload keeps it, and the error names it)."""
         if self.handler is not None:
             logging.getLogger().removeHandler(self.handler)
             self.handler.close()
@@ -117,7 +119,14 @@ class RunLog:
         self.saved_env = {}
         fs, path = resolve(self.uri)
         if "file" not in fs.protocol:
-            fs.put_file(str(self.local), path)
+            try:
+                fs.put_file(str(self.local), path)
+            except Exception as err:  # the run's own outcome must not be hidden by its log's upload
+                reason = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+                print(f"warning: the run's log could not be uploaded to {self.uri} ({reason}); it stays at "
+                      f"{self.local}", file=sys.stderr)
+                return
+            shutil.rmtree(self.local.parent, ignore_errors=True)  # the local copy (``evol-log-*``), uploaded
 
 
 # Errors in the seeds the CLI reports in one ``error:`` line of its own: the terminal gets nothing else of them.
