@@ -163,6 +163,9 @@ def runs_command(
         table.add_row(r.name, r.status, f"{r.rounds_done}/{r.rounds if r.rounds is not None else '?'}",
                       "-" if r.rows is None else str(r.rows), r.started or "-")
     console.print(table)
+    for r in runs:
+        if r.status == "failed":
+            console.print(f"{r.name}: the last attempt failed: {r.error}", soft_wrap=True, highlight=False)
     if not runs:
         console.print(f"no runs under {output_root}", soft_wrap=True)
 

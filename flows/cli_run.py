@@ -96,11 +96,11 @@ def run_command(config_path: Path, rounds: int | None, output_root: str | None, 
     console.print(table)
     from tasks.reporting.report import seeds_line
     console.print(seeds_line(result.ingest), soft_wrap=True, highlight=False)
-    from tasks.reporting.monitor import low_evolution_warning
-    for r in result.rounds:
-        warning = low_evolution_warning(r, config.orchestration.min_evolved_share)
-        if warning:
-            console.print(f"[bold yellow]warning:[/] {warning}", soft_wrap=True, highlight=False)
+    from tasks.reporting.monitor import empty_export_warning, low_evolution_warning
+    warnings = [low_evolution_warning(r, config.orchestration.min_evolved_share) for r in result.rounds]
+    warnings.append(empty_export_warning(result.export.rows, config.rounds, config.mix.include_seeds))
+    for warning in filter(None, warnings):
+        console.print(f"[bold yellow]warning:[/] {warning}", soft_wrap=True, highlight=False)
     console.print(f"final rows: [bold]{result.mix.final}[/] (seeds and survivors after dedup)"
                   + (" (reused)" if result.mix.reused else ""), soft_wrap=True, highlight=False)
     console.print(f"outputs: {result.run_uri}", soft_wrap=True)

@@ -26,6 +26,7 @@ from pydantic import BaseModel
 from flows.runners import cluster_address, release_future, round_task_runner
 from flows.train import train
 from storage import ShardRef, StageMismatch, total_rows
+from storage.layout import remove_rounds_beyond
 from storage.lease import RunLease, is_stale
 from storage.shards import sweep_temp_files, write_file_atomic
 from tasks.core.config import RunConfig
@@ -41,6 +42,7 @@ from tasks.planning.plan import run_estimate
 from tasks.reporting.monitor import (
     RoundProgress,
     artifact_key,
+    empty_export_warning,
     flow_run_name_for,
     low_evolution_warning,
     publish_round,
@@ -49,6 +51,7 @@ from tasks.reporting.monitor import (
     shard_log_line,
 )
 from tasks.reporting.report import final_markdown, round_table
+from tasks.reporting.run_index import record_attempt
 from tasks.reporting.samples import round_samples
 from tasks.round.finish import finish_round_task
 from tasks.runtime.cancel import CancelWatcher, cancel_and_exit
@@ -186,12 +189,21 @@ def evol_instruct(config: RunConfig, recompute: list[str] | None = None, take_ov
         swept = sweep_temp_files(layout.run_uri)
         if swept:
             logger.info("removed %d temp file(s) left by killed runs", len(swept))
-        ctx = build_context(config, tuple(recompute or ()))
-        reset_stage_runtimes()
-        reset_live_rounds(layout.run_id)
-        write_file_atomic(layout.file("config.json"), json.dumps(config.model_dump(mode="json"), indent=2).encode())
-        logger.info("run %s: outputs under %s", layout.run_id, layout.run_uri)
-        result = _run_stages(ctx)
+        if stale := remove_rounds_beyond(layout, config.rounds):
+            logger.warning("removed %s: beyond this run's %d round(s)", ", ".join(stale), config.rounds)
+        record_attempt(layout.run_uri, "running")  # `evol runs`: stopped until it ends, whatever is exported
+        try:
+            ctx = build_context(config, tuple(recompute or ()))
+            reset_stage_runtimes()
+            reset_live_rounds(layout.run_id)
+            write_file_atomic(layout.file("config.json"),
+                              json.dumps(config.model_dump(mode="json"), indent=2).encode())
+            logger.info("run %s: outputs under %s", layout.run_id, layout.run_uri)
+            result = _run_stages(ctx)
+        except Exception as err:  # `evol runs` says failed, not done with an earlier attempt's data
+            record_attempt(layout.run_uri, "failed", err)
+            raise
+        record_attempt(layout.run_uri, "done")
     return result
 
 
@@ -225,7 +237,9 @@ def _run_stages(ctx: RunContext) -> RunResult:
     mix = mix_final_task.submit(layout, config, inputs, data_key, ctx.forced("mix")).result()
     lengths = instruction_length_by_round(ingest.refs, rounds)
     export = export_final_task.submit(layout, config, data_key, ctx.template_shas, rounds, mix,
-                                      ctx.forced("export"), estimate, lengths).result()
+                                      ctx.forced("export"), estimate, lengths, ingest.source).result()
+    if warning := empty_export_warning(export.rows, config.rounds, config.mix.include_seeds):
+        logger.warning("%s", warning)
     create_markdown_artifact(
         key=artifact_key(layout.run_id, "summary"),
         markdown=final_markdown(layout.run_uri, data_key, ingest, rounds, mix, lengths, export.files)

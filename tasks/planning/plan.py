@@ -50,9 +50,11 @@ def _why(ctx: RunContext, stage: str, marker_uri: str, upstream: str = "") -> st
     return "its inputs changed" if fs.exists(path) else "not run yet"
 
 
-def plan_stages(ctx: RunContext, seeds: list[ShardRef], estimate: Estimate | None) -> list[StagePlan]:
+def plan_stages(ctx: RunContext, seeds: list[ShardRef], estimate: Estimate | None,
+                seeds_source: str | None = None) -> list[StagePlan]:
     """Rounds, mix and export with the run's keys, from the seed shards (committed or ingested now) on;
-    ``estimate`` is the one recorded in the run folder for this work (None: the run makes a new one)."""
+    ``estimate`` is the one recorded in the run folder for this work (None: the run makes a new one);
+    ``seeds_source``: the path the seed rows were read from (the card names it)."""
     config, layout = ctx.config, ctx.layout
     stages, pool, rounds, upstream = [], seeds, [], ""
     for k in range(1, config.rounds + 1):
@@ -79,7 +81,7 @@ def plan_stages(ctx: RunContext, seeds: list[ShardRef], estimate: Estimate | Non
     if estimate is None:
         return stages + [StagePlan(stage="export", reused=False, why="the card gets a new estimate")]
     card = dataset_card(config, data_key, ctx.template_shas, rounds, mix, estimate,
-                        instruction_length_by_round(seeds, rounds))
+                        instruction_length_by_round(seeds, rounds), seeds_source)
     reused = not ctx.forced("export") and EXPORT.done(export_marker, export_key(mix, card.encode())) is not None
     return stages + [StagePlan(stage="export", reused=reused, why="" if reused else _why(ctx, "export", export_marker))]
 
@@ -118,7 +120,7 @@ def make_plan(config: RunConfig, recompute: tuple[str, ...] = (), measure: int =
         ingest = StagePlan(stage="ingest", reused=found is not None, shards=len(refs),
                            shards_reused=len(refs) if found else 0, why="" if found else _why(ctx, "ingest", marker))
         estimate = make_estimate(ctx, refs, accepted, measure)
-        stages = [ingest, *plan_stages(ctx, refs, stored_estimate(ctx))]
+        stages = [ingest, *plan_stages(ctx, refs, stored_estimate(ctx), summary.source)]
     share = {s.stage: 0.0 if s.reused else 1 - s.shards_reused / max(1, s.shards) for s in stages}
     rounds = [r.model_copy(update={"share": share[f"round {r.round}"]}) for r in estimate.rounds]
     return RunPlan(run_uri=ctx.layout.run_uri, stages=stages, estimate=estimate.model_copy(update={"rounds": rounds}))
