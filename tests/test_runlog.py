@@ -130,3 +130,18 @@ def test_a_failed_log_upload_keeps_the_local_copy_and_names_it(memory_root, monk
                                        f"it stays at {log.local}\n")
     assert log.local.exists()
     shutil.rmtree(log.local.parent)
+
+
+def test_a_cancelled_run_finishes_its_open_logs_before_exiting(memory_root, monkeypatch):
+    """``cancel_and_exit`` ends the process with ``os._exit``: no ``finally`` runs, so it finishes the logs first."""
+    from storage import resolve
+    from tasks.core.runlog import RunLog, finish_active_logs
+
+    monkeypatch.delenv("VLLM_LOGGING_CONFIG_PATH", raising=False)
+    log = RunLog.for_run(f"{memory_root}/run")
+    log.start(verbose=True)
+    log.local.write_text("cancelled\n")
+    finish_active_logs()
+    fs, path = resolve(log.uri)
+    assert fs.cat_file(path) == b"cancelled\n" and not log.local.parent.exists()
+    finish_active_logs()  # nothing left open: nothing happens
