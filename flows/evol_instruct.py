@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import time
-from contextlib import ExitStack
+from contextlib import ExitStack, suppress
 from uuid import UUID
 
 from prefect import flow, get_client, get_run_logger, runtime, unmapped
@@ -201,7 +201,8 @@ def evol_instruct(config: RunConfig, recompute: list[str] | None = None, take_ov
             logger.info("run %s: outputs under %s", layout.run_id, layout.run_uri)
             result = _run_stages(ctx)
         except Exception as err:  # `evol runs` says failed, not done with an earlier attempt's data
-            record_attempt(layout.run_uri, "failed", err)
+            with suppress(Exception):  # storage down: the run's own error is the one to see
+                record_attempt(layout.run_uri, "failed", err)
             raise
         record_attempt(layout.run_uri, "done")
     return result

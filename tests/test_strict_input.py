@@ -119,3 +119,14 @@ def test_a_run_name_too_long_for_a_folder_is_refused_at_validation(tmp_path):
     assert result.exit_code == 2
     assert error_lines(result) == [f"error: {path}: name: String should have at most 100 characters"]
     assert not (tmp_path / "runs").exists()
+
+
+def test_a_field_map_check_that_meets_an_unbalanced_quote_is_one_line(tmp_path):
+    seeds = tmp_path / "seeds.csv"
+    seeds.write_text("q,a\n" + '"Explain rain,Water.\n' + '"Name a planet",Mars.\n')
+    path = write_run(tmp_path, seeds=str(seeds), field_map={"instruction": "q"})
+    result = run_cli("run", path, "--no-progress")
+    assert result.exit_code == 2
+    assert error_lines(result) == [f"error: {path}: seeds: {seeds}: line 2: unbalanced quote: a quoted field opened "
+                                   "in the record at line 2 does not close properly (',' expected after '\"', line "
+                                   '3); close it, or write a quote inside a quoted field as ""']

@@ -65,8 +65,10 @@ def validate_run(config: RunConfig, config_file: str, settings: StorageSettings 
     if (what := _model_problem(config, env)) is not None:
         problems.append(Problem(config_file, "llm.model", what))
     check("seeds", lambda: check_source(config.seeds, settings), IngestError)
-    if config.field_map and not problems:
-        unmatched, fields = find_unmatched_paths(config.seeds, config.field_map, settings, config.ingest.csv_header)
+    if config.field_map and not problems:  # a seed file that can't be read (an unbalanced CSV quote): its line
+        unmatched, fields = check("seeds", lambda: find_unmatched_paths(config.seeds, config.field_map, settings,
+                                                                        config.ingest.csv_header), IngestError) \
+            or ([], [])
         for target, path in config.field_map.items():
             if path in unmatched:
                 problems.append(Problem(config_file, f"field_map.{target}", f"no record of {config.seeds} has "
