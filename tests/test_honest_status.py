@@ -121,10 +121,11 @@ def test_an_export_killed_while_staging_leaves_the_old_set_whole(tmp_path, monke
     assert {p.name: p.read_text() for p in export.iterdir() if p.is_file()} == {
         "data.parquet": "old data.parquet", "alpaca.json": "old alpaca.json", "README.md": "old README.md",
         "_export.json": "old marker"}
+    assert sorted(p.name for p in (export / ".staging").iterdir()) == ["alpaca.json", "data.parquet"]
     monkeypatch.undo()
     files, hashes = export_files.publish_together(str(export), str(export / "_export.json"), PAYLOADS)
-    assert sorted(str(p.relative_to(export)) for p in export.rglob("*") if p.is_file()) == [
-        "README.md", "alpaca.json", "data.parquet", "plots/rounds.png"]
+    assert sorted(str(p.relative_to(export)) for p in export.rglob("*")) == [
+        "README.md", "alpaca.json", "data.parquet", "plots", "plots/rounds.png"]
     assert files["plot"] == str(export / "plots" / "rounds.png") and (export / "data.parquet").read_bytes() == \
         b"new parquet"
     assert set(hashes) == set(PAYLOADS)

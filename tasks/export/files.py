@@ -70,6 +70,7 @@ def export_final(layout: RunLayout, config: RunConfig, data_key: str,
     key = export_key(mix, card)
     found = None if force else EXPORT.done(layout.export_marker(), key, settings)
     if found is not None:
+        discard_staging(layout.file("export"), settings)  # an export killed while staging: its files go
         return found
     table = export_table(mix.final_uri, mix.final_sha256, settings)
     payloads = {
@@ -92,11 +93,9 @@ def publish_together(export_dir: str, marker_uri: str, payloads: dict[str, tuple
     marker and the old files go, then the staged files move in. A kill while staging leaves the old set whole; one
     while moving leaves some new files and no marker: never two sets side by side. Returns (kind -> URI, kind ->
     SHA-256); the caller writes the new marker."""
-    staging = join_uri(export_dir, ".staging")
+    staging = discard_staging(export_dir, settings)
     fs, staging_path = resolve(staging, settings)
     export_path, marker_path = resolve(export_dir, settings)[1], resolve(marker_uri, settings)[1]
-    if fs.exists(staging_path):  # a killed export's
-        fs.rm(staging_path, recursive=True)
     hashes = {kind: write_file_atomic(join_uri(staging, name), data, settings)
               for kind, (name, data) in payloads.items()}
     if fs.exists(marker_path):
@@ -110,8 +109,17 @@ def publish_together(export_dir: str, marker_uri: str, payloads: dict[str, tuple
         fs.makedirs(target.rsplit("/", 1)[0], exist_ok=True)
         fs.mv(f"{staging_path}/{name}", target)
         files[kind] = join_uri(export_dir, *name.split("/"))
-    fs.rm(staging_path, recursive=True)
+    discard_staging(export_dir, settings)
     return files, hashes
+
+
+def discard_staging(export_dir: str, settings: StorageSettings | None = None) -> str:
+    """Remove ``{export_dir}/.staging`` (what an export killed while staging left) if there; returns its URI."""
+    staging = join_uri(export_dir, ".staging")
+    fs, path = resolve(staging, settings)
+    if fs.exists(path):
+        fs.rm(path, recursive=True)
+    return staging
 
 
 def read_export(marker_uri: str, key: str, settings: StorageSettings | None = None,
