@@ -130,3 +130,16 @@ def test_a_field_map_check_that_meets_an_unbalanced_quote_is_one_line(tmp_path):
     assert error_lines(result) == [f"error: {path}: seeds: {seeds}: line 2: unbalanced quote: a quoted field opened "
                                    "in the record at line 2 does not close properly (',' expected after '\"', line "
                                    '3); close it, or write a quote inside a quoted field as ""']
+
+
+def test_a_parquet_schema_naming_a_column_twice_is_an_error(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    seeds = tmp_path / "seeds.parquet"
+    pq.write_table(pa.Table.from_arrays([pa.array(["A"]), pa.array(["B"])], names=["instruction", "instruction"]),
+                   seeds)
+    with pytest.raises(IngestError) as err:
+        ingest_seeds(str(seeds), str(tmp_path / "o"))
+    assert str(err.value) == (f"{seeds}: the Parquet schema names 'instruction' more than once (columns "
+                              "1, 2); rename all but one, or the values of the others would be lost")

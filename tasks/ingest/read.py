@@ -160,8 +160,9 @@ def iter_blocks(uri: str, settings: StorageSettings | None = None, csv_header: C
     fs, path = resolve(uri, settings)
     with fs.open(path, "rb", compression=compression) as f:
         if fmt == "parquet":
-            line = 1
-            for batch in pq.ParquetFile(f).iter_batches(batch_size=PARQUET_BATCH_ROWS):
+            line, parquet = 1, pq.ParquetFile(f)
+            _check_unique_columns(uri, "the Parquet schema", None, parquet.schema_arrow.names)
+            for batch in parquet.iter_batches(batch_size=PARQUET_BATCH_ROWS):
                 yield Block(line, table=pa.Table.from_batches([batch]))
                 line += batch.num_rows
         elif fmt == "jsonl":
@@ -235,10 +236,7 @@ def _csv_blocks(uri: str, f: Any, header: CsvHeader, header_names: frozenset[str
         return
     is_header = header if isinstance(header, bool) else any(c.strip().lower() in header_names for c in first[1])
     names = [c.strip() for c in first[1]] if is_header else []
-    if twice := [n for i, n in enumerate(names) if n in names[:i]]:
-        columns = [str(i) for i, n in enumerate(names, start=1) if n == twice[0]]
-        raise IngestError(f"{uri}: line {first[0]}: the header names {twice[0]!r} more than once (columns "
-                          f"{', '.join(columns)}); rename all but one, or the values of the others would be lost")
+    _check_unique_columns(uri, "the header", first[0], names)
     records: list[RawRecord] = []
     for line, row in rows if is_header else itertools.chain([first], rows):
         if not row:
@@ -250,6 +248,15 @@ def _csv_blocks(uri: str, f: Any, header: CsvHeader, header_names: frozenset[str
             records = []
     if records:
         yield Block(records[0].line, records=records)
+
+
+def _check_unique_columns(uri: str, what: str, line: int | None, names: list[str]) -> None:
+    """An IngestError when ``names`` (a CSV header, a Parquet schema) has a column twice: one would be lost."""
+    if twice := [n for i, n in enumerate(names) if n in names[:i]]:
+        columns = [str(i) for i, n in enumerate(names, start=1) if n == twice[0]]
+        where = f"line {line}: " if line else ""
+        raise IngestError(f"{uri}: {where}{what} names {twice[0]!r} more than once (columns "
+                          f"{', '.join(columns)}); rename all but one, or the values of the others would be lost")
 
 
 def _csv_rows(uri: str, reader: Any) -> Iterator[tuple[int, list[str]]]:
