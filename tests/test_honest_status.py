@@ -4,6 +4,7 @@ folder, the card names the seed path the rows carry, an empty export warns, an e
 from __future__ import annotations
 
 import json
+import re
 import shutil
 
 import duckdb
@@ -147,3 +148,27 @@ def test_an_export_killed_while_moving_leaves_no_old_file_and_no_marker(tmp_path
     with pytest.raises(OSError, match="killed"):
         export_files.publish_together(str(export), str(export / "_export.json"), PAYLOADS)
     assert {p.name: p.read_bytes() for p in export.iterdir() if p.is_file()} == {"data.parquet": b"new parquet"}
+
+
+def test_runs_and_show_say_the_last_attempt_failed(tmp_path):
+    from typer.testing import CliRunner
+
+    from flows.cli import app
+    from tasks.reporting.run_index import record_attempt
+
+    run = tmp_path / "runs" / "demo"
+    (run / "export").mkdir(parents=True)
+    (run / "config.json").write_text(json.dumps({"rounds": 1}))
+    (run / "export" / "_export.json").write_text(json.dumps({"key": "k", "summary": {"rows": 33}}))
+    (run / "export" / "README.md").write_text("# Evol-Instruct data: demo\n")
+    record_attempt(str(run), "failed", OSError("disk gone\nmore"))
+    runner = CliRunner()
+    listed = runner.invoke(app, ["runs", str(tmp_path / "runs")])
+    assert listed.exit_code == 0
+    assert [re.split(r"\s*│\s*", line.strip("│ "))[:4] for line in listed.output.splitlines()
+            if "│ demo" in line] == [["demo", "failed", "0/1", "-"]]
+    assert listed.output.endswith("demo: the last attempt failed: OSError: disk gone\n")
+    shown = runner.invoke(app, ["show", "demo", "--output-root", str(tmp_path / "runs")])
+    assert shown.exit_code == 0
+    assert shown.output == (f"warning: the last attempt of {run} failed (OSError: disk gone); this card is an "
+                            "earlier attempt's\n# Evol-Instruct data: demo\n")
