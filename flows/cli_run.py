@@ -79,12 +79,14 @@ def run_command(config_path: Path, rounds: int | None, output_root: str | None, 
                   soft_wrap=True, highlight=False)
     from flows.cli_models import prepare_for_config
     prepare_for_config(config)
+    from flows.cli_common import sigterm_as_exit
     if api:
-        result = _run_flow(config, layout, show_progress, recompute, take_over, verbose)
+        with sigterm_as_exit():
+            result = _run_flow(config, layout, show_progress, recompute, take_over, verbose)
     else:
         from flows.local_api import local_api
 
-        with local_api():
+        with sigterm_as_exit(), local_api():
             result = _run_flow(config, layout, show_progress, recompute, take_over, verbose)
     table = Table(title="rounds")
     for col in ("round", "pool in", "evolved", "carried", "rejected", "reused"):

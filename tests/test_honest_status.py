@@ -172,3 +172,17 @@ def test_runs_and_show_say_the_last_attempt_failed(tmp_path):
     assert shown.exit_code == 0
     assert shown.output == (f"warning: the last attempt of {run} failed (OSError: disk gone); this card is an "
                             "earlier attempt's\n# Evol-Instruct data: demo\n")
+
+
+@pytest.mark.server
+def test_sigterm_during_a_run_exits_143_through_its_clean_up(prefect_server, tmp_path):
+    from tests.test_crash_recovery import evol_run, write_config
+
+    config = write_config(tmp_path, tmp_path / "runs")
+    proc = evol_run(config, {"PREFECT_API_URL": prefect_server, "EVOL_FAULT_KILL_AT": "4",
+                             "EVOL_FAULT_SIGNAL": "SIGTERM"})
+    assert proc.returncode == 143, proc.stderr[-3000:]
+    run = tmp_path / "runs" / "crash"
+    assert not (run / "_lease.json").exists()  # given back: the next run needs no take-over
+    assert [(r.name, r.status) for r in list_runs(str(tmp_path / "runs"))] == [("crash", "stopped")]
+    assert len(list((run / "logs").glob("run-*.log"))) == 1

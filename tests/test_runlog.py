@@ -145,3 +145,28 @@ def test_a_cancelled_run_finishes_its_open_logs_before_exiting(memory_root, monk
     fs, path = resolve(log.uri)
     assert fs.cat_file(path) == b"cancelled\n" and not log.local.parent.exists()
     finish_active_logs()  # nothing left open: nothing happens
+
+
+def test_sigterm_during_a_run_command_exits_through_finally(memory_root, monkeypatch):
+    """`evol run` turns SIGTERM into SystemExit(143): the run log's ``finally`` uploads it and removes the copy."""
+    import signal
+
+    import pytest
+
+    from flows.cli_common import sigterm_as_exit
+    from storage import resolve
+    from tasks.core.runlog import RunLog
+
+    monkeypatch.delenv("VLLM_LOGGING_CONFIG_PATH", raising=False)
+    before = signal.getsignal(signal.SIGTERM)
+    log = RunLog.for_run(f"{memory_root}/run")
+    with pytest.raises(SystemExit) as exited, sigterm_as_exit():
+        log.start(verbose=True)
+        try:
+            log.local.write_text("terminated\n")
+            signal.raise_signal(signal.SIGTERM)
+        finally:
+            log.finish()
+    assert exited.value.code == 143 and signal.getsignal(signal.SIGTERM) is before
+    fs, path = resolve(log.uri)
+    assert fs.cat_file(path) == b"terminated\n" and not log.local.parent.exists()
