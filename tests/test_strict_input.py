@@ -143,3 +143,13 @@ def test_a_parquet_schema_naming_a_column_twice_is_an_error(tmp_path):
         ingest_seeds(str(seeds), str(tmp_path / "o"))
     assert str(err.value) == (f"{seeds}: the Parquet schema names 'instruction' more than once (columns "
                               "1, 2); rename all but one, or the values of the others would be lost")
+
+
+def test_a_recipe_key_given_twice_names_the_recipe_and_line(tmp_path):
+    from tasks.train.sft import RecipeError, load_recipe
+
+    recipe = tmp_path / "mine.yaml"
+    recipe.write_text("base_model: default\nmethod: lora\nmethod: full\n")
+    with pytest.raises(RecipeError) as err:
+        load_recipe(str(recipe))
+    assert str(err.value) == f"{recipe}: line 3: key 'method' is given twice (first at line 2); keep one"
