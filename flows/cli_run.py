@@ -54,7 +54,8 @@ def run_command(config_path: Path, rounds: int | None, output_root: str | None, 
     outputs."""
     from flows.cli_common import fail
     from storage.lease import RunLease, is_stale
-    from tasks.core.config import ConfigError, load_run_config
+    from tasks.core.config import ConfigError
+    from tasks.core.config_file import load_run_config
     from tasks.core.context import check_recompute, run_layout
 
     overrides = {k: v for k, v in (("rounds", rounds), ("output_root", output_root)) if v is not None}

@@ -15,7 +15,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from tasks.core.config import validation_message
-from tasks.core.yamlfile import DuplicateKeyError, load_yaml
+from tasks.core.config_file import DuplicateKeyError, load_yaml
 
 PACKS_DIR = Path(__file__).resolve().parent
 MANIFEST = "manifest.yaml"

@@ -10,7 +10,8 @@ import pytest
 import yaml
 
 from storage import read_shard
-from tasks.core.config import ConfigError, load_run_config
+from tasks.core.config import ConfigError
+from tasks.core.config_file import load_run_config
 from tasks.ingest.seeds import IngestError, ingest_seeds
 from tests.test_validate import error_lines, run_cli, write_run
 

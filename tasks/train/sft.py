@@ -17,9 +17,9 @@ from pydantic import Field
 from storage import StorageSettings, join_uri, resolve
 from storage.shards import write_file_atomic
 from tasks.core.config import EnvSettings, StrictModel, validated
+from tasks.core.config_file import DuplicateKeyError, load_yaml
 from tasks.core.summaries import LossPoint, TrainResult
 from tasks.core.text import md_table
-from tasks.core.yamlfile import DuplicateKeyError, load_yaml
 from tasks.llm.models import resolve_model
 from tasks.train.launch import launch_with_accelerate
 
