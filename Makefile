@@ -41,8 +41,11 @@ system-packages:
 		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends postgresql; \
 	else echo "PostgreSQL is not installed and this is not root: the team-topology test will skip"; fi
 
+# Two test processes (pytest-xdist), each module in one of them: most tests wait on a server or a subprocess, so two
+# keep both cores busy. The bundled model is prepared once, before they start.
 test: setup system-packages lint
-	$(PY) -m pytest -q
+	$(VENV)/bin/evol models prepare
+	$(PY) -m pytest -q -n 2 --dist loadfile
 
 # The fast loop while editing: no vLLM engine, no S3 server, no Prefect server (CI runs `make test`).
 test-fast: setup

@@ -145,6 +145,24 @@ def worker(
     worker_command(scheduler, name, cpus, gpu, preload, warm, nanny)
 
 
+@app.command()
+def train(
+    recipe: str = typer.Argument(..., help="A recipe: a name under recipes/ (smoke-cpu, wizardlm-7b) or a YAML path"),
+    dataset: str | None = typer.Option(None, "--dataset", help="An exported messages.jsonl (local, s3://, memory://)"),
+    output: str | None = typer.Option(None, "--output", help="Where model/, metrics.json and loss.png go"),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Only check the recipe against its model's tokenizer "
+                                 "(chat template, a rendered sample, lengths on --dataset); loads no model"),
+    models_dir: str | None = typer.Option(None, "--models-dir", help="Where the bundled model is prepared"),
+) -> None:
+    """Fine-tune with a recipe on an exported messages.jsonl (the `train` flow, here), after the --dry-run checks."""
+    from flows.cli_train import dry_run_command, train_command
+
+    if dry_run:
+        dry_run_command(recipe, dataset, models_dir)
+    else:
+        train_command(recipe, dataset, output, models_dir)
+
+
 @app.command("runs")
 def runs_command(
     output_root: str = typer.Argument("runs", help="Where runs are written (a config's output_root)"),

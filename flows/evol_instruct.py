@@ -33,7 +33,6 @@ from tasks.core.config import RunConfig
 from tasks.core.context import RunContext, run_layout
 from tasks.core.summaries import ExportSummary, IngestSummary, MixSummary, RoundSummary, ShardSummary, engine_time_line
 from tasks.evolve.shard import evolve_shard_task, reset_stage_runtimes
-from tasks.export.card import instruction_length_by_round
 from tasks.export.files import export_final_task
 from tasks.export.plots import plots_markdown
 from tasks.ingest.seeds import ingest_run_seeds_task
@@ -58,7 +57,7 @@ from tasks.runtime.cancel import CancelWatcher, cancel_and_exit
 from tasks.runtime.engine import engine_labels, needs_engine_start, start_engines_task
 from tasks.runtime.recovery import crash_dead_flow_run, crash_lost_task_runs
 from tasks.runtime.resolve import build_context
-from tasks.runtime.stages import EVOLVE_SHARD, mix_inputs, round_references
+from tasks.runtime.stages import EVOLVE_SHARD, walk
 from tasks.runtime.trigger import TriggerResult, trigger_training
 
 
@@ -208,48 +207,63 @@ def evol_instruct(config: RunConfig, recompute: list[str] | None = None, take_ov
     return result
 
 
+class RunSteps:
+    """The stages as the flow runs them (``tasks.runtime.stages.walk`` hands each its inputs): each stage's task,
+    reused by the task itself when its marker says so, and the counts checked from one stage to the next."""
+
+    def __init__(self, ctx: RunContext) -> None:
+        self.ctx, self.logger, self.estimate, self.seeds_source = ctx, get_run_logger(), None, None
+        self.round_flow = evol_round.with_options(task_runner=round_task_runner(ctx.config.orchestration))
+
+    def ingest(self) -> IngestSummary:
+        ctx = self.ctx
+        ingest = ingest_run_seeds_task.submit(ctx.config, ctx.layout, ctx.ingest_key, ctx.forced("ingest")).result()
+        for problem in ingest.problems:
+            self.logger.warning("%s", problem)
+        self.logger.info("seeds: %d accepted, rejected %s%s", ingest.accepted, ingest.rejected,
+                         " (reused)" if ingest.reused else "")
+        self.seeds_source = ingest.source  # the path in the rows' meta.source, for the card
+        try:  # the dataset card shows it beside the actual figures; a run never fails for want of one
+            self.estimate = run_estimate(ctx, ingest.refs, ingest.accepted)
+            self.logger.info("estimate: %d prompt and %d completion tokens in %d round(s) (completions: %s); %s",
+                             self.estimate.total("prompt_tokens"), self.estimate.total("completion_tokens"),
+                             ctx.config.rounds, self.estimate.completions, engine_time_line(self.estimate))
+        except Exception as err:
+            self.logger.warning("no token estimate for the card: %s: %s", type(err).__name__, err)
+        return ingest
+
+    def round(self, k: int, pool: list[ShardRef], references: list[ShardRef], expected: int) -> RoundSummary:
+        return self.round_flow(self.ctx, k, pool, references, expected)
+
+    def mix(self, inputs: list[ShardRef], data_key: str, expected: int) -> MixSummary:
+        _check_chain("mix", expected, inputs)
+        ctx = self.ctx
+        return mix_final_task.submit(ctx.layout, ctx.config, inputs, data_key, ctx.forced("mix")).result()
+
+    def export(self, data_key: str, rounds: list[RoundSummary], mix: MixSummary,
+               lengths: dict[str, float]) -> ExportSummary:
+        ctx = self.ctx
+        return export_final_task.submit(ctx.layout, ctx.config, data_key, ctx.template_shas, rounds, mix,
+                                        ctx.forced("export"), self.estimate, lengths, self.seeds_source).result()
+
+
 def _run_stages(ctx: RunContext) -> RunResult:
-    logger = get_run_logger()
     config, layout = ctx.config, ctx.layout
-    ingest = ingest_run_seeds_task.submit(config, layout, ctx.ingest_key, ctx.forced("ingest")).result()
-    for problem in ingest.problems:
-        logger.warning("%s", problem)
-    logger.info("seeds: %d accepted, rejected %s%s", ingest.accepted, ingest.rejected,
-                " (reused)" if ingest.reused else "")
-    estimate = None
-    try:  # the dataset card shows it beside the actual figures; a run never fails for want of one
-        estimate = run_estimate(ctx, ingest.refs, ingest.accepted)
-        logger.info("estimate: %d prompt and %d completion tokens in %d round(s) (completions: %s); %s",
-                    estimate.total("prompt_tokens"), estimate.total("completion_tokens"), config.rounds,
-                    estimate.completions, engine_time_line(estimate))
-    except Exception as err:
-        logger.warning("no token estimate for the card: %s: %s", type(err).__name__, err)
-    round_flow = evol_round.with_options(task_runner=round_task_runner(config.orchestration))
-    rounds: list[RoundSummary] = []
-    pool, expected = ingest.refs, ingest.accepted
-    for k in range(1, config.rounds + 1):
-        summary = round_flow(ctx, k, pool, round_references(ingest.refs, rounds, pool), expected)
-        rounds.append(summary)
-        pool, expected = summary.pool_out, summary.pool_in
-    inputs = mix_inputs(config, ingest.refs, rounds)
-    _check_chain("mix", (ingest.accepted if config.mix.include_seeds else 0) + sum(r.evolved for r in rounds),
-                 inputs)
-    data_key = ctx.mix_key([r.sha256 for r in inputs])
-    mix = mix_final_task.submit(layout, config, inputs, data_key, ctx.forced("mix")).result()
-    lengths = instruction_length_by_round(ingest.refs, rounds)
-    export = export_final_task.submit(layout, config, data_key, ctx.template_shas, rounds, mix,
-                                      ctx.forced("export"), estimate, lengths, ingest.source).result()
-    if warning := empty_export_warning(export.rows, config.rounds, config.mix.include_seeds):
-        logger.warning("%s", warning)
+    w = walk(ctx, RunSteps(ctx))
+    if w.ingest is None or w.mix is None or w.export is None or w.data_key is None:
+        raise RuntimeError(f"run {layout.run_id}: a stage returned no summary")  # each step raises instead
+    if warning := empty_export_warning(w.export.rows, config.rounds, config.mix.include_seeds):
+        get_run_logger().warning("%s", warning)
     create_markdown_artifact(
         key=artifact_key(layout.run_id, "summary"),
-        markdown=final_markdown(layout.run_uri, data_key, ingest, rounds, mix, lengths, export.files)
-        + "\n" + plots_markdown(export.files),
+        markdown=final_markdown(layout.run_uri, w.data_key, w.ingest, w.rounds, w.mix, w.lengths, w.export.files)
+        + "\n" + plots_markdown(w.export.files),
         description=f"Evol-Instruct run {layout.run_id}",
     )
     training = None
     if config.train is not None:
-        training = trigger_training(export.files["messages"], layout.run_uri, config.train, in_process=train)
-        logger.info("training %s: flow run %s -> %s", training.mode, training.flow_run_id, training.output_uri)
-    return RunResult(run_uri=layout.run_uri, data_key=data_key, ingest=ingest, rounds=rounds, mix=mix,
-                     export=export, training=training)
+        training = trigger_training(w.export.files["messages"], layout.run_uri, config.train, in_process=train)
+        get_run_logger().info("training %s: flow run %s -> %s", training.mode, training.flow_run_id,
+                              training.output_uri)
+    return RunResult(run_uri=layout.run_uri, data_key=w.data_key, ingest=w.ingest, rounds=w.rounds, mix=w.mix,
+                     export=w.export, training=training)

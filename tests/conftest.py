@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 
@@ -17,6 +20,21 @@ from storage import StorageSettings
 
 os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")  # no network here
+# Each test process (pytest-xdist runs two) gets a Prefect home of its own: the local API an `evol run` starts keeps its
+# SQLite database there, and two runs in two test processes must not share it (nor the user's own profile).
+os.environ["PREFECT_HOME"] = tempfile.mkdtemp(prefix="evol-tests-prefect-home-")
+atexit.register(shutil.rmtree, os.environ["PREFECT_HOME"], True)
+# vLLM's own logging in tests: as vLLM's default (INFO to stdout) without its one warning per weight of the bundled
+# model (``tasks.core.runlog.WeightLoadNoise``), pages of them in a failure report. A run's log file drops them too.
+_VLLM_LOGGING = os.path.join(os.environ["PREFECT_HOME"], "vllm-logging.json")
+with open(_VLLM_LOGGING, "w") as _f:
+    json.dump({"version": 1, "disable_existing_loggers": False,
+               "formatters": {"plain": {"format": "%(levelname)s %(name)s: %(message)s"}},
+               "filters": {"weights": {"()": "tasks.core.runlog.WeightLoadNoise"}},
+               "handlers": {"out": {"class": "logging.StreamHandler", "stream": "ext://sys.stdout",
+                                    "formatter": "plain", "filters": ["weights"]}},
+               "loggers": {"vllm": {"handlers": ["out"], "level": "INFO", "propagate": False}}}, _f)
+os.environ.setdefault("VLLM_LOGGING_CONFIG_PATH", _VLLM_LOGGING)
 
 
 def free_port() -> int:

@@ -9,7 +9,6 @@ import logging
 import os
 import sys
 import threading
-import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
@@ -33,10 +32,10 @@ def user(text: str) -> list[dict[str, str]]:
 
 class FakeServer:
     """An OpenAI-compatible server on 127.0.0.1 whose answer depends on the prompt's first word: ``ok``,
-    ``flaky`` (429 on the first try), ``slow`` (sleeps 2 s), ``broken`` (500 that echoes the Authorization
-    header), ``bad`` (400), ``garbled`` (200 with a body that is not JSON), ``judge`` (``Not Equal`` with
-    first-token log-probabilities), ``gate-N`` (answers once N requests have been in flight together, or after
-    ``GATE_WAIT_S``)."""
+    ``flaky`` (429 on the first try), ``slow`` (answers only once the test ends), ``broken`` (500 that echoes
+    the Authorization header), ``bad`` (400), ``garbled`` (200 with a body that is not JSON), ``judge``
+    (``Not Equal`` with first-token log-probabilities), ``gate-N`` (answers once N requests have been in
+    flight together, or after ``GATE_WAIT_S``)."""
 
     def __init__(self) -> None:
         self.attempts: dict[str, int] = {}
@@ -44,6 +43,7 @@ class FakeServer:
         self.bodies: list[dict] = []
         self.in_flight = self.max_in_flight = 0
         self.peak = threading.Condition()
+        self.closing = threading.Event()
         server = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -84,8 +84,8 @@ class FakeServer:
                 soon = {"Retry-After-Ms": "5"}  # the client waits what the server asks
                 if kind == "flaky" and attempt == 1:
                     return self.reply(429, {"error": "slow down"}, soon)
-                if kind == "slow":
-                    time.sleep(2.0)
+                if kind == "slow":  # held until the test is over: only the client's timeout ends the request
+                    server.closing.wait(GATE_WAIT_S)
                 if kind == "broken":
                     return self.reply(500, f"internal error, request had {self.headers.get('Authorization')}", soon)
                 if kind == "garbled":
@@ -115,6 +115,7 @@ class FakeServer:
         self.thread.start()
 
     def close(self) -> None:
+        self.closing.set()
         self.httpd.shutdown()
         self.httpd.server_close()
 
@@ -191,7 +192,7 @@ def test_constrained_answer_and_margin_are_read_from_the_response(server):
 
 
 def test_timeout_gives_item_error_after_retries(server):
-    backend = make_backend(server.url, timeout=0.3, retries=1)
+    backend = make_backend(server.url, timeout=2.0, retries=1)  # ample for "ok fine" on a busy machine
     results = backend.generate([user("slow one"), user("ok fine")], PARAMS)
     assert server.attempts["slow one"] == 2
     assert results[0].error == "APITimeoutError: Request timed out."

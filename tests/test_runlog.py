@@ -54,6 +54,30 @@ def test_the_real_engine_start_writes_to_the_log_not_the_terminal(model_dir, tmp
     text = open(log_path).read()
     assert "Loading safetensors checkpoint shards" in text and "non-default args" in text, text[-2000:]
     assert "Loading safetensors" not in done.stderr and "Triton" not in done.stderr, done.stderr[-3000:]
+    assert "Attempted to load weight" not in text
+
+
+def test_the_engine_log_drops_vllm_per_weight_dtype_warnings(tmp_path):
+    """The run log's vLLM configuration, applied to a logger of its own: one warning per weight is dropped, the
+    engine's other warnings (a weight of the wrong shape among them) are kept."""
+    import logging
+    import logging.config
+
+    from tasks.core.runlog import RunLog
+
+    log = RunLog(local=tmp_path / "run.log", uri=str(tmp_path / "run.log"))
+    config = log.vllm_config()
+    config["loggers"] = {"evol-test-vllm": config["loggers"]["vllm"]}
+    logging.config.dictConfig(config)
+    logger = logging.getLogger("evol-test-vllm")
+    logger.warning("Attempted to load weight %s with dtype %s into %s", "norm.weight", "torch.float32", "bf16")
+    logger.warning("Attempted to load weight (torch.Size([3])) into parameter (torch.Size([4]))")
+    logger.warning("KV cache space is small")
+    for handler in logger.handlers:
+        handler.close()
+    lines = (tmp_path / "run.log").read_text().splitlines()
+    assert [line.split(" - ", 1)[1] for line in lines] == [
+        "Attempted to load weight (torch.Size([3])) into parameter (torch.Size([4]))", "KV cache space is small"]
 
 
 def test_finishing_the_run_log_restores_the_environment(tmp_path, monkeypatch):

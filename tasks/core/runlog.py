@@ -84,8 +84,9 @@ class RunLog:
         """vLLM's logging configuration (``logging.config.dictConfig``): everything of ``vllm`` to the file."""
         return {"version": 1, "disable_existing_loggers": False,
                 "formatters": {"plain": {"format": FORMAT}},
+                "filters": {"weights": {"()": f"{__name__}.WeightLoadNoise"}},
                 "handlers": {"file": {"class": "logging.FileHandler", "filename": str(self.local), "mode": "a",
-                                      "formatter": "plain"}},
+                                      "formatter": "plain", "filters": ["weights"]}},
                 "loggers": {"vllm": {"handlers": ["file"], "level": "INFO", "propagate": False}}}
 
     def start(self, verbose: bool) -> None:
@@ -142,6 +143,15 @@ def finish_active_logs() -> None:
 
 # Errors in the seeds the CLI reports in one ``error:`` line of its own: the terminal gets nothing else of them.
 USER_ERRORS = ("IngestError", "EmptySeedsError")
+
+
+class WeightLoadNoise(logging.Filter):
+    """Drops vLLM's per-weight dtype warning ("Attempted to load weight ... with dtype ..."): one line for each of a
+    model's hundreds of weights whenever its file's dtype is not the engine's (the bundled model: float32 weights,
+    bfloat16 engine on CPU); they would bury the engine's real messages."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("Attempted to load weight %s with dtype")
 
 
 class TerminalFilter(logging.Filter):

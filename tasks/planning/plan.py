@@ -14,14 +14,14 @@ from storage import RunLayout, ShardRef, read_stage, resolve
 from storage.shards import committed_marker, write_file_atomic
 from tasks.core.config import RunConfig
 from tasks.core.context import RunContext, stage_key
-from tasks.core.summaries import Estimate
-from tasks.export.card import dataset_card, instruction_length_by_round
+from tasks.core.summaries import Estimate, ExportSummary, IngestSummary, MixSummary, RoundSummary, Summary
+from tasks.export.card import dataset_card
 from tasks.export.files import export_key
 from tasks.ingest.seeds import ingest_run_seeds
 from tasks.planning.estimate import make_estimate
 from tasks.round.finish import round_key
 from tasks.runtime.resolve import build_context
-from tasks.runtime.stages import EVOLVE_SHARD, EXPORT, INGEST, MIX, ROUND, mix_inputs, round_references
+from tasks.runtime.stages import EVOLVE_SHARD, EXPORT, INGEST, MIX, ROUND, stage_names, walk
 
 ESTIMATE_FILE = "estimate.json"
 
@@ -42,48 +42,68 @@ class RunPlan(BaseModel):
     estimate: Estimate
 
 
-def _why(ctx: RunContext, stage: str, marker_uri: str, upstream: str = "") -> str:
-    """Why a stage is recomputed; ``upstream``: the first stage recomputed before it."""
+def _why(ctx: RunContext, stage: str, marker_uri: str) -> str:
+    """Why a stage is recomputed."""
     fs, path = resolve(marker_uri)
-    if upstream or ctx.forced(stage):
-        return f"after {upstream}" if upstream else "forced by --recompute"
+    if ctx.forced(stage):
+        return "forced by --recompute"
     return "its inputs changed" if fs.exists(path) else "not run yet"
 
 
-def plan_stages(ctx: RunContext, seeds: list[ShardRef], estimate: Estimate | None,
-                seeds_source: str | None = None) -> list[StagePlan]:
-    """Rounds, mix and export with the run's keys, from the seed shards (committed or ingested now) on;
-    ``estimate`` is the one recorded in the run folder for this work (None: the run makes a new one);
-    ``seeds_source``: the path the seed rows were read from (the card names it)."""
-    config, layout = ctx.config, ctx.layout
-    stages, pool, rounds, upstream = [], seeds, [], ""
-    for k in range(1, config.rounds + 1):
-        name, marker = f"round={k}", ROUND.marker(layout, k)
-        markers = [] if upstream or ctx.forced(name) else [committed_marker(
-            EVOLVE_SHARD.marker(layout, k, i), ctx.evolve_shard_key(ref.sha256, k)) for i, ref in enumerate(pool)]
+class PlanSteps:
+    """The stages as `evol plan` walks them (``tasks.runtime.stages.walk``, the flow's walk): each asks its
+    marker whether it is done under the key the run would use, and notes its line of the plan."""
+
+    def __init__(self, ctx: RunContext, seeds: IngestSummary, estimate: Estimate | None) -> None:
+        self.ctx, self.seeds, self.estimate, self.stages = ctx, seeds, estimate, []
+
+    def note(self, stage: str, summary: Summary | None, why: str, shards: int = 0, shards_reused: int = 0) -> None:
+        self.stages.append(StagePlan(stage=stage, reused=summary is not None, shards=shards,
+                                     shards_reused=shards_reused, why="" if summary is not None else why))
+
+    def ingest(self) -> IngestSummary:
+        return self.seeds
+
+    def round(self, k: int, pool: list[ShardRef], references: list[ShardRef], expected: int) -> RoundSummary | None:
+        ctx, name, marker = self.ctx, f"round={k}", ROUND.marker(self.ctx.layout, k)
+        markers = [] if ctx.forced(name) else [committed_marker(EVOLVE_SHARD.marker(ctx.layout, k, i),
+                                                                ctx.evolve_shard_key(ref.sha256, k))
+                                               for i, ref in enumerate(pool)]
         done = [ShardRef.of(m) for m in markers if m is not None]
-        key = round_key(done, pool, round_references(seeds, rounds, pool))
-        summary = None if upstream or len(done) < len(pool) else ROUND.done(marker, key)
-        stages.append(StagePlan(stage=f"round {k}", reused=summary is not None, shards=len(pool),
-                                shards_reused=len(done), why="" if summary else _why(ctx, name, marker, upstream)))
-        if summary is None:
-            upstream = upstream or f"round {k}"
-            continue
-        rounds.append(summary)
-        pool = summary.pool_out
-    mix_marker, export_marker = MIX.marker(layout), EXPORT.marker(layout)
-    data_key = ctx.mix_key([r.sha256 for r in mix_inputs(config, seeds, rounds)])
-    mix = None if upstream or ctx.forced("mix") else MIX.done(mix_marker, data_key)
-    if mix is None:
-        return stages + [StagePlan(stage="mix", reused=False, why=_why(ctx, "mix", mix_marker, upstream)),
-                         StagePlan(stage="export", reused=False, why=f"after {upstream or 'mix'}")]
-    stages.append(StagePlan(stage="mix", reused=True))
-    if estimate is None:
-        return stages + [StagePlan(stage="export", reused=False, why="the card gets a new estimate")]
-    card = dataset_card(config, data_key, ctx.template_shas, rounds, mix, estimate,
-                        instruction_length_by_round(seeds, rounds), seeds_source)
-    reused = not ctx.forced("export") and EXPORT.done(export_marker, export_key(mix, card.encode())) is not None
-    return stages + [StagePlan(stage="export", reused=reused, why="" if reused else _why(ctx, "export", export_marker))]
+        summary = None if ctx.forced(name) or len(done) < len(pool) else \
+            ROUND.done(marker, round_key(done, pool, references))
+        self.note(f"round {k}", summary, _why(ctx, name, marker), len(pool), len(done))
+        return summary
+
+    def mix(self, inputs: list[ShardRef], data_key: str, expected: int) -> MixSummary | None:
+        marker = MIX.marker(self.ctx.layout)
+        summary = None if self.ctx.forced("mix") else MIX.done(marker, data_key)
+        self.note("mix", summary, _why(self.ctx, "mix", marker))
+        return summary
+
+    def export(self, data_key: str, rounds: list[RoundSummary], mix: MixSummary,
+               lengths: dict[str, float]) -> ExportSummary | None:
+        ctx, marker = self.ctx, EXPORT.marker(self.ctx.layout)
+        if self.estimate is None:
+            self.note("export", None, "the card gets a new estimate")
+            return None
+        card = dataset_card(ctx.config, data_key, ctx.template_shas, rounds, mix, self.estimate, lengths,
+                            self.seeds.source)
+        summary = None if ctx.forced("export") else EXPORT.done(marker, export_key(mix, card.encode()))
+        self.note("export", summary, _why(ctx, "export", marker))
+        return summary
+
+
+def plan_stages(ctx: RunContext, seeds: IngestSummary, estimate: Estimate | None) -> list[StagePlan]:
+    """Rounds, mix and export with the run's keys, from the seed shards (committed or ingested now) on;
+    ``estimate`` is the one recorded in the run folder for this work (None: the run makes a new one). Past the
+    first stage that is recomputed the outputs are unknown: the stages after it are recomputed too."""
+    steps = PlanSteps(ctx, seeds, estimate)
+    walk(ctx, steps)
+    stages, names = steps.stages, stage_names(ctx.config.rounds)[1:]
+    first = next((s for s in stages if not s.reused), None)
+    return stages + [StagePlan(stage=name, reused=False, shards=first.shards if name.startswith("round") else 0,
+                               why=f"after {first.stage}") for name in names[len(stages):] if first is not None]
 
 
 def estimate_key(ctx: RunContext) -> str:
@@ -120,7 +140,7 @@ def make_plan(config: RunConfig, recompute: tuple[str, ...] = (), measure: int =
         ingest = StagePlan(stage="ingest", reused=found is not None, shards=len(refs),
                            shards_reused=len(refs) if found else 0, why="" if found else _why(ctx, "ingest", marker))
         estimate = make_estimate(ctx, refs, accepted, measure)
-        stages = [ingest, *plan_stages(ctx, refs, stored_estimate(ctx), summary.source)]
+        stages = [ingest, *plan_stages(ctx, summary, stored_estimate(ctx))]
     share = {s.stage: 0.0 if s.reused else 1 - s.shards_reused / max(1, s.shards) for s in stages}
     rounds = [r.model_copy(update={"share": share[f"round {r.round}"]}) for r in estimate.rounds]
     return RunPlan(run_uri=ctx.layout.run_uri, stages=stages, estimate=estimate.model_copy(update={"rounds": rounds}))

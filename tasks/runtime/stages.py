@@ -1,18 +1,69 @@
-"""What each stage of a run hands the next, written once for the flow and for `evol plan`: a round's dedup
-references, the mix's inputs. The stages themselves: ``INGEST``, ``EVOLVE_SHARD``, ``ROUND``, ``MIX``, ``EXPORT``."""
+"""A run's stages in their order, walked once for the flow and for `evol plan`: ingest, round 1..M, mix, export.
+
+``walk`` hands each stage what the one before it recorded (a round its pool and dedup references, mix its inputs and
+the data key, export the card's figures); its ``steps`` say what doing a stage means: the flow runs its task, the
+plan asks the stage's marker whether it is done. The stages themselves: ``INGEST``, ``EVOLVE_SHARD``, ``ROUND``,
+``MIX``, ``EXPORT``."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+from typing import Any
+
 from storage import ShardRef
 from tasks.core.config import RunConfig
-from tasks.core.summaries import RoundSummary
+from tasks.core.context import RunContext
+from tasks.core.summaries import ExportSummary, IngestSummary, MixSummary, RoundSummary
 from tasks.evolve.shard import EVOLVE_SHARD
+from tasks.export.card import instruction_length_by_round
 from tasks.export.files import EXPORT
 from tasks.ingest.seeds import INGEST
 from tasks.mix.final import MIX
 from tasks.round.finish import ROUND
 
 STAGES = (INGEST, EVOLVE_SHARD, ROUND, MIX, EXPORT)  # in the order a run runs them (rounds: shards, then finish)
+
+
+def stage_names(rounds: int) -> list[str]:
+    """The stages of a run of ``rounds`` rounds as `evol plan` lists them."""
+    return ["ingest", *(f"round {k}" for k in range(1, rounds + 1)), "mix", "export"]
+
+
+@dataclass
+class Walked:
+    """How far a walk got, and what each stage it passed recorded."""
+
+    ingest: IngestSummary | None = None
+    rounds: list[RoundSummary] = field(default_factory=list)
+    data_key: str | None = None
+    mix: MixSummary | None = None
+    lengths: dict[str, float] = field(default_factory=dict)
+    export: ExportSummary | None = None
+
+
+def walk(ctx: RunContext, steps: Any) -> Walked:
+    """Each stage in turn, each handed what the stages before it recorded: ``steps.ingest()``, ``steps.round(k,
+    pool, references, expected)``, ``steps.mix(inputs, data_key, expected)``, ``steps.export(data_key, rounds, mix,
+    lengths)`` (``expected``: the rows the stages before counted); a step that returns None ends the walk."""
+    w = Walked(ingest=steps.ingest())
+    if w.ingest is None:
+        return w
+    seeds, pool, expected = w.ingest.refs, w.ingest.refs, w.ingest.accepted
+    for k in range(1, ctx.config.rounds + 1):
+        summary = steps.round(k, pool, round_references(seeds, w.rounds, pool), expected)
+        if summary is None:
+            return w
+        w.rounds.append(summary)
+        pool, expected = summary.pool_out, summary.pool_in
+    inputs = mix_inputs(ctx.config, seeds, w.rounds)
+    w.data_key = ctx.mix_key([r.sha256 for r in inputs])
+    counted = (w.ingest.accepted if ctx.config.mix.include_seeds else 0) + sum(r.evolved for r in w.rounds)
+    w.mix = steps.mix(inputs, w.data_key, counted)
+    if w.mix is None:
+        return w
+    w.lengths = instruction_length_by_round(seeds, w.rounds)
+    w.export = steps.export(w.data_key, w.rounds, w.mix, w.lengths)
+    return w
 
 
 def round_references(seeds: list[ShardRef], rounds: list[RoundSummary], pool: list[ShardRef]) -> list[ShardRef]:

@@ -22,8 +22,8 @@ from tasks.core.summaries import LossPoint, TrainResult
 from tasks.core.text import md_table
 from tasks.llm.models import resolve_model
 from tasks.train.launch import launch_with_accelerate
+from tasks.train.templates import RECIPES_DIR, RecipeError, template_path, training_tokenizer
 
-RECIPES_DIR = Path(__file__).resolve().parents[2] / "recipes"
 Scheduler = Literal["linear", "cosine", "cosine_with_min_lr", "cosine_with_restarts", "polynomial", "constant",
                     "constant_with_warmup", "inverse_sqrt", "warmup_stable_decay"]
 
@@ -58,10 +58,9 @@ class TrainRecipe(StrictModel):
     cpu_threads: int | None = Field(None, ge=1)  # CPU runs only: torch intra-op threads (None: torch's default)
     # The Prefect task runs `accelerate launch` with this config (a name under recipes/accelerate/ or a path).
     accelerate_config: str | None = None
-
-
-class RecipeError(ValueError):
-    """A recipe that can't be used; the message names the file and the keys."""
+    # A named format (recipes/templates/NAME.jinja: alpaca, wizardlm) or a .jinja file (relative: from the recipe's
+    # folder); it replaces the tokenizer's own. Needed for a base model, whose tokenizer has none.
+    chat_template: str | None = None
 
 
 def recipe_path(recipe: str, folder: Path = RECIPES_DIR) -> Path:
@@ -89,7 +88,10 @@ def load_recipe(recipe: str) -> TrainRecipe:
         raise RecipeError(f"{path}: {err}") from None
     except yaml.YAMLError as err:
         raise RecipeError(f"invalid YAML in {path}: {err}") from None
-    return validated(TrainRecipe, data, str(path), RecipeError)
+    spec = validated(TrainRecipe, data, str(path), RecipeError)
+    if spec.chat_template:  # resolved now: an unknown name or a missing file is a recipe error, found before training
+        spec = spec.model_copy(update={"chat_template": str(template_path(spec.chat_template, path))})
+    return spec
 
 
 def to_prompt_completion(row: dict[str, Any], where: str = "<row>") -> dict[str, list[dict[str, str]]]:
@@ -124,10 +126,12 @@ def read_sft_rows(dataset_uri: str, settings: StorageSettings | None = None) -> 
     return rows
 
 
-def build_trainer(recipe: TrainRecipe, model_path: str, rows: list[dict[str, Any]], output_dir: str) -> Any:
-    """A TRL ``SFTTrainer`` for the recipe; prompt/completion rows give the completion-only loss."""
+def build_trainer(recipe: TrainRecipe, model_path: str, rows: list[dict[str, Any]], output_dir: str,
+                  where: str = "recipe") -> Any:
+    """A TRL ``SFTTrainer`` for the recipe; prompt/completion rows give the completion-only loss. The tokenizer
+    gets the recipe's chat template (a base model has none: ``NoChatTemplateError`` naming ``where``) before the
+    model is loaded."""
     from datasets import Dataset
-    from transformers import AutoTokenizer
     from trl import SFTConfig, SFTTrainer
 
     # transformers 5 folded warmup_ratio into warmup_steps: a float in [0, 1) is a ratio of the total steps.
@@ -145,7 +149,7 @@ def build_trainer(recipe: TrainRecipe, model_path: str, rows: list[dict[str, Any
 
         peft_config = LoraConfig(r=recipe.lora.r, lora_alpha=recipe.lora.alpha, lora_dropout=recipe.lora.dropout,
                                  target_modules=list(recipe.lora.target_modules), task_type="CAUSAL_LM")
-    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    tokenizer = training_tokenizer(recipe.chat_template, model_path, where)
     # A model path (not an instance) lets TRL load it after the args exist, so DeepSpeed ZeRO-3 can shard at load.
     return SFTTrainer(model=model_path, args=args, train_dataset=Dataset.from_list(rows), processing_class=tokenizer,
                       peft_config=peft_config)
@@ -217,7 +221,7 @@ def run_training(dataset_uri: str, recipe: str, output_uri: str, models_dir: str
     try:
         with tempfile.TemporaryDirectory(prefix="evol-train-") as tmp:
             work = Path(tmp)
-            trainer = build_trainer(spec, model_path, rows, str(work / "checkpoints"))
+            trainer = build_trainer(spec, model_path, rows, str(work / "checkpoints"), str(recipe_path(recipe)))
             output = trainer.train()
             _save_model(trainer, spec, model_path, work)
             log = [LossPoint(step=h["step"], loss=h["loss"], learning_rate=h.get("learning_rate"))
@@ -248,10 +252,13 @@ def run_training(dataset_uri: str, recipe: str, output_uri: str, models_dir: str
 def train_task(dataset_uri: str, recipe: str, output_uri: str) -> TrainResult:
     """Fine-tune on the exported messages and write the model and metrics under ``output_uri``: in this process, or
     under ``accelerate launch`` (one process per device) when the recipe names an accelerate config."""
-    accelerate_config = load_recipe(recipe).accelerate_config
-    if accelerate_config:
-        config = recipe_path(accelerate_config, RECIPES_DIR / "accelerate")
+    spec = load_recipe(recipe)
+    if spec.accelerate_config:
+        config = recipe_path(spec.accelerate_config, RECIPES_DIR / "accelerate")
         if not config.is_file():
             raise RecipeError(f"accelerate config not found: {config}")
+        # The template check here too: its one line in this task's error, not "accelerate launch exited with 2".
+        training_tokenizer(spec.chat_template, resolve_model(spec.base_model, EnvSettings().llm.models_dir),
+                           str(recipe_path(recipe)))
         return launch_with_accelerate(dataset_uri, recipe, output_uri, config)
     return run_training(dataset_uri, recipe, output_uri)
