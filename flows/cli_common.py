@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import signal
 import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any, NoReturn
 
 import typer
@@ -32,3 +36,21 @@ def fail_on_problems(problems: list) -> None:
     """Exit 2 with one ``error: <file>: <key>: <what>`` line per problem, if there are any."""
     if problems:
         fail("\n".join(str(p) for p in problems))
+
+
+@contextmanager
+def sigterm_as_exit() -> Iterator[None]:
+    """While the block runs (in the main thread), SIGTERM raises ``SystemExit(143)`` instead of ending the process
+    at once: as on Ctrl-C, ``finally`` blocks run, so the run's log is uploaded and the run folder given back."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def exit_on_term(signum: int, frame: Any) -> None:
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, exit_on_term)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)

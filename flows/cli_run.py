@@ -54,7 +54,8 @@ def run_command(config_path: Path, rounds: int | None, output_root: str | None, 
     outputs."""
     from flows.cli_common import fail
     from storage.lease import RunLease, is_stale
-    from tasks.core.config import ConfigError, load_run_config
+    from tasks.core.config import ConfigError
+    from tasks.core.config_file import load_run_config
     from tasks.core.context import check_recompute, run_layout
 
     overrides = {k: v for k, v in (("rounds", rounds), ("output_root", output_root)) if v is not None}
@@ -79,12 +80,14 @@ def run_command(config_path: Path, rounds: int | None, output_root: str | None, 
                   soft_wrap=True, highlight=False)
     from flows.cli_models import prepare_for_config
     prepare_for_config(config)
+    from flows.cli_common import sigterm_as_exit
     if api:
-        result = _run_flow(config, layout, show_progress, recompute, take_over, verbose)
+        with sigterm_as_exit():
+            result = _run_flow(config, layout, show_progress, recompute, take_over, verbose)
     else:
         from flows.local_api import local_api
 
-        with local_api():
+        with sigterm_as_exit(), local_api():
             result = _run_flow(config, layout, show_progress, recompute, take_over, verbose)
     table = Table(title="rounds")
     for col in ("round", "pool in", "evolved", "carried", "rejected", "reused"):
@@ -96,11 +99,11 @@ def run_command(config_path: Path, rounds: int | None, output_root: str | None, 
     console.print(table)
     from tasks.reporting.report import seeds_line
     console.print(seeds_line(result.ingest), soft_wrap=True, highlight=False)
-    from tasks.reporting.monitor import low_evolution_warning
-    for r in result.rounds:
-        warning = low_evolution_warning(r, config.orchestration.min_evolved_share)
-        if warning:
-            console.print(f"[bold yellow]warning:[/] {warning}", soft_wrap=True, highlight=False)
+    from tasks.reporting.monitor import empty_export_warning, low_evolution_warning
+    warnings = [low_evolution_warning(r, config.orchestration.min_evolved_share) for r in result.rounds]
+    warnings.append(empty_export_warning(result.export.rows, config.rounds, config.mix.include_seeds))
+    for warning in filter(None, warnings):
+        console.print(f"[bold yellow]warning:[/] {warning}", soft_wrap=True, highlight=False)
     console.print(f"final rows: [bold]{result.mix.final}[/] (seeds and survivors after dedup)"
                   + (" (reused)" if result.mix.reused else ""), soft_wrap=True, highlight=False)
     console.print(f"outputs: {result.run_uri}", soft_wrap=True)

@@ -15,6 +15,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from tasks.core.config import validation_message
+from tasks.core.config_file import DuplicateKeyError, load_yaml
 
 PACKS_DIR = Path(__file__).resolve().parent
 MANIFEST = "manifest.yaml"
@@ -81,7 +82,9 @@ class _Manifest(BaseModel):
 
 def _read_manifest(path: Path) -> _Manifest:
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = load_yaml(path.read_text(encoding="utf-8"))
+    except DuplicateKeyError as err:
+        raise PromptPackError(f"{path}: {err}") from None
     except yaml.YAMLError as err:
         raise PromptPackError(f"invalid YAML in prompt pack manifest {path}: {err}") from None
     if not isinstance(data, dict):

@@ -2,19 +2,16 @@
 
 from __future__ import annotations
 
-import copy
 import math
 import os
-import posixpath
 import warnings
 from pathlib import Path
-from typing import Any, Literal, TypeVar, get_args, get_origin
+from typing import Any, Literal, TypeVar
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from storage import StorageSettings, resolve
+from storage import StorageSettings
 from tasks.core.elimination import EliminationConfig
 
 ModelT = TypeVar("ModelT", bound=BaseModel)
@@ -179,10 +176,15 @@ class IngestConfig(StrictModel):
     csv_header: Literal["auto"] | bool = "auto"  # auto: the first row is a header when it names a known field
 
 
+NAME_MAX = 100
+
+
 class RunConfig(StrictModel):
     """Everything that decides what a run produces. Frozen; unknown keys are errors."""
 
-    name: str | None = Field(None, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+    # The run folder's name: at most 100 characters keeps it (and the files named after it) within every file
+    # system's 255-byte limit on a name.
+    name: str | None = Field(None, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", max_length=NAME_MAX)
     seeds: str
     field_map: dict[str, str] = Field(default_factory=dict)
     ingest: IngestConfig = IngestConfig()
@@ -248,94 +250,3 @@ def validated(model: type[ModelT], data: Any, source: str, error: type[ValueErro
 def parse_run_config(data: Any, source: str = "<config>") -> RunConfig:
     """Validate a mapping as a RunConfig; errors name ``source`` and each bad key."""
     return validated(RunConfig, data, source)
-
-
-def _section(annotation: Any) -> type[BaseModel] | type[dict] | None:
-    """The model a field holds (``X | None`` included), ``dict`` for a free mapping, None for a plain value."""
-    for candidate in (annotation, *get_args(annotation)):
-        if isinstance(candidate, type) and issubclass(candidate, BaseModel):
-            return candidate
-        if candidate is dict or get_origin(candidate) is dict:
-            return dict
-    return None
-
-
-def check_set_key(key: str) -> None:
-    """A ``--set`` key must name a config key: ``rounds``, ``sampling.evolve.max_tokens``, ``llm.engine_args.X``."""
-    model: Any = RunConfig
-    parts = key.split(".")
-    for i, part in enumerate(parts):
-        if model is dict:  # inside a free mapping (engine_args, field_map, operation_weights): any key
-            return
-        where = ".".join(parts[:i]) or "the config"
-        if model is None:
-            raise ConfigError(f"--set {key}: unknown key {key}: {where} is a value, it has no keys")
-        if part not in model.model_fields:
-            raise ConfigError(f"--set {key}: unknown key {'.'.join(parts[: i + 1])} ({where} has "
-                              f"{', '.join(model.model_fields)})")
-        model = _section(model.model_fields[part].annotation)
-
-
-def apply_sets(data: dict[str, Any], sets: list[str] | tuple[str, ...]) -> dict[str, Any]:
-    """``KEY=VALUE`` pairs (``--set``) merged into a config mapping: KEY is dotted (``sampling.evolve.max_tokens``),
-    VALUE is read as YAML (``3``, ``0.5``, ``false``, ``[a, b]``, ``null``) and typed by the config's model."""
-    out = copy.deepcopy(data)
-    for pair in sets:
-        key, sep, raw = pair.partition("=")
-        key = key.strip()
-        if not sep or not key:
-            raise ConfigError(f"--set takes KEY=VALUE (rounds=3, sampling.evolve.max_tokens=64), got {pair!r}")
-        check_set_key(key)
-        try:
-            value = yaml.safe_load(raw)
-        except yaml.YAMLError:
-            value = raw
-        node = out
-        *sections, last = key.split(".")
-        for part in sections:
-            if not isinstance(node.get(part), dict):
-                node[part] = {}
-            node = node[part]
-        node[last] = value
-    return out
-
-
-def load_run_config(path: str | Path, overrides: dict[str, Any] | None = None,
-                    sets: list[str] | tuple[str, ...] = ()) -> RunConfig:
-    """Load a RunConfig from a YAML file; relative local paths in it are taken from the file's folder.
-
-    ``overrides`` replace top-level keys; ``sets`` are ``--set KEY=VALUE`` pairs (see :func:`apply_sets`)."""
-    return load_run_config_uri(str(path), overrides, sets=sets)
-
-
-def load_run_config_uri(uri: str, overrides: dict[str, Any] | None = None,
-                        settings: StorageSettings | None = None, sets: list[str] | tuple[str, ...] = ()) -> RunConfig:
-    """Load a RunConfig from a YAML file at a local path or a storage URI (``s3://``, ``memory://``).
-
-    Relative ``seeds`` and ``output_root`` in it are taken from the file's folder, local or not; ``overrides`` and
-    ``sets`` as for :func:`load_run_config`.
-    """
-    local = "://" not in uri or uri.startswith("file://")
-    source = str(Path(uri.removeprefix("file://"))) if local else uri
-    try:
-        if local:
-            text = Path(source).read_text(encoding="utf-8")
-        else:
-            fs, path = resolve(uri, settings or EnvSettings().storage)
-            text = fs.cat_file(path).decode("utf-8")
-        data = yaml.safe_load(text)
-    except FileNotFoundError:
-        raise ConfigError(f"configuration file not found: {source}") from None
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{source}: invalid YAML: {' '.join(str(err).split())}") from None
-    except ValueError as err:
-        raise ConfigError(f"can't read configuration {source}: {err}") from None
-    if isinstance(data, dict):
-        data = apply_sets({**data, **(overrides or {})}, sets)
-        protocol, _, path = uri.partition("://")
-        for key in ("seeds", "output_root"):
-            value = data.get(key)
-            if isinstance(value, str) and "://" not in value and not value.startswith("/"):
-                data[key] = (str((Path(source).parent / value).resolve()) if local else
-                             f"{protocol}://" + posixpath.normpath(posixpath.join(posixpath.dirname(path), value)))
-    return parse_run_config(data, source)

@@ -26,7 +26,7 @@ from storage import RunLayout, StorageSettings, resolve
 from tasks.core.config import EliminationConfig, LLMConfig, RunConfig, StageSampling
 
 # Bump when the reading of seed files changes what ingest produces.
-READER_VERSION = "3"
+READER_VERSION = "4"
 
 
 def stage_key(*parts: Any) -> str:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import sys
 import tempfile
 import threading
@@ -27,6 +28,7 @@ FORMAT = "%(asctime)s %(levelname)-7s %(name)s - %(message)s"
 # Set while a run logs to its file (not with --verbose): engines started then write their raw output there.
 ENGINE_LOG_ENV = "EVOL_ENGINE_LOG"
 _REDIRECT_LOCK = threading.Lock()
+_ACTIVE: list[RunLog] = []  # started, not finished: what an exit that skips ``finally`` (a cancel) finishes
 
 
 @contextmanager
@@ -98,13 +100,17 @@ class RunLog:
             self.saved_env = {name: os.environ.get(name) for name in updates}
             os.environ.update(updates)
             quiet_prefect_console()
+        _ACTIVE.append(self)
         self.handler = logging.FileHandler(self.local, mode="a")
         self.handler.setFormatter(logging.Formatter(FORMAT))
         self.handler.setLevel(logging.INFO)
         logging.getLogger().addHandler(self.handler)
 
     def finish(self) -> None:
-        """Close the file; upload it to the run folder when that is not local."""
+        """Close the file; upload it to the run folder when that is not local, and remove the local copy then (a
+        failed upload keeps it, and the error names it)."""
+        if self in _ACTIVE:
+            _ACTIVE.remove(self)
         if self.handler is not None:
             logging.getLogger().removeHandler(self.handler)
             self.handler.close()
@@ -118,7 +124,21 @@ class RunLog:
         self.saved_env = {}
         fs, path = resolve(self.uri)
         if "file" not in fs.protocol:
-            fs.put_file(str(self.local), path)
+            try:
+                fs.put_file(str(self.local), path)
+            except Exception as err:  # the run's own outcome must not be hidden by its log's upload
+                reason = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+                print(f"warning: the run's log could not be uploaded to {self.uri} ({reason}); it stays at "
+                      f"{self.local}", file=sys.stderr)
+                return
+            shutil.rmtree(self.local.parent, ignore_errors=True)  # the local copy (``evol-log-*``), uploaded
+
+
+def finish_active_logs() -> None:
+    """Finish every run log of this process still open: before ``os._exit`` (a cancelled run), which runs no
+    ``finally``, so an S3 run's log still reaches its folder and the local copy goes."""
+    for log in list(_ACTIVE):
+        log.finish()
 
 
 # Errors in the seeds the CLI reports in one ``error:`` line of its own: the terminal gets nothing else of them.

@@ -36,15 +36,19 @@ def _elimination_line(config: RunConfig) -> str:
 
 def dataset_card(config: RunConfig, data_key: str, template_shas: dict[str, str],
                  rounds: list[RoundSummary], mix: MixSummary, estimate: Estimate | None = None,
-                 lengths: dict[str, float] | None = None) -> str:
+                 lengths: dict[str, float] | None = None, seeds_source: str | None = None) -> str:
     """A Markdown dataset card: counts per round and operation, rejections, instruction lengths, the plots
     (``plots/*.png`` next to it), the estimate made when the run started beside the actual tokens, config,
-    model, prompts.
+    model, prompts. ``seeds_source``: the path the seed rows were read from (their ``meta.source``); the card
+    names it, and the config's ``seeds`` too when the file has moved since (same content: the rows were reused).
 
     It holds no wall-clock figures, so the same data (and estimate) always gives the same card."""
+    source = seeds_source or config.seeds
+    moved = [f"- seeds: read from `{source}` (every row's `meta.source`); the config now names `{config.seeds}`, "
+             "the same content"] if source != config.seeds else [f"- seeds: `{source}`"]
     lines = [f"# Evol-Instruct data: {config.name or data_key}", "",
              f"- data key: `{data_key}`", *_model_lines(config), f"- prompt pack: `{config.prompt_pack}`",
-             _elimination_line(config), f"- rows: {mix.final}", "", "## Rounds", ""]
+             *moved, _elimination_line(config), f"- rows: {mix.final}", "", "## Rounds", ""]
     lines += md_table(["round", "pool in", "evolved", "carried", "prompt tokens", "completion tokens"],
                       [[r.round, r.pool_in, r.evolved, r.carried, r.prompt_tokens, r.completion_tokens]
                        for r in rounds])
@@ -63,7 +67,8 @@ def dataset_card(config: RunConfig, data_key: str, template_shas: dict[str, str]
     lines += ["## Prompt templates", "",
               *md_table(["template", "sha"], [[k, f"`{v}`"] for k, v in sorted(template_shas.items())])]
     lines += ["", "## Configuration", "", "```yaml",
-              yaml.safe_dump(config.model_dump(mode="json", exclude=CARD_EXCLUDES), sort_keys=True).rstrip(),
+              yaml.safe_dump(config.model_dump(mode="json", exclude=CARD_EXCLUDES) | {"seeds": source},
+                             sort_keys=True).rstrip(),
               "```", ""]
     return "\n".join(lines)
 

@@ -87,7 +87,8 @@ class PlanSteps:
         if self.estimate is None:
             self.note("export", None, "the card gets a new estimate")
             return None
-        card = dataset_card(ctx.config, data_key, ctx.template_shas, rounds, mix, self.estimate, lengths)
+        card = dataset_card(ctx.config, data_key, ctx.template_shas, rounds, mix, self.estimate, lengths,
+                            self.seeds.source)
         summary = None if ctx.forced("export") else EXPORT.done(marker, export_key(mix, card.encode()))
         self.note("export", summary, _why(ctx, "export", marker))
         return summary

@@ -65,8 +65,10 @@ def validate_run(config: RunConfig, config_file: str, settings: StorageSettings 
     if (what := _model_problem(config, env)) is not None:
         problems.append(Problem(config_file, "llm.model", what))
     check("seeds", lambda: check_source(config.seeds, settings), IngestError)
-    if config.field_map and not problems:
-        unmatched, fields = find_unmatched_paths(config.seeds, config.field_map, settings, config.ingest.csv_header)
+    if config.field_map and not problems:  # a seed file that can't be read (an unbalanced CSV quote): its line
+        unmatched, fields = check("seeds", lambda: find_unmatched_paths(config.seeds, config.field_map, settings,
+                                                                        config.ingest.csv_header), IngestError) \
+            or ([], [])
         for target, path in config.field_map.items():
             if path in unmatched:
                 problems.append(Problem(config_file, f"field_map.{target}", f"no record of {config.seeds} has "
@@ -144,7 +146,11 @@ def _in_hf_cache(name: str) -> bool:
 
 
 def _check_writable(config: RunConfig, config_file: str, settings: StorageSettings) -> list[Problem]:
-    """One small write (and its removal) under the output root."""
+    """One small write (and its removal) under the output root, which must outlive this process."""
+    if config.output_root.startswith("memory://"):
+        return [Problem(config_file, "output_root", f"{config.output_root}: memory:// lives only as long as this "
+                        "process, so every output would vanish when it exits; give a local folder or s3:// "
+                        "(memory:// is for tests that call the flow in their own process)")]
     probe = join_uri(config.output_root, f".evol-write-check-{uuid.uuid4().hex[:12]}")
     try:
         fs, path = resolve(probe, settings)
