@@ -57,9 +57,10 @@ def plan_stages(ctx: RunContext, seeds: list[ShardRef], estimate: Estimate | Non
     stages, pool, rounds, upstream = [], seeds, [], ""
     for k in range(1, config.rounds + 1):
         name, marker = f"round={k}", ROUND.marker(layout, k)
-        markers = [] if upstream or ctx.forced(name) else [committed_marker(
-            EVOLVE_SHARD.marker(layout, k, i), ctx.evolve_shard_key(ref.sha256, k)) for i, ref in enumerate(pool)]
-        done = [ShardRef.of(m) for m in markers if m is not None]
+        uris = [EVOLVE_SHARD.marker(layout, k, i) for i in range(len(pool))]
+        markers = [] if upstream or ctx.forced(name) else [
+            committed_marker(uri, ctx.evolve_shard_key(ref.sha256, k)) for uri, ref in zip(uris, pool, strict=True)]
+        done = [ShardRef.of(m, uri) for m, uri in zip(markers, uris, strict=False) if m is not None]
         key = round_key(done, pool, round_references(seeds, rounds, pool))
         summary = None if upstream or len(done) < len(pool) else ROUND.done(marker, key)
         stages.append(StagePlan(stage=f"round {k}", reused=summary is not None, shards=len(pool),
