@@ -55,6 +55,22 @@ def remember_secrets(value: Any, name: str = "") -> None:
             remember_secrets(item, name)
     elif secret_name(name):
         remember_secret(value)
+    elif isinstance(value, str):
+        remember_url_credentials(value)
+
+
+def remember_url_credentials(text: str) -> None:
+    """Remember the credentials of every URL in ``text`` (``user:pass``, and ``pass`` alone): an error that
+    quotes them without the scheme (``Invalid bucket name "user:pass@bucket"``) is masked too."""
+    for match in _URL_CREDENTIALS.finditer(text):
+        userinfo = match["userinfo"]
+        remember_secret(userinfo)
+        remember_secret(userinfo.partition(":")[2])
+
+
+def url_has_credentials(text: str) -> bool:
+    """Whether ``text`` holds a URL with credentials (``scheme://user:pass@...``)."""
+    return _URL_CREDENTIALS.search(text) is not None
 
 
 def redact_text(text: str) -> str:
