@@ -66,6 +66,20 @@ def test_check_reachable_passes_a_live_endpoint_and_a_missing_bucket(s3_settings
         check_reachable("s3://b/runs", dead)
 
 
+def test_storage_lost_mid_run_is_said_in_one_line_naming_the_run_folder():
+    from storage.uri import filesystem_for
+
+    port = free_port()
+    dead = StorageSettings(endpoint_url=f"http://127.0.0.1:{port}", key="k", secret="s")
+    try:
+        filesystem_for("s3://b", dead).cat_file("b/runs/r/round=1/_round.json")
+    except Exception as err:  # what a stage meets when the endpoint dies under it
+        lost = err
+    assert infrastructure_message(lost, "s3://b/runs/r", dead) == (
+        f"storage unreachable: s3://b/runs/r (endpoint http://127.0.0.1:{port}): ConnectionRefusedError: "
+        f"[Errno 111] Connect call failed ('127.0.0.1', {port})")
+
+
 def test_a_full_disk_names_the_path(tmp_path, monkeypatch):
     target = str(tmp_path / "run" / "config.json")
 
