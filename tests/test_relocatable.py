@@ -45,7 +45,7 @@ def warnings():
     logging.getLogger("prefect").removeHandler(handler)
 
 
-def rerun_at(config: dict, root: Path):
+def rerun_at(config: dict, root: Path | str):
     return evol_instruct(parse_run_config({**config, "output_root": str(root)}))
 
 
@@ -118,3 +118,26 @@ def test_an_older_absolute_marker_of_a_moved_folder_is_recomputed_with_a_warning
     assert f"{run}/final/_mix.json names {result.run_uri}/final/shard-00000.parquet, outside its run folder {run}" \
         in "\n".join(warnings)
     assert str(result.run_uri) not in marker.read_text()
+
+
+def test_a_run_folder_copied_on_s3_repairs_its_own_export(prefect_harness, s3_bucket, s3_settings, tmp_path,
+                                                          warnings):
+    from storage import resolve
+    from tests.flow_script import load_seeds
+
+    seeds = tmp_path / "seeds.jsonl"
+    seeds.write_text("\n".join(json.dumps(s) for s in load_seeds(n=8)) + "\n")
+    config = {"name": "s3copy", "seeds": str(seeds), "output_root": s3_bucket + "/a", "rounds": 1, "shard_size": 4,
+              "llm": {"backend": "scripted", "model": "demo"}, "orchestration": {"retries": 0, "retry_delay_s": 0}}
+    first = evol_instruct(parse_run_config(config))
+    fs, bucket = resolve(s3_bucket, s3_settings)
+    fs.copy(f"{bucket}/a/s3copy", f"{bucket}/b/s3copy", recursive=True)
+    copied = f"{bucket}/b/s3copy/export/data.parquet"
+    original = fs.cat_file(f"{bucket}/a/s3copy/export/data.parquet")
+    fs.pipe_file(copied, original[:-20] + b"\0" * 20)
+    again = rerun_at(config, s3_bucket + "/b")
+    assert again.ingest.reused and all(r.reused for r in again.rounds) and again.mix.reused
+    assert not again.export.reused and fs.cat_file(copied) == original
+    assert again.export.files["parquet"] == f"{s3_bucket}/b/s3copy/export/data.parquet"
+    assert again.export.sha256 == first.export.sha256
+    assert any(f"export {s3_bucket}/b/s3copy/export/data.parquet differs" in w for w in warnings)
