@@ -24,7 +24,10 @@ class StorageUnreachable(InfrastructureFailure, OSError):
 
 
 class DiskFull(InfrastructureFailure, OSError):
-    """No space left on the device a run writes to; ``strerror`` names the path."""
+    """No space left on the device a run writes to; the message names the path (``errno`` stays ENOSPC)."""
+
+    def __str__(self) -> str:
+        return str(self.strerror)
 
 
 def _chain(err: BaseException) -> Iterator[BaseException]:
@@ -83,7 +86,7 @@ def infrastructure_message(err: BaseException, uri: str, settings: StorageSettin
     using, named when the failure does not name one), or None for any other error."""
     for e in _chain(err):
         if isinstance(e, InfrastructureFailure):
-            return redact_text(str(e.strerror if isinstance(e, DiskFull) else e))
+            return redact_text(str(e))
     for e in _chain(err):
         if isinstance(e, OSError) and e.errno == errno.ENOSPC:
             return redact_text(f"no space left on the device writing {e.filename or uri}")

@@ -90,7 +90,7 @@ def test_a_full_disk_names_the_path(tmp_path, monkeypatch):
     with pytest.raises(DiskFull) as caught:
         with naming_path(target):
             full()
-    assert caught.value.strerror == f"no space left on the device writing {target}"
+    assert str(caught.value) == f"no space left on the device writing {target}" and caught.value.errno == errno.ENOSPC
     with pytest.raises(OSError, match="No space left"):
         write_file_atomic(target, b"{}")  # os.replace is not a write: the original error goes on
     assert infrastructure_message(OSError(errno.ENOSPC, "No space left on device", "/x/y"), "/x") == \
