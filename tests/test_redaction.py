@@ -136,3 +136,25 @@ def test_a_password_in_the_seeds_url_is_not_echoed(s3_bucket, s3_settings, tmp_p
     assert done.stderr.replace("\n", " ").split() == (
         f"error: {tmp_path}/run.yaml: seeds: Value error, s3://{MASK}@{s3_bucket[5:]}/seeds.jsonl: credentials in a "
         "storage URL are not supported; give them in EVOL_STORAGE__KEY and EVOL_STORAGE__SECRET").split()
+
+
+def test_the_engine_still_gets_the_token_inside_the_round_flows(prefect_harness, tmp_path, monkeypatch):
+    import tasks.evolve.shard as shard
+    from flows.evol_instruct import evol_instruct
+    from tests.flow_script import load_seeds
+
+    seen: list[dict] = []
+    real = shard.stage_backends
+
+    def recording(llm, **kwargs):
+        seen.append(dict(llm.engine_args))
+        return real(llm, **kwargs)
+
+    monkeypatch.setattr(shard, "stage_backends", recording)
+    shard.reset_stage_runtimes()
+    seeds = tmp_path / "seeds.jsonl"
+    seeds.write_text("\n".join(json.dumps(s) for s in load_seeds(n=4)) + "\n")
+    evol_instruct(parse_run_config({"name": "tok", "seeds": str(seeds), "output_root": str(tmp_path / "runs"),
+                                    "rounds": 1, "llm": {"backend": "scripted", "model": "demo",
+                                                         "engine_args": {"hf_token": HF_TOKEN}}}))
+    assert seen == [{"hf_token": HF_TOKEN}]
