@@ -98,6 +98,7 @@ def test_a_full_disk_names_the_path(tmp_path, monkeypatch):
     assert infrastructure_message(ValueError("data"), "/x") is None
 
 
+@pytest.mark.server  # a whole `evol run` with its local Prefect API
 def test_evol_run_on_a_full_disk_is_one_line_naming_the_shard(tmp_path):
     config = local_config(tmp_path)
     done = run([sys.executable, "-m", "tests.infra_driver", "enospc", str(config)], tmp_path)
@@ -107,6 +108,7 @@ def test_evol_run_on_a_full_disk_is_one_line_naming_the_shard(tmp_path):
     assert "Traceback" not in done.stdout + done.stderr
 
 
+@pytest.mark.server  # a whole `evol run` with its local Prefect API
 def test_a_lease_lost_to_a_run_started_at_the_same_time_says_what_a_later_start_says(tmp_path):
     config, record = local_config(tmp_path), tmp_path / "lease.json"
     done = run([sys.executable, "-m", "tests.infra_driver", "race", str(config), str(record)], tmp_path)
