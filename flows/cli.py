@@ -19,6 +19,9 @@ app.add_typer(models_app, name="models")
 @app.callback()
 def main(debug: bool = typer.Option(False, "--debug", help="Show the traceback behind an error")) -> None:
     """Evol-Instruct data pipeline."""
+    from tasks.core.runlog import install_redaction
+
+    install_redaction()
     DEBUG["on"] = DEBUG["on"] or debug
     # Offline machines log an error for every telemetry attempt of the ephemeral server.
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")

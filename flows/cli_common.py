@@ -25,9 +25,13 @@ def run_line(config: Any) -> str:
 
 def fail(message: str) -> NoReturn:
     """Print ``error: <message>`` (one line per line of the message) and exit 2; ``--debug`` adds the traceback."""
+    from storage.redact import redact_text
+
     if DEBUG["on"] and sys.exc_info()[0] is not None:
-        err_console.print_exception()
-    for line in str(message).splitlines() or [""]:
+        import traceback
+
+        err_console.print(redact_text(traceback.format_exc()), markup=False, highlight=False)
+    for line in redact_text(str(message)).splitlines() or [""]:
         err_console.print(f"[bold red]error:[/] {line}", soft_wrap=True, markup=True, highlight=False)
     raise typer.Exit(code=2)
 

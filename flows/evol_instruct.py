@@ -31,6 +31,7 @@ from storage.lease import RunLease, is_stale
 from storage.shards import sweep_temp_files, write_file_atomic
 from tasks.core.config import RunConfig
 from tasks.core.context import RunContext, run_layout
+from tasks.core.runlog import install_redaction
 from tasks.core.summaries import ExportSummary, IngestSummary, MixSummary, RoundSummary, ShardSummary, engine_time_line
 from tasks.evolve.shard import evolve_shard_task, reset_stage_runtimes
 from tasks.export.files import export_final_task
@@ -168,6 +169,7 @@ def evol_instruct(config: RunConfig, recompute: list[str] | None = None, take_ov
     ``recompute`` names stages to redo even when their outputs are current (ingest, round=K, mix, export,
     all); ``take_over`` takes the run folder from a run that holds its lease.
     """
+    install_redaction()  # a deployment's or a worker's process too
     logger = get_run_logger()
     layout = run_layout(config)
     api_url = PREFECT_API_URL.value()

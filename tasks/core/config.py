@@ -8,10 +8,21 @@ import warnings
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    SerializerFunctionWrapHandler,
+    ValidationError,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from storage import StorageSettings
+from storage.redact import redact, redact_text, remember_secrets, remember_url_credentials, url_has_credentials
 from tasks.core.elimination import EliminationConfig
 
 ModelT = TypeVar("ModelT", bound=BaseModel)
@@ -21,6 +32,21 @@ class StrictModel(BaseModel):
     """A frozen model whose unknown keys are errors (configs, recipes)."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class RedactedModel(StrictModel):
+    """A config whose JSON form (``config.json``, the dataset card, Prefect's flow-run parameters) masks its secrets
+    (``storage.redact``: URL credentials, ``engine_args.hf_token`` and any setting named key, token, secret or
+    password); the Python object keeps them for the engines, and the process masks them in every log line."""
+
+    @model_serializer(mode="wrap", when_used="json")
+    def _redacted(self, handler: SerializerFunctionWrapHandler) -> Any:
+        return redact(handler(self))
+
+    @model_validator(mode="after")
+    def _remember_secrets(self) -> Any:
+        remember_secrets(self.model_dump(mode="python"))
+        return self
 
 
 class SamplingParams(StrictModel):
@@ -78,7 +104,7 @@ BackendName = Literal["vllm", "openai", "scripted"]
 STAGES: tuple[str, ...] = ("evolve", "respond", "judge")
 
 
-class StageLLMConfig(StrictModel):
+class StageLLMConfig(RedactedModel):
     """One stage's backend and model; a key left out is taken from the run's ``llm`` section."""
 
     backend: BackendName | None = None
@@ -87,7 +113,7 @@ class StageLLMConfig(StrictModel):
     structured_outputs: bool | None = None
 
 
-class LLMConfig(StrictModel):
+class LLMConfig(RedactedModel):
     """Which backend and model a run uses; ``engine_args`` go to ``vllm.LLM`` unchanged.
 
     ``evolve``, ``respond`` and ``judge`` may name another backend or model for that stage (a strong judge, a
@@ -179,7 +205,7 @@ class IngestConfig(StrictModel):
 NAME_MAX = 100
 
 
-class RunConfig(StrictModel):
+class RunConfig(RedactedModel):
     """Everything that decides what a run produces. Frozen; unknown keys are errors."""
 
     # The run folder's name: at most 100 characters keeps it (and the files named after it) within every file
@@ -212,6 +238,15 @@ class RunConfig(StrictModel):
             warnings.warn("config key `seed` is deprecated: call it `random_seed`", FutureWarning, stacklevel=2)
             data = {("random_seed" if k == "seed" else k): v for k, v in data.items()}
         return data
+
+    @field_validator("seeds", "output_root")
+    @classmethod
+    def _no_credentials(cls, value: str) -> str:
+        if url_has_credentials(value):
+            remember_url_credentials(value)
+            raise ValueError(f"{redact_text(value)}: credentials in a storage URL are not supported; give them in "
+                             "EVOL_STORAGE__KEY and EVOL_STORAGE__SECRET")
+        return value
 
     @field_validator("operation_weights")
     @classmethod

@@ -1,4 +1,4 @@
-"""The run's log file: Prefect's and vLLM's logs go to ``{run}/logs/run-{start}.log`` instead of the terminal.
+"""The run's log file: Prefect's and vLLM's logs go to ``{run}/logs/run-{start}-{pid}.log`` instead of the terminal.
 
 The terminal keeps warnings and errors (the low-evolution warning among them), the progress bars and the
 round tables; ``evol run --verbose`` shows every log line as well. vLLM's engine runs in a spawned process:
@@ -22,6 +22,7 @@ from datetime import datetime
 from pathlib import Path
 
 from storage import resolve
+from storage.redact import redact_text
 from storage.uri import join_uri
 
 FORMAT = "%(asctime)s %(levelname)-7s %(name)s - %(message)s"
@@ -67,7 +68,8 @@ class RunLog:
 
     @classmethod
     def for_run(cls, run_uri: str, when: datetime | None = None) -> RunLog:
-        name = f"run-{(when or datetime.now()):%Y%m%d-%H%M%S}.log"
+        # the pid: two runs started in the same second (one of them loses the lease) never share a file
+        name = f"run-{(when or datetime.now()):%Y%m%d-%H%M%S}-{os.getpid()}.log"
         uri = join_uri(run_uri, "logs", name)
         fs, path = resolve(uri)
         if "file" in fs.protocol:
@@ -92,6 +94,7 @@ class RunLog:
     def start(self, verbose: bool) -> None:
         """Send this process's logs (and vLLM's engine process's) to the file; the terminal keeps warnings
         unless ``verbose``."""
+        install_redaction()
         config_path = self._vllm_config_path()
         config_path.write_text(json.dumps(self.vllm_config()))
         if not verbose:
@@ -141,8 +144,37 @@ def finish_active_logs() -> None:
         log.finish()
 
 
-# Errors in the seeds the CLI reports in one ``error:`` line of its own: the terminal gets nothing else of them.
-USER_ERRORS = ("IngestError", "EmptySeedsError")
+_BASE_FACTORY = logging.getLogRecordFactory()
+
+
+def _redacted_record(*args: object, **kwargs: object) -> logging.LogRecord:
+    """A log record whose message and traceback have every secret masked (``storage.redact``), made once for
+    every handler: the terminal, the run's log file, Prefect's API (its log table)."""
+    record = _BASE_FACTORY(*args, **kwargs)
+    try:
+        record.msg, record.args = redact_text(record.getMessage()), None
+    except Exception:  # a malformed log call: logging reports it itself
+        return record
+    if record.exc_info and record.exc_info[1] is not None:
+        record.exc_text = redact_text(logging.Formatter().formatException(record.exc_info))
+    return record
+
+
+def _redacted_excepthook(kind: type[BaseException], value: BaseException, tb: object) -> None:
+    import traceback
+
+    sys.stderr.write(redact_text("".join(traceback.format_exception(kind, value, tb))))
+
+
+def install_redaction() -> None:
+    """Mask secrets in every log record this process makes and in an uncaught exception's traceback."""
+    logging.setLogRecordFactory(_redacted_record)
+    sys.excepthook = _redacted_excepthook
+
+
+# Errors the CLI reports in one ``error:`` line of its own: the terminal gets nothing else of them. The seeds' and
+# the infrastructure's (``storage.errors``: storage unreachable, a full disk, the run folder held by another run).
+USER_ERRORS = ("IngestError", "EmptySeedsError", "LeaseHeld", "StorageUnreachable", "DiskFull")
 
 
 class WeightLoadNoise(logging.Filter):
@@ -155,12 +187,16 @@ class WeightLoadNoise(logging.Filter):
 
 
 class TerminalFilter(logging.Filter):
-    """What of a run's warnings and errors the terminal shows: no record of a seed-file error (the CLI's own error
-    line says it), and any other error as its one-line message; its traceback stays in the log file."""
+    """What of a run's warnings and errors the terminal shows: no record of a seed-file or infrastructure error (the
+    CLI's own error line says it), and any other error as its one-line message; its traceback stays in the log
+    file."""
 
     def filter(self, record: logging.LogRecord) -> bool:
+        from storage.errors import infrastructure_message
+
         exc = record.exc_info[1] if record.exc_info else None
-        if exc is not None and any(c.__name__ in USER_ERRORS for c in type(exc).__mro__):
+        if exc is not None and (any(c.__name__ in USER_ERRORS for c in type(exc).__mro__)
+                                or infrastructure_message(exc, "") is not None):
             return False
         return not any(f"exception {name}:" in record.getMessage() for name in USER_ERRORS)
 

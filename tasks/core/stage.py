@@ -9,6 +9,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
+from prefect import get_run_logger
+from prefect.exceptions import MissingContextError
+from prefect.logging import get_logger
 from prefect.states import Completed, State
 
 from storage import StorageSettings, read_stage
@@ -26,9 +29,22 @@ class Stage(Generic[S]):
 
     def done(self, marker_uri: str, key: str, settings: StorageSettings | None = None,
              problems: list[str] | None = None, **update: Any) -> S | None:
-        """The summary recorded under ``key`` (``update`` set on it), or None: the stage is to run."""
-        record = self.read(marker_uri, key, settings, problems)
+        """The summary recorded under ``key`` (``update`` set on it), or None: the stage is to run. Why a marker was
+        not accepted (a changed file, a moved folder) goes to ``problems``, or, without that list, is logged as a
+        warning: a repair is never silent."""
+        found: list[str] = [] if problems is None else problems
+        record = self.read(marker_uri, key, settings, found)
+        if problems is None:
+            for problem in found:
+                _logger().warning("%s: %s", self.name, problem)
         return None if record is None else self.summary.model_validate({**record["summary"], "reused": True, **update})
+
+
+def _logger() -> Any:
+    try:
+        return get_run_logger()
+    except MissingContextError:
+        return get_logger("evol.stage")
 
 
 def state(summary: S, message: str | None = None) -> S | State:

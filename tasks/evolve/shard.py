@@ -9,7 +9,6 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 from prefect import task
-from prefect.logging import get_logger
 
 from prompts import PromptPack, PromptPackError, load_pack
 from storage import ShardCorrupt, ShardRef, StorageSettings, read_shard, write_shard
@@ -91,9 +90,9 @@ def read_candidates(candidates_uri: str, key: str, settings: StorageSettings | N
     try:
         table = read_shard(candidates_uri, settings, expected=marker)
     except ShardCorrupt as err:
-        get_logger(__name__).warning("%s", err)
+        (problems if problems is not None else []).append(str(err))  # Stage.done warns
         return None
-    return {"summary": {**shard_counts(ShardRef.of(marker), table), "seconds": 0.0}}
+    return {"summary": {**shard_counts(ShardRef.of(marker, candidates_uri), table), "seconds": 0.0}}
 
 
 EVOLVE_SHARD = Stage("evolve", ShardSummary, lambda layout, k, i: layout.shard(k, "candidates", i),

@@ -13,6 +13,7 @@ from prefect import task
 
 from storage import RunLayout, StorageSettings, join_uri, read_shard, resolve
 from storage.shards import write_file_atomic
+from storage.stages import load_marker, moved_folder_problem, write_marker
 from tasks.core.config import RunConfig
 from tasks.core.context import stage_key
 from tasks.core.stage import Stage, state
@@ -82,8 +83,7 @@ def export_final(layout: RunLayout, config: RunConfig, data_key: str,
     }
     files, hashes = publish_together(layout.file("export"), layout.export_marker(), payloads, settings)
     summary = ExportSummary(rows=table.num_rows, files=files, sha256=hashes)
-    record = {"key": key, "summary": summary.model_dump()}
-    write_file_atomic(layout.export_marker(), json.dumps(record).encode(), settings)
+    write_marker(layout.export_marker(), {"key": key, "summary": summary.model_dump()}, settings)
     return summary
 
 
@@ -124,21 +124,27 @@ def discard_staging(export_dir: str, settings: StorageSettings | None = None) ->
 
 def read_export(marker_uri: str, key: str, settings: StorageSettings | None = None,
                 problems: list[str] | None = None) -> dict | None:
-    """The export marker written under ``key``, when every file it names still has its recorded SHA-256."""
-    fs, path = resolve(marker_uri, settings)
-    try:
-        record = json.loads(fs.cat_file(path))
-    except (FileNotFoundError, ValueError):
-        return None
-    if record.get("key") != key:
+    """The export marker written under ``key``, when every file it names is in its run folder and still has its
+    recorded SHA-256; why not is appended to ``problems``."""
+    problems = [] if problems is None else problems
+    record = load_marker(marker_uri, key, settings, problems)
+    if record is None:
         return None
     summary = record["summary"]
+    moved = moved_folder_problem(marker_uri, list(summary["files"].values()))
+    if moved:
+        problems.append(moved)
+        return None
     for kind, uri in summary["files"].items():
         file_fs, file_path = resolve(uri, settings)
         try:
-            if hashlib.sha256(file_fs.cat_file(file_path)).hexdigest() != summary["sha256"][kind]:
-                return None
+            changed = hashlib.sha256(file_fs.cat_file(file_path)).hexdigest() != summary["sha256"][kind]
         except FileNotFoundError:
+            problems.append(f"export {uri} is missing: writing the exports again")
+            return None
+        if changed:
+            problems.append(f"export {uri} differs from the file recorded (its SHA-256 changed): "
+                            "writing the exports again")
             return None
     return record
 

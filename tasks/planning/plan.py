@@ -66,10 +66,10 @@ class PlanSteps:
 
     def round(self, k: int, pool: list[ShardRef], references: list[ShardRef], expected: int) -> RoundSummary | None:
         ctx, name, marker = self.ctx, f"round={k}", ROUND.marker(self.ctx.layout, k)
-        markers = [] if ctx.forced(name) else [committed_marker(EVOLVE_SHARD.marker(ctx.layout, k, i),
-                                                                ctx.evolve_shard_key(ref.sha256, k))
-                                               for i, ref in enumerate(pool)]
-        done = [ShardRef.of(m) for m in markers if m is not None]
+        uris = [EVOLVE_SHARD.marker(ctx.layout, k, i) for i in range(len(pool))]
+        markers = [] if ctx.forced(name) else [
+            committed_marker(uri, ctx.evolve_shard_key(ref.sha256, k)) for uri, ref in zip(uris, pool, strict=True)]
+        done = [ShardRef.of(m, uri) for m, uri in zip(markers, uris, strict=False) if m is not None]
         summary = None if ctx.forced(name) or len(done) < len(pool) else \
             ROUND.done(marker, round_key(done, pool, references))
         self.note(f"round {k}", summary, _why(ctx, name, marker), len(pool), len(done))

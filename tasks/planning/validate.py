@@ -15,6 +15,7 @@ from typing import Any
 
 from prompts import PromptPack, PromptPackError, PromptRenderError, load_pack
 from storage import StorageSettings, join_uri, resolve
+from storage.errors import StorageUnreachable, check_reachable
 from tasks.core.config import EnvSettings, RunConfig
 from tasks.evolve.operations import resolve_weights
 from tasks.ingest.fields import field_map_problems
@@ -56,6 +57,11 @@ def validate_run(config: RunConfig, config_file: str, settings: StorageSettings 
         except errors as err:
             problems.append(Problem(config_file, key, _one_line(err)))
 
+    for key, uri in (("seeds", config.seeds), ("output_root", config.output_root)):
+        try:  # storage that does not answer is the one problem worth saying: every other check would wait on it
+            check_reachable(uri, settings)
+        except StorageUnreachable as err:
+            return [Problem(config_file, key, str(err))]
     pack = check("prompt_pack", lambda: load_pack(config.prompt_pack), PromptPackError)
     if pack is not None:
         check("operation_weights", lambda: resolve_weights(pack, config.operation_weights), ValueError)
