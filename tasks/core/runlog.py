@@ -183,7 +183,8 @@ class WeightLoadNoise(logging.Filter):
     bfloat16 engine on CPU); they would bury the engine's real messages."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return not str(record.msg).startswith("Attempted to load weight %s with dtype")
+        message = record.getMessage()  # formatted: the redaction filter may have merged its arguments already
+        return not (message.startswith("Attempted to load weight ") and " with dtype " in message)
 
 
 class TerminalFilter(logging.Filter):
