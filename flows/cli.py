@@ -8,7 +8,7 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from flows.cli_common import DEBUG, console, fail
+from flows.cli_common import DEBUG, console, err_console, fail
 from flows.cli_models import models_app
 
 app = typer.Typer(help="Evol-Instruct data pipeline: evolve, eliminate, deduplicate, export, train.",
@@ -19,6 +19,9 @@ app.add_typer(models_app, name="models")
 @app.callback()
 def main(debug: bool = typer.Option(False, "--debug", help="Show the traceback behind an error")) -> None:
     """Evol-Instruct data pipeline."""
+    from tasks.core.runlog import install_redaction
+
+    install_redaction()
     DEBUG["on"] = DEBUG["on"] or debug
     # Offline machines log an error for every telemetry attempt of the ephemeral server.
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
@@ -181,6 +184,9 @@ def runs_command(
         table.add_row(r.name, r.status, f"{r.rounds_done}/{r.rounds if r.rounds is not None else '?'}",
                       "-" if r.rows is None else str(r.rows), r.started or "-")
     console.print(table)
+    for r in runs:
+        if r.status == "failed":
+            console.print(f"{r.name}: the last attempt failed: {r.error}", soft_wrap=True, highlight=False)
     if not runs:
         console.print(f"no runs under {output_root}", soft_wrap=True)
 
@@ -192,13 +198,17 @@ def show_command(
 ) -> None:
     """Print a run's dataset card (its export/README.md)."""
     from storage.uri import join_uri
-    from tasks.reporting.run_index import run_card
+    from tasks.reporting.run_index import run_card, run_info
 
     uri = run_name if ("/" in run_name or "://" in run_name) else join_uri(output_root, run_name)
     try:
         card = run_card(uri)
+        info = run_info(uri)
     except (FileNotFoundError, OSError) as err:
         fail(str(err))
+    if info is not None and info.status == "failed":  # on stderr: the card itself stays clean on stdout
+        err_console.print(f"warning: the last attempt of {uri} failed ({info.error}); this card is an earlier "
+                          "attempt's", soft_wrap=True, highlight=False, markup=False)
     print(card, end="" if card.endswith("\n") else "\n")
 
 

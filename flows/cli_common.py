@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import signal
 import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any, NoReturn
 
 import typer
@@ -21,9 +25,13 @@ def run_line(config: Any) -> str:
 
 def fail(message: str) -> NoReturn:
     """Print ``error: <message>`` (one line per line of the message) and exit 2; ``--debug`` adds the traceback."""
+    from storage.redact import redact_text
+
     if DEBUG["on"] and sys.exc_info()[0] is not None:
-        err_console.print_exception()
-    for line in str(message).splitlines() or [""]:
+        import traceback
+
+        err_console.print(redact_text(traceback.format_exc()), markup=False, highlight=False)
+    for line in redact_text(str(message)).splitlines() or [""]:
         err_console.print(f"[bold red]error:[/] {line}", soft_wrap=True, markup=True, highlight=False)
     raise typer.Exit(code=2)
 
@@ -32,3 +40,21 @@ def fail_on_problems(problems: list) -> None:
     """Exit 2 with one ``error: <file>: <key>: <what>`` line per problem, if there are any."""
     if problems:
         fail("\n".join(str(p) for p in problems))
+
+
+@contextmanager
+def sigterm_as_exit() -> Iterator[None]:
+    """While the block runs (in the main thread), SIGTERM raises ``SystemExit(143)`` instead of ending the process
+    at once: as on Ctrl-C, ``finally`` blocks run, so the run's log is uploaded and the run folder given back."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def exit_on_term(signum: int, frame: Any) -> None:
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, exit_on_term)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)

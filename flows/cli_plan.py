@@ -26,7 +26,8 @@ def _measure_log() -> RunLog:
 def plan_command(config_path: Path, sets: list[str], recompute: list[str], measure: int) -> None:
     from flows.cli_common import fail, fail_on_problems, run_line
     from flows.cli_models import prepare_for_config
-    from tasks.core.config import ConfigError, load_run_config
+    from tasks.core.config import ConfigError
+    from tasks.core.config_file import load_run_config
     from tasks.core.context import check_recompute
     from tasks.core.summaries import engine_time_line, whole_run
     from tasks.ingest.seeds import IngestError

@@ -53,8 +53,9 @@ def run_command(config_path: Path, rounds: int | None, output_root: str | None, 
     """Load the config, run the flow (a private local Prefect API unless PREFECT_API_URL is set), print the
     outputs."""
     from flows.cli_common import fail
-    from storage.lease import RunLease, is_stale
-    from tasks.core.config import ConfigError, load_run_config
+    from storage.lease import RunLease, held_message, is_stale
+    from tasks.core.config import ConfigError
+    from tasks.core.config_file import load_run_config
     from tasks.core.context import check_recompute, run_layout
 
     overrides = {k: v for k, v in (("rounds", rounds), ("output_root", output_root)) if v is not None}
@@ -71,20 +72,23 @@ def run_command(config_path: Path, rounds: int | None, output_root: str | None, 
     layout = run_layout(config)
     held = RunLease(layout.run_uri).read()
     if held is not None and not take_over and not is_stale(held):
-        fail(f"run folder {layout.run_uri} is in use by {held.get('purpose')} (pid {held.get('pid')} on "
-             f"{held.get('host')}, since {held.get('started')}); wait for it, or pass --take-over if it is dead")
+        fail(held_message(layout.run_uri, held))
     api = os.environ.get("PREFECT_API_URL")
     from flows.cli_common import run_line
-    console.print(f"run [bold]{layout.run_id}[/] ({run_line(config)}) on {api or 'a local Prefect API for this run'}",
+    from storage.redact import redact_text
+    shown_api = redact_text(api) if api else "a local Prefect API for this run"
+    console.print(f"run [bold]{layout.run_id}[/] ({run_line(config)}) on {shown_api}",
                   soft_wrap=True, highlight=False)
     from flows.cli_models import prepare_for_config
     prepare_for_config(config)
+    from flows.cli_common import sigterm_as_exit
     if api:
-        result = _run_flow(config, layout, show_progress, recompute, take_over, verbose)
+        with sigterm_as_exit():
+            result = _run_flow(config, layout, show_progress, recompute, take_over, verbose)
     else:
         from flows.local_api import local_api
 
-        with local_api():
+        with sigterm_as_exit(), local_api():
             result = _run_flow(config, layout, show_progress, recompute, take_over, verbose)
     table = Table(title="rounds")
     for col in ("round", "pool in", "evolved", "carried", "rejected", "reused"):
@@ -96,11 +100,11 @@ def run_command(config_path: Path, rounds: int | None, output_root: str | None, 
     console.print(table)
     from tasks.reporting.report import seeds_line
     console.print(seeds_line(result.ingest), soft_wrap=True, highlight=False)
-    from tasks.reporting.monitor import low_evolution_warning
-    for r in result.rounds:
-        warning = low_evolution_warning(r, config.orchestration.min_evolved_share)
-        if warning:
-            console.print(f"[bold yellow]warning:[/] {warning}", soft_wrap=True, highlight=False)
+    from tasks.reporting.monitor import empty_export_warning, low_evolution_warning
+    warnings = [low_evolution_warning(r, config.orchestration.min_evolved_share) for r in result.rounds]
+    warnings.append(empty_export_warning(result.export.rows, config.rounds, config.mix.include_seeds))
+    for warning in filter(None, warnings):
+        console.print(f"[bold yellow]warning:[/] {warning}", soft_wrap=True, highlight=False)
     console.print(f"final rows: [bold]{result.mix.final}[/] (seeds and survivors after dedup)"
                   + (" (reused)" if result.mix.reused else ""), soft_wrap=True, highlight=False)
     console.print(f"outputs: {result.run_uri}", soft_wrap=True)
@@ -127,11 +131,16 @@ def _run_flow(config: Any, layout: Any, show_progress: bool, recompute: list[str
         reset_live_rounds(layout.run_id)  # the flow does too, at its start; the bars begin empty meanwhile
         watcher = threading.Thread(target=_watch_progress, args=(layout.run_id, config.rounds, stop), daemon=True)
         watcher.start()
+    from storage.errors import infrastructure_message
     from tasks.ingest.seeds import IngestError
     try:
         return evol_instruct(config, recompute=list(recompute or []), take_over=take_over)
     except IngestError as err:  # the seeds as a whole can't be used (nothing accepted, too much rejected)
         unusable = str(err)
+    except Exception as err:  # storage down, a full disk, the folder taken by a run that started with this one
+        unusable = infrastructure_message(err, layout.run_uri)
+        if unusable is None:
+            raise
     finally:
         stop.set()
         if watcher:

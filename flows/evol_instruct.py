@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import time
-from contextlib import ExitStack
+from contextlib import ExitStack, suppress
 from uuid import UUID
 
 from prefect import flow, get_client, get_run_logger, runtime, unmapped
@@ -27,10 +27,12 @@ from flows.evol_score import evol_score
 from flows.runners import cluster_address, release_future, round_task_runner
 from flows.train import train
 from storage import ShardRef, StageMismatch, total_rows
+from storage.layout import remove_rounds_beyond
 from storage.lease import RunLease, is_stale
 from storage.shards import sweep_temp_files, write_file_atomic
 from tasks.core.config import RunConfig
 from tasks.core.context import RunContext, run_layout
+from tasks.core.runlog import install_redaction
 from tasks.core.summaries import (
     ExportSummary,
     IngestSummary,
@@ -49,6 +51,7 @@ from tasks.planning.plan import run_estimate
 from tasks.reporting.monitor import (
     RoundProgress,
     artifact_key,
+    empty_export_warning,
     flow_run_name_for,
     low_evolution_warning,
     publish_round,
@@ -57,6 +60,7 @@ from tasks.reporting.monitor import (
     shard_log_line,
 )
 from tasks.reporting.report import final_markdown, round_table
+from tasks.reporting.run_index import record_attempt
 from tasks.reporting.samples import round_samples
 from tasks.round.finish import finish_round_task
 from tasks.runtime.cancel import CancelWatcher, cancel_and_exit
@@ -176,6 +180,7 @@ def evol_instruct(config: RunConfig, recompute: list[str] | None = None, take_ov
     ``recompute`` names stages to redo even when their outputs are current (ingest, round=K, mix, export,
     all); ``take_over`` takes the run folder from a run that holds its lease.
     """
+    install_redaction()  # a deployment's or a worker's process too
     logger = get_run_logger()
     layout = run_layout(config)
     api_url = PREFECT_API_URL.value()
@@ -196,13 +201,23 @@ def evol_instruct(config: RunConfig, recompute: list[str] | None = None, take_ov
         swept = sweep_temp_files(layout.run_uri)
         if swept:
             logger.info("removed %d temp file(s) left by killed runs", len(swept))
-        ctx = build_context(config, tuple(recompute or ()))
-        reset_stage_runtimes()
-        reset_score_runtimes()
-        reset_live_rounds(layout.run_id)
-        write_file_atomic(layout.file("config.json"), json.dumps(config.model_dump(mode="json"), indent=2).encode())
-        logger.info("run %s: outputs under %s", layout.run_id, layout.run_uri)
-        result = _run_stages(ctx)
+        if stale := remove_rounds_beyond(layout, config.rounds):
+            logger.warning("removed %s: beyond this run's %d round(s)", ", ".join(stale), config.rounds)
+        record_attempt(layout.run_uri, "running")  # `evol runs`: stopped until it ends, whatever is exported
+        try:
+            ctx = build_context(config, tuple(recompute or ()))
+            reset_stage_runtimes()
+            reset_score_runtimes()
+            reset_live_rounds(layout.run_id)
+            write_file_atomic(layout.file("config.json"),
+                              json.dumps(config.model_dump(mode="json"), indent=2).encode())
+            logger.info("run %s: outputs under %s", layout.run_id, layout.run_uri)
+            result = _run_stages(ctx)
+        except Exception as err:  # `evol runs` says failed, not done with an earlier attempt's data
+            with suppress(Exception):  # storage down: the run's own error is the one to see
+                record_attempt(layout.run_uri, "failed", err)
+            raise
+        record_attempt(layout.run_uri, "done")
     return result
 
 
@@ -211,7 +226,7 @@ class RunSteps:
     reused by the task itself when its marker says so, and the counts checked from one stage to the next."""
 
     def __init__(self, ctx: RunContext) -> None:
-        self.ctx, self.logger, self.estimate = ctx, get_run_logger(), None
+        self.ctx, self.logger, self.estimate, self.seeds_source = ctx, get_run_logger(), None, None
         self.round_flow = evol_round.with_options(task_runner=round_task_runner(ctx.config.orchestration))
         self.score_flow = evol_score.with_options(task_runner=round_task_runner(ctx.config.orchestration))
 
@@ -222,6 +237,7 @@ class RunSteps:
             self.logger.warning("%s", problem)
         self.logger.info("seeds: %d accepted, rejected %s%s", ingest.accepted, ingest.rejected,
                          " (reused)" if ingest.reused else "")
+        self.seeds_source = ingest.source  # the path in the rows' meta.source, for the card
         try:  # the dataset card shows it beside the actual figures; a run never fails for want of one
             self.estimate = run_estimate(ctx, ingest.refs, ingest.accepted)
             self.logger.info("estimate: %d prompt and %d completion tokens in %d round(s) (completions: %s); %s",
@@ -246,7 +262,7 @@ class RunSteps:
                lengths: dict[str, float]) -> ExportSummary:
         ctx = self.ctx
         return export_final_task.submit(ctx.layout, ctx.config, data_key, ctx.template_shas, rounds, mix,
-                                        ctx.forced("export"), self.estimate, lengths).result()
+                                        ctx.forced("export"), self.estimate, lengths, self.seeds_source).result()
 
 
 def _run_stages(ctx: RunContext) -> RunResult:
@@ -254,6 +270,8 @@ def _run_stages(ctx: RunContext) -> RunResult:
     w = walk(ctx, RunSteps(ctx))
     if w.ingest is None or w.mix is None or w.export is None or w.data_key is None:
         raise RuntimeError(f"run {layout.run_id}: a stage returned no summary")  # each step raises instead
+    if warning := empty_export_warning(w.export.rows, config.rounds, config.mix.include_seeds):
+        get_run_logger().warning("%s", warning)
     create_markdown_artifact(
         key=artifact_key(layout.run_id, "summary"),
         markdown=final_markdown(layout.run_uri, w.data_key, w.ingest, w.rounds, w.mix, w.lengths, w.export.files)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from prefect import flow, get_run_logger
 
 from flows.evol_instruct import RunResult, evol_instruct
-from tasks.core.config import load_run_config_uri
+from tasks.core.config_file import load_run_config_uri
 
 
 @flow(name="evol-run")

@@ -15,6 +15,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from tasks.core.config import validation_message
+from tasks.core.config_file import DuplicateKeyError, load_yaml
 
 PACKS_DIR = Path(__file__).resolve().parent
 MANIFEST = "manifest.yaml"
@@ -83,7 +84,9 @@ class _Manifest(BaseModel):
 
 def _read_manifest(path: Path) -> _Manifest:
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = load_yaml(path.read_text(encoding="utf-8"))
+    except DuplicateKeyError as err:
+        raise PromptPackError(f"{path}: {err}") from None
     except yaml.YAMLError as err:
         raise PromptPackError(f"invalid YAML in prompt pack manifest {path}: {err}") from None
     if not isinstance(data, dict):
@@ -252,9 +255,10 @@ class PromptPack:
         """The conversation that asks for a response to ``instruction`` (and its input), and the template sha."""
         return self._messages("answer", instruction=instruction, input=input or "")
 
-    def equality_messages(self, first: str, second: str) -> tuple[list[dict[str, str]], str]:
-        """The conversation asking whether two instructions are equal, and the template sha."""
-        return self._messages("equality", first=first, second=second)
+    def equality_messages(self, first: str, second: str, paper: bool = False) -> tuple[list[dict[str, str]], str]:
+        """The conversation asking whether two instructions are equal, and the template sha. ``paper``: the
+        template may word it as the paper does (the bundled packs do; a template that ignores it is fine)."""
+        return self._messages("equality", first=first, second=second, paper=paper)
 
     def validity_messages(self, parent: str, candidate: str) -> tuple[list[dict[str, str]], str]:
         """The conversation asking whether ``candidate`` (a rewrite of ``parent``) is an instruction, and the sha."""

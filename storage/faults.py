@@ -1,4 +1,5 @@
-"""Kill points for crash tests: ``EVOL_FAULT_KILL_AT=N`` SIGKILLs this process at the N-th checkpoint.
+"""Kill points for crash tests: ``EVOL_FAULT_KILL_AT=N`` SIGKILLs this process at the N-th checkpoint
+(``EVOL_FAULT_SIGNAL=SIGTERM``: that signal instead, as ``kill`` or ``docker stop`` sends).
 
 Checkpoints sit between the steps of every commit (temp file written, file published, marker written),
 so a test can stop a run at any of them and check that a rerun loses nothing. Unset (always, outside
@@ -29,4 +30,4 @@ def checkpoint(label: str) -> None:
         if trace:
             with open(trace, "a") as f:
                 f.write(f"{_count} {label}\n")
-        os.kill(os.getpid(), signal.SIGKILL)
+        os.kill(os.getpid(), getattr(signal, os.environ.get("EVOL_FAULT_SIGNAL", "SIGKILL")))

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from storage.shards import shard_name
-from storage.uri import join_uri, to_uri
+from storage.uri import StorageSettings, join_uri, resolve, to_uri
 
 
 @dataclass(frozen=True)
@@ -52,3 +52,26 @@ class RunLayout:
 
     def export_marker(self) -> str:
         return self.file("export", "_export.json")
+
+
+def round_index(folder: str) -> int | None:
+    """``k`` of a ``round=k`` folder name (or path), else None."""
+    name = folder.rstrip("/").rsplit("/", 1)[-1]
+    prefix, _, k = name.partition("=")
+    return int(k) if prefix == "round" and k.isdigit() else None
+
+
+def remove_rounds_beyond(layout: RunLayout, rounds: int, settings: StorageSettings | None = None) -> list[str]:
+    """Remove the ``round=k`` folders with ``k > rounds`` (a run that had more rounds before), each marker before
+    its files so none looks finished meanwhile: a glob over ``round=*`` then counts this run's rounds only.
+    Returns the folders removed. Call it while holding the run's lease."""
+    fs, path = resolve(layout.run_uri, settings)
+    if not fs.exists(path):
+        return []
+    stale = sorted((e for e in fs.ls(path, detail=False) if (round_index(e) or 0) > rounds), key=round_index)
+    for folder in stale:
+        marker = f"{folder.rstrip('/')}/_round.json"
+        if fs.exists(marker):
+            fs.rm_file(marker)
+        fs.rm(folder, recursive=True)
+    return [join_uri(layout.run_uri, folder.rstrip("/").rsplit("/", 1)[-1]) for folder in stale]

@@ -18,6 +18,8 @@ from typing import Any
 
 from fsspec.implementations.local import LocalFileSystem
 
+from storage.errors import InfrastructureFailure
+from storage.redact import redact
 from storage.shards import write_file_atomic
 from storage.uri import StorageSettings, join_uri, resolve
 
@@ -25,7 +27,7 @@ LEASE_NAME = "_lease.json"
 _memory_lock = threading.Lock()
 
 
-class LeaseHeld(RuntimeError):
+class LeaseHeld(InfrastructureFailure, RuntimeError):
     """Another live run holds the run folder."""
 
 
@@ -55,6 +57,14 @@ def is_stale(lease: dict[str, Any]) -> bool:
     return datetime.fromisoformat(lease["expires"]) < _now() or not holder_alive(lease)
 
 
+def held_message(run_uri: str, lease: dict[str, Any]) -> str:
+    """What a run that finds the folder held says, whether it finds the lease before starting or loses the race
+    for it to a run that started at the same time."""
+    return (f"run folder {run_uri} is in use by {lease.get('purpose', 'a run')} (pid {lease.get('pid')} on "
+            f"{lease.get('host')}, since {lease.get('started')}); wait for it to finish, or pass --take-over if "
+            "that run is dead")
+
+
 class RunLease:
     """Hold ``{run_uri}/_lease.json`` for the life of a run (a context manager)."""
 
@@ -66,7 +76,7 @@ class RunLease:
         self.take_over = take_over
         self.record = {"holder": uuid.uuid4().hex, "purpose": purpose, "host": socket.gethostname(),
                        "pid": os.getpid(), "pid_start": _proc_start(os.getpid()), "started": _now().isoformat(),
-                       **(extra or {})}  # extra: what the holder wants a successor to know (its flow run id)
+                       **redact(extra or {})}  # extra: what the holder wants a successor to know (its flow run id)
         self.previous: dict[str, Any] | None = None  # a stale lease this run took over
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -114,11 +124,7 @@ class RunLease:
             if current is None:
                 continue
             if not (self.take_over or is_stale(current)):
-                raise LeaseHeld(
-                    f"run folder {self.uri.rsplit('/', 1)[0]} is in use by {current.get('purpose', 'a run')} "
-                    f"(pid {current.get('pid')} on {current.get('host')}, since {current.get('started')}, "
-                    f"lease renewed until {current.get('expires')}); wait for it to finish, or take the folder "
-                    "over with --take-over if that run is dead")
+                raise LeaseHeld(held_message(self.uri.rsplit("/", 1)[0], current))
             self.previous = current
             self.fs.rm_file(self.path)
         raise LeaseHeld(f"could not take the lease {self.uri}: another run keeps taking it")

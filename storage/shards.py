@@ -21,6 +21,7 @@ import pyarrow.parquet as pq
 from fsspec.implementations.local import LocalFileSystem
 
 from storage import faults
+from storage.errors import naming_path
 from storage.schema import RECORD_SCHEMA, require_columns
 from storage.uri import StorageSettings, join_uri, resolve, strip_protocol
 
@@ -84,24 +85,27 @@ class ShardWriter:
         assert self._writer is not None, "writer already closed"
         require_columns(table, self.schema.names, f"a table written to {self.uri}")
         table = table.select(self.schema.names).cast(self.schema)
-        self._writer.write_table(table)
+        with naming_path(self.uri):
+            self._writer.write_table(table)
         self.rows += table.num_rows
 
     def commit(self) -> dict[str, Any]:
         """Publish the shard under its final name, then its marker; returns the marker."""
         assert self._writer is not None, "writer already closed"
         try:
-            self._writer.close()
+            with naming_path(self.uri):
+                self._writer.close()
             self._writer = None
             digest, size = file_sha256(self._tmp), os.path.getsize(self._tmp)
             faults.checkpoint(f"shard-before-publish {self.uri}")
             if self.fs.exists(self.path + MARKER_SUFFIX):  # it must not vouch for the new file while it is replaced
                 self.fs.rm_file(self.path + MARKER_SUFFIX)
-            if self._local:
-                os.replace(self._tmp, self.path)
-            else:
-                self.fs.put_file(self._tmp, self.path)
-                os.unlink(self._tmp)
+            with naming_path(self.uri):
+                if self._local:
+                    os.replace(self._tmp, self.path)
+                else:
+                    self.fs.put_file(self._tmp, self.path)
+                    os.unlink(self._tmp)
             faults.checkpoint(f"shard-before-marker {self.uri}")
             marker = {"rows": self.rows, "size": size, "sha256": digest, "uri": self.uri, "key": self.key,
                       "written_at": datetime.now(UTC).isoformat()}
@@ -247,9 +251,10 @@ def write_file_atomic(uri: str, data: bytes, settings: StorageSettings | None = 
     fs, path = resolve(uri, settings) if fs is None else (fs, strip_protocol(uri))
     if isinstance(fs, LocalFileSystem):
         os.makedirs(os.path.dirname(path), exist_ok=True)
-        tmp = local_temp_path(path, os.path.dirname(path))
+        with naming_path(uri):
+            tmp = local_temp_path(path, os.path.dirname(path))
         try:
-            with open(tmp, "wb") as f:
+            with naming_path(uri), open(tmp, "wb") as f:
                 f.write(data)
             faults.checkpoint(f"file-before-publish {uri}")
             os.replace(tmp, path)
@@ -257,7 +262,8 @@ def write_file_atomic(uri: str, data: bytes, settings: StorageSettings | None = 
             if os.path.exists(tmp):
                 os.unlink(tmp)
     else:
-        fs.pipe_file(path, data)  # one PUT: S3 shows the object only once complete
+        with naming_path(uri):
+            fs.pipe_file(path, data)  # one PUT: S3 shows the object only once complete
     return hashlib.sha256(data).hexdigest()
 
 

@@ -5,14 +5,8 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from tasks.core.config import (
-    ConfigError,
-    EnvSettings,
-    RunConfig,
-    load_run_config,
-    load_run_config_uri,
-    parse_run_config,
-)
+from tasks.core.config import ConfigError, EnvSettings, RunConfig, parse_run_config
+from tasks.core.config_file import load_run_config, load_run_config_uri
 
 
 def write(tmp_path, text: str):

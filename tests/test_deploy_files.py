@@ -87,7 +87,7 @@ def test_prefect_yaml_entrypoints_and_schedule():
         module = importlib.import_module(module_path.removesuffix(".py").replace("/", "."))
         flow = getattr(module, func)
         assert hasattr(flow, "deploy"), f"{dep['entrypoint']} is not a Prefect flow"
-    from tasks.core.config import load_run_config_uri
+    from tasks.core.config_file import load_run_config_uri
 
     # the nightly run's config is a file in the worker's project folder, not a config inlined here
     assert set(by_name["nightly"]["parameters"]) == {"config_uri"}

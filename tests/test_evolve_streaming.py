@@ -57,8 +57,9 @@ def mixed(conversation, params) -> str | Completion:
 
 @pytest.mark.parametrize("responder", [capable, mixed], ids=["capable", "mixed"])
 @pytest.mark.parametrize("changes", [{}, {"elimination": EliminationConfig(validity_check=False)},
-                                     {"elimination": EliminationConfig(equality_check=False)}, {"prefill": False}],
-                         ids=["default", "no-validity", "no-equality", "no-prefill"])
+                                     {"elimination": EliminationConfig(equality_check=False)}, {"prefill": False},
+                                     {"elimination": EliminationConfig(profile="paper")}],
+                         ids=["default", "no-validity", "no-equality", "no-prefill", "paper"])
 def test_streaming_gives_the_batch_paths_candidates(responder, changes):
     rows = rows_of(MIXED)
     batch_backend = ScriptedBackend(engine_like(responder), constrained=True, margin=0.5)
@@ -71,6 +72,13 @@ def test_streaming_gives_the_batch_paths_candidates(responder, changes):
         assert [c["reject_reason"] for c in batch] == [
             "not_an_instruction", "sorry_short_response", None, "llm_error", "empty_evolution",
             "evolution_truncated", "answers_parent", "no_information_gain"]
+    if responder is mixed and changes.get("elimination") == EliminationConfig(profile="paper"):
+        # no validity question, no answers_parent; the equality question is asked in free text (no forced choice)
+        # and this judge answers in prose, which the paper's strict parse does not take
+        assert [c["reject_reason"] for c in batch] == [
+            "equality_unparseable", "sorry_short_response", "equality_unparseable", "llm_error", "empty_evolution",
+            "evolution_truncated", "equality_unparseable", "equality_unparseable"]
+        assert {c["equality_method"] for c in batch} == {"text", None}
 
 
 def test_a_row_is_answered_while_another_rows_rewrite_is_still_being_written():

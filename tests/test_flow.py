@@ -12,7 +12,7 @@ from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterParentFlo
 
 from flows.evol_instruct import evol_instruct
 from storage import resolve
-from tasks.core.config import parse_run_config
+from tasks.core.config import EliminationConfig, parse_run_config
 from tasks.llm.scripted import ScriptedBackend, register_scripted_backend
 from tests.flow_script import ROUND1_REJECTED, ROUND2_REJECTED, PlannedScript, load_seeds
 
@@ -186,6 +186,12 @@ def test_a_card_without_rejections_says_so_instead_of_an_empty_table(tmp_path):
                      by_operation={"deepening": 4}, final_uri="f", dropped_uri="d", final_sha256="0")
     card = dataset_card(config, "key", {}, [clean], mix)
     assert "## Rejections by reason\n\nNo evolution was rejected.\n" in card
+    assert "- elimination profile: `default` (rules: `empty_evolution`, `evolution_truncated`, " in card
+    paper = dataset_card(config.model_copy(update={"elimination": EliminationConfig(profile="paper")}), "key", {},
+                         [clean], mix)
+    assert ("- elimination profile: `paper` (rules: `empty_evolution`, `evolution_truncated`, `scaffolding_copied`, "
+            "`empty_response`, `response_truncated`, `sorry_short_response`, `stopwords_only_response`, "
+            "`no_information_gain`)\n") in paper
     rejecting = clean.model_copy(update={"evolved": 3, "carried": 1, "rejected": {"duplicate": 1}})
     assert "## Rejections by reason\n\n| reason | rows |\n| --- | --- |\n| duplicate | 1 |\n" in dataset_card(
         config, "key", {}, [rejecting], mix)

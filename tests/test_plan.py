@@ -10,7 +10,8 @@ import yaml
 from typer.testing import CliRunner
 
 from flows.cli import app
-from tasks.core.config import ConfigError, LLMConfig, load_run_config, parse_run_config
+from tasks.core.config import ConfigError, LLMConfig, parse_run_config
+from tasks.core.config_file import load_run_config
 from tasks.planning.estimate import CharCounter, WordCounter, token_counter
 from tasks.planning.plan import make_plan
 from tests.flow_script import load_seeds

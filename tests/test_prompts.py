@@ -126,24 +126,28 @@ def test_general_pack_has_the_papers_wording():
         assert phrase in text, phrase
 
 
-def test_general_complicate_input_names_one_format_with_its_example():
+def test_general_complicate_input_shows_the_papers_five_demonstrations_before_the_target():
     pack = load_pack("general")
-    spec = pack.operations["complicate_input"]
-    assert len(spec.variants) == 6
-    formats = set()
-    for i, variant in enumerate(spec.variants):
-        text = render_op(pack, "complicate_input", variant=i, instruction="Name a colour.", input="")
-        fmt = variant["format"]
-        formats.add(fmt)
-        assert f"You must add [{fmt}] format text as input data in [Rewritten Prompt]." in text
-        assert text.count(f"MUST contain a specific {fmt} as input, in question style") == 2  # example + task
-        assert variant["example_given"] in text and variant["example_rewritten"] in text
-        assert text.index(variant["example_rewritten"]) < text.index("Name a colour.")
-        assert pack.label("complicate_input", i) == (f"Rewritten Prompt (MUST contain a specific {fmt} as input, "
-                                                     "in question style):")
-        messages, _ = pack.evolve_messages("complicate_input", "Name a colour.", prefill=True, variant=i)
-        assert messages[-1] == {"role": "assistant", "content": pack.label("complicate_input", i)}
-    assert len(formats) == 6
+    assert pack.operations["complicate_input"].variants == ()
+    text = render_op(pack, "complicate_input", instruction="Name a colour.", input="")
+    formats = ["XML data", "SQL database", "Python code", "HTML page", "Shell cmd"]
+    places = [text.index(f"You must add [{fmt}] format text as input data in [Rewritten Prompt].") for fmt in formats]
+    assert places == sorted(places) and places[-1] < text.index("Name a colour.")
+    for fmt in formats:
+        assert text.count(f"MUST contain a specific {fmt} as input, in question style") == 1
+    assert text.count("The Given Prompt:") == 6 and text.count("\n####\n") == 5
+    assert pack.label("complicate_input") == ("Rewritten Prompt (MUST contain a specific data format as input, "
+                                              "in question style):")
+    assert text.rstrip().endswith(pack.label("complicate_input"))
+    messages, _ = pack.evolve_messages("complicate_input", "Name a colour.", prefill=True)
+    assert messages[-1] == {"role": "assistant", "content": pack.label("complicate_input")}
+    # the demonstrations are good rewrites by the project's own rules: data, not loops
+    from tasks.judge.validity import validity_rule_reason
+
+    for block in text.split("####")[:5]:
+        rewrite = block.split("in question style):\n", 1)[1].strip()
+        assert validity_rule_reason(rewrite, "", "in_breadth", 0.5) is None, rewrite
+        assert not any(p in rewrite.lower() for p in pack.scaffolding_phrases), rewrite
 
 
 def test_prefill_opens_the_assistant_turn_with_the_label(pack):

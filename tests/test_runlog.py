@@ -118,3 +118,79 @@ def test_the_terminal_gets_errors_as_one_line_and_no_seed_file_errors():
     assert keep.filter(crash) and keep.filter(record("round 1 evolved only 2 of 96 rows"))
     assert not keep.filter(record("Encountered exception", EmptySeedsError("s.jsonl: 2 of 3 rows rejected")))
     assert not keep.filter(record("Finished in state Failed('Task run encountered an exception EmptySeedsError: x')"))
+
+
+def test_a_remote_run_log_is_uploaded_and_its_local_copy_removed(memory_root, monkeypatch):
+    from storage import resolve
+    from tasks.core.runlog import RunLog
+
+    monkeypatch.delenv("VLLM_LOGGING_CONFIG_PATH", raising=False)
+    log = RunLog.for_run(f"{memory_root}/run")
+    assert log.local.parent.name.startswith("evol-log-")
+    log.start(verbose=True)
+    log.local.write_text("a line\n")
+    log.finish()
+    fs, path = resolve(log.uri)
+    assert fs.cat_file(path) == b"a line\n"
+    assert not log.local.parent.exists()
+
+
+def test_a_failed_log_upload_keeps_the_local_copy_and_names_it(memory_root, monkeypatch, capsys):
+    import shutil
+
+    from storage import resolve
+    from tasks.core.runlog import RunLog
+
+    monkeypatch.delenv("VLLM_LOGGING_CONFIG_PATH", raising=False)
+    log = RunLog.for_run(f"{memory_root}/run")
+    log.start(verbose=True)
+
+    def refuse(*args, **kwargs):
+        raise PermissionError("Access Denied\nmore")
+
+    monkeypatch.setattr(type(resolve(log.uri)[0]), "put_file", refuse)
+    log.finish()
+    assert capsys.readouterr().err == (f"warning: the run's log could not be uploaded to {log.uri} (Access Denied); "
+                                       f"it stays at {log.local}\n")
+    assert log.local.exists()
+    shutil.rmtree(log.local.parent)
+
+
+def test_a_cancelled_run_finishes_its_open_logs_before_exiting(memory_root, monkeypatch):
+    """``cancel_and_exit`` ends the process with ``os._exit``: no ``finally`` runs, so it finishes the logs first."""
+    from storage import resolve
+    from tasks.core.runlog import RunLog, finish_active_logs
+
+    monkeypatch.delenv("VLLM_LOGGING_CONFIG_PATH", raising=False)
+    log = RunLog.for_run(f"{memory_root}/run")
+    log.start(verbose=True)
+    log.local.write_text("cancelled\n")
+    finish_active_logs()
+    fs, path = resolve(log.uri)
+    assert fs.cat_file(path) == b"cancelled\n" and not log.local.parent.exists()
+    finish_active_logs()  # nothing left open: nothing happens
+
+
+def test_sigterm_during_a_run_command_exits_through_finally(memory_root, monkeypatch):
+    """`evol run` turns SIGTERM into SystemExit(143): the run log's ``finally`` uploads it and removes the copy."""
+    import signal
+
+    import pytest
+
+    from flows.cli_common import sigterm_as_exit
+    from storage import resolve
+    from tasks.core.runlog import RunLog
+
+    monkeypatch.delenv("VLLM_LOGGING_CONFIG_PATH", raising=False)
+    before = signal.getsignal(signal.SIGTERM)
+    log = RunLog.for_run(f"{memory_root}/run")
+    with pytest.raises(SystemExit) as exited, sigterm_as_exit():
+        log.start(verbose=True)
+        try:
+            log.local.write_text("terminated\n")
+            signal.raise_signal(signal.SIGTERM)
+        finally:
+            log.finish()
+    assert exited.value.code == 143 and signal.getsignal(signal.SIGTERM) is before
+    fs, path = resolve(log.uri)
+    assert fs.cat_file(path) == b"terminated\n" and not log.local.parent.exists()

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from tasks.core.config import ConfigError, parse_run_config, without_unset_options
+from tasks.core.config import ConfigError, parse_run_config
 from tasks.core.context import RunContext, ScoreSpec, run_layout, stage_key
+from tasks.core.options import without_unset_options
 
 
 def config(**extra):

@@ -82,6 +82,9 @@ CHANGES = [
     # candidates come out byte-identical and nothing after them is redone but the card, which shows the setting
     ("sampling", lambda tmp, c: {**c, "sampling": {"respond": {"max_tokens": 1000}}}, EVOLVE_SHARDS | {"export"}),
     ("elimination", lambda tmp, c: {**c, "elimination": {"sorry_max_words": 60}}, EVOLVE_SHARDS | {"export"}),
+    # the same rules run in both profiles: the shards' candidates come out the same, the card names the profile
+    ("elimination profile", lambda tmp, c: {**c, "elimination": {"profile": "small-model"}},
+     EVOLVE_SHARDS | {"export"}),
     ("run seed", lambda tmp, c: {**c, "random_seed": 4}, ALL_LLM),
     ("dedup", lambda tmp, c: {**c, "dedup": {"jaccard_threshold": 0.9}}, {"mix", "export"}),
     ("mix", lambda tmp, c: {**c, "mix": {"sample_size": 10}}, {"mix", "export"}),

@@ -130,3 +130,72 @@ def test_llm_verdicts_and_strict_yes_no_parse():
         llm_validity_reason("Maybe")
     assert parse_yes_no(" **Yes.** ") == "Yes" and parse_yes_no("no") == "No"
     assert parse_yes_no("Yes, it is an instruction") is None and parse_yes_no("") is None and parse_yes_no(None) is None
+
+
+BRACES = "What does this print?\n\nint main() {\n    for (int i = 0; i < 3; i++) {\n        if (i) {\n" \
+         "            puts(\"x\");\n        }\n    }\n    }\n}\n}\n}"
+
+
+@pytest.mark.parametrize("text", [
+    BRACES,
+    "Summarise this table:\nId | Name\n1 | Ann\n1 | Ann\n1 | Ann\nWhich rows repeat?",
+    "Why does this print the same line?\n```\nok\nok\nok\nok\n```",
+    "Fix the markup:\n<tr>\n<td></td>\n<td></td>\n<td></td>\n</tr>",
+    "Explain the loop:\n    total += 1\n    total += 1\n    total += 1",
+])
+def test_repetition_in_code_tables_and_fenced_blocks_is_not_a_loop(text):
+    assert not is_degenerate(text)
+
+
+@pytest.mark.parametrize("text", [
+    "Describe the water cycle, the water cycle, the water cycle, the water cycle.",
+    "1. Describe the water cycle.\n2. Describe the water cycle.\n3. Describe the water cycle.",
+])
+def test_loops_in_prose_are_still_loops(text):
+    assert is_degenerate(text)
+
+
+@pytest.mark.parametrize("text", [
+    "I am applying for a data science position and I need some help with my cover letter. Please assist me.",
+    "I don't understand Quantum Physics. Teach me the fundamentals.",
+    "I have a hobby of writing short stories and I want more readers. Please write a catchy title.",
+    "Here is a piece of C++ code that runs faster on sorted data. Why?",
+    "As an AI language model, can you compare dogs and cats?",
+])
+def test_first_person_requests_are_not_answers(text):
+    assert not answers_parent(text)
+
+
+@pytest.mark.parametrize("text", ["As an AI, I cannot do that.", "Here is the function: def f(): pass",
+                                  "I would describe it as evaporation and rain."])
+def test_statements_that_ask_nothing_are_answers(text):
+    assert answers_parent(text)
+
+
+def test_a_list_of_options_ends_where_its_last_option_ends():
+    from tasks.judge.validity import is_unfinished
+
+    assert not is_unfinished("Which set spells BING?\n\nA) 01, 56 B) 10, 65 C) 14, 59 D) None of these")
+    assert not is_unfinished("Rank the sandwiches:\n- Chicken mayo\n- Tuna and")
+    assert is_unfinished("Which set spells BING? A) 01, 56 and")  # one option: a cut sentence
+    assert is_unfinished("Plan a trip to Paris and Lyon with the")
+
+
+def test_lower_case_is_a_continuation_only_for_in_depth_prose():
+    assert continues_parent("at night, with a storm.", PARENT)
+    assert not continues_parent("f(x) = 6x^2 - 2x, so f(4) =", PARENT)
+    assert not continues_parent("you must write a version control system in C++.", PARENT, "in_breadth")
+
+
+def test_a_text_that_opens_with_code_opens_where_its_prose_does():
+    answer = "```python\nprint(f\"Include 1 cup of flour.\")\n```\nHere's how you can add a data format in Python."
+    assert answers_parent(answer)  # the bundled model's output (demo, round 1)
+    assert not answers_parent("```python\nprint(1)\n```\nHere is my code. Why does it print 1?")
+    assert not answers_parent("```sql\nSELECT 1;\n```\nWhat does this query return?")
+
+
+def test_a_fenced_block_that_never_closes_is_unfinished():
+    from tasks.judge.validity import is_unfinished
+
+    assert is_unfinished("Fix this function:\n```python\ndef f(x):\n    return x +")
+    assert not is_unfinished("Fix this function:\n```python\ndef f(x):\n    return x +\n```\nWhy does it fail?")

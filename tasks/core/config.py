@@ -2,19 +2,29 @@
 
 from __future__ import annotations
 
-import copy
 import math
 import os
-import posixpath
 import warnings
 from pathlib import Path
-from typing import Any, Literal, TypeVar, get_args, get_origin
+from typing import Any, Literal, TypeVar
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    SerializerFunctionWrapHandler,
+    ValidationError,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from storage import StorageSettings, resolve
+from storage import StorageSettings
+from storage.redact import redact, redact_text, remember_secrets, remember_url_credentials, url_has_credentials
+from tasks.core.elimination import EliminationConfig
+from tasks.core.options import SelectionConfig, check_selection
 
 ModelT = TypeVar("ModelT", bound=BaseModel)
 
@@ -23,6 +33,21 @@ class StrictModel(BaseModel):
     """A frozen model whose unknown keys are errors (configs, recipes)."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class RedactedModel(StrictModel):
+    """A config whose JSON form (``config.json``, the dataset card, Prefect's flow-run parameters) masks its secrets
+    (``storage.redact``: URL credentials, ``engine_args.hf_token`` and any setting named key, token, secret or
+    password); the Python object keeps them for the engines, and the process masks them in every log line."""
+
+    @model_serializer(mode="wrap", when_used="json")
+    def _redacted(self, handler: SerializerFunctionWrapHandler) -> Any:
+        return redact(handler(self))
+
+    @model_validator(mode="after")
+    def _remember_secrets(self) -> Any:
+        remember_secrets(self.model_dump(mode="python"))
+        return self
 
 
 class SamplingParams(StrictModel):
@@ -80,7 +105,7 @@ BackendName = Literal["vllm", "openai", "scripted"]
 STAGES: tuple[str, ...] = ("evolve", "respond", "judge")
 
 
-class StageLLMConfig(StrictModel):
+class StageLLMConfig(RedactedModel):
     """One stage's backend and model; a key left out is taken from the run's ``llm`` section."""
 
     backend: BackendName | None = None
@@ -89,7 +114,7 @@ class StageLLMConfig(StrictModel):
     structured_outputs: bool | None = None
 
 
-class LLMConfig(StrictModel):
+class LLMConfig(RedactedModel):
     """Which backend and model a run uses; ``engine_args`` go to ``vllm.LLM`` unchanged.
 
     ``evolve``, ``respond`` and ``judge`` may name another backend or model for that stage (a strong judge, a
@@ -108,8 +133,7 @@ class LLMConfig(StrictModel):
     score: StageLLMConfig | None = None  # the scoring stage (``score:``): the judge's settings unless given
 
     def for_stage(self, stage: str) -> LLMConfig:
-        """The backend settings of one stage (``evolve``, ``respond``, ``judge`` or ``score``, which starts from the
-        judge's), with no stage overrides."""
+        """The backend settings of one stage (``evolve``, ``respond``, ``judge``; ``score`` from the judge's)."""
         if stage not in (*STAGES, "score"):
             raise ValueError(f"unknown stage {stage!r} (expected one of {', '.join(STAGES)}, score)")
         override = getattr(self, stage)
@@ -129,18 +153,6 @@ class StageSampling(StrictModel):
     validity: SamplingParams = SamplingParams(temperature=0.0, top_p=1.0, max_tokens=4)
 
 
-class EliminationConfig(StrictModel):
-    """Thresholds and word lists of the elimination rules."""
-
-    equality_check: bool = True
-    validity_check: bool = True  # the rewrite-validity rules (heuristics and the LLM yes/no check)
-    shorter_than_parent_ratio: float = Field(0.5, gt=0.0, le=1.0)  # an in-depth rewrite under this share fails
-    sorry_max_words: int = Field(80, ge=1)
-    sorry_words: tuple[str, ...] = ("sorry",)
-    stop_words: tuple[str, ...] | None = None  # None: the built-in English list
-    scaffolding_phrases: tuple[str, ...] | None = None  # None: the prompt pack's list
-
-
 class DedupConfig(StrictModel):
     """Near dedup of the final data with MinHash + LSH (exact dedup always runs: at ingest and in each round)."""
 
@@ -150,16 +162,8 @@ class DedupConfig(StrictModel):
     num_perm: int = Field(128, ge=8)
 
 
-class SelectionConfig(StrictModel):
-    """Diversity-aware selection (Deita): rows by complexity x quality, each taken only when its embedding's cosine
-    similarity to every row taken before is below ``threshold``, until ``mix.sample_size`` rows."""
-
-    threshold: float = Field(0.9, gt=0.0, le=1.0)
-
-
 class MixConfig(StrictModel):
-    """The final data: seeds plus every round's survivors, shuffled, optionally sampled (at random, or by
-    ``selection`` from the scores)."""
+    """The final data: seeds plus every round's survivors, shuffled, optionally sampled (or ``selection``)."""
 
     include_seeds: bool = True
     sample_size: int | None = Field(None, ge=1)
@@ -167,30 +171,12 @@ class MixConfig(StrictModel):
 
 
 class ScoreConfig(StrictModel):
-    """The scoring stage after the rounds (Deita): complexity per root, quality per row, both 1-6 by constrained
-    decoding and the expectation over the choices' probabilities; the embeddings the selection compares."""
+    """The scoring stage (Deita): complexity per root, quality per row (1-6), the embeddings selection compares."""
 
     complexity: bool = True
     quality: bool = True
     embeddings: bool = True
     sampling: SamplingParams = SamplingParams(temperature=0.0, top_p=1.0, max_tokens=1)
-
-
-# Options added after runs were made: left out of stage keys and the dataset card while unset, so such runs keep
-# their keys and exports byte for byte.
-UNSET_OPTIONS = (("score",), ("llm", "score"), ("mix", "selection"))
-
-
-def without_unset_options(data: dict[str, Any]) -> dict[str, Any]:
-    """A config's JSON dump (or a part of it) without the later options that are unset (None)."""
-    out = copy.deepcopy(data)
-    for path in UNSET_OPTIONS:
-        node = out
-        for part in path[:-1]:
-            node = node.get(part) if isinstance(node, dict) else None
-        if isinstance(node, dict) and path[-1] in node and node[path[-1]] is None:
-            del node[path[-1]]
-    return out
 
 
 class OrchestrationConfig(StrictModel):
@@ -229,10 +215,15 @@ class IngestConfig(StrictModel):
     csv_header: Literal["auto"] | bool = "auto"  # auto: the first row is a header when it names a known field
 
 
-class RunConfig(StrictModel):
+NAME_MAX = 100
+
+
+class RunConfig(RedactedModel):
     """Everything that decides what a run produces. Frozen; unknown keys are errors."""
 
-    name: str | None = Field(None, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+    # The run folder's name: at most 100 characters keeps it (and the files named after it) within every file
+    # system's 255-byte limit on a name.
+    name: str | None = Field(None, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", max_length=NAME_MAX)
     seeds: str
     field_map: dict[str, str] = Field(default_factory=dict)
     ingest: IngestConfig = IngestConfig()
@@ -262,11 +253,18 @@ class RunConfig(StrictModel):
             data = {("random_seed" if k == "seed" else k): v for k, v in data.items()}
         return data
 
+    @field_validator("seeds", "output_root")
+    @classmethod
+    def _no_credentials(cls, value: str) -> str:
+        if url_has_credentials(value):
+            remember_url_credentials(value)
+            raise ValueError(f"{redact_text(value)}: credentials in a storage URL are not supported; give them in "
+                             "EVOL_STORAGE__KEY and EVOL_STORAGE__SECRET")
+        return value
+
     @model_validator(mode="after")
     def _selection_needs_scores(self) -> RunConfig:
-        if self.mix.selection is not None and (self.score is None or not self.score.embeddings):
-            raise ValueError("mix.selection ranks rows by their scores and compares their embeddings: give a `score:` "
-                             "section (with embeddings: true)")
+        check_selection(self.mix.selection, self.score)
         return self
 
     @field_validator("operation_weights")
@@ -306,94 +304,3 @@ def validated(model: type[ModelT], data: Any, source: str, error: type[ValueErro
 def parse_run_config(data: Any, source: str = "<config>") -> RunConfig:
     """Validate a mapping as a RunConfig; errors name ``source`` and each bad key."""
     return validated(RunConfig, data, source)
-
-
-def _section(annotation: Any) -> type[BaseModel] | type[dict] | None:
-    """The model a field holds (``X | None`` included), ``dict`` for a free mapping, None for a plain value."""
-    for candidate in (annotation, *get_args(annotation)):
-        if isinstance(candidate, type) and issubclass(candidate, BaseModel):
-            return candidate
-        if candidate is dict or get_origin(candidate) is dict:
-            return dict
-    return None
-
-
-def check_set_key(key: str) -> None:
-    """A ``--set`` key must name a config key: ``rounds``, ``sampling.evolve.max_tokens``, ``llm.engine_args.X``."""
-    model: Any = RunConfig
-    parts = key.split(".")
-    for i, part in enumerate(parts):
-        if model is dict:  # inside a free mapping (engine_args, field_map, operation_weights): any key
-            return
-        where = ".".join(parts[:i]) or "the config"
-        if model is None:
-            raise ConfigError(f"--set {key}: unknown key {key}: {where} is a value, it has no keys")
-        if part not in model.model_fields:
-            raise ConfigError(f"--set {key}: unknown key {'.'.join(parts[: i + 1])} ({where} has "
-                              f"{', '.join(model.model_fields)})")
-        model = _section(model.model_fields[part].annotation)
-
-
-def apply_sets(data: dict[str, Any], sets: list[str] | tuple[str, ...]) -> dict[str, Any]:
-    """``KEY=VALUE`` pairs (``--set``) merged into a config mapping: KEY is dotted (``sampling.evolve.max_tokens``),
-    VALUE is read as YAML (``3``, ``0.5``, ``false``, ``[a, b]``, ``null``) and typed by the config's model."""
-    out = copy.deepcopy(data)
-    for pair in sets:
-        key, sep, raw = pair.partition("=")
-        key = key.strip()
-        if not sep or not key:
-            raise ConfigError(f"--set takes KEY=VALUE (rounds=3, sampling.evolve.max_tokens=64), got {pair!r}")
-        check_set_key(key)
-        try:
-            value = yaml.safe_load(raw)
-        except yaml.YAMLError:
-            value = raw
-        node = out
-        *sections, last = key.split(".")
-        for part in sections:
-            if not isinstance(node.get(part), dict):
-                node[part] = {}
-            node = node[part]
-        node[last] = value
-    return out
-
-
-def load_run_config(path: str | Path, overrides: dict[str, Any] | None = None,
-                    sets: list[str] | tuple[str, ...] = ()) -> RunConfig:
-    """Load a RunConfig from a YAML file; relative local paths in it are taken from the file's folder.
-
-    ``overrides`` replace top-level keys; ``sets`` are ``--set KEY=VALUE`` pairs (see :func:`apply_sets`)."""
-    return load_run_config_uri(str(path), overrides, sets=sets)
-
-
-def load_run_config_uri(uri: str, overrides: dict[str, Any] | None = None,
-                        settings: StorageSettings | None = None, sets: list[str] | tuple[str, ...] = ()) -> RunConfig:
-    """Load a RunConfig from a YAML file at a local path or a storage URI (``s3://``, ``memory://``).
-
-    Relative ``seeds`` and ``output_root`` in it are taken from the file's folder, local or not; ``overrides`` and
-    ``sets`` as for :func:`load_run_config`.
-    """
-    local = "://" not in uri or uri.startswith("file://")
-    source = str(Path(uri.removeprefix("file://"))) if local else uri
-    try:
-        if local:
-            text = Path(source).read_text(encoding="utf-8")
-        else:
-            fs, path = resolve(uri, settings or EnvSettings().storage)
-            text = fs.cat_file(path).decode("utf-8")
-        data = yaml.safe_load(text)
-    except FileNotFoundError:
-        raise ConfigError(f"configuration file not found: {source}") from None
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{source}: invalid YAML: {' '.join(str(err).split())}") from None
-    except ValueError as err:
-        raise ConfigError(f"can't read configuration {source}: {err}") from None
-    if isinstance(data, dict):
-        data = apply_sets({**data, **(overrides or {})}, sets)
-        protocol, _, path = uri.partition("://")
-        for key in ("seeds", "output_root"):
-            value = data.get(key)
-            if isinstance(value, str) and "://" not in value and not value.startswith("/"):
-                data[key] = (str((Path(source).parent / value).resolve()) if local else
-                             f"{protocol}://" + posixpath.normpath(posixpath.join(posixpath.dirname(path), value)))
-    return parse_run_config(data, source)

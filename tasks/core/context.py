@@ -32,11 +32,11 @@ from tasks.core.config import (
     RunConfig,
     ScoreConfig,
     StageSampling,
-    without_unset_options,
 )
+from tasks.core.options import without_unset_options
 
 # Bump when the reading of seed files changes what ingest produces.
-READER_VERSION = "3"
+READER_VERSION = "4"
 
 
 def stage_key(*parts: Any) -> str:

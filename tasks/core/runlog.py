@@ -1,4 +1,4 @@
-"""The run's log file: Prefect's and vLLM's logs go to ``{run}/logs/run-{start}.log`` instead of the terminal.
+"""The run's log file: Prefect's and vLLM's logs go to ``{run}/logs/run-{start}-{pid}.log`` instead of the terminal.
 
 The terminal keeps warnings and errors (the low-evolution warning among them), the progress bars and the
 round tables; ``evol run --verbose`` shows every log line as well. vLLM's engine runs in a spawned process:
@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import sys
 import tempfile
 import threading
@@ -21,12 +22,14 @@ from datetime import datetime
 from pathlib import Path
 
 from storage import resolve
+from storage.redact import redact_text
 from storage.uri import join_uri
 
 FORMAT = "%(asctime)s %(levelname)-7s %(name)s - %(message)s"
 # Set while a run logs to its file (not with --verbose): engines started then write their raw output there.
 ENGINE_LOG_ENV = "EVOL_ENGINE_LOG"
 _REDIRECT_LOCK = threading.Lock()
+_ACTIVE: list[RunLog] = []  # started, not finished: what an exit that skips ``finally`` (a cancel) finishes
 
 
 @contextmanager
@@ -65,7 +68,8 @@ class RunLog:
 
     @classmethod
     def for_run(cls, run_uri: str, when: datetime | None = None) -> RunLog:
-        name = f"run-{(when or datetime.now()):%Y%m%d-%H%M%S}.log"
+        # the pid: two runs started in the same second (one of them loses the lease) never share a file
+        name = f"run-{(when or datetime.now()):%Y%m%d-%H%M%S}-{os.getpid()}.log"
         uri = join_uri(run_uri, "logs", name)
         fs, path = resolve(uri)
         if "file" in fs.protocol:
@@ -90,6 +94,7 @@ class RunLog:
     def start(self, verbose: bool) -> None:
         """Send this process's logs (and vLLM's engine process's) to the file; the terminal keeps warnings
         unless ``verbose``."""
+        install_redaction()
         config_path = self._vllm_config_path()
         config_path.write_text(json.dumps(self.vllm_config()))
         if not verbose:
@@ -98,13 +103,17 @@ class RunLog:
             self.saved_env = {name: os.environ.get(name) for name in updates}
             os.environ.update(updates)
             quiet_prefect_console()
+        _ACTIVE.append(self)
         self.handler = logging.FileHandler(self.local, mode="a")
         self.handler.setFormatter(logging.Formatter(FORMAT))
         self.handler.setLevel(logging.INFO)
         logging.getLogger().addHandler(self.handler)
 
     def finish(self) -> None:
-        """Close the file; upload it to the run folder when that is not local."""
+        """Close the file; upload it to the run folder when that is not local, and remove the local copy then (a
+        failed upload keeps it, and the error names it)."""
+        if self in _ACTIVE:
+            _ACTIVE.remove(self)
         if self.handler is not None:
             logging.getLogger().removeHandler(self.handler)
             self.handler.close()
@@ -118,11 +127,54 @@ class RunLog:
         self.saved_env = {}
         fs, path = resolve(self.uri)
         if "file" not in fs.protocol:
-            fs.put_file(str(self.local), path)
+            try:
+                fs.put_file(str(self.local), path)
+            except Exception as err:  # the run's own outcome must not be hidden by its log's upload
+                reason = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+                print(f"warning: the run's log could not be uploaded to {self.uri} ({reason}); it stays at "
+                      f"{self.local}", file=sys.stderr)
+                return
+            shutil.rmtree(self.local.parent, ignore_errors=True)  # the local copy (``evol-log-*``), uploaded
 
 
-# Errors in the seeds the CLI reports in one ``error:`` line of its own: the terminal gets nothing else of them.
-USER_ERRORS = ("IngestError", "EmptySeedsError")
+def finish_active_logs() -> None:
+    """Finish every run log of this process still open: before ``os._exit`` (a cancelled run), which runs no
+    ``finally``, so an S3 run's log still reaches its folder and the local copy goes."""
+    for log in list(_ACTIVE):
+        log.finish()
+
+
+_BASE_FACTORY = logging.getLogRecordFactory()
+
+
+def _redacted_record(*args: object, **kwargs: object) -> logging.LogRecord:
+    """A log record whose message and traceback have every secret masked (``storage.redact``), made once for
+    every handler: the terminal, the run's log file, Prefect's API (its log table)."""
+    record = _BASE_FACTORY(*args, **kwargs)
+    try:
+        record.msg, record.args = redact_text(record.getMessage()), None
+    except Exception:  # a malformed log call: logging reports it itself
+        return record
+    if record.exc_info and record.exc_info[1] is not None:
+        record.exc_text = redact_text(logging.Formatter().formatException(record.exc_info))
+    return record
+
+
+def _redacted_excepthook(kind: type[BaseException], value: BaseException, tb: object) -> None:
+    import traceback
+
+    sys.stderr.write(redact_text("".join(traceback.format_exception(kind, value, tb))))
+
+
+def install_redaction() -> None:
+    """Mask secrets in every log record this process makes and in an uncaught exception's traceback."""
+    logging.setLogRecordFactory(_redacted_record)
+    sys.excepthook = _redacted_excepthook
+
+
+# Errors the CLI reports in one ``error:`` line of its own: the terminal gets nothing else of them. The seeds' and
+# the infrastructure's (``storage.errors``: storage unreachable, a full disk, the run folder held by another run).
+USER_ERRORS = ("IngestError", "EmptySeedsError", "LeaseHeld", "StorageUnreachable", "DiskFull")
 
 
 class WeightLoadNoise(logging.Filter):
@@ -131,16 +183,21 @@ class WeightLoadNoise(logging.Filter):
     bfloat16 engine on CPU); they would bury the engine's real messages."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return not str(record.msg).startswith("Attempted to load weight %s with dtype")
+        message = record.getMessage()  # formatted: the redaction filter may have merged its arguments already
+        return not (message.startswith("Attempted to load weight ") and " with dtype " in message)
 
 
 class TerminalFilter(logging.Filter):
-    """What of a run's warnings and errors the terminal shows: no record of a seed-file error (the CLI's own error
-    line says it), and any other error as its one-line message; its traceback stays in the log file."""
+    """What of a run's warnings and errors the terminal shows: no record of a seed-file or infrastructure error (the
+    CLI's own error line says it), and any other error as its one-line message; its traceback stays in the log
+    file."""
 
     def filter(self, record: logging.LogRecord) -> bool:
+        from storage.errors import infrastructure_message
+
         exc = record.exc_info[1] if record.exc_info else None
-        if exc is not None and any(c.__name__ in USER_ERRORS for c in type(exc).__mro__):
+        if exc is not None and (any(c.__name__ in USER_ERRORS for c in type(exc).__mro__)
+                                or infrastructure_message(exc, "") is not None):
             return False
         return not any(f"exception {name}:" in record.getMessage() for name in USER_ERRORS)
 

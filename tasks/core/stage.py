@@ -10,6 +10,8 @@ from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 import pyarrow as pa
+from prefect import get_run_logger
+from prefect.exceptions import MissingContextError
 from prefect.logging import get_logger
 from prefect.states import Completed, State
 
@@ -29,15 +31,29 @@ class Stage(Generic[S]):
 
     def done(self, marker_uri: str, key: str, settings: StorageSettings | None = None,
              problems: list[str] | None = None, **update: Any) -> S | None:
-        """The summary recorded under ``key`` (``update`` set on it), or None: the stage is to run."""
-        record = self.read(marker_uri, key, settings, problems)
+        """The summary recorded under ``key`` (``update`` set on it), or None: the stage is to run. Why a marker was
+        not accepted (a changed file, a moved folder) goes to ``problems``, or, without that list, is logged as a
+        warning: a repair is never silent."""
+        found: list[str] = [] if problems is None else problems
+        record = self.read(marker_uri, key, settings, found)
+        if problems is None:
+            for problem in found:
+                _logger().warning("%s: %s", self.name, problem)
         return None if record is None else self.summary.model_validate({**record["summary"], "reused": True, **update})
+
+
+def _logger() -> Any:
+    try:
+        return get_run_logger()
+    except MissingContextError:
+        return get_logger("evol.stage")
 
 
 def shard_reader(counts: Callable[[ShardRef, pa.Table], dict[str, Any]]) -> Callable[..., dict[str, Any] | None]:
     """A ``Stage.read`` for a stage of one shard whose ``.done`` marker is its stage marker (an evolve shard, a score
     shard): the committed shard written under the key asked for, if it still verifies, as a record whose summary
-    is ``counts(ref, table)``; None means compute it."""
+    is ``counts(ref, table)`` (the ref at the shard's URI now: a moved run folder's markers keep the old one); None
+    means compute it."""
 
     def read(uri: str, key: str, settings: StorageSettings | None = None,
              problems: list[str] | None = None) -> dict[str, Any] | None:
@@ -50,9 +66,9 @@ def shard_reader(counts: Callable[[ShardRef, pa.Table], dict[str, Any]]) -> Call
         try:
             table = read_shard(uri, settings, expected=marker)
         except ShardCorrupt as err:
-            get_logger(__name__).warning("%s", err)
+            (problems if problems is not None else []).append(str(err))  # Stage.done warns
             return None
-        return {"summary": {**counts(ShardRef.of(marker), table), "seconds": 0.0}}
+        return {"summary": {**counts(ShardRef.of(marker, uri), table), "seconds": 0.0}}
 
     return read
 

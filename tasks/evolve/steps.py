@@ -16,6 +16,7 @@ from typing import Any, Literal
 from prompts import PromptPack
 from tasks.core.config import SamplingParams
 from tasks.core.context import EvolveSpec
+from tasks.core.elimination import EQUALITY_RULE, VALIDITY_JUDGE_RULE
 from tasks.core.text import content_key, record_id
 from tasks.evolve.clean import breaks_off, clean_evolved_instruction, cut_at_stops, split_stops
 from tasks.evolve.operations import evolve_prompts
@@ -72,6 +73,7 @@ class ShardPlan:
     engine_stops: tuple[str, ...]
     label_stops: tuple[str, ...]
     models: dict[str, str]
+    rules: frozenset[str]  # the elimination rules that run (elimination.enabled_rules())
 
     @classmethod
     def of(cls, rows: list[dict[str, Any]], round_index: int, spec: EvolveSpec, pack: PromptPack,
@@ -83,7 +85,7 @@ class ShardPlan:
         engine_stops, label_stops = split_stops(spec.sampling.evolve.stop,
                                                 [pack.label(op, v) for op, v in zip(ops, variants, strict=True)])
         return cls(rows, round_index, spec, pack, ops, parents, rendered, tuple(engine_stops), tuple(label_stops),
-                   models)
+                   models, spec.elimination.enabled_rules())
 
     def steps(self) -> list[RowSteps]:
         """One step generator per row, in row order."""
@@ -109,22 +111,21 @@ def row_steps(plan: ShardPlan, i: int) -> RowSteps:
     validity = answer = check = None
     if reason in EVOLUTION_REASONS:
         return candidate(plan, i, instruction, finish, reason, evolved, validity, answer, check)
-    invalid = None
-    if elimination.validity_check:
-        invalid = validity_rule_reason(instruction, plan.parents[i], pack.operations[plan.ops[i]].kind,
-                                       elimination.shorter_than_parent_ratio,
-                                       "\n".join(m["content"] for m in plan.rendered[i][0]),
-                                       broke_off=(was_cut or evolved.at_stop_string) and breaks_off(text))
-        if invalid is None:
-            question = validity_request(pack, plan.parents[i], instruction, spec.sampling.validity)
-            validity = yield Ask("validity", *question)
-            invalid = validity_result(validity)
+    invalid = validity_rule_reason(instruction, plan.parents[i], pack.operations[plan.ops[i]].kind,
+                                   elimination.shorter_than_parent_ratio,
+                                   "\n".join(m["content"] for m in plan.rendered[i][0]),
+                                   broke_off=(was_cut or evolved.at_stop_string) and breaks_off(text),
+                                   enabled=plan.rules)
+    if invalid is None and VALIDITY_JUDGE_RULE in plan.rules:
+        validity = yield Ask("validity", *validity_request(pack, plan.parents[i], instruction, spec.sampling.validity))
+        invalid = validity_result(validity)
     if invalid is not None:
         return candidate(plan, i, instruction, finish, invalid, evolved, validity, answer, check)
     answer = yield Ask("respond", pack.answer_messages(instruction, "")[0], spec.sampling.respond)
     reason = yield Rules("late_rules", _fields(instruction, finish, evolved, answer))
-    if reason is None and elimination.equality_check:
-        check = yield Ask("equality", *equality_request(pack, plan.parents[i], instruction, spec.sampling.equality))
+    if reason is None and EQUALITY_RULE in plan.rules:
+        check = yield Ask("equality", *equality_request(pack, plan.parents[i], instruction, spec.sampling.equality,
+                                                        elimination.paper_equality))
         reason = equality_result(check)
     return candidate(plan, i, instruction, finish, reason, evolved, validity, answer, check)
 

@@ -8,7 +8,9 @@ from typing import Any
 import yaml
 
 from storage import ShardRef, StorageSettings, duck_connect, read_parquet_sql, total_rows
-from tasks.core.config import STAGES, RunConfig, without_unset_options
+from tasks.core.config import STAGES, RunConfig
+from tasks.core.elimination import RULE_NAMES
+from tasks.core.options import without_unset_options
 from tasks.core.summaries import Estimate, MixSummary, RoundSummary, engine_time_line, totals, whole_run
 from tasks.core.text import md_table
 from tasks.export.plots import PLOTS
@@ -26,17 +28,28 @@ def _model_lines(config: RunConfig) -> list[str]:
     return [f"- {stage} model: `{name}`" for stage, name in names.items()]
 
 
+def _elimination_line(config: RunConfig) -> str:
+    """The elimination profile and the rules that ran, in their order."""
+    on = config.elimination.enabled_rules()
+    names = ", ".join(f"`{name}`" for name in RULE_NAMES if name in on)
+    return f"- elimination profile: `{config.elimination.profile}` (rules: {names})"
+
+
 def dataset_card(config: RunConfig, data_key: str, template_shas: dict[str, str],
                  rounds: list[RoundSummary], mix: MixSummary, estimate: Estimate | None = None,
-                 lengths: dict[str, float] | None = None) -> str:
+                 lengths: dict[str, float] | None = None, seeds_source: str | None = None) -> str:
     """A Markdown dataset card: counts per round and operation, rejections, instruction lengths, the plots
     (``plots/*.png`` next to it), the estimate made when the run started beside the actual tokens, config,
-    model, prompts.
+    model, prompts. ``seeds_source``: the path the seed rows were read from (their ``meta.source``); the card
+    names it, and the config's ``seeds`` too when the file has moved since (same content: the rows were reused).
 
     It holds no wall-clock figures, so the same data (and estimate) always gives the same card."""
+    source = seeds_source or config.seeds
+    moved = [f"- seeds: read from `{source}` (every row's `meta.source`); the config now names `{config.seeds}`, "
+             "the same content"] if source != config.seeds else [f"- seeds: `{source}`"]
     lines = [f"# Evol-Instruct data: {config.name or data_key}", "",
              f"- data key: `{data_key}`", *_model_lines(config), f"- prompt pack: `{config.prompt_pack}`",
-             f"- rows: {mix.final}", "", "## Rounds", ""]
+             *moved, _elimination_line(config), f"- rows: {mix.final}", "", "## Rounds", ""]
     lines += md_table(["round", "pool in", "evolved", "carried", "prompt tokens", "completion tokens"],
                       [[r.round, r.pool_in, r.evolved, r.carried, r.prompt_tokens, r.completion_tokens]
                        for r in rounds])
@@ -56,7 +69,8 @@ def dataset_card(config: RunConfig, data_key: str, template_shas: dict[str, str]
     lines += ["## Prompt templates", "",
               *md_table(["template", "sha"], [[k, f"`{v}`"] for k, v in sorted(template_shas.items())])]
     lines += ["", "## Configuration", "", "```yaml",
-              yaml.safe_dump(without_unset_options(config.model_dump(mode="json", exclude=CARD_EXCLUDES)),
+              yaml.safe_dump(without_unset_options(config.model_dump(mode="json", exclude=CARD_EXCLUDES))
+                             | {"seeds": source},
                              sort_keys=True).rstrip(),
               "```", ""]
     return "\n".join(lines)

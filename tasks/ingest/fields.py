@@ -163,6 +163,62 @@ def _prune(record: dict[str, Any], paths: list[Path]) -> dict[str, Any]:
     return record
 
 
+_KEYS_TWICE = [0]  # objects parsed with a key twice, by any thread: a value is searched only when this grew
+
+
+class _KeyTwice(dict):
+    """A JSON object that had a key twice (``key``); the reader rejects its record instead of keeping one value.
+    Its items are the pairs as written, so ``json.dumps`` (the quarantined row's raw text) keeps every value."""
+
+    key: str
+    pairs: list[tuple[str, Any]]
+
+    def items(self):  # type: ignore[override]
+        return self.pairs
+
+
+def object_pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """``json``'s ``object_pairs_hook``: a dict, marked when a key came twice."""
+    value = dict(pairs)
+    if len(value) == len(pairs):
+        return value
+    seen: set[str] = set()
+    twice = _KeyTwice(value)
+    twice.pairs = pairs
+    twice.key = next(k for k, _ in pairs if k in seen or seen.add(k))
+    _KEYS_TWICE[0] += 1
+    return twice
+
+
+def _key_twice(value: Any, path: str = "") -> str | None:
+    """The field path of the first key an object in ``value`` has twice, or None."""
+    if isinstance(value, _KeyTwice):
+        return f"{path}{value.key}"
+    items = dict.items(value) if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+    return next((hit for k, v in items if (hit := _key_twice(v, f"{path}{k}.")) is not None), None)
+
+
+def check_unique_keys(value: Any) -> Any:
+    """``value`` unchanged, or a Rejection (``duplicate_key``) when one of its objects had a key twice."""
+    if (path := _key_twice(value)) is not None:
+        raise Rejection("duplicate_key", path, f"key {path!r} appears twice in one object; which value is meant "
+                        "is unknown: keep one, or rename the other")
+    return value
+
+
+def loads_marking(text: str) -> tuple[Any, bool]:
+    """``json.loads`` with every object that had a key twice marked, and whether there was one."""
+    before = _KEYS_TWICE[0]
+    value = json.loads(text, object_pairs_hook=object_pairs)
+    return value, _KEYS_TWICE[0] != before
+
+
+def strict_json(text: str) -> Any:
+    """``json.loads``, but an object with a key twice is a Rejection (``duplicate_key``), never the last value."""
+    value, twice = loads_marking(text)
+    return check_unique_keys(value) if twice else value
+
+
 def dumps(value: Any) -> str:
     """JSON text as stored in ``meta`` (UTF-8 kept, values that JSON lacks written as strings)."""
     return json.dumps(value, ensure_ascii=False, default=str)

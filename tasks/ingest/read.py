@@ -25,7 +25,7 @@ import pyarrow.parquet as pq
 
 from storage import StorageSettings, resolve
 from tasks.core.text import has_lone_surrogate
-from tasks.ingest.fields import KNOWN_NAMES, Rejection, dumps
+from tasks.ingest.fields import KNOWN_NAMES, Rejection, check_unique_keys, dumps, loads_marking, strict_json
 
 COMPRESSION = {".gz": "gzip", ".gzip": "gzip", ".zst": "zstd", ".zstd": "zstd", ".bz2": "bz2"}
 FORMATS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".csv": "csv", ".parquet": "parquet",
@@ -95,10 +95,12 @@ class Block:
                 if not text.strip():
                     continue
                 try:
-                    yield RawRecord(i, safe_text(text), json.loads(text))
+                    yield RawRecord(i, safe_text(text), strict_json(text))
                 except json.JSONDecodeError as err:
                     yield RawRecord(i, safe_text(text), error=Rejection("malformed_json", None,
                                                                         f"column {err.colno}: {err.msg}"))
+                except Rejection as rej:
+                    yield RawRecord(i, safe_text(text), error=rej)
 
     def raw(self, index: int) -> str:
         """The source text of the block's ``index``-th row (vectorised path: valid UTF-8)."""
@@ -158,8 +160,9 @@ def iter_blocks(uri: str, settings: StorageSettings | None = None, csv_header: C
     fs, path = resolve(uri, settings)
     with fs.open(path, "rb", compression=compression) as f:
         if fmt == "parquet":
-            line = 1
-            for batch in pq.ParquetFile(f).iter_batches(batch_size=PARQUET_BATCH_ROWS):
+            line, parquet = 1, pq.ParquetFile(f)
+            _check_unique_columns(uri, "the Parquet schema", None, parquet.schema_arrow.names)
+            for batch in parquet.iter_batches(batch_size=PARQUET_BATCH_ROWS):
                 yield Block(line, table=pa.Table.from_batches([batch]))
                 line += batch.num_rows
         elif fmt == "jsonl":
@@ -167,7 +170,7 @@ def iter_blocks(uri: str, settings: StorageSettings | None = None, csv_header: C
         elif fmt == "json":
             yield from _json_blocks(uri, f.read())
         else:
-            yield from _csv_blocks(f, csv_header, KNOWN_NAMES | {n.lower() for n in header_names})
+            yield from _csv_blocks(uri, f, csv_header, KNOWN_NAMES | {n.lower() for n in header_names})
 
 
 def _jsonl_blocks(f: Any) -> Iterator[Block]:
@@ -190,15 +193,23 @@ def _json_blocks(uri: str, data: bytes) -> Iterator[Block]:
     """A JSON array, a single object (pretty-printed or not), or one object per line."""
     text = data.decode("utf-8", errors="surrogateescape").lstrip("\ufeff")
     try:
-        doc = json.loads(text)
+        doc, twice = loads_marking(text)
     except json.JSONDecodeError as err:
         stripped = text.lstrip()
         if stripped.startswith("[") or (stripped.startswith("{") and not _parses(stripped.split("\n", 1)[0])):
             raise IngestError(f"{uri}: not valid JSON at line {err.lineno} column {err.colno}: {err.msg}") from None
         yield Block(1, data=data.removeprefix(BOM))  # one object per line
         return
-    yield Block(1, records=[RawRecord(i, safe_text(dumps(item)), item)
+    yield Block(1, records=[_document_record(i, item, twice)
                             for i, item in enumerate(doc if isinstance(doc, list) else [doc], start=1)])
+
+
+def _document_record(number: int, item: Any, twice: bool) -> RawRecord:
+    """One record of a JSON document; one with a key twice is rejected (the raw text keeps the value read last)."""
+    try:
+        return RawRecord(number, safe_text(dumps(item)), check_unique_keys(item) if twice else item)
+    except Rejection as rej:
+        return RawRecord(number, safe_text(dumps(item)), error=rej)
 
 
 def _parses(text: str) -> bool:
@@ -209,20 +220,23 @@ def _parses(text: str) -> bool:
     return True
 
 
-def _csv_blocks(f: Any, header: CsvHeader, header_names: frozenset[str]) -> Iterator[Block]:
+def _csv_blocks(uri: str, f: Any, header: CsvHeader, header_names: frozenset[str]) -> Iterator[Block]:
     """CSV with no field-size limit; the first row is a header when set so, or (auto) when it names a
-    known field. Columns without a header name are ``column1``, ``column2``, ..."""
+    known field. Columns without a header name are ``column1``, ``column2``, ... A header naming a column twice
+    and a quote left open are IngestErrors naming the line: either would merge or drop values silently."""
     try:
         csv.field_size_limit(sys.maxsize)
     except OverflowError:  # a C long of 32 bits
         csv.field_size_limit(2**31 - 1)
-    reader = csv.reader(io.TextIOWrapper(f, encoding="utf-8-sig", errors="surrogateescape", newline=""))
-    rows = ((reader.line_num, row) for row in reader)
+    reader = csv.reader(io.TextIOWrapper(f, encoding="utf-8-sig", errors="surrogateescape", newline=""),
+                        strict=True)
+    rows = _csv_rows(uri, reader)
     first = next(rows, None)
     if first is None:
         return
     is_header = header if isinstance(header, bool) else any(c.strip().lower() in header_names for c in first[1])
     names = [c.strip() for c in first[1]] if is_header else []
+    _check_unique_columns(uri, "the header", first[0], names)
     records: list[RawRecord] = []
     for line, row in rows if is_header else itertools.chain([first], rows):
         if not row:
@@ -234,3 +248,29 @@ def _csv_blocks(f: Any, header: CsvHeader, header_names: frozenset[str]) -> Iter
             records = []
     if records:
         yield Block(records[0].line, records=records)
+
+
+def _check_unique_columns(uri: str, what: str, line: int | None, names: list[str]) -> None:
+    """An IngestError when ``names`` (a CSV header, a Parquet schema) has a column twice: one would be lost."""
+    if twice := [n for i, n in enumerate(names) if n in names[:i]]:
+        columns = [str(i) for i, n in enumerate(names, start=1) if n == twice[0]]
+        where = f"line {line}: " if line else ""
+        raise IngestError(f"{uri}: {where}{what} names {twice[0]!r} more than once (columns "
+                          f"{', '.join(columns)}); rename all but one, or the values of the others would be lost")
+
+
+def _csv_rows(uri: str, reader: Any) -> Iterator[tuple[int, list[str]]]:
+    """(the record's last line, its fields) of each CSV record (csv's ``strict``): a quote left open, or text
+    after a closing quote, is an IngestError naming the line where the record starts, never a merged record."""
+    start = 1
+    while True:
+        try:
+            row = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as err:
+            raise IngestError(f"{uri}: line {start}: unbalanced quote: a quoted field opened in the record at line "
+                              f"{start} does not close properly ({err}, line {reader.line_num}); close it, or write "
+                              'a quote inside a quoted field as ""') from None
+        yield reader.line_num, row
+        start = reader.line_num + 1

@@ -45,10 +45,12 @@ def equality_reason(parsed: str | None) -> str | None:
     raise ValueError(f"unknown equality verdict {parsed!r}")
 
 
-def equality_request(pack: PromptPack, parent: str, evolved: str,
-                     sampling: SamplingParams) -> tuple[Conversation, SamplingParams]:
-    """The judge's question for one evolution: the pack's messages and the sampling with the forced choice."""
-    return pack.equality_messages(parent, evolved)[0], sampling.model_copy(update={"choices": EQUALITY_CHOICES})
+def equality_request(pack: PromptPack, parent: str, evolved: str, sampling: SamplingParams,
+                     paper: bool = False) -> tuple[Conversation, SamplingParams]:
+    """The judge's question for one evolution: the pack's messages and the sampling with the forced choice; with
+    ``paper``, asked as the paper asks it: its words, and a free answer, parsed strictly by ``parse_equality``."""
+    params = sampling if paper else sampling.model_copy(update={"choices": EQUALITY_CHOICES})
+    return pack.equality_messages(parent, evolved, paper=paper)[0], params
 
 
 def equality_result(check: Completion) -> str | None:

@@ -11,19 +11,16 @@ import re
 
 from prompts import PromptPack
 from tasks.core.config import SamplingParams
-from tasks.core.text import normalize_text
+from tasks.core.elimination import VALIDITY_TEXT_RULES
+from tasks.judge.shapes import ends_a_list, has_open_fence, prose_lines, starts_with_code
 from tasks.llm.base import Completion, Conversation
 
 # Reasons of the rules over text, in the order they are checked; the LLM check's reason comes after them.
-VALIDITY_RULE_REASONS: tuple[str, ...] = (
-    "degenerate_evolution",  # no words, or a loop of repeated words or lines
-    "unfinished_evolution",  # under three words, or it breaks off mid-sentence ("... how many you can write in")
-    "scaffolding_fragment",  # leftover pieces of the prompt's headings: a lone "#", "#Label#", "Prompt#:"
-    "copies_prompt",  # copies a run of words from the evolution prompt (its rules, its worked example)
-    "answers_parent",  # an answer to the parent instead of a rewrite of it
-    "continues_parent",  # picks up where the parent stopped instead of standing alone
-    "shorter_than_parent",  # an in-depth rewrite adds to its parent: one far shorter lost the parent
-)
+# degenerate_evolution: no words, or a loop of repeated words or lines; unfinished_evolution: under three words,
+# or it breaks off mid-sentence; scaffolding_fragment: leftover pieces of the prompt's headings ("#", "#Label#");
+# copies_prompt: a run of words from the evolution prompt; answers_parent: an answer instead of a rewrite;
+# continues_parent: picks up where the parent stopped; shorter_than_parent: an in-depth rewrite far shorter.
+VALIDITY_RULE_REASONS: tuple[str, ...] = VALIDITY_TEXT_RULES
 LLM_VALIDITY_REASON = "not_an_instruction"  # the judge model says the text is not an instruction
 VALIDITY_UNPARSEABLE = "validity_unparseable"  # free text from a judge without constrained decoding, neither yes nor no
 VALIDITY_REASONS: tuple[str, ...] = VALIDITY_RULE_REASONS + (LLM_VALIDITY_REASON, VALIDITY_UNPARSEABLE)
@@ -41,22 +38,28 @@ _FRAGMENT = re.compile(
 _ANSWER_OPENERS = re.compile(
     r"""\A\W*(?:
         (?:sure|certainly|of\s+course|absolutely|okay|yes
-          | here\s+(?:is|are)|here's
-          | the\s+(?:answer|result|solution|response)\s+(?:is|are|was)
-          | as\s+an\s+ai)\b
+          | the\s+(?:answer|result|solution|response)\s+(?:is|are|was))\b
       | (?:answer|solution|response|output|result)\s*:
     )""",
     re.IGNORECASE | re.VERBOSE,
 )
-# Openers that also begin real requests ("I have this code: ... why does it fail?"): an answer only without a
-# question in the text.
-_STATEMENT_OPENERS = re.compile(r"\A\W*(?:i|i'm|i've|i'll|i\s+would|it\s+is|it's)\b", re.IGNORECASE)
+# Openers that also begin real requests ("I have this code: ... why does it fail?", "I am applying for ... Please
+# help", "Here is my code: ... Why?", "As an AI language model, can you ..."): an answer only when the text asks
+# nothing (``_REQUEST``).
+_STATEMENT_OPENERS = re.compile(r"\A\W*(?:i|i'm|i've|i'll|i\s+would|it\s+is|it's|here\s+(?:is|are)|here's"
+                                r"|as\s+an\s+ai)\b", re.IGNORECASE)
+# What makes a text a request: a question, "please", "help me", "teach me", "can you", "I need", "I want".
+_REQUEST = re.compile(r"\?|\bplease\b|\b(?:help|teach|tell|show|give)\s+me\b|\b(?:can|could|would|will)\s+you\b"
+                      r"|\bi\s+(?:need|want)\b|\bassist\b", re.IGNORECASE)
+# A phrase loop on a line: a run of 2 to 4 words, the first with a letter, said three times back to back.
+_PHRASE_LOOP = re.compile(r"\b((?=[^\W\d_])(?:\w+\W+){2,4}?)(?:\1){2,}", re.IGNORECASE)
 # Words a finished sentence does not end with; a text ending in one (no closing mark) was cut off.
 _DANGLING = frozenset(
     "a an the to of in on at for from with by into about as and or but nor if than that which who whose "
     "your my our their its this these those is are was were be make".split()
 )
 MIN_WORDS = 3
+_CODE_START = re.compile(r"\A[A-Za-z_][\w.]*\s*[(=\[]")  # "f(x) = ...", "x = 3", "np.array([...])"
 _CONTINUATION_OPENERS = re.compile(r"\A(?:[,;:)\]}]|\.\.\.|(?:and|or|but|so|then|because)\b)", re.IGNORECASE)
 
 
@@ -66,23 +69,26 @@ def words(text: str) -> list[str]:
 
 
 def is_degenerate(text: str) -> bool:
-    """No word with a letter, or a loop: one word over half of 12+ words, or a line repeated three times."""
-    tokens = [w.lower() for w in words(text)]
-    if not any(any(ch.isalpha() for ch in w) for w in tokens):
+    """No word with a letter, or a loop in the prose (``prose_lines``: code, tables, markup and fenced blocks
+    repeat their lines by nature): one word over half of 12+ words, a line repeated three times (list markers
+    ignored), or a phrase of 2 to 4 words said three times in a row."""
+    if not any(any(ch.isalpha() for ch in w) for w in words(text)):
         return True
+    lines = prose_lines(text)
+    tokens = [w.lower() for line in lines for w in words(line)]
     if len(tokens) >= 12 and max(tokens.count(w) for w in set(tokens)) > len(tokens) / 2:
         return True
-    lines = [normalize_text(line) for line in text.splitlines() if line.strip()]
-    return any(lines.count(line) >= 3 for line in set(lines))
+    return any(lines.count(line) >= 3 for line in set(lines)) or any(_PHRASE_LOOP.search(line) for line in lines)
 
 
 def is_unfinished(text: str) -> bool:
-    """Under ``MIN_WORDS`` words, or the last line breaks off on a word no sentence ends with ("the", "in")."""
+    """Under ``MIN_WORDS`` words, a fenced block that never closes, or the last line breaks off on a word no sentence
+    ends with ("the", "in"), unless it is a list's last item or option ("D) None of these")."""
     tokens = words(text)
-    if len(tokens) < MIN_WORDS:
+    if len(tokens) < MIN_WORDS or has_open_fence(text):
         return True
     tail = text.rstrip()
-    return tail[-1:].isalpha() and tokens[-1].lower() in _DANGLING
+    return tail[-1:].isalpha() and tokens[-1].lower() in _DANGLING and not ends_a_list(text)
 
 
 def has_scaffolding_fragment(text: str) -> bool:
@@ -91,22 +97,27 @@ def has_scaffolding_fragment(text: str) -> bool:
 
 
 def answers_parent(text: str) -> bool:
-    """The text opens the way answers do ("Sure", "Here is", "The answer is"), or as a statement ("It's 37 times
-    24.", "I would ...") and asks nothing."""
+    """The text opens the way answers do ("Sure", "The answer is"), or as a statement ("It's 37 times 24.",
+    "I would ...", "Here is ...", "As an AI ...") and asks nothing: a first-person request ("I am applying for
+    ... Please help") is not an answer."""
     stripped = text.strip()
-    if _ANSWER_OPENERS.match(stripped):
+    # A text that opens with code opens where its prose does ("```python ...``` Here's how you can ...").
+    lead = stripped if not starts_with_code(stripped) else next(iter(prose_lines(stripped)), "")
+    if _ANSWER_OPENERS.match(lead):
         return True
-    return _STATEMENT_OPENERS.match(stripped) is not None and "?" not in stripped
+    return _STATEMENT_OPENERS.match(lead) is not None and _REQUEST.search(stripped) is None
 
 
-def continues_parent(text: str, parent: str) -> bool:
-    """The text picks up mid-sentence: it opens with a joining word or mark, or in lower case after a parent
-    that does not."""
+def continues_parent(text: str, parent: str, kind: str = "in_depth") -> bool:
+    """The text picks up mid-sentence: it opens with a joining word or mark, or, for an in-depth rewrite, in lower
+    case after a parent that does not (a formula or a call such as "f(x) = ..." is not prose)."""
     stripped = text.strip()
     if not stripped:
         return False
     if _CONTINUATION_OPENERS.match(stripped):
         return True
+    if kind != "in_depth" or _CODE_START.match(stripped):
+        return False
     first, parent_first = stripped[0], parent.strip()[:1]
     return first.isalpha() and first.islower() and not (parent_first.isalpha() and parent_first.islower())
 
@@ -133,29 +144,25 @@ def copies_prompt(text: str, prompt: str, parent: str, window: int = COPY_WINDOW
 
 
 def validity_rule_reason(instruction: str, parent: str, kind: str, shorter_ratio: float,
-                         prompt: str = "", broke_off: bool = False) -> str | None:
-    """The first rule of ``VALIDITY_RULE_REASONS`` the evolution breaks, or None.
+                         prompt: str = "", broke_off: bool = False,
+                         enabled: frozenset[str] = frozenset(VALIDITY_RULE_REASONS)) -> str | None:
+    """The first rule of ``VALIDITY_RULE_REASONS`` in ``enabled`` that the evolution breaks, or None.
 
     ``kind`` is the operation's kind: only an in-depth rewrite must keep its parent's length. ``prompt`` is the
     evolution prompt the model was given (its text, the parent included). ``broke_off``: a stop string (the
     engine's, or an output label's after generation) ended the rewrite mid-sentence (``tasks.clean.breaks_off``),
     which makes it unfinished.
     """
-    if is_degenerate(instruction):
-        return "degenerate_evolution"
-    if broke_off or is_unfinished(instruction):
-        return "unfinished_evolution"
-    if has_scaffolding_fragment(instruction):
-        return "scaffolding_fragment"
-    if prompt and copies_prompt(instruction, prompt, parent):
-        return "copies_prompt"
-    if answers_parent(instruction):
-        return "answers_parent"
-    if continues_parent(instruction, parent):
-        return "continues_parent"
-    if kind == "in_depth" and is_far_shorter(instruction, parent, shorter_ratio):
-        return "shorter_than_parent"
-    return None
+    checks = {
+        "degenerate_evolution": lambda: is_degenerate(instruction),
+        "unfinished_evolution": lambda: broke_off or is_unfinished(instruction),
+        "scaffolding_fragment": lambda: has_scaffolding_fragment(instruction),
+        "copies_prompt": lambda: bool(prompt) and copies_prompt(instruction, prompt, parent),
+        "answers_parent": lambda: answers_parent(instruction),
+        "continues_parent": lambda: continues_parent(instruction, parent, kind),
+        "shorter_than_parent": lambda: kind == "in_depth" and is_far_shorter(instruction, parent, shorter_ratio),
+    }
+    return next((name for name in VALIDITY_RULE_REASONS if name in enabled and checks[name]()), None)
 
 
 def llm_validity_reason(verdict: str | None) -> str | None:

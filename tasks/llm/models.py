@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from storage.redact import secret_name
 from storage.shards import file_sha256
 
 logger = logging.getLogger(__name__)
@@ -190,8 +191,10 @@ def _folder_identity(folder: Path) -> str:
 
 def model_identity(backend: str, name: str, engine_args: dict, models_dir: str | Path) -> dict[str, object]:
     """What decides a model's outputs: a local folder's files (names, sizes, SHA-256), or a hub id with its
-    revision, or a served model's name; plus the engine arguments that change generation."""
-    generation_args = {k: v for k, v in sorted(engine_args.items()) if k not in PERFORMANCE_ENGINE_ARGS}
+    revision, or a served model's name; plus the engine arguments that change generation (not a token or a key:
+    it changes no output, and the identity goes into stage keys and Prefect's parameters)."""
+    generation_args = {k: v for k, v in sorted(engine_args.items())
+                       if k not in PERFORMANCE_ENGINE_ARGS and not secret_name(k)}
     if backend == "vllm":
         resolved = resolve_model(name, models_dir)
         folder = Path(resolved)

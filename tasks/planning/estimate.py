@@ -20,6 +20,7 @@ from storage import RunLayout, ShardRef, duck_connect, list_committed_shards, re
 from storage.schema import records_table
 from tasks.core.config import EnvSettings, LLMConfig, RunConfig
 from tasks.core.context import RunContext
+from tasks.core.elimination import EQUALITY_RULE, VALIDITY_JUDGE_RULE
 from tasks.core.summaries import Estimate, RoundEstimate
 from tasks.evolve.operations import evolve_prompts
 
@@ -91,7 +92,8 @@ def token_counter(llm: LLMConfig, models_dir: str) -> WordCounter:
 
 def cap_figures(config: RunConfig) -> Figures:
     """Every call writes its ``max_tokens`` and every row reaches every enabled call: an upper bound."""
-    checks = {"validity": config.elimination.validity_check, "equality": config.elimination.equality_check}
+    rules = config.elimination.enabled_rules()
+    checks = {"validity": VALIDITY_JUDGE_RULE in rules, "equality": EQUALITY_RULE in rules}
     return Figures(source="sampling max_tokens, every row reaching every call (an upper bound)",
                    per_row={kind: float(checks.get(kind, True)) for kind in CALLS},
                    completion={kind: getattr(config.sampling, kind).max_tokens for kind in CALLS})

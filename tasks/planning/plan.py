@@ -75,10 +75,10 @@ class PlanSteps:
 
     def round(self, k: int, pool: list[ShardRef], references: list[ShardRef], expected: int) -> RoundSummary | None:
         ctx, name, marker = self.ctx, f"round={k}", ROUND.marker(self.ctx.layout, k)
-        markers = [] if ctx.forced(name) else [committed_marker(EVOLVE_SHARD.marker(ctx.layout, k, i),
-                                                                ctx.evolve_shard_key(ref.sha256, k))
-                                               for i, ref in enumerate(pool)]
-        done = [ShardRef.of(m) for m in markers if m is not None]
+        uris = [EVOLVE_SHARD.marker(ctx.layout, k, i) for i in range(len(pool))]
+        markers = [] if ctx.forced(name) else [
+            committed_marker(uri, ctx.evolve_shard_key(ref.sha256, k)) for uri, ref in zip(uris, pool, strict=True)]
+        done = [ShardRef.of(m, uri) for m, uri in zip(markers, uris, strict=False) if m is not None]
         summary = None if ctx.forced(name) or len(done) < len(pool) else \
             ROUND.done(marker, round_key(done, pool, references))
         self.note(f"round {k}", summary, _why(ctx, name, marker), len(pool), len(done))
@@ -108,7 +108,8 @@ class PlanSteps:
         if self.estimate is None:
             self.note("export", None, "the card gets a new estimate")
             return None
-        card = dataset_card(ctx.config, data_key, ctx.template_shas, rounds, mix, self.estimate, lengths)
+        card = dataset_card(ctx.config, data_key, ctx.template_shas, rounds, mix, self.estimate, lengths,
+                            self.seeds.source)
         summary = None if ctx.forced("export") else EXPORT.done(marker, export_key(mix, card.encode()))
         self.note("export", summary, _why(ctx, "export", marker))
         return summary

@@ -15,6 +15,7 @@ from typing import Any
 
 from prompts import PromptPack, PromptPackError, PromptRenderError, load_pack
 from storage import StorageSettings, join_uri, resolve
+from storage.errors import StorageUnreachable, check_reachable
 from tasks.core.config import EnvSettings, RunConfig
 from tasks.evolve.operations import resolve_weights
 from tasks.ingest.fields import field_map_problems
@@ -56,6 +57,11 @@ def validate_run(config: RunConfig, config_file: str, settings: StorageSettings 
         except errors as err:
             problems.append(Problem(config_file, key, _one_line(err)))
 
+    for key, uri in (("seeds", config.seeds), ("output_root", config.output_root)):
+        try:  # storage that does not answer is the one problem worth saying: every other check would wait on it
+            check_reachable(uri, settings)
+        except StorageUnreachable as err:
+            return [Problem(config_file, key, str(err))]
     pack = check("prompt_pack", lambda: load_pack(config.prompt_pack), PromptPackError)
     if pack is not None:
         check("operation_weights", lambda: resolve_weights(pack, config.operation_weights), ValueError)
@@ -65,8 +71,10 @@ def validate_run(config: RunConfig, config_file: str, settings: StorageSettings 
     if (what := _model_problem(config, env)) is not None:
         problems.append(Problem(config_file, "llm.model", what))
     check("seeds", lambda: check_source(config.seeds, settings), IngestError)
-    if config.field_map and not problems:
-        unmatched, fields = find_unmatched_paths(config.seeds, config.field_map, settings, config.ingest.csv_header)
+    if config.field_map and not problems:  # a seed file that can't be read (an unbalanced CSV quote): its line
+        unmatched, fields = check("seeds", lambda: find_unmatched_paths(config.seeds, config.field_map, settings,
+                                                                        config.ingest.csv_header), IngestError) \
+            or ([], [])
         for target, path in config.field_map.items():
             if path in unmatched:
                 problems.append(Problem(config_file, f"field_map.{target}", f"no record of {config.seeds} has "
@@ -144,7 +152,11 @@ def _in_hf_cache(name: str) -> bool:
 
 
 def _check_writable(config: RunConfig, config_file: str, settings: StorageSettings) -> list[Problem]:
-    """One small write (and its removal) under the output root."""
+    """One small write (and its removal) under the output root, which must outlive this process."""
+    if config.output_root.startswith("memory://"):
+        return [Problem(config_file, "output_root", f"{config.output_root}: memory:// lives only as long as this "
+                        "process, so every output would vanish when it exits; give a local folder or s3:// "
+                        "(memory:// is for tests that call the flow in their own process)")]
     probe = join_uri(config.output_root, f".evol-write-check-{uuid.uuid4().hex[:12]}")
     try:
         fs, path = resolve(probe, settings)

@@ -139,6 +139,17 @@ def low_evolution_warning(summary: RoundSummary, min_share: float) -> str | None
             "Check the model, the prompt pack and the elimination settings")
 
 
+def empty_export_warning(rows: int, rounds: int, include_seeds: bool) -> str | None:
+    """A warning when the export holds no row (None when it holds some)."""
+    if rows:
+        return None
+    if rounds == 0 and not include_seeds:
+        return ("the export holds 0 rows: rounds: 0 with mix.include_seeds: false leaves nothing to export; "
+                "set rounds above 0 or mix.include_seeds: true")
+    return ("the export holds 0 rows: no row survived the rounds and the mix"
+            + ("" if include_seeds else " (mix.include_seeds is false)") + "; check the rejections in the card")
+
+
 def run_name_of(parameters: dict[str, Any]) -> str:
     """The run's name from a flow run's parameters (the config as a RunConfig or as its dict)."""
     from tasks.core.config import RunConfig

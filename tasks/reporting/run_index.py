@@ -1,22 +1,28 @@
 """The runs under an output root, read from their folders alone: the lease says whether one runs now or
-died, the stage markers how far it got (``evol runs``); the dataset card is what ``evol show`` prints."""
+died, ``_attempt.json`` how the last attempt ended, the stage markers how far it got (``evol runs``); the dataset
+card is what ``evol show`` prints."""
 
 from __future__ import annotations
 
 import json
-from datetime import UTC
+from datetime import UTC, datetime
 from typing import Any
 
 from pydantic import BaseModel
 
 from storage import RunLayout, StorageSettings, resolve
+from storage.layout import round_index
 from storage.lease import LEASE_NAME, is_stale
+from storage.shards import write_file_atomic
 from storage.uri import join_uri
+
+ATTEMPT_NAME = "_attempt.json"
 
 
 class RunInfo(BaseModel):
-    """One run folder: ``status`` is running, crashed (its process died holding the folder), done (exported)
-    or stopped (interrupted, cancelled or failed before its export)."""
+    """One run folder: ``status`` is running, crashed (its process died holding the folder), done (its last
+    attempt exported), failed (its last attempt raised ``error``; an export there is an earlier attempt's) or
+    stopped (interrupted or cancelled before its export)."""
 
     name: str
     uri: str
@@ -25,6 +31,17 @@ class RunInfo(BaseModel):
     rounds: int | None
     rows: int | None
     started: str | None
+    error: str | None = None  # the last attempt's error, when it failed
+
+
+def record_attempt(run_uri: str, outcome: str, error: BaseException | None = None,
+                   settings: StorageSettings | None = None) -> None:
+    """Write how this attempt stands (``running``, ``done``, ``failed`` with the error's first line) to the run
+    folder's ``_attempt.json``: a run whose last attempt failed is not listed as done with an older export."""
+    record = {"outcome": outcome, "at": datetime.now(UTC).isoformat(timespec="seconds")}
+    if error is not None:
+        record["error"] = f"{type(error).__name__}: " + ((str(error).strip().splitlines() or [""])[0][:300])
+    write_file_atomic(join_uri(run_uri, ATTEMPT_NAME), json.dumps(record).encode(), settings)
 
 
 def _json(fs: Any, path: str) -> dict[str, Any] | None:
@@ -40,21 +57,27 @@ def run_info(run_uri: str, settings: StorageSettings | None = None) -> RunInfo |
     config = _json(fs, f"{path}/config.json")
     if config is None:
         return None
-    lease = _json(fs, f"{path}/{LEASE_NAME}")
+    lease, attempt = _json(fs, f"{path}/{LEASE_NAME}"), _json(fs, f"{path}/{ATTEMPT_NAME}")
     layout = RunLayout(*run_uri.rstrip("/").rsplit("/", 1))
     export, mix = (_json(fs, resolve(uri, settings)[1]) for uri in (layout.export_marker(), layout.mix_marker()))
-    rounds_done = sum(1 for p in fs.glob(resolve(layout.round_marker("*"), settings)[1])
-                      if not p.rstrip("/").split("/")[-2].endswith("=0"))
+    rounds = config.get("rounds")
+    done = [round_index(p.rstrip("/").rsplit("/", 1)[0]) for p in fs.glob(resolve(layout.round_marker("*"),
+                                                                                   settings)[1])]
+    rounds_done = sum(1 for k in done if k and (rounds is None or k <= rounds))  # a folder beyond: not this run's
     if lease is not None:
         status = "crashed" if is_stale(lease) else "running"
         started = lease.get("started")
     else:
-        status = "done" if export is not None else "stopped"
+        outcome = (attempt or {}).get("outcome", "done")  # a folder without _attempt.json: its export says
+        status = outcome if outcome == "failed" else "done" if export is not None and outcome == "done" \
+            else "stopped"
         started = fs.modified(f"{path}/config.json").astimezone(UTC).isoformat(timespec="seconds")
-    rows = export["summary"]["rows"] if export else (mix["summary"]["final"] if mix else None)
+    rows = None if status == "failed" else export["summary"]["rows"] if export else \
+        (mix["summary"]["final"] if mix else None)
     return RunInfo(name=run_uri.rstrip("/").rsplit("/", 1)[-1], uri=run_uri, status=status,
-                   rounds_done=rounds_done, rounds=config.get("rounds"), rows=rows,
-                   started=started[:19].replace("T", " ") if started else None)
+                   rounds_done=rounds_done, rounds=rounds, rows=rows,
+                   started=started[:19].replace("T", " ") if started else None,
+                   error=(attempt or {}).get("error") if status == "failed" else None)
 
 
 def list_runs(output_root: str, settings: StorageSettings | None = None) -> list[RunInfo]:

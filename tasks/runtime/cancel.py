@@ -22,6 +22,7 @@ from prefect.client.orchestration import SyncPrefectClient
 from prefect.client.schemas.objects import StateType
 from prefect.states import Cancelled
 
+from tasks.core.runlog import finish_active_logs
 from tasks.runtime.recovery import UNFINISHED, flow_run_tree, unfinished_task_runs
 
 CANCEL_MESSAGE = "cancelled through the Prefect API; committed shards are kept and a rerun resumes from them"
@@ -55,6 +56,7 @@ def cancel_and_exit(client: SyncPrefectClient, flow_run_id: UUID, release: Calla
                      start_new_session=True, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
     print(f"run cancelled through the Prefect API (flow run {flow_run_id}, {changed} run(s) marked Cancelled); "
           "committed shards are kept, a rerun resumes from them", file=sys.stderr, flush=True)
+    finish_active_logs()
     os._exit(EXIT_CANCELLED)  # the shard threads hold no state worth waiting for: commits are atomic
 
 

@@ -26,6 +26,8 @@ from prefect.exceptions import ObjectNotFound
 from prefect.states import Crashed
 from pydantic import BaseModel
 
+from storage.redact import redact
+
 UNFINISHED = [StateType.RUNNING, StateType.PENDING, StateType.SCHEDULED, StateType.PAUSED, StateType.CANCELLING]
 
 
@@ -75,7 +77,7 @@ def crash_dead_flow_run(client: SyncPrefectClient, lease: dict[str, Any], api_ur
     flow_run_id = lease.get("flow_run_id")
     if not flow_run_id:
         return CrashReport(flow_run_id=flow_run_id, note="the dead run recorded no flow run")
-    if lease.get("prefect_api") and api_url and lease["prefect_api"].rstrip("/") != api_url.rstrip("/"):
+    if lease.get("prefect_api") and api_url and lease["prefect_api"].rstrip("/") != redact(api_url).rstrip("/"):
         return CrashReport(flow_run_id=flow_run_id,
                            note=f"flow run {flow_run_id} ran on another Prefect API ({lease['prefect_api']})")
     try:

@@ -73,7 +73,7 @@ def worker_plan(scheduler: str, name: str | None = None, cpus: str | None = None
 def warm_engine(config_path: str) -> list[str]:
     """Build the stage backends of the run config at ``config_path`` and start their engines (vLLM) in this process;
     a later shard of a run with the same settings finds them built. Returns the engines started."""
-    from tasks.core.config import load_run_config
+    from tasks.core.config_file import load_run_config
     from tasks.core.context import EvolveSpec
     from tasks.evolve.shard import stage_runtime
 

@@ -52,7 +52,7 @@ def score_shard(inputs: list[ShardRef], scores_uri: str, spec: ScoreSpec, backen
     table = records_table(score_rows(rows, pack, backend, spec.score), SCORE_SCHEMA)
     marker = write_shard(scores_uri, table, schema=SCORE_SCHEMA, settings=settings, key=key)
     seconds = round(time.perf_counter() - started, 3)
-    return ScoreShardSummary(seconds=seconds, **score_counts(ShardRef.of(marker), table))
+    return ScoreShardSummary(seconds=seconds, **score_counts(ShardRef.of(marker, scores_uri), table))
 
 
 _RUNTIMES: dict[str, tuple[PromptPack, LLMBackend]] = {}

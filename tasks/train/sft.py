@@ -17,6 +17,7 @@ from pydantic import Field
 from storage import StorageSettings, join_uri, resolve
 from storage.shards import write_file_atomic
 from tasks.core.config import EnvSettings, StrictModel, validated
+from tasks.core.config_file import DuplicateKeyError, load_yaml
 from tasks.core.summaries import LossPoint, TrainResult
 from tasks.core.text import md_table
 from tasks.llm.models import resolve_model
@@ -79,10 +80,12 @@ def load_recipe(recipe: str) -> TrainRecipe:
     """Load and validate a recipe by name or path; errors name the file and each bad key."""
     path = recipe_path(recipe)
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = load_yaml(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         known = sorted(p.stem for p in RECIPES_DIR.glob("*.yaml"))
         raise RecipeError(f"recipe not found: {path} (known names: {', '.join(known)})") from None
+    except DuplicateKeyError as err:
+        raise RecipeError(f"{path}: {err}") from None
     except yaml.YAMLError as err:
         raise RecipeError(f"invalid YAML in {path}: {err}") from None
     spec = validated(TrainRecipe, data, str(path), RecipeError)
