@@ -213,6 +213,28 @@ def show_command(
 
 
 @app.command()
+def push(
+    run_name: str = typer.Argument(..., help="A run's name under --output-root, or the run folder's URI"),
+    repo_id: str = typer.Argument(..., help="The Hugging Face dataset repo: user/name or org/name"),
+    output_root: str = typer.Option("runs", "--output-root", help="Where runs are written"),
+    private: bool = typer.Option(False, "--private", help="Create the repo private (when it does not exist yet)"),
+    endpoint: str | None = typer.Option(None, "--endpoint", help="Hub endpoint (default: HF_ENDPOINT, else the Hub)"),
+    message: str | None = typer.Option(None, "--message", "-m", help="Commit message"),
+) -> None:
+    """Upload a run's export (data files, dataset card, plots) to a Hugging Face dataset repo, creating it if needed.
+    The token is huggingface_hub's: HF_TOKEN, or `hf auth login`."""
+    from storage.uri import join_uri
+    from tasks.export.push import push_export
+
+    uri = run_name if ("/" in run_name or "://" in run_name) else join_uri(output_root, run_name)
+    try:
+        pushed = push_export(uri, repo_id, private=private, endpoint=endpoint, message=message)
+    except OSError as err:  # the hub's HTTP errors are OSErrors too
+        fail(str(err))
+    console.print(f"pushed {len(pushed.files)} files to {pushed.repo_url}: {pushed.commit_url}")
+
+
+@app.command()
 def deploy(
     project_dir: Path = typer.Option(Path("."), "--project-dir", help="Folder holding prefect.yaml"),
     config_uri: str | None = typer.Option(None, "--config-uri",

@@ -240,7 +240,8 @@ class RunSteps:
     def mix(self, inputs: list[ShardRef], data_key: str, expected: int) -> MixSummary:
         _check_chain("mix", expected, inputs)
         ctx = self.ctx
-        return mix_final_task.submit(ctx.layout, ctx.config, inputs, data_key, ctx.forced("mix")).result()
+        return mix_final_task.submit(ctx.layout, ctx.config, inputs, data_key, ctx.forced("mix"),
+                                     ctx.benchmark_shas).result()
 
     def export(self, data_key: str, rounds: list[RoundSummary], mix: MixSummary,
                lengths: dict[str, float]) -> ExportSummary:

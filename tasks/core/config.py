@@ -10,7 +10,6 @@ from typing import Any, Literal, TypeVar
 
 from pydantic import (
     BaseModel,
-    ConfigDict,
     Field,
     SecretStr,
     SerializerFunctionWrapHandler,
@@ -23,15 +22,11 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from storage import StorageSettings
 from storage.redact import redact, redact_text, remember_secrets, remember_url_credentials, url_has_credentials
+from tasks.core.config_base import StrictModel
+from tasks.core.data_config import DecontamConfig, ExportConfig
 from tasks.core.elimination import EliminationConfig
 
 ModelT = TypeVar("ModelT", bound=BaseModel)
-
-
-class StrictModel(BaseModel):
-    """A frozen model whose unknown keys are errors (configs, recipes)."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
 
 
 class RedactedModel(StrictModel):
@@ -164,6 +159,7 @@ class MixConfig(StrictModel):
 
     include_seeds: bool = True
     sample_size: int | None = Field(None, ge=1)
+    decontaminate: DecontamConfig | None = None  # benchmark files whose items the final rows must not overlap
 
 
 class OrchestrationConfig(StrictModel):
@@ -226,6 +222,7 @@ class RunConfig(RedactedModel):
     elimination: EliminationConfig = EliminationConfig()
     dedup: DedupConfig = DedupConfig()
     mix: MixConfig = MixConfig()
+    export: ExportConfig = ExportConfig()
     orchestration: OrchestrationConfig = OrchestrationConfig()
     train: TrainConfig | None = None
 

@@ -18,6 +18,7 @@ from pydantic import BaseModel
 
 from storage import StorageSettings, resolve
 from tasks.core.config import ConfigError, EnvSettings, RunConfig, parse_run_config
+from tasks.core.data_config import benchmark_paths
 
 
 class DuplicateKeyError(yaml.YAMLError):
@@ -133,9 +134,13 @@ def load_run_config_uri(uri: str, overrides: dict[str, Any] | None = None,
     if isinstance(data, dict):
         data = apply_sets({**data, **(overrides or {})}, sets)
         protocol, _, path = uri.partition("://")
-        for key in ("seeds", "output_root"):
-            value = data.get(key)
+        def located(value: Any) -> Any:
             if isinstance(value, str) and "://" not in value and not value.startswith("/"):
-                data[key] = (str((Path(source).parent / value).resolve()) if local else
-                             f"{protocol}://" + posixpath.normpath(posixpath.join(posixpath.dirname(path), value)))
+                return (str((Path(source).parent / value).resolve()) if local else
+                        f"{protocol}://" + posixpath.normpath(posixpath.join(posixpath.dirname(path), value)))
+            return value
+
+        data = {k: located(v) if k in ("seeds", "output_root") else v for k, v in data.items()}
+        if "mix" in data:  # the benchmark files of mix.decontaminate
+            data["mix"] = benchmark_paths(data["mix"], located)
     return parse_run_config(data, source)

@@ -8,7 +8,8 @@ those changed (and everything downstream, through the shas of its outputs):
 - an evolve shard: its pool shard's sha, the round, the templates, the model, sampling, elimination,
   operation weights and the run seed;
 - finishing a round: its candidate shards and the shards its dedup compares against;
-- mix: the seeds' and every round's evolved shards, dedup and mix settings, the run seed;
+- mix: the seeds' and every round's evolved shards, dedup and mix settings, the run seed, the benchmark files'
+  bytes (``mix.decontaminate``);
 - export: the final shard and what the dataset card shows.
 """
 
@@ -83,6 +84,7 @@ class RunContext(BaseModel):
     evolve: EvolveSpec
     ingest_key: str
     evolve_key: str
+    benchmark_shas: tuple[str, ...] = ()  # SHA-256 of each ``mix.decontaminate`` file when the run started
     recompute: tuple[str, ...] = ()
 
     def forced(self, stage: str) -> bool:
@@ -94,8 +96,10 @@ class RunContext(BaseModel):
 
     def mix_key(self, input_shas: list[str]) -> str:
         c = self.config
-        return stage_key("mix", input_shas, c.dedup.model_dump(mode="json"), c.mix.model_dump(mode="json"),
-                           c.random_seed, c.rounds)
+        # without decontamination the key is what it was before the option existed: earlier mixes are reused
+        mix = c.mix.model_dump(mode="json", exclude=None if c.mix.decontaminate else {"decontaminate"})
+        return stage_key("mix", input_shas, c.dedup.model_dump(mode="json"), mix, c.random_seed, c.rounds,
+                         *([self.benchmark_shas] if self.benchmark_shas else []))
 
 
 def seeds_content_sha(uri: str, settings: StorageSettings | None = None) -> str:

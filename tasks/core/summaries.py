@@ -81,6 +81,8 @@ class MixSummary(Summary):
     near_duplicates: int
     sampled_out: int
     final: int
+    contaminated: int = 0  # overlapping a benchmark item (mix.decontaminate)
+    contaminated_by: dict[str, int] = {}  # by benchmark file
     by_round: dict[str, int]
     by_operation: dict[str, int]
     final_uri: str

@@ -1,5 +1,6 @@
-"""The dataset card (``export/README.md``): counts per round and operation, rejections, instruction lengths, the
-plots, the estimate beside the actual tokens, config, model, prompts. No wall-clock figures."""
+"""The dataset card (``export/README.md``): the Hugging Face metadata header, counts per round and operation,
+rejections, instruction lengths, the plots, how the final rows were chosen, the estimate beside the actual tokens,
+config, model, prompts. No wall-clock figures."""
 
 from __future__ import annotations
 
@@ -16,6 +17,39 @@ from tasks.export.plots import PLOTS
 
 # Settings that do not shape the data: kept out of the card, so changing them leaves the exports as they are.
 CARD_EXCLUDES = {"orchestration", "train", "output_root"}
+# The exported data file the card's `configs` name, the one the hub's loader reads as the dataset (it reads every
+# config of a folder with one builder, so the chat copy, messages.jsonl, can't be a config of its own): config -> file
+DATA_FILES = {"default": "data.parquet"}
+SIZE_CATEGORIES = [(1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"), (1_000_000, "100K<n<1M"),
+                   (10_000_000, "1M<n<10M"), (100_000_000, "10M<n<100M")]
+
+
+def hub_metadata(config: RunConfig, rows: int) -> list[str]:
+    """The card's opening lines: the Hugging Face YAML metadata header (license, language, task categories, size
+    category, tags, and ``configs`` naming the data files, so ``datasets.load_dataset`` on the folder reads them)."""
+    size = next((label for limit, label in SIZE_CATEGORIES if rows < limit), "n>100M")
+    configs = [{"config_name": name, **({"default": True} if name == "default" else {}),
+                "data_files": [{"split": "train", "path": path}]} for name, path in DATA_FILES.items()]
+    meta = {"license": config.export.license, "language": list(config.export.language),
+            "task_categories": list(config.export.task_categories), "size_categories": [size],
+            "tags": list(config.export.tags), "configs": configs}
+    return ["---", yaml.safe_dump(meta, sort_keys=False, allow_unicode=True).rstrip(), "---", ""]
+
+
+def selection_lines(config: RunConfig, mix: MixSummary) -> list[str]:
+    """The card's section on how the final rows were chosen: near dedup, decontamination, sampling."""
+    dedup, decontam = config.dedup, config.mix.decontaminate
+    lines = ["## Selection", "",
+             f"- near dedup: MinHash ({dedup.num_perm} permutations, byte {dedup.shingle_size}-grams), Jaccard >= "
+             f"{dedup.jaccard_threshold:g}" if dedup.near else "- near dedup: off",
+             f"- sample: {config.mix.sample_size} rows at random" if config.mix.sample_size else "- sample: all rows"]
+    if decontam is None:
+        return [*lines, "- decontamination: none", ""]
+    lines += [f"- decontamination: rows sharing a {decontam.n}-word gram with a benchmark item are dropped "
+              "(`contaminated`)", ""]
+    return lines + md_table(["benchmark file", "field", "rows dropped"],
+                            [[f"`{f.path}`", f"`{f.field}`", mix.contaminated_by.get(f.path, 0)]
+                             for f in decontam.files]) + [""]
 
 
 def _model_lines(config: RunConfig) -> list[str]:
@@ -46,7 +80,7 @@ def dataset_card(config: RunConfig, data_key: str, template_shas: dict[str, str]
     source = seeds_source or config.seeds
     moved = [f"- seeds: read from `{source}` (every row's `meta.source`); the config now names `{config.seeds}`, "
              "the same content"] if source != config.seeds else [f"- seeds: `{source}`"]
-    lines = [f"# Evol-Instruct data: {config.name or data_key}", "",
+    lines = [*hub_metadata(config, mix.final), f"# Evol-Instruct data: {config.name or data_key}", "",
              f"- data key: `{data_key}`", *_model_lines(config), f"- prompt pack: `{config.prompt_pack}`",
              *moved, _elimination_line(config), f"- rows: {mix.final}", "", "## Rounds", ""]
     lines += md_table(["round", "pool in", "evolved", "carried", "prompt tokens", "completion tokens"],
@@ -61,8 +95,9 @@ def dataset_card(config: RunConfig, data_key: str, template_shas: dict[str, str]
     lines += md_table(["instructions", "mean length (words)"], [[k, f"{v:g}"] for k, v in (lengths or {}).items()])
     lines += ["", "## Final data", "", *md_table(["round", "rows"], mix.by_round.items())]
     lines += ["", *md_table(["operation", "rows"], mix.by_operation.items())]
-    lines += ["", f"Dropped while mixing: {mix.no_response} without a response, "
+    lines += ["", f"Dropped while mixing: {mix.no_response} without a response, {mix.contaminated} contaminated, "
               f"{mix.near_duplicates} near duplicates, {mix.sampled_out} sampled out.", ""]
+    lines += selection_lines(config, mix)
     lines += estimate_markdown(estimate, rounds) if estimate is not None else []
     lines += ["## Prompt templates", "",
               *md_table(["template", "sha"], [[k, f"`{v}`"] for k, v in sorted(template_shas.items())])]

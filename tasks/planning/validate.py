@@ -21,6 +21,7 @@ from tasks.evolve.operations import resolve_weights
 from tasks.ingest.fields import field_map_problems
 from tasks.ingest.read import check_source
 from tasks.ingest.seeds import IngestError, find_unmatched_paths
+from tasks.mix.benchmarks import BenchmarkError, read_benchmark
 
 SAMPLE = {"instruction": "Name three primary colours.", "input": "Answer in one line.",
           "first": "Name three primary colours.", "second": "List the three primary colours in one line."}
@@ -79,6 +80,8 @@ def validate_run(config: RunConfig, config_file: str, settings: StorageSettings 
             if path in unmatched:
                 problems.append(Problem(config_file, f"field_map.{target}", f"no record of {config.seeds} has "
                                         f"'{path}'; fields found: {', '.join(fields[:30]) or '(none)'}"))
+    for i, spec in enumerate(config.mix.decontaminate.files if config.mix.decontaminate else ()):
+        check(f"mix.decontaminate.files.{i}", lambda spec=spec: read_benchmark(spec, settings), BenchmarkError)
     if config.train is not None:
         from tasks.train.sft import RecipeError, load_recipe
 

@@ -16,6 +16,7 @@ from tasks.core.context import (
     seeds_content_sha,
     stage_key,
 )
+from tasks.mix.benchmarks import read_benchmarks
 
 
 def build_context(config: RunConfig, recompute: tuple[str, ...] = (), env: EnvSettings | None = None,
@@ -35,8 +36,11 @@ def build_context(config: RunConfig, recompute: tuple[str, ...] = (), env: EnvSe
     evolve = EvolveSpec.of(config).model_copy(update={"template_shas": template_shas})
     # the model enters the key through its identity; the rest of `llm` (per-stage overrides) through `model`
     spec = evolve.model_dump(mode="json", exclude={"llm", "streaming", "template_shas"})
+    decontaminate = config.mix.decontaminate  # read once now: a missing file or field stops the run before it starts
+    benchmarks = read_benchmarks(decontaminate.files, settings) if decontaminate is not None else []
     return RunContext(
         config=config, layout=run_layout(config), template_shas=template_shas, model=model, seeds_sha=seeds_sha,
         evolve=evolve, evolve_key=stage_key("evolve", template_shas, model, spec), recompute=tuple(recompute),
+        benchmark_shas=tuple(b.sha256 for b in benchmarks),
         ingest_key=stage_key("ingest", seeds_sha, config.field_map, config.ingest.csv_header, config.shard_size,
                                READER_VERSION))
