@@ -39,6 +39,7 @@ def test_planted_benchmark_items_are_removed_and_named(prefect_harness, tmp_path
     assert named[0][2] == seeds[7]["instruction"] and named[1][2] == seeds[19]["instruction"]
     card = (tmp_path / "runs" / "decontam" / "export" / "README.md").read_text()
     assert "4 contaminated" in card
+    assert f"| `{jsonl}` | `question` | 3 |\n| `{csv}` | `question` | 1 |" in card
 
     run_dir = tmp_path / "runs" / "decontam"
     before = snapshot(run_dir)

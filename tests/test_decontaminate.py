@@ -12,7 +12,7 @@ import pytest
 from tasks.core.config import ConfigError, parse_run_config
 from tasks.core.config_file import load_run_config
 from tasks.core.data_config import BenchmarkFile
-from tasks.mix.benchmarks import BenchmarkError, read_benchmark, read_benchmarks
+from tasks.mix.benchmarks import Benchmark, BenchmarkError, read_benchmark, read_benchmarks
 from tasks.mix.decontaminate import contaminated_rows, find_contaminated, words
 from tasks.runtime.resolve import build_context
 
@@ -83,6 +83,11 @@ def test_rows_name_the_file_and_record_of_their_item(tmp_path):
     rows, items = contaminated_rows(pa.array([THIRTEEN, "no", "Zeta eta theta iota kappa lambda mu nu xi omicron "
                                               "pi rho sigma tau"]), benchmarks, 13)
     assert rows.tolist() == [0, 2] and items == [f"{csv}#2", f"{parquet}#0"]
+
+
+def test_an_item_is_named_by_its_file_with_credentials_masked():
+    bench = Benchmark("s3://KEY:SECRET@bucket/mmlu.jsonl", "question", "0" * 64, pa.array(["a"]))
+    assert bench.item(7) == "s3://***@bucket/mmlu.jsonl#7"
 
 
 def test_a_missing_file_or_field_is_an_error_naming_both(tmp_path):

@@ -1,5 +1,5 @@
 """The hub-ready export: the card's Hugging Face metadata header, ``datasets.load_dataset`` on the export folder,
-and ``evol push`` (its ``huggingface_hub`` calls, recorded by a stand-in for ``HfApi``: there is no network here)."""
+and ``evol push`` (``huggingface_hub``'s own calls, against a fake hub on 127.0.0.1: there is no network here)."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from typer.testing import CliRunner
 from flows.cli import app
 from tasks.export.card import hub_metadata
 from tasks.export.files import EXPORT_COLUMNS
+from tests.hub_fake import fake_hub
 
 
 @pytest.fixture(scope="module")
@@ -51,10 +52,12 @@ def test_the_metadata_follows_the_export_config_and_the_row_count(exported):
 
 
 def test_load_dataset_reads_the_export_as_the_card_names_it(exported, tmp_path, monkeypatch):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
-    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
     import datasets
+    import huggingface_hub.constants
+
+    # offline for this test only (the libraries read the variables once, at import)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
 
     _, result, folder = exported
     train = datasets.load_dataset(str(folder), cache_dir=str(tmp_path / "cache"))["train"]
@@ -62,47 +65,31 @@ def test_load_dataset_reads_the_export_as_the_card_names_it(exported, tmp_path, 
     assert train["id"] == pq.read_table(folder / "data.parquet")["id"].to_pylist()
 
 
-class RecordingHfApi:
-    """Stands in for ``huggingface_hub.HfApi`` at the call boundary: records each call and what the folder held."""
-
-    calls: list = []
-
-    def __init__(self, endpoint=None, token=None):
-        self.calls.append(("HfApi", {"endpoint": endpoint}))
-
-    def create_repo(self, repo_id, **kwargs):
-        self.calls.append(("create_repo", {"repo_id": repo_id, **kwargs}))
-        return f"https://hub.example/datasets/{repo_id}"
-
-    def upload_folder(self, **kwargs):
-        folder = Path(kwargs["folder_path"])
-        files = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
-        self.calls.append(("upload_folder", {**kwargs, "present": files}))
-        return "https://hub.example/datasets/commit/1"
-
-
 def test_evol_push_uploads_the_export_folder_with_huggingface_hub(exported, monkeypatch):
-    monkeypatch.setattr("tasks.export.push.HfApi", RecordingHfApi)
-    RecordingHfApi.calls = []
+    """The real ``HfApi`` calls, against a fake hub on 127.0.0.1 (``--endpoint``): the repo is created, the card's
+    YAML validated, and one commit carries every export file, byte for byte, but ``_export.json``."""
+    monkeypatch.setenv("HF_TOKEN", "hf_test_token")
     _, result, folder = exported
-    out = CliRunner().invoke(app, ["push", result.run_uri, "me/evolved", "--private", "--endpoint",
-                                   "http://127.0.0.1:9", "-m", "first push"])
+    with fake_hub() as hub:
+        out = CliRunner().invoke(app, ["push", result.run_uri, "me/evolved", "--private", "--endpoint", hub.url,
+                                       "-m", "first push"])
     assert out.exit_code == 0, out.output
-    (_, api), (_, create), (_, upload) = RecordingHfApi.calls
-    assert api == {"endpoint": "http://127.0.0.1:9"}
-    assert create == {"repo_id": "me/evolved", "repo_type": "dataset", "private": True, "exist_ok": True}
-    assert {k: v for k, v in upload.items() if k != "present"} == {
-        "repo_id": "me/evolved", "folder_path": str(folder), "repo_type": "dataset", "commit_message": "first push",
-        "ignore_patterns": ["_export.json", ".*"]}
+    assert hub.created == [{"name": "evolved", "organization": "me", "type": "dataset", "visibility": "private",
+                            "authorization": "Bearer hf_test_token"}]
+    card = (folder / "README.md").read_text()
+    assert hub.validated == [card]
+    (commit,) = hub.commits
     pushed = ["README.md", "alpaca.json", "data.parquet", "messages.jsonl", "plots/evolved_share.png",
               "plots/instruction_length.png", "plots/rejections.png"]
-    assert [f for f in upload["present"] if f != "_export.json"] == pushed
-    assert "pushed 7 files to https://hub.example/datasets/me/evolved" in out.output
+    assert (commit["repo"], commit["revision"], commit["message"], sorted(commit["files"])) == (
+        "me/evolved", "main", "first push", pushed)
+    assert all(commit["files"][name] == (folder / name).read_bytes() for name in pushed)
+    assert f"pushed 7 files to {hub.url}/datasets/me/evolved" in out.output
 
 
-def test_evol_push_of_a_run_without_an_export_says_so(tmp_path, monkeypatch):
-    monkeypatch.setattr("tasks.export.push.HfApi", RecordingHfApi)
-    RecordingHfApi.calls = []
-    out = CliRunner().invoke(app, ["push", "nothing", "me/evolved", "--output-root", str(tmp_path)])
+def test_evol_push_of_a_run_without_an_export_says_so(tmp_path):
+    with fake_hub() as hub:
+        out = CliRunner().invoke(app, ["push", "nothing", "me/evolved", "--output-root", str(tmp_path),
+                                       "--endpoint", hub.url])
     assert out.exit_code == 2 and "the run has no export yet" in out.output
-    assert [c[0] for c in RecordingHfApi.calls] == ["HfApi"]
+    assert hub.created == hub.commits == []

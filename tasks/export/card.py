@@ -9,6 +9,7 @@ from typing import Any
 import yaml
 
 from storage import ShardRef, StorageSettings, duck_connect, read_parquet_sql, total_rows
+from storage.redact import redact_text
 from tasks.core.config import STAGES, RunConfig
 from tasks.core.elimination import RULE_NAMES
 from tasks.core.summaries import Estimate, MixSummary, RoundSummary, engine_time_line, totals, whole_run
@@ -47,9 +48,10 @@ def selection_lines(config: RunConfig, mix: MixSummary) -> list[str]:
         return [*lines, "- decontamination: none", ""]
     lines += [f"- decontamination: rows sharing a {decontam.n}-word gram with a benchmark item are dropped "
               "(`contaminated`)", ""]
+    paths = [redact_text(f.path) for f in decontam.files]  # as the dropped rows name them: credentials masked
     return lines + md_table(["benchmark file", "field", "rows dropped"],
-                            [[f"`{f.path}`", f"`{f.field}`", mix.contaminated_by.get(f.path, 0)]
-                             for f in decontam.files]) + [""]
+                            [[f"`{p}`", f"`{f.field}`", mix.contaminated_by.get(p, 0)]
+                             for p, f in zip(paths, decontam.files, strict=True)]) + [""]
 
 
 def _model_lines(config: RunConfig) -> list[str]:

@@ -16,6 +16,7 @@ from fsspec.compression import compr
 from fsspec.utils import infer_compression
 
 from storage import StageMismatch, StorageSettings, resolve
+from storage.redact import redact_text
 from tasks.core.data_config import BenchmarkFile
 
 FORMATS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl", ".parquet": "parquet", ".pq": "parquet",
@@ -37,8 +38,9 @@ class Benchmark:
     texts: pa.Array
 
     def item(self, row: int) -> str:
-        """How a dropped row names the item it overlaps: ``{path}#{row}`` (the record's number from 0)."""
-        return f"{self.path}#{row}"
+        """How a dropped row names the item it overlaps: ``{path}#{row}`` (the record's number from 0; credentials in
+        the path masked)."""
+        return f"{redact_text(self.path)}#{row}"
 
 
 def benchmark_format(path: str) -> str:
