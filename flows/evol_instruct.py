@@ -19,11 +19,10 @@ from prefect.artifacts import (
     create_table_artifact,
     update_progress_artifact,
 )
-from prefect.futures import as_completed
 from prefect.settings import PREFECT_API_URL
 from pydantic import BaseModel
 
-from flows.runners import cluster_address, release_future, round_task_runner
+from flows.runners import cluster_address, completions, release_future, round_task_runner
 from flows.train import train
 from storage import ShardRef, StageMismatch, total_rows
 from storage.lease import RunLease, is_stale
@@ -31,6 +30,7 @@ from storage.shards import sweep_temp_files, write_file_atomic
 from tasks.core.config import RunConfig
 from tasks.core.context import RunContext, run_layout
 from tasks.core.summaries import ExportSummary, IngestSummary, MixSummary, RoundSummary, ShardSummary, engine_time_line
+from tasks.evolve.progress import forget_shard
 from tasks.evolve.shard import evolve_shard_task, reset_stage_runtimes
 from tasks.export.card import instruction_length_by_round
 from tasks.export.files import export_final_task
@@ -53,6 +53,7 @@ from tasks.reporting.samples import round_samples
 from tasks.round.finish import finish_round_task
 from tasks.runtime.cancel import CancelWatcher, cancel_and_exit
 from tasks.runtime.engine import engine_labels, needs_engine_start, start_engines_task
+from tasks.runtime.live import refresh_live_rows
 from tasks.runtime.recovery import crash_dead_flow_run, crash_lost_task_runs
 from tasks.runtime.resolve import build_context
 from tasks.runtime.stages import EVOLVE_SHARD, mix_inputs, round_references
@@ -96,8 +97,10 @@ def evol_round(ctx: RunContext, round_index: int, pool_in: list[ShardRef], refer
         retries=ctx.config.orchestration.retries, retry_delay_seconds=ctx.config.orchestration.retry_delay_s
     )
     logger = get_run_logger()
-    progress = RoundProgress(round_index, len(pool_in), started=started)
+    progress = RoundProgress(round_index, len(pool_in), started=started, total_rows=total_rows(pool_in))
     publish_round(layout.run_id, progress)  # the terminal's bar for this round counts from here
+    for uri in candidate_uris:  # rows an earlier run in this process left on the board are not this round's
+        forget_shard(uri)
     progress_key = artifact_key(layout.run_id, "round", round_index, "progress")
     # On a cluster each worker's engine starts with its first shard and stays warm for the worker's life.
     distributed = cluster_address(ctx.config.orchestration) is not None
@@ -112,13 +115,18 @@ def evol_round(ctx: RunContext, round_index: int, pool_in: list[ShardRef], refer
         progress.note, progress.started = engine.note(), time.time()
         logger.info("round %d: %s", round_index, progress.note)
         update_progress_artifact(progress_id, 0.0, description=progress.description())
+    every_s = ctx.config.orchestration.progress_interval_s
     futures = shard_task.map(pool_in, candidate_uris, round_index, list(range(len(pool_in))),
-                             unmapped(ctx.evolve), keys, unmapped(force))
+                             unmapped(ctx.evolve), keys, unmapped(force), unmapped(every_s))
     index_of = {id(f): i for i, f in enumerate(futures)}
     results: dict[int, ShardSummary] = {}
     failed: list[str] = []
     lost = []
-    for future in as_completed(list(futures)):
+    for future in completions(list(futures), every_s):
+        if future is None:  # no shard finished for a while: show the rows of the running ones
+            if refresh_live_rows(progress, candidate_uris):
+                update_progress_artifact(progress_id, progress.percent, description=progress.description())
+            continue
         i = index_of[id(future)]
         try:
             result = future.result(raise_on_failure=False)
@@ -126,14 +134,16 @@ def evol_round(ctx: RunContext, round_index: int, pool_in: list[ShardRef], refer
             result = err
             lost.append(future.task_run_id)
         release_future(future)
+        forget_shard(candidate_uris[i])
         if isinstance(result, ShardSummary):
             results[i] = result
-            progress.add(result)
+            progress.add(result, i)
             logger.info("%s", shard_log_line(result, i, len(pool_in)))
         else:
             failed.append(f"{pool_in[i].uri} ({type(result).__name__}: {result})")
             logger.error("round %d shard %d/%d failed: %s", round_index, i + 1, len(pool_in), failed[-1])
-            progress.done += 1
+            progress.finish(i)
+        refresh_live_rows(progress, candidate_uris)
         update_progress_artifact(progress_id, progress.percent, description=progress.description())
     summaries = [results[i] for i in sorted(results)]
     if lost:

@@ -80,7 +80,18 @@ def test_round_progress_counts_shards_and_gives_rate_and_eta():
     assert (progress.done, progress.rows, progress.evolved, progress.percent) == (2, 20, 16, 50.0)
     assert progress.rejected == {"empty_evolution": 4}
     assert progress.description(now=110.0) == \
-        "round 1: 2/4 shards, 20 rows, 16 passed elimination, 50.0 tok/s, 10 s, ETA 10 s"
+        "round 1: 2/4 shards, 20 rows, 16 passed elimination, 1.0 rows/s, 50.0 tok/s, 10 s, ETA 10 s"
+
+
+def test_round_progress_counts_the_rows_of_running_shards_and_an_eta_by_rows():
+    progress = RoundProgress(1, 4, started=100.0, total_rows=40)
+    progress.add(shard(passed=10, reused=True), 0)  # reused rows count as done, not in the rate
+    assert progress.set_live(1, 5, 3, 250) and not progress.set_live(1, 5, 3, 250)
+    assert (progress.rows_done, progress.percent) == (15, 37.5)
+    assert progress.description(now=110.0) == \
+        "round 1: 1/4 shards, 15/40 rows, 13 passed elimination, 0.5 rows/s, 25.0 tok/s, 10 s, ETA 50 s"
+    progress.add(shard(passed=6), 1)  # the finished shard's summary replaces its live rows
+    assert (progress.live, progress.rows_done, progress.evolved) == ({}, 20, 16)
 
 
 def test_low_evolution_warning_below_the_share_only():
@@ -158,18 +169,24 @@ def monitored(prefect_harness, tmp_path_factory):
 
 def test_flow_publishes_progress_per_shard_per_run_keys_and_the_low_evolution_warning(monitored):
     updates = monitored.updates
-    # round 1 first starts its engine (one update when it is ready); then one update per shard, 4 shards a round
-    assert [p for p, _ in updates] == [0.0, 25.0, 50.0, 75.0, 100.0, 25.0, 50.0, 75.0, 100.0]
+    # round 1 first starts its engine (one update when it is ready); then one update per shard, 4 shards a round;
+    # the percent counts rows, those of the shards still running included, so it only grows within a round
+    shards_done = [re.match(r"round (\d): (\d)/4 shards", d).groups() for _, d in updates]
+    assert shards_done == [("1", "0"), ("1", "1"), ("1", "2"), ("1", "3"), ("1", "4"),
+                           ("2", "1"), ("2", "2"), ("2", "3"), ("2", "4")]
+    for percents in ([p for p, _ in updates[:5]], [p for p, _ in updates[5:]]):
+        assert percents == sorted(percents) and percents[-1] == 100.0
+    assert updates[0][0] == 0.0
     # shards pass 8 and 9 rows; the round's dedup then drops 2 (6 and 7 evolved)
-    assert updates[4][1].startswith("round 1: 4/4 shards, 20 rows, 8 passed elimination")
-    assert updates[8][1].startswith("round 2: 4/4 shards, 20 rows, 9 passed elimination")
+    assert updates[4][1].startswith("round 1: 4/4 shards, 20/20 rows, 8 passed elimination")
+    assert updates[8][1].startswith("round 2: 4/4 shards, 20/20 rows, 9 passed elimination")
 
     by_key = monitored.artifacts
     assert set(by_key) == {"monitor-run-round-1", "monitor-run-round-2", "monitor-run-round-1-progress",
                            "monitor-run-round-2-progress", "monitor-run-round-1-samples",
                            "monitor-run-round-2-samples", "monitor-run-summary"}
     assert by_key["monitor-run-round-1-progress"].data == 100.0
-    assert by_key["monitor-run-round-1-progress"].description.startswith("round 1: 4/4 shards, 20 rows, 8 passed")
+    assert by_key["monitor-run-round-1-progress"].description.startswith("round 1: 4/4 shards, 20/20 rows, 8 passed")
     messages = [log.message for log in monitored.logs]
     shard_lines = sorted(m for m in messages if re.match(r"round \d shard \d/4: 5 rows, \d evolved", m))
     assert len(shard_lines) == 8 and all("tok/s" in m for m in shard_lines), shard_lines
