@@ -185,10 +185,8 @@ def evol_instruct(config: RunConfig, recompute: list[str] | None = None, take_ov
             logger.warning("took over the run folder from %s", lease.previous)
             if is_stale(lease.previous):
                 with get_client(sync_client=True) as client:
-                    report = crash_dead_flow_run(client, lease.previous, api_url)
-                logger.warning("dead run's flow run %s: %s", report.flow_run_id, report.note or
-                               f"marked {len(report.flow_runs_crashed)} flow run(s) and {report.task_runs_crashed} "
-                               "task run(s) Crashed; `prefect flow-run retry` works on it now")
+                    report = crash_dead_flow_run(client, lease.previous, api_url, UUID(holder["flow_run_id"]))
+                logger.warning("%s", report.line())
         if api_url:  # a run outside a worker stops itself when cancelled in the UI or the API
             flow_run_id = UUID(holder["flow_run_id"])
             watcher = CancelWatcher(api_url, flow_run_id, lambda c: cancel_and_exit(c, flow_run_id, lease.release))
