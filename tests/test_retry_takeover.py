@@ -73,4 +73,10 @@ def test_a_retry_taking_over_from_its_dead_attempt_is_never_marked_crashed(prefe
         assert top_states[:retried_at].count("CRASHED") == 1  # the worker's, before the retry
         assert "CRASHED" not in top_states[retried_at:] and top_states[-1] == "COMPLETED"
         assert "CRASHED" not in state_types(client, inner)  # the dead attempt's subflow ran on in its retry
+        # the top-level run shows an artifact of its own, linking to those of its subflows
+        from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+
+        (links,) = client.read_artifacts(artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(
+            any_=[top])))
+        assert links.key == "crash-run" and "crash-summary" in links.data and "crash-round-2-samples" in links.data
     assert not (root / "crash" / "_lease.json").exists()

@@ -123,3 +123,20 @@ def test_pending_shards_reads_markers_and_the_engine_starts_once_per_run(tmp_pat
         "engine smollm2 ready in 31.3 s"
     reset_stage_runtimes()
 
+
+
+def test_the_top_level_run_links_to_its_subflows_artifacts():
+    from tasks.reporting.report import run_links_markdown
+
+    text = run_links_markdown("Demo", "/runs/Demo", 1, {"data": "/runs/Demo/export/data.parquet"},
+                              "http://127.0.0.1:4200/")
+    assert text.splitlines() == [
+        "# Run Demo", "", "Outputs under `/runs/Demo`. The artifacts below belong to this run's subflows.", "",
+        "| artifact | what |", "| --- | --- |",
+        "| [demo-summary](http://127.0.0.1:4200/artifacts/key/demo-summary) | the run's summary and plots |",
+        "| [demo-round-1](http://127.0.0.1:4200/artifacts/key/demo-round-1) | round 1: its table |",
+        "| [demo-round-1-samples](http://127.0.0.1:4200/artifacts/key/demo-round-1-samples) | round 1: evolved and "
+        "rejected samples |",
+        "| [demo-round-1-progress](http://127.0.0.1:4200/artifacts/key/demo-round-1-progress) | round 1: progress |",
+        "", "| file | uri |", "| --- | --- |", "| data | `/runs/Demo/export/data.parquet` |"]
+    assert "| `demo-summary` | the run's summary and plots |" in run_links_markdown("Demo", "/r", 1, {}, None)
