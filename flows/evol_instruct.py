@@ -19,7 +19,7 @@ from prefect.artifacts import (
     create_table_artifact,
     update_progress_artifact,
 )
-from prefect.settings import PREFECT_API_URL
+from prefect.settings import PREFECT_API_URL, PREFECT_UI_URL
 from pydantic import BaseModel
 
 from flows.runners import cluster_address, completions, release_future, round_task_runner
@@ -48,8 +48,8 @@ from tasks.reporting.monitor import (
     run_name_of,
     shard_log_line,
 )
-from tasks.reporting.report import final_markdown, round_table
-from tasks.reporting.samples import round_samples
+from tasks.reporting.report import artifact_link, final_markdown, round_table
+from tasks.reporting.samples import round_samples, samples_markdown, samples_table
 from tasks.round.finish import finish_round_task
 from tasks.runtime.cancel import CancelWatcher, cancel_and_exit
 from tasks.runtime.engine import engine_labels, needs_engine_start, start_engines_task
@@ -156,9 +156,12 @@ def evol_round(ctx: RunContext, round_index: int, pool_in: list[ShardRef], refer
     progress.ended = time.time()
     create_table_artifact(key=artifact_key(layout.run_id, "round", round_index), table=round_table(summary),
                           description=f"Round {round_index} of run {layout.run_id}")
+    samples, full_key = round_samples(pool_in, summary), artifact_key(layout.run_id, "round", round_index, "rows")
+    title = f"Round {round_index} of run {layout.run_id}: evolved and rejected samples"
+    create_markdown_artifact(key=full_key, markdown=samples_markdown(samples, title), description=f"{title}, in full")
     create_table_artifact(key=artifact_key(layout.run_id, "round", round_index, "samples"),
-                          table=round_samples(pool_in, summary),
-                          description=f"Round {round_index} of run {layout.run_id}: evolved and rejected samples")
+                          table=samples_table(samples), description=f"{title}; each row in full: "
+                          + artifact_link(full_key, PREFECT_UI_URL.value()))
     warning = low_evolution_warning(summary, ctx.config.orchestration.min_evolved_share)
     if warning:
         logger.warning("%s", warning)

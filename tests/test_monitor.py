@@ -37,6 +37,7 @@ from tasks.reporting.monitor import (
     low_evolution_warning,
     shard_log_line,
 )
+from tasks.reporting.samples import trim
 from tests.flow_script import PlannedScript
 from tests.test_flow import make_config
 
@@ -184,7 +185,8 @@ def test_flow_publishes_progress_per_shard_per_run_keys_and_the_low_evolution_wa
     by_key = monitored.artifacts
     assert set(by_key) == {"monitor-run-round-1", "monitor-run-round-2", "monitor-run-round-1-progress",
                            "monitor-run-round-2-progress", "monitor-run-round-1-samples",
-                           "monitor-run-round-2-samples", "monitor-run-summary"}
+                           "monitor-run-round-2-samples", "monitor-run-round-1-rows", "monitor-run-round-2-rows",
+                           "monitor-run-summary"}
     assert by_key["monitor-run-round-1-progress"].data == 100.0
     assert by_key["monitor-run-round-1-progress"].description.startswith("round 1: 4/4 shards, 20/20 rows, 8 passed")
     messages = [log.message for log in monitored.logs]
@@ -261,15 +263,27 @@ def test_round_samples_artifact_holds_evolved_and_rejected_rows_with_their_paren
         row("rejected", "increase_reasoning_steps", "Correct the grammar and spelling in this sentence: 'Their going "
             "too the libary tomorow to return there books.'", "", "", "llm_error"),
     ]
+    # the table: short cells (it fits a 1280-pixel window); each row in full in the linked markdown artifact
     artifact = monitored.artifacts["monitor-run-round-1-samples"]
     assert artifact.type == "table"
+    assert re.search(r"; each row in full: \[monitor-run-round-1-rows\]\(http://127\.0\.0\.1:\d+/artifacts/key/"
+                     r"monitor-run-round-1-rows\)$", artifact.description), artifact.description
     table = json.loads(artifact.data) if isinstance(artifact.data, str) else artifact.data
-    assert table == expected
+    assert table == [{"#": n, "outcome": e["reason"] or "evolved", "operation": e["operation"],
+                      **{k: trim(e[k], 24) for k in ("parent", "evolution", "response")}}
+                     for n, e in enumerate(expected, 1)]
+    assert max(len(r[k]) for r in table for k in ("parent", "evolution", "response")) == 24
+    full = monitored.artifacts["monitor-run-round-1-rows"].data
+    sections = re.split(r"^## \d+\. ", full, flags=re.M)[1:]
+    blocks = [(sec.splitlines()[0], re.findall(r"^(`{3,})text\n(.*?)\n\1$", sec, flags=re.M | re.S))
+              for sec in sections]
+    assert [(heading, [trim(text, 120) for _, text in found]) for heading, found in blocks] == \
+        [(f"{e['reason'] or 'evolved'} · {e['operation']}", [e["parent"], e["evolution"], e["response"]])
+         for e in expected]
     round2 = monitored.artifacts["monitor-run-round-2-samples"].data
     round2 = json.loads(round2) if isinstance(round2, str) else round2
-    assert [(r["status"], r["reason"]) for r in round2] == [("evolved", "")] * 5 + [
-        ("rejected", "duplicate"), ("rejected", "empty_evolution"), ("rejected", "equality_unparseable"),
-        ("rejected", "evolution_truncated"), ("rejected", "no_information_gain")]
+    assert [r["outcome"] for r in round2] == ["evolved"] * 5 + [
+        "duplicate", "empty_evolution", "equality_unparseable", "evolution_truncated", "no_information_gain"]
 
 
 def test_plots_are_pngs_next_to_the_card_which_shows_them_and_so_does_the_summary(monitored):

@@ -71,14 +71,19 @@ def run_links_markdown(run_id: str, run_uri: str, rounds: int, files: dict[str, 
     round subflows made (the UI lists an artifact under the flow run that made it), and the run's files."""
     from tasks.reporting.monitor import artifact_key
 
-    base = (ui_url or "").rstrip("/")
     keys = [(artifact_key(run_id, "summary"), "the run's summary and plots")]
     for k in range(1, rounds + 1):
         keys += [(artifact_key(run_id, "round", k), f"round {k}: its table"),
                  (artifact_key(run_id, "round", k, "samples"), f"round {k}: evolved and rejected samples"),
+                 (artifact_key(run_id, "round", k, "rows"), f"round {k}: the samples' rows in full"),
                  (artifact_key(run_id, "round", k, "progress"), f"round {k}: progress")]
-    link = (lambda key: f"[{key}]({base}/artifacts/key/{key})") if base else (lambda key: f"`{key}`")
-    artifacts = md_table(["artifact", "what"], [[link(key), what] for key, what in keys])
+    artifacts = md_table(["artifact", "what"], [[artifact_link(key, ui_url), what] for key, what in keys])
     outputs = md_table(["file", "uri"], [[name, f"`{uri}`"] for name, uri in sorted(files.items())])
     return "\n".join([f"# Run {run_id}", "", f"Outputs under `{run_uri}`. The artifacts below belong to this run's "
                       "subflows.", "", *artifacts, "", *outputs, ""])
+
+
+def artifact_link(key: str, ui_url: str | None) -> str:
+    """A Markdown link to an artifact's page in the UI (``{ui}/artifacts/key/{key}``), or its key without a UI."""
+    base = (ui_url or "").rstrip("/")
+    return f"[{key}]({base}/artifacts/key/{key})" if base else f"`{key}`"
