@@ -30,7 +30,7 @@ from storage.shards import sweep_temp_files, write_file_atomic
 from tasks.core.config import RunConfig
 from tasks.core.context import RunContext, run_layout
 from tasks.core.summaries import ExportSummary, IngestSummary, MixSummary, RoundSummary, ShardSummary, engine_time_line
-from tasks.evolve.progress import forget_shard
+from tasks.evolve.progress import forget_shard, running_rows
 from tasks.evolve.shard import evolve_shard_task, reset_stage_runtimes
 from tasks.export.card import instruction_length_by_round
 from tasks.export.files import export_final_task
@@ -53,7 +53,6 @@ from tasks.reporting.samples import round_samples, samples_markdown, samples_tab
 from tasks.round.finish import finish_round_task
 from tasks.runtime.cancel import CancelWatcher, cancel_and_exit
 from tasks.runtime.engine import engine_labels, needs_engine_start, start_engines_task
-from tasks.runtime.live import refresh_live_rows
 from tasks.runtime.recovery import crash_dead_flow_run, crash_lost_task_runs
 from tasks.runtime.resolve import build_context
 from tasks.runtime.stages import EVOLVE_SHARD, mix_inputs, round_references
@@ -124,7 +123,7 @@ def evol_round(ctx: RunContext, round_index: int, pool_in: list[ShardRef], refer
     lost = []
     for future in completions(list(futures), every_s):
         if future is None:  # no shard finished for a while: show the rows of the running ones
-            if refresh_live_rows(progress, candidate_uris):
+            if progress.set_running(running_rows(candidate_uris)):
                 update_progress_artifact(progress_id, progress.percent, description=progress.description())
             continue
         i = index_of[id(future)]
@@ -143,7 +142,7 @@ def evol_round(ctx: RunContext, round_index: int, pool_in: list[ShardRef], refer
             failed.append(f"{pool_in[i].uri} ({type(result).__name__}: {result})")
             logger.error("round %d shard %d/%d failed: %s", round_index, i + 1, len(pool_in), failed[-1])
             progress.finish(i)
-        refresh_live_rows(progress, candidate_uris)
+        progress.set_running(running_rows(candidate_uris))
         update_progress_artifact(progress_id, progress.percent, description=progress.description())
     summaries = [results[i] for i in sorted(results)]
     if lost:

@@ -118,13 +118,15 @@ def test_a_slow_shard_shows_its_rows_in_the_progress_artifact_and_its_log_before
     with temporary_settings(updates={PREFECT_API_URL: prefect_server}), pytest.MonkeyPatch.context() as mp:
         mp.setattr(evol_flow, "update_progress_artifact", recording_update)
         state = evol_flow.evol_instruct(config, return_state=True)
+        drain_prefect_workers()  # this server's logs and events now; later tests of the session use other APIs
         assert state.is_completed()
         logs = asyncio.run(shard_logs(state.state_details.flow_run_id))
 
     assert all(sent == held for _, sent, held in seen)  # the server held each update as it was sent
     during = [(p, d) for p, d, _ in seen if d.startswith("round 1: 0/1 shards")]
     rows_during = [int(re.search(r"(\d+)/200 rows", d).group(1)) for _, d in during]
-    assert [r for r in rows_during if r % STEP == 0 and r] == [50, 100, 150]  # the shard still running each time
+    # the shard still running each time (a tick may also catch all 200 rows done while the shard commits)
+    assert [r for r in rows_during if r % STEP == 0 and 0 < r < ROWS] == [50, 100, 150]
     assert rows_during == sorted(rows_during) and [p for p, _ in during] == [r / 2 for r in rows_during]
     rated = [d for _, d in during if not d.startswith("round 1: 0/1 shards, 0/200")]
     assert rated and all(re.search(r" rows/s, [\d.]+ tok/s, \d+ s, ETA \d+ s; backend scripted gated ready in", d)
@@ -135,6 +137,16 @@ def test_a_slow_shard_shows_its_rows_in_the_progress_artifact_and_its_log_before
     assert len(lines) >= 3 and lines == sorted(lines) and max(lines) < ROWS
     assert logs.index(next(m for m in logs if m.startswith("round 1 shard 1/1: 200 rows"))) > \
         logs.index(next(m for m in logs if m.startswith(f"round 1 shard 1: {lines[2]}/200 rows")))
+
+
+def drain_prefect_workers() -> None:
+    """Send what Prefect's process-wide log and event workers hold and stop them (as Prefect's test harness does
+    at its end), so a later test's API gets new ones instead of these, bound to this test's server."""
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
+
+    APILogWorker.drain_all()
+    EventsWorker.drain_all()
 
 
 async def shard_logs(flow_run_id) -> list[str]:

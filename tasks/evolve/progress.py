@@ -89,3 +89,10 @@ def forget_shard(candidates_uri: str) -> None:
     """Take a shard off the board once its round has counted its summary."""
     with _BOARD_LOCK:
         _BOARD.pop(candidates_uri, None)
+
+
+def running_rows(candidate_uris: list[str]) -> dict[int, tuple[int, int, int]]:
+    """Rows done, passed and generated tokens so far of the shards among ``candidate_uris`` (by position) running
+    in this process; a shard running elsewhere (a cluster worker) is not on this process's board."""
+    found = {i: shard_progress(uri) for i, uri in enumerate(candidate_uris)}
+    return {i: shard.snapshot() for i, shard in found.items() if shard is not None}

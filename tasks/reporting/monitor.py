@@ -88,6 +88,11 @@ class RoundProgress:
         self.live[shard_index] = (rows, passed, generated_tokens)
         return changed
 
+    def set_running(self, running: dict[int, tuple[int, int, int]]) -> bool:
+        """Record the rows so far of running shards (shard -> rows, passed, tokens); whether anything changed."""
+        changed = [self.set_live(i, *counts) for i, counts in running.items()]
+        return any(changed)
+
     def _live_sum(self, i: int) -> int:
         return sum(v[i] for v in self.live.values())
 
