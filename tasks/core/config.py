@@ -172,6 +172,8 @@ class OrchestrationConfig(StrictModel):
     retries: int = Field(2, ge=0)
     retry_delay_s: float = Field(5.0, ge=0)
     min_evolved_share: float = Field(0.05, ge=0.0, le=1.0)  # a round evolving less logs a warning
+    # While rows stream, the round's progress artifact and each shard's log show the rows so far at least this often.
+    progress_interval_s: float = Field(5.0, gt=0)
     # Where shard tasks run: None takes ``EVOL_CLUSTER`` and else "embedded"; "embedded" = threads in the run's
     # process (max_parallel_shards of them); "tcp://host:8786" = the workers of that Dask scheduler (`evol worker`).
     cluster: str | None = Field(None, pattern=r"^(embedded|(tcp|tls|inproc)://\S+)$")
