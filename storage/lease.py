@@ -44,17 +44,14 @@ def _proc_start(pid: int) -> str | None:
         return None
 
 
-def holder_alive(lease: dict[str, Any]) -> bool:
-    """Whether the lease's holder may still be running (always True for a holder on another host)."""
-    if lease.get("host") != socket.gethostname():
-        return True
-    start = _proc_start(int(lease.get("pid", -1)))
-    return start is not None and start == lease.get("pid_start")
-
-
 def is_stale(lease: dict[str, Any]) -> bool:
-    """A lease past its expiry, or held by a process of this host that is gone."""
-    return datetime.fromisoformat(lease["expires"]) < _now() or not holder_alive(lease)
+    """A lease past its expiry, or held by a process of this host that is gone (or a new one with its pid)."""
+    if datetime.fromisoformat(lease["expires"]) < _now():
+        return True
+    if lease.get("host") != socket.gethostname():  # a holder on another host may still be running
+        return False
+    start = _proc_start(int(lease.get("pid", -1)))
+    return start is None or start != lease.get("pid_start")
 
 
 def held_message(run_uri: str, lease: dict[str, Any]) -> str:

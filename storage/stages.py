@@ -62,12 +62,6 @@ def absolute_in_run(value: Any, run_uri: str) -> Any:
     return map_strings(value, lambda s: join_uri(run_uri, s[len(RELATIVE):]) if s.startswith(RELATIVE) else s)
 
 
-def foreign_uri(uris: list[str], run_uri: str) -> str | None:
-    """The first of a marker's output URIs that lies outside its run folder (an older marker of a moved or copied
-    folder names the original's files); None when all are the folder's own."""
-    return next((u for u in uris if not u.startswith(run_uri.rstrip("/") + "/")), None)
-
-
 def load_marker(uri: str, key: str, settings: StorageSettings | None = None,
                 problems: list[str] | None = None) -> dict[str, Any] | None:
     """The marker at ``uri`` written under ``key``, its paths made absolute in the marker's run folder, else None
@@ -86,12 +80,14 @@ def load_marker(uri: str, key: str, settings: StorageSettings | None = None,
 
 
 def moved_folder_problem(marker_uri: str, uris: list[str]) -> str | None:
-    """Why a marker is not reused when it names a file outside its run folder, else None."""
-    outside = foreign_uri(uris, run_folder_of(marker_uri))
+    """Why a marker is not reused when it names a file outside its run folder (an older marker of a moved or copied
+    folder names the original's files), else None."""
+    run_uri = run_folder_of(marker_uri)
+    outside = next((u for u in uris if not u.startswith(run_uri + "/")), None)
     if outside is None:
         return None
-    return (f"{marker_uri} names {outside}, outside its run folder {run_folder_of(marker_uri)} (the folder was moved "
-            "or copied, and the marker is older than relative paths): recomputing the stage from this folder's files")
+    return (f"{marker_uri} names {outside}, outside its run folder {run_uri} (the folder was moved or copied, and "
+            "the marker is older than relative paths): recomputing the stage from this folder's files")
 
 
 def read_stage(uri: str, key: str, settings: StorageSettings | None = None,
@@ -129,8 +125,3 @@ def write_marker(uri: str, record: dict[str, Any], settings: StorageSettings | N
     """Write a stage marker, the run folder's own files named relative to it, any secret in a URL masked."""
     record = map_strings(relative_to_run(record, run_folder_of(uri)), redact_text)
     write_file_atomic(uri, json.dumps(record, indent=2).encode(), settings)
-
-
-def stage_refs(record: dict[str, Any], name: str) -> list[ShardRef]:
-    """The shards a stage marker names under ``name``."""
-    return [ShardRef.model_validate(r) for r in record["outputs"][name]]
