@@ -30,7 +30,6 @@ READER_VERSION = "4"
 
 
 def stage_key(*parts: Any) -> str:
-    """A stable hash of JSON-able parts."""
     blob = json.dumps(parts, sort_keys=True, separators=(",", ":"), default=str).encode()
     return hashlib.sha256(blob).hexdigest()[:24]
 
@@ -86,7 +85,6 @@ class RunContext(BaseModel):
     recompute: tuple[str, ...] = ()
 
     def forced(self, stage: str) -> bool:
-        """Whether the user asked to recompute ``stage`` (``ingest``, ``round=K``, ``mix``, ``export``)."""
         return "all" in self.recompute or stage in self.recompute
 
     def evolve_shard_key(self, pool_sha: str, round_index: int) -> str:
@@ -99,7 +97,6 @@ class RunContext(BaseModel):
 
 
 def seeds_content_sha(uri: str, settings: StorageSettings | None = None) -> str:
-    """SHA-256 of the seed file's bytes, streamed."""
     fs, path = resolve(uri, settings)
     with fs.open(path, "rb") as f:
         return hashlib.file_digest(f, "sha256").hexdigest()

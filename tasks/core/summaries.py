@@ -137,8 +137,6 @@ def engine_time_line(estimate: Estimate) -> str:
 
 
 class LossPoint(BaseModel):
-    """One logged training step."""
-
     step: int
     loss: float
     learning_rate: float | None = None

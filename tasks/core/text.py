@@ -42,7 +42,6 @@ def content_keys(instructions: pa.Array | pa.ChunkedArray, inputs: pa.Array | pa
 
 
 def record_id(instruction: str, input_text: str = "") -> str:
-    """A stable id: the hash of the normalised content."""
     return hashlib.sha256(content_key(instruction, input_text).encode("utf-8")).hexdigest()[:16]
 
 
@@ -61,6 +60,5 @@ def parent_text(row: dict[str, Any]) -> str:
 
 
 def md_table(header: list[str], rows: list[list[Any]]) -> list[str]:
-    """The lines of a Markdown table."""
     return [f"| {' | '.join(header)} |", f"|{' --- |' * len(header)}",
             *(f"| {' | '.join(str(v) for v in row)} |" for row in rows)]

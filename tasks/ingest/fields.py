@@ -6,8 +6,7 @@ instance's ``input`` and ``output``), chat (``messages`` with ``role``/``content
 with ``from``/``value``). A field map names source *paths*: keys joined with dots, a segment of digits
 indexing a list (``instances.0.input``). A map overrides only the targets it names.
 
-Whatever a record holds beyond what became instruction / input / output stays in ``meta.fields``.
-"""
+Whatever a record holds beyond what became instruction / input / output stays in ``meta.fields``."""
 
 from __future__ import annotations
 
@@ -49,8 +48,7 @@ def field_map_problems(field_map: dict[str, str]) -> dict[str, str]:
 def lookup(value: Any, text: str) -> tuple[Any, Path] | None:
     """The value at a field path and its concrete path, or None when the record does not have it.
 
-    A top-level key that itself contains dots is matched first, as written.
-    """
+    A top-level key that itself contains dots is matched first, as written."""
     if isinstance(value, dict) and text in value:
         return value[text], (text,)
     current, path = value, []
@@ -149,8 +147,7 @@ def _prune(record: dict[str, Any], paths: list[Path]) -> dict[str, Any]:
     """The record less the values at ``paths``; containers emptied by that are dropped too.
 
     Last path first: removing a list item leaves the indices of the items before it, and a container is
-    emptied only once every path under it is gone.
-    """
+    emptied only once every path under it is gone."""
     for path in sorted(set(paths), key=lambda p: [(isinstance(k, int), k) for k in p], reverse=True):
         nodes = [record]
         for part in path[:-1]:

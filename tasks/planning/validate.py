@@ -1,8 +1,7 @@
 """Plan-time validation: everything about a run that can be checked without a model, before anything starts.
 
 Each problem is one line, ``<file>: <key>: <what>``: the config file (or template, or environment
-variable) and the key that is wrong, and what to do about it.
-"""
+variable) and the key that is wrong, and what to do about it."""
 
 from __future__ import annotations
 

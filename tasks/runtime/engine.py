@@ -24,7 +24,6 @@ class EngineStart(BaseModel):
     seconds: float
 
     def note(self) -> str:
-        """One line for the log and the round's progress."""
         what = f"engine {', '.join(self.engines)}" if self.engines else f"backend {', '.join(self.backends)}"
         return f"{what} ready in {self.seconds:.1f} s"
 
@@ -61,7 +60,6 @@ def needs_engine_start(spec: EvolveSpec, candidate_uris: list[str], keys: list[s
 
 
 def start_engines(spec: EvolveSpec) -> EngineStart:
-    """Build the run's prompt pack and backends and start the engines that need it."""
     started = time.perf_counter()
     _pack, backends = stage_runtime(spec)
     engines = backends.start()

@@ -21,7 +21,6 @@ class NoChatTemplateError(RecipeError):
 
 
 def template_names() -> list[str]:
-    """The named formats: the stems of ``recipes/templates/*.jinja``."""
     return sorted(p.stem for p in TEMPLATES_DIR.glob("*.jinja"))
 
 
