@@ -7,8 +7,7 @@ when its marker's key is the key asked for and every shard it names still matche
 Every marker sits one folder below its run folder (``{run}/round=1/_round.json``) and names the run's own files
 relative to that run folder (``./round=1/pool/shard-00000.parquet``), so a copied or moved run folder verifies and
 reuses its own files. A marker of an older version names them by absolute URIs: accepted while they lie in the
-marker's run folder, else not reused (the folder was moved or copied) and recomputed, with the reason.
-"""
+marker's run folder, else not reused (the folder was moved or copied) and recomputed, with the reason."""
 
 from __future__ import annotations
 
@@ -94,8 +93,7 @@ def read_stage(uri: str, key: str, settings: StorageSettings | None = None,
                problems: list[str] | None = None) -> dict[str, Any] | None:
     """The stage marker at ``uri`` when it was written under ``key`` and all its shards verify, else None.
 
-    Why a marker was not accepted is appended to ``problems`` (a shard that fails its check names its URI).
-    """
+    Why a marker was not accepted is appended to ``problems`` (a shard that fails its check names its URI)."""
     problems = [] if problems is None else problems
     record = load_marker(uri, key, settings, problems)
     if record is None:
