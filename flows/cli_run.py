@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import threading
+from contextlib import nullcontext
 from datetime import timedelta
 from typing import Any
 
@@ -21,9 +22,7 @@ class RoundTimeColumn(ProgressColumn):
 
     def render(self, task: Task) -> Text:
         seconds = task.fields.get("seconds")
-        if seconds is None:
-            return Text("-:--:--", style="progress.elapsed")
-        return Text(str(timedelta(seconds=int(seconds))), style="progress.elapsed")
+        return Text("-:--:--" if seconds is None else str(timedelta(seconds=int(seconds))), style="progress.elapsed")
 
 
 def _watch_progress(run_id: str, rounds: int, stop: threading.Event, out: Console | None = None) -> None:
@@ -84,14 +83,10 @@ def run(
     from flows.cli_models import prepare_for_config  # here, not above: tests/infra_driver.py replaces it
     prepare_for_config(run_config)
     from flows.cli_common import sigterm_as_exit
-    if api:
-        with sigterm_as_exit():
-            result = _run_flow(run_config, layout, show_progress, recompute, take_over, verbose)
-    else:
-        from flows.local_api import local_api
+    from flows.local_api import local_api
 
-        with sigterm_as_exit(), local_api():
-            result = _run_flow(run_config, layout, show_progress, recompute, take_over, verbose)
+    with sigterm_as_exit(), (nullcontext() if api else local_api()):
+        result = _run_flow(run_config, layout, show_progress, recompute, take_over, verbose)
     table = Table(title="rounds")
     for col in ("round", "pool in", "evolved", "carried", "rejected", "reused"):
         table.add_column(col, justify="left" if col == "rejected" else "right")

@@ -1,8 +1,7 @@
 """A private Prefect API for one ``evol run`` when no ``PREFECT_API_URL`` is set.
 
 Prefect's own ephemeral server is a child process that outlives a killed parent. This one is started
-with the kernel's parent-death signal, so it ends with the run however the run ends.
-"""
+with the kernel's parent-death signal, so it ends with the run however the run ends."""
 
 from __future__ import annotations
 
@@ -26,12 +25,6 @@ def _die_with_parent() -> None:
     ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _drain_to(url: str, timeout_s: float = 10.0) -> None:
     """Send the logs and events still queued to the API before it stops (else Prefect prints "Error logging to
     API" at exit)."""
@@ -50,7 +43,9 @@ def local_api(startup_timeout_s: float = 180.0) -> Iterator[str]:
     import prefect
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    port = _free_port()
+    with socket.socket() as s:  # a free port
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
     env = {**os.environ, "PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1",
            "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
     env.pop("PREFECT_API_URL", None)
