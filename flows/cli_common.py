@@ -22,7 +22,6 @@ def _debug(on: bool) -> None:
     DEBUG["on"] = DEBUG["on"] or on
 
 
-# `--debug`, on `evol` and on the subcommands that can fail with one error line
 Debug = Annotated[bool, typer.Option("--debug", help="Show the traceback behind an error", callback=_debug)]
 ConfigArg = Annotated[Path, typer.Argument(help="Run configuration (YAML), e.g. configs/demo.yaml")]
 SET_OPTION = typer.Option([], "--set", help="Override a config key: KEY=VALUE, KEY dotted "

@@ -13,7 +13,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 
 import httpx
 
@@ -62,11 +62,9 @@ def local_api(startup_timeout_s: float = 180.0) -> Iterator[str]:
         while True:
             if proc.poll() is not None:
                 raise RuntimeError(f"the local Prefect API exited with code {proc.returncode} while starting")
-            try:
+            with suppress(httpx.HTTPError):
                 if httpx.get(f"{url}/health", timeout=2).status_code == 200:
                     break
-            except httpx.HTTPError:
-                pass
             if time.monotonic() > deadline:
                 raise RuntimeError(f"the local Prefect API did not answer on {url} within {startup_timeout_s:.0f} s")
             time.sleep(0.25)

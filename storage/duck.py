@@ -16,13 +16,9 @@ def connect(*uris: str, settings: StorageSettings | None = None,
     con = duckdb.connect(":memory:")
     if threads:
         con.execute(f"SET threads = {int(threads)}")
-    registered: set[str] = set()
-    for uri in uris:
-        proto = protocol_of(uri)
-        if proto == "file" or proto in registered:
-            continue
-        con.register_filesystem(filesystem_for(uri, settings))
-        registered.add(proto)
+    for proto, uri in {protocol_of(uri): uri for uri in uris}.items():  # one filesystem per protocol
+        if proto != "file":
+            con.register_filesystem(filesystem_for(uri, settings))
     return con
 
 

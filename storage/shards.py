@@ -13,6 +13,7 @@ import os
 import tempfile
 import uuid
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
@@ -266,11 +267,9 @@ def sweep_temp_files(dir_uri: str, settings: StorageSettings | None = None) -> l
     removed = []
     fs, path = resolve(dir_uri, settings)
     if isinstance(fs, LocalFileSystem) and os.path.isdir(path):
-        for folder, _dirs, files in os.walk(path):
-            for name in files:
-                if name.startswith(".") and name.endswith(TMP_SUFFIX):
-                    os.unlink(os.path.join(folder, name))
-                    removed.append(os.path.join(folder, name))
+        for tmp in Path(path).rglob(f".*{TMP_SUFFIX}"):
+            tmp.unlink()
+            removed.append(str(tmp))
     shared = os.path.join(tempfile.gettempdir(), "evol-tmp")
     if os.path.isdir(shared):
         for name in os.listdir(shared):

@@ -24,8 +24,6 @@ RELATIVE = "./"  # a marker's string that starts with it is a path relative to t
 
 
 class ShardRef(BaseModel):
-    """A committed shard as a stage hands it on: where it is, its rows and its SHA-256."""
-
     uri: str
     rows: int
     sha256: str

@@ -80,7 +80,4 @@ def resolve(uri: str, settings: StorageSettings | None = None) -> tuple[fsspec.A
 
 def to_uri(uri_like: str) -> str:
     """Canonical form: local paths become absolute, other locations are kept."""
-    proto = protocol_of(uri_like)
-    if proto == "file":
-        return strip_protocol(uri_like)
-    return uri_like.rstrip("/")
+    return strip_protocol(uri_like) if protocol_of(uri_like) == "file" else uri_like.rstrip("/")

@@ -108,7 +108,6 @@ STAGES = ("ingest", "mix", "export", "all")
 def check_recompute(recompute: tuple[str, ...], rounds: int) -> None:
     """Stage names a user may force: ingest, round=K (1..rounds), mix, export, all."""
     valid = set(STAGES) | {f"round={k}" for k in range(1, rounds + 1)}
-    bad = [s for s in recompute if s not in valid]
-    if bad:
+    if bad := [s for s in recompute if s not in valid]:
         raise ValueError(f"unknown stage(s) to recompute {bad}: use ingest, round=1..round={rounds}, mix, export "
                          "or all")

@@ -20,7 +20,6 @@ def normalize_text(text: str) -> str:
 
 
 def content_key(instruction: str, input_text: str = "") -> str:
-    """Normalised instruction plus, when it is not blank, a newline and the normalised input."""
     key = normalize_text(instruction)
     norm_input = normalize_text(input_text or "")
     return f"{key}\n{norm_input}" if norm_input else key

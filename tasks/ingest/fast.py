@@ -132,7 +132,6 @@ class SeedShardWriter:
         self.shards.append(uri)
 
     def wait(self) -> None:
-        """Wait for the shard being written; raises what its write raised."""
         if self._writing is not None:
             self._writing.result()
 

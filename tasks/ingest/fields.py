@@ -46,9 +46,8 @@ def field_map_problems(field_map: dict[str, str]) -> dict[str, str]:
 
 
 def lookup(value: Any, text: str) -> tuple[Any, Path] | None:
-    """The value at a field path and its concrete path, or None when the record does not have it.
-
-    A top-level key that itself contains dots is matched first, as written."""
+    """The value at a field path and its concrete path, or None when the record does not have it (a top-level key
+    that itself contains dots is matched first, as written)."""
     if isinstance(value, dict) and text in value:
         return value[text], (text,)
     current, path = value, []
@@ -66,9 +65,7 @@ def lookup(value: Any, text: str) -> tuple[Any, Path] | None:
 def _find_key(record: dict[str, Any], names: tuple[str, ...]) -> str | None:
     """The record's key for the first of ``names`` it has: as written, else the first key equal ignoring case."""
     for name in names:
-        if name in record:
-            return name
-        key = next((k for k in record if k.lower() == name), None)
+        key = name if name in record else next((k for k in record if k.lower() == name), None)
         if key is not None:
             return key
     return None

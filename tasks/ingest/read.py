@@ -45,8 +45,6 @@ class IngestError(ValueError):
 
 @dataclass
 class RawRecord:
-    """One source record: its line or record number, its text, its parsed value or why it has none."""
-
     line: int
     raw: str
     value: Any = None

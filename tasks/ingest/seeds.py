@@ -32,9 +32,8 @@ class EmptySeedsError(IngestError):
 
 def find_unmatched_paths(src: str, field_map: dict[str, str], settings: StorageSettings | None = None,
                          csv_header: CsvHeader = "auto") -> tuple[list[str], list[str]]:
-    """(mapped source paths that occur in no record, the top-level fields that do occur).
-
-    Stops reading as soon as every mapped path has been seen once."""
+    """(mapped source paths that occur in no record, the top-level fields that do occur); stops reading as soon
+    as every mapped path has been seen once."""
     missing = dict.fromkeys(field_map.values())
     seen: dict[str, None] = {}
     for block in iter_blocks(src, settings, csv_header, _header_names(field_map)):
@@ -197,4 +196,5 @@ def _retry_unless_bad_input(task: Any, task_run: Any, state: Any) -> bool:
 
 @task(name="ingest-seeds", retries=2, retry_delay_seconds=5, retry_condition_fn=_retry_unless_bad_input)
 def ingest_run_seeds_task(config: RunConfig, layout: RunLayout, key: str, force: bool = False) -> IngestSummary:
+    """Ingest the run's seed file into round 0 (or reuse it)."""
     return state(ingest_run_seeds(config, layout, key, force))

@@ -85,8 +85,7 @@ def is_unfinished(text: str) -> bool:
     tokens = words(text)
     if len(tokens) < MIN_WORDS or has_open_fence(text):
         return True
-    tail = text.rstrip()
-    return tail[-1:].isalpha() and tokens[-1].lower() in _DANGLING and not ends_a_list(text)
+    return text.rstrip()[-1:].isalpha() and tokens[-1].lower() in _DANGLING and not ends_a_list(text)
 
 
 def has_scaffolding_fragment(text: str) -> bool:
@@ -128,17 +127,14 @@ def is_far_shorter(text: str, parent: str, ratio: float) -> bool:
 COPY_WINDOW = 8  # words in a row: long enough that a rewrite does not share it with a prompt by chance
 
 
-def _windows(tokens: list[str], size: int) -> set[tuple[str, ...]]:
+def _windows(text: str, size: int) -> set[tuple[str, ...]]:
+    tokens = [w.lower() for w in words(text)]
     return {tuple(tokens[i : i + size]) for i in range(len(tokens) - size + 1)}
 
 
 def copies_prompt(text: str, prompt: str, parent: str, window: int = COPY_WINDOW) -> bool:
     """The text repeats ``window`` words in a row from the evolution prompt that are not in the parent."""
-    tokens = [w.lower() for w in words(text)]
-    if len(tokens) < window:
-        return False
-    shared = _windows(tokens, window) & _windows([w.lower() for w in words(prompt)], window)
-    return bool(shared - _windows([w.lower() for w in words(parent)], window))
+    return bool((_windows(text, window) & _windows(prompt, window)) - _windows(parent, window))
 
 
 def validity_rule_reason(instruction: str, parent: str, kind: str, shorter_ratio: float,

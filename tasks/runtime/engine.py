@@ -17,8 +17,6 @@ from tasks.evolve.shard import stage_runtime, stage_runtime_built
 
 
 class EngineStart(BaseModel):
-    """What starting a run's backends did."""
-
     backends: list[str]  # "backend model" per distinct backend, as configured
     engines: list[str]  # model names of the engines started (vLLM); none for scripted or remote backends
     seconds: float
@@ -30,13 +28,7 @@ class EngineStart(BaseModel):
 
 def engine_labels(llm: LLMConfig) -> list[str]:
     """``backend model`` of each distinct backend a run uses, in stage order."""
-    labels: list[str] = []
-    for stage in STAGES:
-        resolved = llm.for_stage(stage)
-        label = f"{resolved.backend} {resolved.model}"
-        if label not in labels:
-            labels.append(label)
-    return labels
+    return list(dict.fromkeys(f"{resolved.backend} {resolved.model}" for resolved in map(llm.for_stage, STAGES)))
 
 
 def pending_shards(candidate_uris: list[str], keys: list[str], force: bool = False,

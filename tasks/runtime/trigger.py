@@ -20,8 +20,6 @@ from tasks.train.sft import recipe_name
 
 
 class TriggerResult(BaseModel):
-    """How training was started, its flow run and where its outputs will be."""
-
     mode: Literal["deployment", "in_process", "disabled"]
     flow_run_id: str | None
     output_uri: str

@@ -18,8 +18,6 @@ WARM_ENV = "EVOL_WORKER_WARM"
 
 
 class WorkerPlan(BaseModel):
-    """The command line, environment and CPU affinity of one worker process."""
-
     argv: list[str]
     env: dict[str, str]
     cpus: list[int] | None = None

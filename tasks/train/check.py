@@ -22,8 +22,6 @@ Status = Literal["ok", "not checked", "failed"]
 
 @dataclass(frozen=True)
 class Check:
-    """One check of a dry run: what, its outcome, and the detail."""
-
     what: str
     status: Status
     detail: str
