@@ -7,7 +7,7 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.settings import PREFECT_UI_URL
 
 from flows.evol_instruct import RunResult, evol_instruct
-from tasks.core.config_file import load_run_config_uri
+from tasks.core.config_file import load_run_config
 from tasks.core.context import run_layout
 from tasks.reporting.monitor import artifact_key
 from tasks.reporting.report import run_links_markdown
@@ -16,7 +16,7 @@ from tasks.reporting.report import run_links_markdown
 @flow(name="evol-run")
 def evol_run(config_uri: str, rounds: int | None = None) -> RunResult:
     """Load the RunConfig at ``config_uri`` (relative paths from the worker's code folder) and run evol-instruct."""
-    config = load_run_config_uri(config_uri, {"rounds": rounds} if rounds is not None else None)
+    config = load_run_config(config_uri, {"rounds": rounds} if rounds is not None else None)
     get_run_logger().info("config %s: %s rounds, %s backend, model %s, output root %s", config_uri, config.rounds,
                           config.llm.backend, config.llm.model, config.output_root)
     result = evol_instruct(config)

@@ -1,7 +1,6 @@
 """Where a round's shard tasks run: threads in the run's process (embedded) or the workers of a Dask cluster.
 
-Wiring only: which Prefect task runner a round gets, and how the round treats the futures the runner hands it.
-"""
+Wiring only: which Prefect task runner a round gets, and how the round treats the futures the runner hands it."""
 
 from __future__ import annotations
 

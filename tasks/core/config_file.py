@@ -2,8 +2,7 @@
 relative paths taken from the file's folder, validated as a ``RunConfig``.
 
 PyYAML keeps the last of two equal keys without a word, so ``rounds:`` twice would silently take the second: the
-loader here refuses it (recipes and prompt pack manifests are read with it too).
-"""
+loader here refuses it (recipes and prompt pack manifests are read with it too)."""
 
 from __future__ import annotations
 
@@ -99,21 +98,13 @@ def apply_sets(data: dict[str, Any], sets: list[str] | tuple[str, ...]) -> dict[
     return out
 
 
-def load_run_config(path: str | Path, overrides: dict[str, Any] | None = None,
-                    sets: list[str] | tuple[str, ...] = ()) -> RunConfig:
-    """Load a RunConfig from a YAML file; relative local paths in it are taken from the file's folder.
-
-    ``overrides`` replace top-level keys; ``sets`` are ``--set KEY=VALUE`` pairs (see :func:`apply_sets`)."""
-    return load_run_config_uri(str(path), overrides, sets=sets)
-
-
-def load_run_config_uri(uri: str, overrides: dict[str, Any] | None = None,
-                        settings: StorageSettings | None = None, sets: list[str] | tuple[str, ...] = ()) -> RunConfig:
+def load_run_config(uri: str | Path, overrides: dict[str, Any] | None = None, sets: list[str] | tuple[str, ...] = (),
+                    settings: StorageSettings | None = None) -> RunConfig:
     """Load a RunConfig from a YAML file at a local path or a storage URI (``s3://``, ``memory://``).
 
-    Relative ``seeds`` and ``output_root`` in it are taken from the file's folder, local or not; ``overrides`` and
-    ``sets`` as for :func:`load_run_config`.
-    """
+    Relative ``seeds`` and ``output_root`` in it are taken from the file's folder, local or not. ``overrides`` replace
+    top-level keys; ``sets`` are ``--set KEY=VALUE`` pairs (see :func:`apply_sets`)."""
+    uri = str(uri)
     local = "://" not in uri or uri.startswith("file://")
     source = str(Path(uri.removeprefix("file://"))) if local else uri
     try:

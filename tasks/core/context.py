@@ -31,7 +31,6 @@ READER_VERSION = "4"
 
 
 def stage_key(*parts: Any) -> str:
-    """A stable hash of JSON-able parts."""
     blob = json.dumps(parts, sort_keys=True, separators=(",", ":"), default=str).encode()
     return hashlib.sha256(blob).hexdigest()[:24]
 
@@ -88,7 +87,6 @@ class RunContext(BaseModel):
     recompute: tuple[str, ...] = ()
 
     def forced(self, stage: str) -> bool:
-        """Whether the user asked to recompute ``stage`` (``ingest``, ``round=K``, ``mix``, ``export``)."""
         return "all" in self.recompute or stage in self.recompute
 
     def evolve_shard_key(self, pool_sha: str, round_index: int) -> str:
@@ -103,7 +101,6 @@ class RunContext(BaseModel):
 
 
 def seeds_content_sha(uri: str, settings: StorageSettings | None = None) -> str:
-    """SHA-256 of the seed file's bytes, streamed."""
     fs, path = resolve(uri, settings)
     with fs.open(path, "rb") as f:
         return hashlib.file_digest(f, "sha256").hexdigest()
@@ -115,7 +112,6 @@ STAGES = ("ingest", "mix", "export", "all")
 def check_recompute(recompute: tuple[str, ...], rounds: int) -> None:
     """Stage names a user may force: ingest, round=K (1..rounds), mix, export, all."""
     valid = set(STAGES) | {f"round={k}" for k in range(1, rounds + 1)}
-    bad = [s for s in recompute if s not in valid]
-    if bad:
+    if bad := [s for s in recompute if s not in valid]:
         raise ValueError(f"unknown stage(s) to recompute {bad}: use ingest, round=1..round={rounds}, mix, export "
                          "or all")
