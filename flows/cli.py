@@ -8,8 +8,11 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from flows.cli_common import DEBUG, console, err_console, fail
+from flows.cli_common import Debug, console, err_console, fail
 from flows.cli_models import models_app
+from flows.cli_plan import plan
+from flows.cli_run import run
+from flows.cli_train import train_command
 
 app = typer.Typer(help="Evol-Instruct data pipeline: evolve, eliminate, deduplicate, export, train.",
                   no_args_is_help=True, pretty_exceptions_enable=False)
@@ -17,12 +20,11 @@ app.add_typer(models_app, name="models")
 
 
 @app.callback()
-def main(debug: bool = typer.Option(False, "--debug", help="Show the traceback behind an error")) -> None:
+def main(debug: Debug = False) -> None:
     """Evol-Instruct data pipeline."""
     from tasks.core.runlog import install_redaction
 
     install_redaction()
-    DEBUG["on"] = DEBUG["on"] or debug
     # Offline machines log an error for every telemetry attempt of the ephemeral server.
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     # The ephemeral API starts a local server; on a busy 2-core machine that can take over 20 s.
@@ -52,13 +54,12 @@ def ingest(
                                    "field), yes or no"),
     max_rejected_share: float = typer.Option(0.5, "--max-rejected-share", min=0.0, max=1.0,
                                              help="Fail when more than this share of the rows is rejected"),
-    debug: bool = typer.Option(False, "--debug", help="Show the traceback behind an error"),
+    debug: Debug = False,
 ) -> None:
     """Read seed instructions into Parquet shards; bad rows are quarantined with their reason. When no row is
     accepted or too many are rejected, no seed shard is kept (the quarantined rows are, to read why)."""
     from tasks.ingest.seeds import IngestError, check_ingest_summary, discard_seed_shards, ingest_seeds
 
-    DEBUG["on"] = DEBUG["on"] or debug
     header = {"auto": "auto", "yes": True, "true": True, "no": False, "false": False}.get(csv_header.lower())
     if header is None:
         fail(f"--csv-header takes auto, yes or no, got {csv_header!r}")
@@ -85,49 +86,8 @@ def ingest(
         console.print(f"quarantined rows: {summary.rejected_uri}", soft_wrap=True)
 
 
-@app.command()
-def run(
-    config: Path = typer.Argument(..., help="Run configuration (YAML), e.g. configs/demo.yaml"),
-    rounds: int | None = typer.Option(None, "--rounds", min=0, help="Override the number of rounds"),
-    output_root: str | None = typer.Option(None, "--output-root", help="Override where runs are written"),
-    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show per-round progress"),
-    recompute: list[str] = typer.Option([], "--recompute",
-                                        help="Redo a stage even if its outputs are current: ingest, round=K, mix, "
-                                             "export or all (repeatable)"),
-    sets: list[str] = typer.Option([], "--set", help="Override a config key: KEY=VALUE, KEY dotted "
-                                   "(rounds=3, sampling.evolve.max_tokens=64; repeatable)"),
-    take_over: bool = typer.Option(False, "--take-over", help="Take the run folder from a run that holds it"),
-    verbose: bool = typer.Option(False, "--verbose", help="Show Prefect's and vLLM's logs in the terminal too "
-                                 "(they always go to RUN/logs/run-*.log)"),
-    debug: bool = typer.Option(False, "--debug", help="Show the traceback behind an error"),
-) -> None:
-    """Run the whole pipeline: ingest, evolve round after round, mix, deduplicate, export.
-
-    The run folder is OUTPUT_ROOT/NAME; a rerun reuses every stage whose inputs did not change."""
-    from flows.cli_run import run_command
-
-    DEBUG["on"] = DEBUG["on"] or debug
-
-    run_command(config, rounds, output_root, progress, recompute, take_over, verbose, sets)
-
-
-@app.command()
-def plan(
-    config: Path = typer.Argument(..., help="Run configuration (YAML), e.g. configs/demo.yaml"),
-    sets: list[str] = typer.Option([], "--set", help="Override a config key: KEY=VALUE, KEY dotted "
-                                   "(rounds=3, sampling.evolve.max_tokens=64; repeatable)"),
-    recompute: list[str] = typer.Option([], "--recompute", help="As for `evol run`: ingest, round=K, mix, export, "
-                                        "all (repeatable)"),
-    measure: int = typer.Option(0, "--measure", min=0, help="Run round 1 of N seeds through the model to measure "
-                                "completion tokens and speed (starts the engine)"),
-    debug: bool = typer.Option(False, "--debug", help="Show the traceback behind an error"),
-) -> None:
-    """Show what `evol run` would do: each stage reused or recomputed, shards per round, and an estimate of
-    prompt and completion tokens and engine time. Starts no Prefect and (without --measure) no engine."""
-    from flows.cli_plan import plan_command
-
-    DEBUG["on"] = DEBUG["on"] or debug
-    plan_command(config, sets, recompute, measure)
+app.command()(run)
+app.command()(plan)
 
 
 @app.command()
@@ -143,27 +103,20 @@ def worker(
 ) -> None:
     """Start one shard worker: it takes one shard at a time from the cluster's runs and keeps its engine warm for
     its whole life. One per GPU (or per CPU slice); runs reach it with `orchestration.cluster` or EVOL_CLUSTER."""
-    from flows.cli_worker import worker_command
+    from tasks.runtime.worker import worker_plan
 
-    worker_command(scheduler, name, cpus, gpu, preload, warm, nanny)
+    try:
+        plan = worker_plan(scheduler, name, cpus, gpu, preload, warm, nanny)
+    except ValueError as err:
+        fail(str(err))
+    if plan.cpus:
+        os.sched_setaffinity(0, plan.cpus)  # kept across exec: the worker, its engine and their children
+    err_console.print(f"evol worker {name or ''} -> {scheduler} (cpus {cpus or 'all'}, gpu {gpu or '-'})",
+                      soft_wrap=True, highlight=False)
+    os.execve(plan.argv[0], plan.argv, plan.env)
 
 
-@app.command()
-def train(
-    recipe: str = typer.Argument(..., help="A recipe: a name under recipes/ (smoke-cpu, wizardlm-7b) or a YAML path"),
-    dataset: str | None = typer.Option(None, "--dataset", help="An exported messages.jsonl (local, s3://, memory://)"),
-    output: str | None = typer.Option(None, "--output", help="Where model/, metrics.json and loss.png go"),
-    dry_run: bool = typer.Option(False, "--dry-run", help="Only check the recipe against its model's tokenizer "
-                                 "(chat template, a rendered sample, lengths on --dataset); loads no model"),
-    models_dir: str | None = typer.Option(None, "--models-dir", help="Where the bundled model is prepared"),
-) -> None:
-    """Fine-tune with a recipe on an exported messages.jsonl (the `train` flow, here), after the --dry-run checks."""
-    from flows.cli_train import dry_run_command, train_command
-
-    if dry_run:
-        dry_run_command(recipe, dataset, models_dir)
-    else:
-        train_command(recipe, dataset, output, models_dir)
+app.command("train")(train_command)
 
 
 @app.command("runs")
@@ -210,6 +163,28 @@ def show_command(
         err_console.print(f"warning: the last attempt of {uri} failed ({info.error}); this card is an earlier "
                           "attempt's", soft_wrap=True, highlight=False, markup=False)
     print(card, end="" if card.endswith("\n") else "\n")
+
+
+@app.command()
+def push(
+    run_name: str = typer.Argument(..., help="A run's name under --output-root, or the run folder's URI"),
+    repo_id: str = typer.Argument(..., help="The Hugging Face dataset repo: user/name or org/name"),
+    output_root: str = typer.Option("runs", "--output-root", help="Where runs are written"),
+    private: bool = typer.Option(False, "--private", help="Create the repo private (when it does not exist yet)"),
+    endpoint: str | None = typer.Option(None, "--endpoint", help="Hub endpoint (default: HF_ENDPOINT, else the Hub)"),
+    message: str | None = typer.Option(None, "--message", "-m", help="Commit message"),
+) -> None:
+    """Upload a run's export (data files, dataset card, plots) to a Hugging Face dataset repo, creating it if needed.
+    The token is huggingface_hub's: HF_TOKEN, or `hf auth login`."""
+    from storage.uri import join_uri
+    from tasks.export.push import push_export
+
+    uri = run_name if ("/" in run_name or "://" in run_name) else join_uri(output_root, run_name)
+    try:
+        pushed = push_export(uri, repo_id, private=private, endpoint=endpoint, message=message)
+    except OSError as err:  # the hub's HTTP errors are OSErrors too
+        fail(str(err))
+    console.print(f"pushed {len(pushed.files)} files to {pushed.repo_url}: {pushed.commit_url}")
 
 
 @app.command()

@@ -7,7 +7,8 @@ import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any, NoReturn
+from pathlib import Path
+from typing import Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
@@ -15,6 +16,16 @@ from rich.console import Console
 console = Console()
 err_console = Console(stderr=True)
 DEBUG = {"on": False}
+
+
+def _debug(on: bool) -> None:
+    DEBUG["on"] = DEBUG["on"] or on
+
+
+Debug = Annotated[bool, typer.Option("--debug", help="Show the traceback behind an error", callback=_debug)]
+ConfigArg = Annotated[Path, typer.Argument(help="Run configuration (YAML), e.g. configs/demo.yaml")]
+SET_OPTION = typer.Option([], "--set", help="Override a config key: KEY=VALUE, KEY dotted "
+                          "(rounds=3, sampling.evolve.max_tokens=64; repeatable)")
 
 
 def run_line(config: Any) -> str:
@@ -34,6 +45,21 @@ def fail(message: str) -> NoReturn:
     for line in redact_text(str(message)).splitlines() or [""]:
         err_console.print(f"[bold red]error:[/] {line}", soft_wrap=True, markup=True, highlight=False)
     raise typer.Exit(code=2)
+
+
+def load_config(path: Path, sets: list[str], recompute: list[str], overrides: dict[str, Any] | None = None) -> Any:
+    """The run config at ``path`` with the overrides and ``--set`` pairs, its ``--recompute`` names checked; a config
+    that can't be read ends the command with its error."""
+    from tasks.core.config import ConfigError
+    from tasks.core.config_file import load_run_config
+    from tasks.core.context import check_recompute
+
+    try:
+        config = load_run_config(path, overrides, sets)
+        check_recompute(tuple(recompute), config.rounds)
+    except (ConfigError, ValueError) as err:
+        fail(str(err))
+    return config
 
 
 def fail_on_problems(problems: list) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import subprocess
 import sys
@@ -43,22 +44,39 @@ async def ensure_process_pools(names: list[str]) -> dict[str, bool]:
     return created
 
 
+async def existing_parameters(specs: list[dict]) -> dict[str, dict]:
+    """The parameters of the deployments of ``specs`` already on the server (same name and entrypoint), by name."""
+    from prefect import get_client
+    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterName
+
+    entrypoints = {spec["name"]: spec["entrypoint"] for spec in specs}
+    async with get_client() as client:
+        found = await client.read_deployments(
+            deployment_filter=DeploymentFilter(name=DeploymentFilterName(any_=list(entrypoints))))
+    return {d.name: dict(d.parameters) for d in found if entrypoints.get(d.name) == d.entrypoint}
+
+
 def deploy_commands(specs: list[dict], config_uri: str | None, interval: int | None,
-                    cron: str | None) -> list[list[str]]:
-    """``prefect deploy --all``; with overrides, one command per deployment, the overrides going to the
-    deployments that take ``config_uri``."""
-    if not (config_uri or interval or cron):
+                    cron: str | None, existing: dict[str, dict] | None = None) -> list[list[str]]:
+    """``prefect deploy --all`` for deployments new to the server; else one command per deployment that keeps the
+    parameters it has on the server (``existing``: a team's config URI, a run count set in the UI) and changes only
+    what is asked: ``config_uri``, ``interval`` and ``cron`` go to the deployments that take ``config_uri``."""
+    existing = existing or {}
+    if not (config_uri or interval or cron or existing):
         return [[PREFECT, "--no-prompt", "deploy", "--all"]]
     commands = []
     for spec in specs:
         cmd = [PREFECT, "--no-prompt", "deploy", "--name", spec["name"]]
-        if "config_uri" in (spec.get("parameters") or {}):
-            if config_uri:
-                cmd += ["--param", f"config_uri={config_uri}"]
-            if interval:
-                cmd += ["--interval", str(interval)]
-            if cron:
-                cmd += ["--cron", cron]
+        takes_config = "config_uri" in (spec.get("parameters") or {})
+        parameters = dict(existing.get(spec["name"], {}))
+        if takes_config and config_uri:
+            parameters["config_uri"] = config_uri
+        if parameters:
+            cmd += ["--params", json.dumps(parameters, sort_keys=True)]
+        if takes_config and interval:
+            cmd += ["--interval", str(interval)]
+        if takes_config and cron:
+            cmd += ["--cron", cron]
         commands.append(cmd)
     return commands
 
@@ -80,12 +98,16 @@ def deploy_command(project_dir: Path, config_uri: str | None, interval: int | No
     pools = sorted({spec["work_pool"]["name"] for spec in specs})
     try:
         created = asyncio.run(ensure_process_pools(pools))
+        existing = asyncio.run(existing_parameters(specs))
     except Exception as err:  # the server is down or refuses: say where
         fail(f"can't reach the Prefect API at {api_url}: {type(err).__name__}: {err}")
     for name, new in created.items():
         console.print(f"work pool [bold]{name}[/]: {'created (process)' if new else 'exists'}", soft_wrap=True)
     env = {**os.environ, "PREFECT_API_URL": api_url}
-    for cmd in deploy_commands(specs, config_uri, interval, cron):
+    for name, parameters in sorted(existing.items()):
+        console.print(f"deployment [bold]{name}[/] exists: keeping its parameters {parameters} unless asked",
+                      soft_wrap=True)
+    for cmd in deploy_commands(specs, config_uri, interval, cron, existing):
         done = subprocess.run(cmd, cwd=project_dir, env=env, capture_output=True, text=True)
         if done.returncode != 0:
             fail(f"{' '.join(cmd[1:])} failed:\n{done.stdout[-2000:]}{done.stderr[-2000:]}")

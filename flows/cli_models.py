@@ -6,6 +6,8 @@ from typing import Any
 
 import typer
 
+from flows.cli_common import console, fail
+
 models_app = typer.Typer(help="Local models: prepare the bundled SmolLM2-135M-Instruct for vLLM.",
                          no_args_is_help=True)
 
@@ -32,7 +34,6 @@ def prepare(
 def prepare_for_config(config: Any) -> None:
     """Before a run or a plan: a stage on the bundled vLLM model that is not prepared yet is prepared now, said in
     one line (where, and why) instead of the conversion's progress bars; an error ends the command."""
-    from flows.cli_common import console, fail
     from tasks.core.config import STAGES, EnvSettings
     from tasks.llm.models import (
         DEFAULT_MODEL,

@@ -5,17 +5,18 @@ from __future__ import annotations
 import tempfile
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
-from rich.console import Console
+import typer
 from rich.table import Table
 
-from tasks.core.runlog import RunLog
-
-console = Console()
+from flows.cli_common import SET_OPTION, ConfigArg, Debug, console, fail, fail_on_problems, load_config, run_line
 
 
-def _measure_log() -> RunLog:
+def _measure_log() -> Any:
     """Measuring starts the run's engines: their output goes to a log file, named on the terminal."""
+    from tasks.core.runlog import RunLog
+
     path = Path(tempfile.gettempdir()) / f"evol-plan-{datetime.now():%Y%m%d-%H%M%S}.log"
     run_log = RunLog(local=path, uri=str(path))
     run_log.start(verbose=False)
@@ -23,42 +24,44 @@ def _measure_log() -> RunLog:
     return run_log
 
 
-def plan_command(config_path: Path, sets: list[str], recompute: list[str], measure: int) -> None:
-    from flows.cli_common import fail, fail_on_problems, run_line
+def plan(
+    config: ConfigArg,
+    sets: list[str] = SET_OPTION,
+    recompute: list[str] = typer.Option([], "--recompute", help="As for `evol run`: ingest, round=K, mix, export, "
+                                        "all (repeatable)"),
+    measure: int = typer.Option(0, "--measure", min=0, help="Run round 1 of N seeds through the model to measure "
+                                "completion tokens and speed (starts the engine)"),
+    debug: Debug = False,
+) -> None:
+    """Show what `evol run` would do: each stage reused or recomputed, shards per round, and an estimate of
+    prompt and completion tokens and engine time. Starts no Prefect and (without --measure) no engine."""
     from flows.cli_models import prepare_for_config
-    from tasks.core.config import ConfigError
-    from tasks.core.config_file import load_run_config
-    from tasks.core.context import check_recompute
     from tasks.core.summaries import engine_time_line, whole_run
     from tasks.ingest.seeds import IngestError
     from tasks.planning.plan import make_plan
     from tasks.planning.validate import validate_run
 
-    try:
-        config = load_run_config(config_path, None, sets)
-        check_recompute(tuple(recompute), config.rounds)
-    except (ConfigError, ValueError) as err:
-        fail(str(err))
-    fail_on_problems(validate_run(config, str(config_path), write_check=False))  # a plan writes nothing
-    prepare_for_config(config)
+    run_config = load_config(config, sets, recompute)
+    fail_on_problems(validate_run(run_config, str(config), write_check=False))  # a plan writes nothing
+    prepare_for_config(run_config)
     run_log = _measure_log() if measure else None
     try:
-        plan = make_plan(config, tuple(recompute), measure)
+        planned = make_plan(run_config, tuple(recompute), measure)
     except (IngestError, OSError) as err:
         fail(str(err))
     finally:
         if run_log is not None:
             run_log.finish()
-    console.print(f"plan for run [bold]{plan.run_uri}[/] ({run_line(config)})", soft_wrap=True, highlight=False)
+    console.print(f"plan for run [bold]{planned.run_uri}[/] ({run_line(run_config)})", soft_wrap=True, highlight=False)
     stages = Table(title="stages")
     for col in ("stage", "would be", "shards reused", "why"):
         stages.add_column(col, justify="right" if col == "shards reused" else "left")
-    for s in plan.stages:
+    for s in planned.stages:
         sharded = s.stage in ("ingest", "score") or s.stage.startswith("round")
         shards = f"{s.shards_reused}/{s.shards}" if sharded else "-"
         stages.add_row(s.stage, "reused" if s.reused else "recomputed", shards, s.why)
     console.print(stages)
-    e = plan.estimate
+    e = planned.estimate
     table = Table(title=f"estimate for {e.rows} seed rows")
     for col in ("round", "calls", "prompt tokens", "completion tokens", "to compute"):
         table.add_column(col, justify="right")

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import os
 import threading
+from contextlib import nullcontext
 from datetime import timedelta
-from pathlib import Path
 from typing import Any
 
 import typer
@@ -14,7 +14,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColum
 from rich.table import Table
 from rich.text import Text
 
-console = Console()
+from flows.cli_common import SET_OPTION, ConfigArg, Debug, console, fail, fail_on_problems, load_config, run_line
 
 
 class RoundTimeColumn(ProgressColumn):
@@ -22,9 +22,7 @@ class RoundTimeColumn(ProgressColumn):
 
     def render(self, task: Task) -> Text:
         seconds = task.fields.get("seconds")
-        if seconds is None:
-            return Text("-:--:--", style="progress.elapsed")
-        return Text(str(timedelta(seconds=int(seconds))), style="progress.elapsed")
+        return Text("-:--:--" if seconds is None else str(timedelta(seconds=int(seconds))), style="progress.elapsed")
 
 
 def _watch_progress(run_id: str, rounds: int, stop: threading.Event, out: Console | None = None) -> None:
@@ -47,49 +45,48 @@ def _watch_progress(run_id: str, rounds: int, stop: threading.Event, out: Consol
         show()  # the last frame: what the run did up to its end
 
 
-def run_command(config_path: Path, rounds: int | None, output_root: str | None, show_progress: bool,
-                recompute: list[str] | None = None, take_over: bool = False, verbose: bool = False,
-                sets: list[str] | None = None) -> None:
-    """Load the config, run the flow (a private local Prefect API unless PREFECT_API_URL is set), print the
-    outputs."""
-    from flows.cli_common import fail
+def run(
+    config: ConfigArg,
+    rounds: int | None = typer.Option(None, "--rounds", min=0, help="Override the number of rounds"),
+    output_root: str | None = typer.Option(None, "--output-root", help="Override where runs are written"),
+    show_progress: bool = typer.Option(True, "--progress/--no-progress", help="Show per-round progress"),
+    recompute: list[str] = typer.Option([], "--recompute",
+                                        help="Redo a stage even if its outputs are current: ingest, round=K, mix, "
+                                             "export or all (repeatable)"),
+    sets: list[str] = SET_OPTION,
+    take_over: bool = typer.Option(False, "--take-over", help="Take the run folder from a run that holds it"),
+    verbose: bool = typer.Option(False, "--verbose", help="Show Prefect's and vLLM's logs in the terminal too "
+                                 "(they always go to RUN/logs/run-*.log)"),
+    debug: Debug = False,
+) -> None:
+    """Run the whole pipeline: ingest, evolve round after round, mix, deduplicate, export.
+
+    The run folder is OUTPUT_ROOT/NAME; a rerun reuses every stage whose inputs did not change."""
     from storage.lease import RunLease, held_message, is_stale
-    from tasks.core.config import ConfigError
-    from tasks.core.config_file import load_run_config
-    from tasks.core.context import check_recompute, run_layout
+    from tasks.core.context import run_layout
+    from tasks.planning.validate import check_cluster, check_prefect_api, validate_run
 
     overrides = {k: v for k, v in (("rounds", rounds), ("output_root", output_root)) if v is not None}
-    try:
-        config = load_run_config(config_path, overrides, sets or ())
-        check_recompute(tuple(recompute or ()), config.rounds)
-    except (ConfigError, ValueError) as err:
-        fail(str(err))
+    run_config = load_config(config, sets, recompute, overrides)
     # Plan-time validation: a config that can't run fails here, before Prefect starts or a run folder exists.
-    from flows.cli_common import fail_on_problems
-    from tasks.planning.validate import check_cluster, check_prefect_api, validate_run
-    fail_on_problems(validate_run(config, str(config_path)) + check_prefect_api() + check_cluster(config))
+    fail_on_problems(validate_run(run_config, str(config)) + check_prefect_api() + check_cluster(run_config))
 
-    layout = run_layout(config)
+    layout = run_layout(run_config)
     held = RunLease(layout.run_uri).read()
     if held is not None and not take_over and not is_stale(held):
         fail(held_message(layout.run_uri, held))
     api = os.environ.get("PREFECT_API_URL")
-    from flows.cli_common import run_line
     from storage.redact import redact_text
     shown_api = redact_text(api) if api else "a local Prefect API for this run"
-    console.print(f"run [bold]{layout.run_id}[/] ({run_line(config)}) on {shown_api}",
+    console.print(f"run [bold]{layout.run_id}[/] ({run_line(run_config)}) on {shown_api}",
                   soft_wrap=True, highlight=False)
-    from flows.cli_models import prepare_for_config
-    prepare_for_config(config)
+    from flows.cli_models import prepare_for_config  # here, not above: tests/infra_driver.py replaces it
+    prepare_for_config(run_config)
     from flows.cli_common import sigterm_as_exit
-    if api:
-        with sigterm_as_exit():
-            result = _run_flow(config, layout, show_progress, recompute, take_over, verbose)
-    else:
-        from flows.local_api import local_api
+    from flows.local_api import local_api
 
-        with sigterm_as_exit(), local_api():
-            result = _run_flow(config, layout, show_progress, recompute, take_over, verbose)
+    with sigterm_as_exit(), (nullcontext() if api else local_api()):
+        result = _run_flow(run_config, layout, show_progress, recompute, take_over, verbose)
     table = Table(title="rounds")
     for col in ("round", "pool in", "evolved", "carried", "rejected", "reused"):
         table.add_column(col, justify="left" if col == "rejected" else "right")
@@ -101,8 +98,8 @@ def run_command(config_path: Path, rounds: int | None, output_root: str | None, 
     from tasks.reporting.report import seeds_line
     console.print(seeds_line(result.ingest), soft_wrap=True, highlight=False)
     from tasks.reporting.monitor import empty_export_warning, low_evolution_warning
-    warnings = [low_evolution_warning(r, config.orchestration.min_evolved_share) for r in result.rounds]
-    warnings.append(empty_export_warning(result.export.rows, config.rounds, config.mix.include_seeds))
+    warnings = [low_evolution_warning(r, run_config.orchestration.min_evolved_share) for r in result.rounds]
+    warnings.append(empty_export_warning(result.export.rows, run_config.rounds, run_config.mix.include_seeds))
     for warning in filter(None, warnings):
         console.print(f"[bold yellow]warning:[/] {warning}", soft_wrap=True, highlight=False)
     console.print(f"final rows: [bold]{result.mix.final}[/] (seeds and survivors after dedup)"
@@ -113,9 +110,8 @@ def run_command(config_path: Path, rounds: int | None, output_root: str | None, 
     raise typer.Exit(code=0)
 
 
-def _run_flow(config: Any, layout: Any, show_progress: bool, recompute: list[str] | None, take_over: bool,
+def _run_flow(config: Any, layout: Any, show_progress: bool, recompute: list[str], take_over: bool,
               verbose: bool = False) -> Any:
-    from flows.cli_common import fail
     from flows.evol_instruct import evol_instruct
     from tasks.core.runlog import RunLog
 
@@ -134,7 +130,7 @@ def _run_flow(config: Any, layout: Any, show_progress: bool, recompute: list[str
     from storage.errors import infrastructure_message
     from tasks.ingest.seeds import IngestError
     try:
-        return evol_instruct(config, recompute=list(recompute or []), take_over=take_over)
+        return evol_instruct(config, recompute=list(recompute), take_over=take_over)
     except IngestError as err:  # the seeds as a whole can't be used (nothing accepted, too much rejected)
         unusable = str(err)
     except Exception as err:  # storage down, a full disk, the folder taken by a run that started with this one

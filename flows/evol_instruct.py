@@ -19,12 +19,11 @@ from prefect.artifacts import (
     create_table_artifact,
     update_progress_artifact,
 )
-from prefect.futures import as_completed
-from prefect.settings import PREFECT_API_URL
+from prefect.settings import PREFECT_API_URL, PREFECT_UI_URL
 from pydantic import BaseModel
 
 from flows.evol_score import evol_score
-from flows.runners import cluster_address, release_future, round_task_runner
+from flows.runners import cluster_address, completions, release_future, round_task_runner
 from flows.train import train
 from storage import ShardRef, StageMismatch, total_rows
 from storage.layout import remove_rounds_beyond
@@ -42,6 +41,7 @@ from tasks.core.summaries import (
     ShardSummary,
     engine_time_line,
 )
+from tasks.evolve.progress import forget_shard, running_rows
 from tasks.evolve.shard import evolve_shard_task, reset_stage_runtimes
 from tasks.export.files import export_final_task
 from tasks.export.plots import plots_markdown
@@ -59,9 +59,9 @@ from tasks.reporting.monitor import (
     run_name_of,
     shard_log_line,
 )
-from tasks.reporting.report import final_markdown, round_table
+from tasks.reporting.report import artifact_link, final_markdown, round_table
 from tasks.reporting.run_index import record_attempt
-from tasks.reporting.samples import round_samples
+from tasks.reporting.samples import round_samples, samples_markdown, samples_table
 from tasks.round.finish import finish_round_task
 from tasks.runtime.cancel import CancelWatcher, cancel_and_exit
 from tasks.runtime.engine import engine_labels, needs_engine_start, start_engines_task
@@ -110,8 +110,10 @@ def evol_round(ctx: RunContext, round_index: int, pool_in: list[ShardRef], refer
         retries=ctx.config.orchestration.retries, retry_delay_seconds=ctx.config.orchestration.retry_delay_s
     )
     logger = get_run_logger()
-    progress = RoundProgress(round_index, len(pool_in), started=started)
+    progress = RoundProgress(round_index, len(pool_in), started=started, total_rows=total_rows(pool_in))
     publish_round(layout.run_id, progress)  # the terminal's bar for this round counts from here
+    for uri in candidate_uris:  # rows an earlier run in this process left on the board are not this round's
+        forget_shard(uri)
     progress_key = artifact_key(layout.run_id, "round", round_index, "progress")
     # On a cluster each worker's engine starts with its first shard and stays warm for the worker's life.
     distributed = cluster_address(ctx.config.orchestration) is not None
@@ -126,13 +128,18 @@ def evol_round(ctx: RunContext, round_index: int, pool_in: list[ShardRef], refer
         progress.note, progress.started = engine.note(), time.time()
         logger.info("round %d: %s", round_index, progress.note)
         update_progress_artifact(progress_id, 0.0, description=progress.description())
+    every_s = ctx.config.orchestration.progress_interval_s
     futures = shard_task.map(pool_in, candidate_uris, round_index, list(range(len(pool_in))),
-                             unmapped(ctx.evolve), keys, unmapped(force))
+                             unmapped(ctx.evolve), keys, unmapped(force), unmapped(every_s))
     index_of = {id(f): i for i, f in enumerate(futures)}
     results: dict[int, ShardSummary] = {}
     failed: list[str] = []
     lost = []
-    for future in as_completed(list(futures)):
+    for future in completions(list(futures), every_s):
+        if future is None:  # no shard finished for a while: show the rows of the running ones
+            if progress.set_running(running_rows(candidate_uris)):
+                update_progress_artifact(progress_id, progress.percent, description=progress.description())
+            continue
         i = index_of[id(future)]
         try:
             result = future.result(raise_on_failure=False)
@@ -140,14 +147,16 @@ def evol_round(ctx: RunContext, round_index: int, pool_in: list[ShardRef], refer
             result = err
             lost.append(future.task_run_id)
         release_future(future)
+        forget_shard(candidate_uris[i])
         if isinstance(result, ShardSummary):
             results[i] = result
-            progress.add(result)
+            progress.add(result, i)
             logger.info("%s", shard_log_line(result, i, len(pool_in)))
         else:
             failed.append(f"{pool_in[i].uri} ({type(result).__name__}: {result})")
             logger.error("round %d shard %d/%d failed: %s", round_index, i + 1, len(pool_in), failed[-1])
-            progress.done += 1
+            progress.finish(i)
+        progress.set_running(running_rows(candidate_uris))
         update_progress_artifact(progress_id, progress.percent, description=progress.description())
     summaries = [results[i] for i in sorted(results)]
     if lost:
@@ -160,9 +169,12 @@ def evol_round(ctx: RunContext, round_index: int, pool_in: list[ShardRef], refer
     progress.ended = time.time()
     create_table_artifact(key=artifact_key(layout.run_id, "round", round_index), table=round_table(summary),
                           description=f"Round {round_index} of run {layout.run_id}")
+    samples, full_key = round_samples(pool_in, summary), artifact_key(layout.run_id, "round", round_index, "rows")
+    title = f"Round {round_index} of run {layout.run_id}: evolved and rejected samples"
+    create_markdown_artifact(key=full_key, markdown=samples_markdown(samples, title), description=f"{title}, in full")
     create_table_artifact(key=artifact_key(layout.run_id, "round", round_index, "samples"),
-                          table=round_samples(pool_in, summary),
-                          description=f"Round {round_index} of run {layout.run_id}: evolved and rejected samples")
+                          table=samples_table(samples), description=f"{title}; each row in full: "
+                          + artifact_link(full_key, PREFECT_UI_URL.value()))
     warning = low_evolution_warning(summary, ctx.config.orchestration.min_evolved_share)
     if warning:
         logger.warning("%s", warning)
@@ -190,10 +202,8 @@ def evol_instruct(config: RunConfig, recompute: list[str] | None = None, take_ov
             logger.warning("took over the run folder from %s", lease.previous)
             if is_stale(lease.previous):
                 with get_client(sync_client=True) as client:
-                    report = crash_dead_flow_run(client, lease.previous, api_url)
-                logger.warning("dead run's flow run %s: %s", report.flow_run_id, report.note or
-                               f"marked {len(report.flow_runs_crashed)} flow run(s) and {report.task_runs_crashed} "
-                               "task run(s) Crashed; `prefect flow-run retry` works on it now")
+                    report = crash_dead_flow_run(client, lease.previous, api_url, UUID(holder["flow_run_id"]))
+                logger.warning("%s", report.line())
         if api_url:  # a run outside a worker stops itself when cancelled in the UI or the API
             flow_run_id = UUID(holder["flow_run_id"])
             watcher = CancelWatcher(api_url, flow_run_id, lambda c: cancel_and_exit(c, flow_run_id, lease.release))
@@ -256,7 +266,8 @@ class RunSteps:
     def mix(self, inputs: list[ShardRef], data_key: str, expected: int, scores: list[ShardRef]) -> MixSummary:
         _check_chain("mix", expected, inputs)
         ctx = self.ctx
-        return mix_final_task.submit(ctx.layout, ctx.config, inputs, data_key, ctx.forced("mix"), scores).result()
+        return mix_final_task.submit(ctx.layout, ctx.config, inputs, data_key, ctx.forced("mix"), ctx.benchmark_shas,
+                                     scores).result()
 
     def export(self, data_key: str, rounds: list[RoundSummary], mix: MixSummary,
                lengths: dict[str, float]) -> ExportSummary:

@@ -1,8 +1,7 @@
 """A private Prefect API for one ``evol run`` when no ``PREFECT_API_URL`` is set.
 
 Prefect's own ephemeral server is a child process that outlives a killed parent. This one is started
-with the kernel's parent-death signal, so it ends with the run however the run ends.
-"""
+with the kernel's parent-death signal, so it ends with the run however the run ends."""
 
 from __future__ import annotations
 
@@ -14,7 +13,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 
 import httpx
 
@@ -24,12 +23,6 @@ PR_SET_PDEATHSIG = 1
 def _die_with_parent() -> None:
     """Runs in the child before exec: SIGTERM it when the process that started it dies."""
     ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _drain_to(url: str, timeout_s: float = 10.0) -> None:
@@ -50,7 +43,9 @@ def local_api(startup_timeout_s: float = 180.0) -> Iterator[str]:
     import prefect
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    port = _free_port()
+    with socket.socket() as s:  # a free port
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
     env = {**os.environ, "PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1",
            "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
     env.pop("PREFECT_API_URL", None)
@@ -67,11 +62,9 @@ def local_api(startup_timeout_s: float = 180.0) -> Iterator[str]:
         while True:
             if proc.poll() is not None:
                 raise RuntimeError(f"the local Prefect API exited with code {proc.returncode} while starting")
-            try:
+            with suppress(httpx.HTTPError):
                 if httpx.get(f"{url}/health", timeout=2).status_code == 200:
                     break
-            except httpx.HTTPError:
-                pass
             if time.monotonic() > deadline:
                 raise RuntimeError(f"the local Prefect API did not answer on {url} within {startup_timeout_s:.0f} s")
             time.sleep(0.25)

@@ -1,10 +1,11 @@
 """Where a round's shard tasks run: threads in the run's process (embedded) or the workers of a Dask cluster.
 
-Wiring only: which Prefect task runner a round gets, and how the round treats the futures the runner hands it.
-"""
+Wiring only: which Prefect task runner a round gets, and how the round treats the futures the runner hands it."""
 
 from __future__ import annotations
 
+import queue
+from collections.abc import Iterator
 from typing import Any
 
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
@@ -45,3 +46,20 @@ def release_future(future: Any) -> None:
     release = getattr(wrapped, "release", None)
     if callable(release):
         release()
+
+
+def completions(futures: list[Any], every_s: float) -> Iterator[Any | None]:
+    """Each future as it finishes, and None after every ``every_s`` seconds without one (a tick: the round
+    refreshes its progress from the shards still running)."""
+    finished: queue.Queue[Any] = queue.Queue()
+    for future in futures:
+        future.add_done_callback(finished.put)
+    left = len(futures)
+    while left:
+        try:
+            future = finished.get(timeout=every_s)
+        except queue.Empty:
+            yield None
+            continue
+        left -= 1
+        yield future

@@ -14,10 +14,10 @@ from storage.shards import (
     verify_shard,
     write_shard,
 )
-from storage.stages import ShardRef, StageMismatch, read_stage, stage_refs, total_rows, write_stage
+from storage.stages import ShardRef, StageMismatch, read_stage, total_rows, write_stage
 from storage.uri import StorageSettings, join_uri, resolve
 
 __all__ = ["RECORD_SCHEMA", "REJECTED_INPUT_SCHEMA", "RunLayout", "ShardCorrupt", "ShardRef", "ShardWriter",
            "StageMismatch", "StorageSettings", "duck_connect", "is_committed", "join_uri", "list_committed_shards",
-           "read_parquet_sql", "read_shard", "read_stage", "resolve", "stage_refs", "total_rows", "verify_shard",
-           "write_shard", "write_stage"]
+           "read_parquet_sql", "read_shard", "read_stage", "resolve", "total_rows", "verify_shard", "write_shard",
+           "write_stage"]

@@ -1,8 +1,7 @@
 """DuckDB connections that read Parquet shards on every kind of location.
 
 DuckDB's own httpfs extension is not used (it is downloaded at run time, which an offline
-machine can't do): the s3fs and memory filesystems are registered with DuckDB instead.
-"""
+machine can't do): the s3fs and memory filesystems are registered with DuckDB instead."""
 
 from __future__ import annotations
 
@@ -17,18 +16,13 @@ def connect(*uris: str, settings: StorageSettings | None = None,
     con = duckdb.connect(":memory:")
     if threads:
         con.execute(f"SET threads = {int(threads)}")
-    registered: set[str] = set()
-    for uri in uris:
-        proto = protocol_of(uri)
-        if proto == "file" or proto in registered:
-            continue
-        con.register_filesystem(filesystem_for(uri, settings))
-        registered.add(proto)
+    for proto, uri in {protocol_of(uri): uri for uri in uris}.items():  # one filesystem per protocol
+        if proto != "file":
+            con.register_filesystem(filesystem_for(uri, settings))
     return con
 
 
 def sql_list(uris: list[str]) -> str:
-    """A SQL list literal of URIs for ``read_parquet``."""
     if not uris:
         raise ValueError("no shards to read")
     quoted = ", ".join("'" + u.replace("'", "''") + "'" for u in uris)
@@ -36,5 +30,4 @@ def sql_list(uris: list[str]) -> str:
 
 
 def read_parquet_sql(uris: list[str]) -> str:
-    """``read_parquet([...])`` over the given shard URIs."""
     return f"read_parquet({sql_list(uris)})"

@@ -2,8 +2,7 @@
 the first cause), a full disk (the path being written), a run folder held by another run (``storage.lease``).
 
 ``check_reachable`` asks a location once before a run starts, within the S3 client's own retry budget; the
-command line turns any of these failures met later (``infrastructure_message``) into its one ``error:`` line.
-"""
+command line turns any of these failures met later (``infrastructure_message``) into its one ``error:`` line."""
 
 from __future__ import annotations
 

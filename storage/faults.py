@@ -3,8 +3,7 @@
 
 Checkpoints sit between the steps of every commit (temp file written, file published, marker written),
 so a test can stop a run at any of them and check that a rerun loses nothing. Unset (always, outside
-tests), a checkpoint costs one dictionary look-up.
-"""
+tests), a checkpoint costs one dictionary look-up."""
 
 from __future__ import annotations
 

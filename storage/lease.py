@@ -2,8 +2,7 @@
 
 The lease is created with an exclusive create (``O_EXCL`` locally, a conditional put on S3), renewed
 by a heartbeat thread while the run lives, and deleted when it ends. A lease whose expiry has passed,
-or whose holder was a process on this host that is gone, is stale and taken over.
-"""
+or whose holder was a process on this host that is gone, is stale and taken over."""
 
 from __future__ import annotations
 
@@ -44,17 +43,14 @@ def _proc_start(pid: int) -> str | None:
         return None
 
 
-def holder_alive(lease: dict[str, Any]) -> bool:
-    """Whether the lease's holder may still be running (always True for a holder on another host)."""
-    if lease.get("host") != socket.gethostname():
-        return True
-    start = _proc_start(int(lease.get("pid", -1)))
-    return start is not None and start == lease.get("pid_start")
-
-
 def is_stale(lease: dict[str, Any]) -> bool:
-    """A lease past its expiry, or held by a process of this host that is gone."""
-    return datetime.fromisoformat(lease["expires"]) < _now() or not holder_alive(lease)
+    """A lease past its expiry, or held by a process of this host that is gone (or a new one with its pid)."""
+    if datetime.fromisoformat(lease["expires"]) < _now():
+        return True
+    if lease.get("host") != socket.gethostname():  # a holder on another host may still be running
+        return False
+    start = _proc_start(int(lease.get("pid", -1)))
+    return start is None or start != lease.get("pid_start")
 
 
 def held_message(run_uri: str, lease: dict[str, Any]) -> str:
@@ -85,7 +81,6 @@ class RunLease:
         return json.dumps({**self.record, "expires": (_now() + timedelta(seconds=self.ttl)).isoformat()}).encode()
 
     def _create(self) -> bool:
-        """Create the lease file only if there is none; False when one exists."""
         data = self._payload()
         if isinstance(self.fs, LocalFileSystem):
             os.makedirs(os.path.dirname(self.path), exist_ok=True)
@@ -105,7 +100,6 @@ class RunLease:
         return True
 
     def read(self) -> dict[str, Any] | None:
-        """The lease as stored now, or None."""
         try:
             return json.loads(self.fs.cat_file(self.path))
         except FileNotFoundError:
@@ -137,7 +131,6 @@ class RunLease:
             write_file_atomic(self.uri, self._payload(), fs=self.fs)  # a reader never sees a torn lease
 
     def release(self) -> None:
-        """Stop renewing and delete the lease if it is still ours."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=5)

@@ -8,8 +8,7 @@ Two kinds of secret are masked with ``***``:
   ``aws_secret_access_key``), in a configuration or engine arguments; such a value, once seen by
   :func:`remember_secret`, is masked in any text too (an engine that echoes its arguments, an error message).
 
-:func:`redact` is the one function: for text, for JSON-like values (dicts, lists) and for pydantic secrets.
-"""
+:func:`redact` is the one function: for text, for JSON-like values (dicts, lists) and for pydantic secrets."""
 
 from __future__ import annotations
 

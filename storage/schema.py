@@ -8,42 +8,40 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 # One instruction record: a seed, an evolved candidate (kept or rejected), with its lineage.
-RECORD_SCHEMA = pa.schema(
-    [
-        pa.field("id", pa.string(), nullable=False),
-        pa.field("root_id", pa.string(), nullable=False),
-        pa.field("parent_id", pa.string()),
-        pa.field("round", pa.int32(), nullable=False),
-        pa.field("operation", pa.string(), nullable=False),
-        pa.field("instruction", pa.string(), nullable=False),
-        pa.field("input", pa.string(), nullable=False),
-        # tasks.core.text.content_key(instruction, input), set when the record is created: exact dedup groups by
-        # it and near dedup shingles it
-        pa.field("content_key", pa.string(), nullable=False),
-        pa.field("response", pa.string()),
-        pa.field("status", pa.string(), nullable=False),
-        pa.field("reject_reason", pa.string()),
-        pa.field("duplicate_of", pa.string()),
-        pa.field("model", pa.string()),
-        pa.field("prompt_sha", pa.string()),
-        pa.field("prompt_tokens", pa.int64(), nullable=False),
-        pa.field("completion_tokens", pa.int64(), nullable=False),
-        pa.field("finish_reason", pa.string()),
-        pa.field("response_prompt_sha", pa.string()),
-        pa.field("response_finish_reason", pa.string()),
-        pa.field("raw_evolution", pa.string()),
-        pa.field("equality_raw", pa.string()),
-        # JSON text: the seed's source file and line, and every source field not used (same in every descendant)
-        pa.field("meta", pa.string()),
-        pa.field("equality_method", pa.string()),  # "constrained" (forced choice) or "text" (strict parse)
-        pa.field("equality_margin", pa.float64()),  # log-probability margin of a constrained verdict
-        pa.field("validity_raw", pa.string()),  # the rewrite-validity check's answer ("Yes"/"No")
-        pa.field("validity_method", pa.string()),
-        pa.field("validity_margin", pa.float64()),
-        pa.field("respond_model", pa.string()),  # the answering stage's model ("model" is the evolving stage's)
-        pa.field("judge_model", pa.string()),  # the judging stage's model (equality and validity checks)
-    ]
-)
+RECORD_SCHEMA = pa.schema([
+    pa.field("id", pa.string(), nullable=False),
+    pa.field("root_id", pa.string(), nullable=False),
+    pa.field("parent_id", pa.string()),
+    pa.field("round", pa.int32(), nullable=False),
+    pa.field("operation", pa.string(), nullable=False),
+    pa.field("instruction", pa.string(), nullable=False),
+    pa.field("input", pa.string(), nullable=False),
+    # tasks.core.text.content_key(instruction, input), set when the record is created: exact dedup groups by
+    # it and near dedup shingles it
+    pa.field("content_key", pa.string(), nullable=False),
+    pa.field("response", pa.string()),
+    pa.field("status", pa.string(), nullable=False),
+    pa.field("reject_reason", pa.string()),
+    pa.field("duplicate_of", pa.string()),
+    pa.field("model", pa.string()),
+    pa.field("prompt_sha", pa.string()),
+    pa.field("prompt_tokens", pa.int64(), nullable=False),
+    pa.field("completion_tokens", pa.int64(), nullable=False),
+    pa.field("finish_reason", pa.string()),
+    pa.field("response_prompt_sha", pa.string()),
+    pa.field("response_finish_reason", pa.string()),
+    pa.field("raw_evolution", pa.string()),
+    pa.field("equality_raw", pa.string()),
+    # JSON text: the seed's source file and line, and every source field not used (same in every descendant)
+    pa.field("meta", pa.string()),
+    pa.field("equality_method", pa.string()),  # "constrained" (forced choice) or "text" (strict parse)
+    pa.field("equality_margin", pa.float64()),  # log-probability margin of a constrained verdict
+    pa.field("validity_raw", pa.string()),  # the rewrite-validity check's answer ("Yes"/"No")
+    pa.field("validity_method", pa.string()),
+    pa.field("validity_margin", pa.float64()),
+    pa.field("respond_model", pa.string()),  # the answering stage's model ("model" is the evolving stage's)
+    pa.field("judge_model", pa.string()),  # the judging stage's model (equality and validity checks)
+])
 
 # One row's scores (the scoring stage, ``scores/``): complexity among its root's variants and quality of its
 # response, each the expectation over the choices 1..6 (``*_probs``: their probabilities) or, from a backend without
@@ -67,17 +65,15 @@ SCORE_SCHEMA = pa.schema(
 )
 
 # A row of input that could not be used, kept with where it came from and why.
-REJECTED_INPUT_SCHEMA = pa.schema(
-    [
-        pa.field("source", pa.string(), nullable=False),
-        pa.field("line", pa.int64(), nullable=False),
-        pa.field("field", pa.string()),
-        pa.field("reason", pa.string(), nullable=False),
-        pa.field("detail", pa.string(), nullable=False),
-        pa.field("duplicate_of", pa.string()),
-        pa.field("raw", pa.string(), nullable=False),
-    ]
-)
+REJECTED_INPUT_SCHEMA = pa.schema([
+    pa.field("source", pa.string(), nullable=False),
+    pa.field("line", pa.int64(), nullable=False),
+    pa.field("field", pa.string()),
+    pa.field("reason", pa.string(), nullable=False),
+    pa.field("detail", pa.string(), nullable=False),
+    pa.field("duplicate_of", pa.string()),
+    pa.field("raw", pa.string(), nullable=False),
+])
 
 # What a record row leaves out: None where the schema allows it, else no tokens counted.
 RECORD_DEFAULTS = {**{f.name: None for f in RECORD_SCHEMA if f.nullable}, "prompt_tokens": 0, "completion_tokens": 0}

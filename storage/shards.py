@@ -2,8 +2,7 @@
 
 A shard is visible under its final name only once complete, and a marker written after it records its
 rows, size, SHA-256 and the key of the stage that wrote it. Readers trust a shard only when it matches
-its marker; a shard that does not is reported with its URI and counts as not committed.
-"""
+its marker; a shard that does not is reported with its URI and counts as not committed."""
 
 from __future__ import annotations
 
@@ -14,6 +13,7 @@ import os
 import tempfile
 import uuid
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
@@ -66,8 +66,7 @@ class ShardWriter:
     """Write one Parquet shard; commit it on a clean exit, leave nothing behind on any error.
 
     Rows go to a local temporary file first; the finished file is then moved (local) or uploaded in
-    one request (S3, memory) to its final name, and the ``.done`` marker is written last.
-    """
+    one request (S3, memory) to its final name, and the ``.done`` marker is written last."""
 
     def __init__(self, uri: str, schema: pa.Schema = RECORD_SCHEMA, settings: StorageSettings | None = None,
                  key: str | None = None):
@@ -81,7 +80,6 @@ class ShardWriter:
         self._writer: pq.ParquetWriter | None = pq.ParquetWriter(self._tmp, schema, compression="zstd")
 
     def write(self, table: pa.Table) -> None:
-        """Append a table (cast to the shard's schema)."""
         assert self._writer is not None, "writer already closed"
         require_columns(table, self.schema.names, f"a table written to {self.uri}")
         table = table.select(self.schema.names).cast(self.schema)
@@ -133,14 +131,12 @@ class ShardWriter:
 
 
 def file_sha256(path: str | os.PathLike) -> str:
-    """The SHA-256 of a local file, streamed."""
     with open(path, "rb") as f:
         return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def write_shard(uri: str, table: pa.Table, schema: pa.Schema = RECORD_SCHEMA,
                 settings: StorageSettings | None = None, key: str | None = None) -> dict[str, Any]:
-    """Write a whole table as one committed shard; returns its marker."""
     with ShardWriter(uri, schema, settings, key) as writer:
         writer.write(table)
         return writer.commit()
@@ -191,7 +187,6 @@ def committed_marker(uri: str, key: str | None = None, settings: StorageSettings
 
 
 def is_committed(uri: str, settings: StorageSettings | None = None) -> bool:
-    """Whether the shard is there and matches its marker."""
     return committed_marker(uri, None, settings) is not None
 
 
@@ -242,7 +237,6 @@ def remove_shards_except(dir_uri: str, keep: list[str], settings: StorageSetting
 
 
 def shard_name(index: int) -> str:
-    """File name of shard ``index``."""
     return f"shard-{index:05d}.parquet"
 
 
@@ -273,11 +267,9 @@ def sweep_temp_files(dir_uri: str, settings: StorageSettings | None = None) -> l
     removed = []
     fs, path = resolve(dir_uri, settings)
     if isinstance(fs, LocalFileSystem) and os.path.isdir(path):
-        for folder, _dirs, files in os.walk(path):
-            for name in files:
-                if name.startswith(".") and name.endswith(TMP_SUFFIX):
-                    os.unlink(os.path.join(folder, name))
-                    removed.append(os.path.join(folder, name))
+        for tmp in Path(path).rglob(f".*{TMP_SUFFIX}"):
+            tmp.unlink()
+            removed.append(str(tmp))
     shared = os.path.join(tempfile.gettempdir(), "evol-tmp")
     if os.path.isdir(shared):
         for name in os.listdir(shared):

@@ -7,8 +7,7 @@ when its marker's key is the key asked for and every shard it names still matche
 Every marker sits one folder below its run folder (``{run}/round=1/_round.json``) and names the run's own files
 relative to that run folder (``./round=1/pool/shard-00000.parquet``), so a copied or moved run folder verifies and
 reuses its own files. A marker of an older version names them by absolute URIs: accepted while they lie in the
-marker's run folder, else not reused (the folder was moved or copied) and recomputed, with the reason.
-"""
+marker's run folder, else not reused (the folder was moved or copied) and recomputed, with the reason."""
 
 from __future__ import annotations
 
@@ -25,8 +24,6 @@ RELATIVE = "./"  # a marker's string that starts with it is a path relative to t
 
 
 class ShardRef(BaseModel):
-    """A committed shard as a stage hands it on: where it is, its rows and its SHA-256."""
-
     uri: str
     rows: int
     sha256: str
@@ -62,12 +59,6 @@ def absolute_in_run(value: Any, run_uri: str) -> Any:
     return map_strings(value, lambda s: join_uri(run_uri, s[len(RELATIVE):]) if s.startswith(RELATIVE) else s)
 
 
-def foreign_uri(uris: list[str], run_uri: str) -> str | None:
-    """The first of a marker's output URIs that lies outside its run folder (an older marker of a moved or copied
-    folder names the original's files); None when all are the folder's own."""
-    return next((u for u in uris if not u.startswith(run_uri.rstrip("/") + "/")), None)
-
-
 def load_marker(uri: str, key: str, settings: StorageSettings | None = None,
                 problems: list[str] | None = None) -> dict[str, Any] | None:
     """The marker at ``uri`` written under ``key``, its paths made absolute in the marker's run folder, else None
@@ -86,20 +77,21 @@ def load_marker(uri: str, key: str, settings: StorageSettings | None = None,
 
 
 def moved_folder_problem(marker_uri: str, uris: list[str]) -> str | None:
-    """Why a marker is not reused when it names a file outside its run folder, else None."""
-    outside = foreign_uri(uris, run_folder_of(marker_uri))
+    """Why a marker is not reused when it names a file outside its run folder (an older marker of a moved or copied
+    folder names the original's files), else None."""
+    run_uri = run_folder_of(marker_uri)
+    outside = next((u for u in uris if not u.startswith(run_uri + "/")), None)
     if outside is None:
         return None
-    return (f"{marker_uri} names {outside}, outside its run folder {run_folder_of(marker_uri)} (the folder was moved "
-            "or copied, and the marker is older than relative paths): recomputing the stage from this folder's files")
+    return (f"{marker_uri} names {outside}, outside its run folder {run_uri} (the folder was moved or copied, and "
+            "the marker is older than relative paths): recomputing the stage from this folder's files")
 
 
 def read_stage(uri: str, key: str, settings: StorageSettings | None = None,
                problems: list[str] | None = None) -> dict[str, Any] | None:
     """The stage marker at ``uri`` when it was written under ``key`` and all its shards verify, else None.
 
-    Why a marker was not accepted is appended to ``problems`` (a shard that fails its check names its URI).
-    """
+    Why a marker was not accepted is appended to ``problems`` (a shard that fails its check names its URI)."""
     problems = [] if problems is None else problems
     record = load_marker(uri, key, settings, problems)
     if record is None:
@@ -129,8 +121,3 @@ def write_marker(uri: str, record: dict[str, Any], settings: StorageSettings | N
     """Write a stage marker, the run folder's own files named relative to it, any secret in a URL masked."""
     record = map_strings(relative_to_run(record, run_folder_of(uri)), redact_text)
     write_file_atomic(uri, json.dumps(record, indent=2).encode(), settings)
-
-
-def stage_refs(record: dict[str, Any], name: str) -> list[ShardRef]:
-    """The shards a stage marker names under ``name``."""
-    return [ShardRef.model_validate(r) for r in record["outputs"][name]]

@@ -1,8 +1,7 @@
 """One entry point from a location string to an fsspec filesystem and a path inside it.
 
 Accepted locations: a local path, ``file://...``, ``s3://bucket/key`` (s3fs, endpoint and
-credentials from :class:`StorageSettings`) and ``memory://...``.
-"""
+credentials from :class:`StorageSettings`) and ``memory://...``."""
 
 from __future__ import annotations
 
@@ -29,7 +28,6 @@ class StorageSettings(BaseSettings):
 
 
 def protocol_of(uri: str) -> str:
-    """The protocol of a location: ``file`` for plain paths."""
     if "://" not in uri:
         return "file"
     proto = uri.split("://", 1)[0].lower()
@@ -39,7 +37,6 @@ def protocol_of(uri: str) -> str:
 
 
 def join_uri(base: str, *parts: str) -> str:
-    """Join path parts onto a location with ``/``, keeping its protocol."""
     out = base.rstrip("/")
     for part in parts:
         out = f"{out}/{str(part).strip('/')}"
@@ -59,7 +56,6 @@ def _s3_filesystem(settings: StorageSettings) -> fsspec.AbstractFileSystem:
 
 
 def filesystem_for(uri: str, settings: StorageSettings | None = None) -> fsspec.AbstractFileSystem:
-    """The filesystem that serves ``uri``."""
     proto = protocol_of(uri)
     if proto == "s3":
         return _s3_filesystem(settings or StorageSettings())
@@ -79,13 +75,9 @@ def strip_protocol(uri: str) -> str:
 
 
 def resolve(uri: str, settings: StorageSettings | None = None) -> tuple[fsspec.AbstractFileSystem, str]:
-    """The filesystem and the path inside it for ``uri``."""
     return filesystem_for(uri, settings), strip_protocol(uri)
 
 
 def to_uri(uri_like: str) -> str:
     """Canonical form: local paths become absolute, other locations are kept."""
-    proto = protocol_of(uri_like)
-    if proto == "file":
-        return strip_protocol(uri_like)
-    return uri_like.rstrip("/")
+    return strip_protocol(uri_like) if protocol_of(uri_like) == "file" else uri_like.rstrip("/")

@@ -20,7 +20,7 @@ def main(mode: str, config: str, record: str | None = None) -> None:
     elif mode == "race":
         import flows.cli_models
         from storage.lease import RunLease
-        from tasks.core.config import load_run_config
+        from tasks.core.config_file import load_run_config
         from tasks.core.context import run_layout
 
         def other_run_starts(cfg):  # after `evol run` found the folder free, before its flow takes the lease

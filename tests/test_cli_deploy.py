@@ -14,9 +14,25 @@ def test_overrides_go_to_the_nightly_deployment_only():
     assert [s["name"] for s in specs] == ["nightly", "gpu"]
     assert deploy_commands(specs, None, None, None) == [[PREFECT, "--no-prompt", "deploy", "--all"]]
     nightly, gpu = deploy_commands(specs, "s3://evol/configs/nightly.yaml", 60, "0 3 * * *")
-    assert nightly == [PREFECT, "--no-prompt", "deploy", "--name", "nightly", "--param",
-                       "config_uri=s3://evol/configs/nightly.yaml", "--interval", "60", "--cron", "0 3 * * *"]
+    assert nightly == [PREFECT, "--no-prompt", "deploy", "--name", "nightly", "--params",
+                       '{"config_uri": "s3://evol/configs/nightly.yaml"}', "--interval", "60", "--cron", "0 3 * * *"]
     assert gpu == [PREFECT, "--no-prompt", "deploy", "--name", "gpu"]
+
+
+def test_deploying_again_keeps_the_parameters_a_deployment_has_unless_asked():
+    specs = deployment_specs(ROOT)
+    existing = {"nightly": {"config_uri": "s3://team/nightly.yaml", "rounds": 3}, "gpu": {"recipe": "smollm2"}}
+    nightly, gpu = deploy_commands(specs, None, None, None, existing)
+    assert nightly == [PREFECT, "--no-prompt", "deploy", "--name", "nightly", "--params",
+                       '{"config_uri": "s3://team/nightly.yaml", "rounds": 3}']
+    assert gpu == [PREFECT, "--no-prompt", "deploy", "--name", "gpu", "--params", '{"recipe": "smollm2"}']
+    nightly, _ = deploy_commands(specs, "configs/demo.yaml", None, None, existing)
+    assert nightly[-1] == '{"config_uri": "configs/demo.yaml", "rounds": 3}'
+
+
+def test_overlapping_runs_of_the_nightly_deployment_queue():
+    nightly = next(s for s in deployment_specs(ROOT) if s["name"] == "nightly")
+    assert nightly["concurrency_limit"] == {"limit": 1, "collision_strategy": "ENQUEUE"}
 
 
 def test_deploy_needs_an_api_url(tmp_path):
@@ -30,3 +46,30 @@ def test_deploy_needs_an_api_url(tmp_path):
                           env=env | {"PREFECT_API_URL": "http://127.0.0.1:9/api"}, capture_output=True, text=True,
                           timeout=120)
     assert done.returncode == 2 and f"no prefect.yaml in {tmp_path}" in done.stderr
+
+
+def test_deploy_twice_on_a_server_keeps_the_config_uri_and_sets_the_enqueue_limit(prefect_server, tmp_path):
+    from prefect.client.orchestration import SyncPrefectClient
+
+    env = {**os.environ, "PREFECT_API_URL": prefect_server, "PYTHONPATH": str(ROOT), "COLUMNS": "400"}
+
+    def deploy(*args: str) -> str:
+        done = subprocess.run([str(BIN / "evol"), "deploy", *args], cwd=ROOT, env=env, capture_output=True,
+                              text=True, timeout=300)
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+        return done.stdout
+
+    def nightly():
+        with SyncPrefectClient(api=prefect_server) as client:
+            return client.read_deployment_by_name("evol-run/nightly")
+
+    deploy("--config-uri", "s3://team/nightly.yaml")
+    assert nightly().parameters == {"config_uri": "s3://team/nightly.yaml"}
+    out = deploy()  # again, without --config-uri: the team's config stays
+    assert "deployment nightly exists: keeping its parameters {'config_uri': 's3://team/nightly.yaml'}" in out
+    deployment = nightly()
+    assert deployment.parameters == {"config_uri": "s3://team/nightly.yaml"}
+    assert deployment.global_concurrency_limit.limit == 1
+    assert deployment.concurrency_options.collision_strategy.value == "ENQUEUE"
+    deploy("--config-uri", "configs/demo.yaml")  # asked: changed
+    assert nightly().parameters == {"config_uri": "configs/demo.yaml"}

@@ -6,7 +6,7 @@ import pytest
 from pydantic import ValidationError
 
 from tasks.core.config import ConfigError, EnvSettings, RunConfig, parse_run_config
-from tasks.core.config_file import load_run_config, load_run_config_uri
+from tasks.core.config_file import load_run_config
 
 
 def write(tmp_path, text: str):
@@ -89,28 +89,28 @@ def test_config_from_a_storage_uri(memory_root, tmp_path):
 
     fs, path = resolve(memory_root + "/configs/nightly.yaml")
     fs.pipe_file(path, b"name: nightly\nseeds: ../seeds/s.jsonl\noutput_root: runs\nrounds: 1\n")
-    cfg = load_run_config_uri(memory_root + "/configs/nightly.yaml", {"rounds": 3})
+    cfg = load_run_config(memory_root + "/configs/nightly.yaml", {"rounds": 3})
     assert cfg.seeds == memory_root + "/seeds/s.jsonl"
     assert cfg.output_root == memory_root + "/configs/runs"
     assert cfg.rounds == 3 and cfg.name == "nightly"
     # a local path or file:// URI behaves as load_run_config
     local = write(tmp_path, "seeds: data/s.jsonl\n")
-    assert load_run_config_uri("file://" + str(local)).seeds == str(tmp_path / "data" / "s.jsonl")
-    assert load_run_config_uri(str(local)) == load_run_config(local)
+    assert load_run_config("file://" + str(local)).seeds == str(tmp_path / "data" / "s.jsonl")
+    assert load_run_config(str(local)) == load_run_config(local)
 
 
 def test_config_uri_errors_name_the_uri(memory_root):
     from storage import resolve
 
     with pytest.raises(ConfigError, match="not found: " + memory_root + "/nope.yaml"):
-        load_run_config_uri(memory_root + "/nope.yaml")
+        load_run_config(memory_root + "/nope.yaml")
     fs, path = resolve(memory_root + "/bad.yaml")
     fs.pipe_file(path, b"seeds: s.jsonl\nroundz: 2\n")
     with pytest.raises(ConfigError, match="roundz: unknown key") as err:
-        load_run_config_uri(memory_root + "/bad.yaml")
+        load_run_config(memory_root + "/bad.yaml")
     assert memory_root + "/bad.yaml" in str(err.value)
     with pytest.raises(ConfigError, match="unsupported storage location"):
-        load_run_config_uri("ftp://host/run.yaml")
+        load_run_config("ftp://host/run.yaml")
 
 
 @pytest.mark.s3
@@ -119,5 +119,5 @@ def test_config_from_s3(s3_bucket, s3_settings):
 
     fs, path = resolve(s3_bucket + "/configs/run.yaml", s3_settings)
     fs.pipe_file(path, b"seeds: ../seeds/demo.jsonl\noutput_root: ../runs\n")
-    cfg = load_run_config_uri(s3_bucket + "/configs/run.yaml", settings=s3_settings)
+    cfg = load_run_config(s3_bucket + "/configs/run.yaml", settings=s3_settings)
     assert (cfg.seeds, cfg.output_root) == (s3_bucket + "/seeds/demo.jsonl", s3_bucket + "/runs")

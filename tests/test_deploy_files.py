@@ -87,11 +87,11 @@ def test_prefect_yaml_entrypoints_and_schedule():
         module = importlib.import_module(module_path.removesuffix(".py").replace("/", "."))
         flow = getattr(module, func)
         assert hasattr(flow, "deploy"), f"{dep['entrypoint']} is not a Prefect flow"
-    from tasks.core.config_file import load_run_config_uri
+    from tasks.core.config_file import load_run_config
 
     # the nightly run's config is a file in the worker's project folder, not a config inlined here
     assert set(by_name["nightly"]["parameters"]) == {"config_uri"}
-    assert load_run_config_uri(str(ROOT / by_name["nightly"]["parameters"]["config_uri"])).rounds >= 1
+    assert load_run_config(str(ROOT / by_name["nightly"]["parameters"]["config_uri"])).rounds >= 1
     # no deployment names a folder: the pull step finds the installed project (a checkout or /app)
     assert spec["pull"] == [{"flows.deploy_steps.set_code_directory": {}}]
     assert "/app" not in yaml.safe_dump(spec)

@@ -64,9 +64,13 @@ def test_streaming_gives_the_batch_paths_candidates(responder, changes):
     rows = rows_of(MIXED)
     batch_backend = ScriptedBackend(engine_like(responder), constrained=True, margin=0.5)
     stream_backend = ScriptedBackend(engine_like(responder), constrained=True, margin=0.5)
-    batch = evolve_rows(rows, 2, config(**changes), batch_backend, PACK)
-    streamed = evolve_rows(rows, 2, config(**changes), stream_backend, PACK, streaming=True)
+    made: dict[str, list[dict]] = {"batch": [], "streamed": []}  # each candidate as its row finished
+    batch = evolve_rows(rows, 2, config(**changes), batch_backend, PACK, on_row=made["batch"].append)
+    streamed = evolve_rows(rows, 2, config(**changes), stream_backend, PACK, streaming=True,
+                           on_row=made["streamed"].append)
     assert streamed == batch
+    key = lambda c: c["id"]  # noqa: E731
+    assert sorted(made["batch"], key=key) == sorted(made["streamed"], key=key) == sorted(batch, key=key)
     assert stream_backend.items == batch_backend.items and stream_backend.calls == stream_backend.items
     if responder is mixed and not changes:
         assert [c["reject_reason"] for c in batch] == [

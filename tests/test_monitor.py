@@ -37,6 +37,7 @@ from tasks.reporting.monitor import (
     low_evolution_warning,
     shard_log_line,
 )
+from tasks.reporting.samples import trim
 from tests.flow_script import PlannedScript
 from tests.test_flow import make_config
 
@@ -80,7 +81,18 @@ def test_round_progress_counts_shards_and_gives_rate_and_eta():
     assert (progress.done, progress.rows, progress.evolved, progress.percent) == (2, 20, 16, 50.0)
     assert progress.rejected == {"empty_evolution": 4}
     assert progress.description(now=110.0) == \
-        "round 1: 2/4 shards, 20 rows, 16 passed elimination, 50.0 tok/s, 10 s, ETA 10 s"
+        "round 1: 2/4 shards, 20 rows, 16 passed elimination, 1.0 rows/s, 50.0 tok/s, 10 s, ETA 10 s"
+
+
+def test_round_progress_counts_the_rows_of_running_shards_and_an_eta_by_rows():
+    progress = RoundProgress(1, 4, started=100.0, total_rows=40)
+    progress.add(shard(passed=10, reused=True), 0)  # reused rows count as done, not in the rate
+    assert progress.set_live(1, 5, 3, 250) and not progress.set_live(1, 5, 3, 250)
+    assert (progress.rows_done, progress.percent) == (15, 37.5)
+    assert progress.description(now=110.0) == \
+        "round 1: 1/4 shards, 15/40 rows, 13 passed elimination, 0.5 rows/s, 25.0 tok/s, 10 s, ETA 50 s"
+    progress.add(shard(passed=6), 1)  # the finished shard's summary replaces its live rows
+    assert (progress.live, progress.rows_done, progress.evolved) == ({}, 20, 16)
 
 
 def test_low_evolution_warning_below_the_share_only():
@@ -158,18 +170,25 @@ def monitored(prefect_harness, tmp_path_factory):
 
 def test_flow_publishes_progress_per_shard_per_run_keys_and_the_low_evolution_warning(monitored):
     updates = monitored.updates
-    # round 1 first starts its engine (one update when it is ready); then one update per shard, 4 shards a round
-    assert [p for p, _ in updates] == [0.0, 25.0, 50.0, 75.0, 100.0, 25.0, 50.0, 75.0, 100.0]
+    # round 1 first starts its engine (one update when it is ready); then one update per shard, 4 shards a round;
+    # the percent counts rows, those of the shards still running included, so it only grows within a round
+    shards_done = [re.match(r"round (\d): (\d)/4 shards", d).groups() for _, d in updates]
+    assert shards_done == [("1", "0"), ("1", "1"), ("1", "2"), ("1", "3"), ("1", "4"),
+                           ("2", "1"), ("2", "2"), ("2", "3"), ("2", "4")]
+    for percents in ([p for p, _ in updates[:5]], [p for p, _ in updates[5:]]):
+        assert percents == sorted(percents) and percents[-1] == 100.0
+    assert updates[0][0] == 0.0
     # shards pass 8 and 9 rows; the round's dedup then drops 2 (6 and 7 evolved)
-    assert updates[4][1].startswith("round 1: 4/4 shards, 20 rows, 8 passed elimination")
-    assert updates[8][1].startswith("round 2: 4/4 shards, 20 rows, 9 passed elimination")
+    assert updates[4][1].startswith("round 1: 4/4 shards, 20/20 rows, 8 passed elimination")
+    assert updates[8][1].startswith("round 2: 4/4 shards, 20/20 rows, 9 passed elimination")
 
     by_key = monitored.artifacts
     assert set(by_key) == {"monitor-run-round-1", "monitor-run-round-2", "monitor-run-round-1-progress",
                            "monitor-run-round-2-progress", "monitor-run-round-1-samples",
-                           "monitor-run-round-2-samples", "monitor-run-summary"}
+                           "monitor-run-round-2-samples", "monitor-run-round-1-rows", "monitor-run-round-2-rows",
+                           "monitor-run-summary"}
     assert by_key["monitor-run-round-1-progress"].data == 100.0
-    assert by_key["monitor-run-round-1-progress"].description.startswith("round 1: 4/4 shards, 20 rows, 8 passed")
+    assert by_key["monitor-run-round-1-progress"].description.startswith("round 1: 4/4 shards, 20/20 rows, 8 passed")
     messages = [log.message for log in monitored.logs]
     shard_lines = sorted(m for m in messages if re.match(r"round \d shard \d/4: 5 rows, \d evolved", m))
     assert len(shard_lines) == 8 and all("tok/s" in m for m in shard_lines), shard_lines
@@ -244,15 +263,27 @@ def test_round_samples_artifact_holds_evolved_and_rejected_rows_with_their_paren
         row("rejected", "increase_reasoning_steps", "Correct the grammar and spelling in this sentence: 'Their going "
             "too the libary tomorow to return there books.'", "", "", "llm_error"),
     ]
+    # the table: short cells (it fits a 1280-pixel window); each row in full in the linked markdown artifact
     artifact = monitored.artifacts["monitor-run-round-1-samples"]
     assert artifact.type == "table"
+    assert re.search(r"; each row in full: \[monitor-run-round-1-rows\]\(http://127\.0\.0\.1:\d+/artifacts/key/"
+                     r"monitor-run-round-1-rows\)$", artifact.description), artifact.description
     table = json.loads(artifact.data) if isinstance(artifact.data, str) else artifact.data
-    assert table == expected
+    assert table == [{"#": n, "outcome": e["reason"] or "evolved", "operation": e["operation"],
+                      **{k: trim(e[k], 24) for k in ("parent", "evolution", "response")}}
+                     for n, e in enumerate(expected, 1)]
+    assert max(len(r[k]) for r in table for k in ("parent", "evolution", "response")) == 24
+    full = monitored.artifacts["monitor-run-round-1-rows"].data
+    sections = re.split(r"^## \d+\. ", full, flags=re.M)[1:]
+    blocks = [(sec.splitlines()[0], re.findall(r"^(`{3,})text\n(.*?)\n\1$", sec, flags=re.M | re.S))
+              for sec in sections]
+    assert [(heading, [trim(text, 120) for _, text in found]) for heading, found in blocks] == \
+        [(f"{e['reason'] or 'evolved'} · {e['operation']}", [e["parent"], e["evolution"], e["response"]])
+         for e in expected]
     round2 = monitored.artifacts["monitor-run-round-2-samples"].data
     round2 = json.loads(round2) if isinstance(round2, str) else round2
-    assert [(r["status"], r["reason"]) for r in round2] == [("evolved", "")] * 5 + [
-        ("rejected", "duplicate"), ("rejected", "empty_evolution"), ("rejected", "equality_unparseable"),
-        ("rejected", "evolution_truncated"), ("rejected", "no_information_gain")]
+    assert [r["outcome"] for r in round2] == ["evolved"] * 5 + [
+        "duplicate", "empty_evolution", "equality_unparseable", "evolution_truncated", "no_information_gain"]
 
 
 def test_plots_are_pngs_next_to_the_card_which_shows_them_and_so_does_the_summary(monitored):

@@ -159,6 +159,22 @@ def test_the_card_shows_the_estimate_beside_the_actual_tokens(finished):
     assert "completions: sampling max_tokens" in card  # the first run had nothing measured to go by
 
 
+def test_the_card_depends_on_the_runs_own_data_not_on_other_runs_under_the_root(finished, scripted_run):
+    tmp, _, _, result = finished
+    _, beside = scripted_run(tmp, "plan-2", "runs")  # the same work, beside the finished run of the same model
+    _, alone = scripted_run(tmp, "plan-2", "alone")  # the same work in an empty output root
+
+    def estimate_section(run) -> str:
+        card = Path(run.export.files["card"]).read_text()
+        return card[card.index("## Estimate and actual"):].split("\n## ", 1)[0]
+
+    assert "completions: sampling max_tokens" in estimate_section(beside)
+    assert estimate_section(beside) == estimate_section(alone) == estimate_section(result)
+    cards = [Path(run.export.files["card"]).read_text().replace(str(tmp / root), "ROOT")
+             for run, root in ((beside, "runs"), (alone, "alone"))]
+    assert cards[0] == cards[1]
+
+
 def test_set_overrides_are_typed_and_a_bad_key_is_one_error_line(finished, tmp_path):
     _, _, config_file, _ = finished
     config = load_run_config(config_file, sets=["sampling.evolve.max_tokens=64", "dedup.near=false",

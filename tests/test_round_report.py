@@ -11,7 +11,7 @@ from tasks.evolve.shard import reset_stage_runtimes, stage_runtime_built
 from tasks.export.plots import evolved_share_png, rejections_png, run_plots
 from tasks.llm.factory import StageBackends
 from tasks.llm.scripted import ScriptedBackend, demo_responder
-from tasks.reporting.samples import round_samples, trim
+from tasks.reporting.samples import round_samples, samples_markdown, samples_table, trim
 from tasks.runtime.engine import EngineStart, engine_labels, needs_engine_start, pending_shards, start_engines
 
 
@@ -123,3 +123,33 @@ def test_pending_shards_reads_markers_and_the_engine_starts_once_per_run(tmp_pat
         "engine smollm2 ready in 31.3 s"
     reset_stage_runtimes()
 
+
+
+def test_the_top_level_run_links_to_its_subflows_artifacts():
+    from tasks.reporting.report import run_links_markdown
+
+    text = run_links_markdown("Demo", "/runs/Demo", 1, {"data": "/runs/Demo/export/data.parquet"},
+                              "http://127.0.0.1:4200/")
+    assert text.splitlines() == [
+        "# Run Demo", "", "Outputs under `/runs/Demo`. The artifacts below belong to this run's subflows.", "",
+        "| artifact | what |", "| --- | --- |",
+        "| [demo-summary](http://127.0.0.1:4200/artifacts/key/demo-summary) | the run's summary and plots |",
+        "| [demo-round-1](http://127.0.0.1:4200/artifacts/key/demo-round-1) | round 1: its table |",
+        "| [demo-round-1-samples](http://127.0.0.1:4200/artifacts/key/demo-round-1-samples) | round 1: evolved and "
+        "rejected samples |",
+        "| [demo-round-1-rows](http://127.0.0.1:4200/artifacts/key/demo-round-1-rows) | round 1: the samples' rows in "
+        "full |",
+        "| [demo-round-1-progress](http://127.0.0.1:4200/artifacts/key/demo-round-1-progress) | round 1: progress |",
+        "", "| file | uri |", "| --- | --- |", "| data | `/runs/Demo/export/data.parquet` |"]
+    assert "| `demo-summary` | the run's summary and plots |" in run_links_markdown("Demo", "/r", 1, {}, None)
+
+
+def test_the_sample_table_has_short_cells_and_the_markdown_each_row_in_full():
+    long = "Explain " + "very " * 30 + "carefully why ```code``` matters."
+    rows = [{"status": "rejected", "reason": "duplicate", "operation": "deepening", "parent": "p", "evolution": long,
+             "response": ""}]
+    assert samples_table(rows) == [{"#": 1, "outcome": "duplicate", "operation": "deepening", "parent": "p",
+                                    "evolution": "Explain very … matters.", "response": ""}]
+    assert samples_markdown(rows, "Round 1") == "\n".join([
+        "# Round 1", "", "## 1. duplicate · deepening", "", "**parent**", "", "```text", "p", "```", "",
+        "**evolution**", "", "````text", long, "````", "", "**response**", "", "```text", "", "```", ""])

@@ -11,7 +11,8 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from flows.cli import DEBUG, app
+from flows.cli import app
+from flows.cli_common import DEBUG
 from prompts.pack import PACKS_DIR
 from storage import resolve
 from tasks.core.config import parse_run_config

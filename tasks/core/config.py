@@ -10,7 +10,6 @@ from typing import Any, Literal, TypeVar
 
 from pydantic import (
     BaseModel,
-    ConfigDict,
     Field,
     SecretStr,
     SerializerFunctionWrapHandler,
@@ -23,16 +22,12 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from storage import StorageSettings
 from storage.redact import redact, redact_text, remember_secrets, remember_url_credentials, url_has_credentials
+from tasks.core.config_base import StrictModel
+from tasks.core.data_config import DedupConfig, ExportConfig, MixConfig
 from tasks.core.elimination import EliminationConfig
-from tasks.core.options import SelectionConfig, check_selection
+from tasks.core.options import check_selection
 
 ModelT = TypeVar("ModelT", bound=BaseModel)
-
-
-class StrictModel(BaseModel):
-    """A frozen model whose unknown keys are errors (configs, recipes)."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
 
 
 class RedactedModel(StrictModel):
@@ -153,23 +148,6 @@ class StageSampling(StrictModel):
     validity: SamplingParams = SamplingParams(temperature=0.0, top_p=1.0, max_tokens=4)
 
 
-class DedupConfig(StrictModel):
-    """Near dedup of the final data with MinHash + LSH (exact dedup always runs: at ingest and in each round)."""
-
-    near: bool = True
-    jaccard_threshold: float = Field(0.8, gt=0.0, le=1.0)
-    shingle_size: int = Field(5, ge=1)
-    num_perm: int = Field(128, ge=8)
-
-
-class MixConfig(StrictModel):
-    """The final data: seeds plus every round's survivors, shuffled, optionally sampled (or ``selection``)."""
-
-    include_seeds: bool = True
-    sample_size: int | None = Field(None, ge=1)
-    selection: SelectionConfig | None = None
-
-
 class ScoreConfig(StrictModel):
     """The scoring stage (Deita): complexity per root, quality per row (1-6), the embeddings selection compares."""
 
@@ -189,6 +167,8 @@ class OrchestrationConfig(StrictModel):
     retries: int = Field(2, ge=0)
     retry_delay_s: float = Field(5.0, ge=0)
     min_evolved_share: float = Field(0.05, ge=0.0, le=1.0)  # a round evolving less logs a warning
+    # While rows stream, the round's progress artifact and each shard's log show the rows so far at least this often.
+    progress_interval_s: float = Field(5.0, gt=0)
     # Where shard tasks run: None takes ``EVOL_CLUSTER`` and else "embedded"; "embedded" = threads in the run's
     # process (max_parallel_shards of them); "tcp://host:8786" = the workers of that Dask scheduler (`evol worker`).
     cluster: str | None = Field(None, pattern=r"^(embedded|(tcp|tls|inproc)://\S+)$")
@@ -240,6 +220,7 @@ class RunConfig(RedactedModel):
     dedup: DedupConfig = DedupConfig()
     mix: MixConfig = MixConfig()
     score: ScoreConfig | None = None  # the scoring stage: off unless given
+    export: ExportConfig = ExportConfig()
     orchestration: OrchestrationConfig = OrchestrationConfig()
     train: TrainConfig | None = None
 

@@ -2,8 +2,7 @@
 relative paths taken from the file's folder, validated as a ``RunConfig``.
 
 PyYAML keeps the last of two equal keys without a word, so ``rounds:`` twice would silently take the second: the
-loader here refuses it (recipes and prompt pack manifests are read with it too).
-"""
+loader here refuses it (recipes and prompt pack manifests are read with it too)."""
 
 from __future__ import annotations
 
@@ -18,6 +17,7 @@ from pydantic import BaseModel
 
 from storage import StorageSettings, resolve
 from tasks.core.config import ConfigError, EnvSettings, RunConfig, parse_run_config
+from tasks.core.data_config import benchmark_paths
 
 
 class DuplicateKeyError(yaml.YAMLError):
@@ -98,21 +98,13 @@ def apply_sets(data: dict[str, Any], sets: list[str] | tuple[str, ...]) -> dict[
     return out
 
 
-def load_run_config(path: str | Path, overrides: dict[str, Any] | None = None,
-                    sets: list[str] | tuple[str, ...] = ()) -> RunConfig:
-    """Load a RunConfig from a YAML file; relative local paths in it are taken from the file's folder.
-
-    ``overrides`` replace top-level keys; ``sets`` are ``--set KEY=VALUE`` pairs (see :func:`apply_sets`)."""
-    return load_run_config_uri(str(path), overrides, sets=sets)
-
-
-def load_run_config_uri(uri: str, overrides: dict[str, Any] | None = None,
-                        settings: StorageSettings | None = None, sets: list[str] | tuple[str, ...] = ()) -> RunConfig:
+def load_run_config(uri: str | Path, overrides: dict[str, Any] | None = None, sets: list[str] | tuple[str, ...] = (),
+                    settings: StorageSettings | None = None) -> RunConfig:
     """Load a RunConfig from a YAML file at a local path or a storage URI (``s3://``, ``memory://``).
 
-    Relative ``seeds`` and ``output_root`` in it are taken from the file's folder, local or not; ``overrides`` and
-    ``sets`` as for :func:`load_run_config`.
-    """
+    Relative ``seeds`` and ``output_root`` in it are taken from the file's folder, local or not. ``overrides`` replace
+    top-level keys; ``sets`` are ``--set KEY=VALUE`` pairs (see :func:`apply_sets`)."""
+    uri = str(uri)
     local = "://" not in uri or uri.startswith("file://")
     source = str(Path(uri.removeprefix("file://"))) if local else uri
     try:
@@ -133,9 +125,13 @@ def load_run_config_uri(uri: str, overrides: dict[str, Any] | None = None,
     if isinstance(data, dict):
         data = apply_sets({**data, **(overrides or {})}, sets)
         protocol, _, path = uri.partition("://")
-        for key in ("seeds", "output_root"):
-            value = data.get(key)
+        def located(value: Any) -> Any:
             if isinstance(value, str) and "://" not in value and not value.startswith("/"):
-                data[key] = (str((Path(source).parent / value).resolve()) if local else
-                             f"{protocol}://" + posixpath.normpath(posixpath.join(posixpath.dirname(path), value)))
+                return (str((Path(source).parent / value).resolve()) if local else
+                        f"{protocol}://" + posixpath.normpath(posixpath.join(posixpath.dirname(path), value)))
+            return value
+
+        data = {k: located(v) if k in ("seeds", "output_root") else v for k, v in data.items()}
+        if "mix" in data:  # the benchmark files of mix.decontaminate
+            data["mix"] = benchmark_paths(data["mix"], located)
     return parse_run_config(data, source)

@@ -11,7 +11,7 @@ those changed (and everything downstream, through the shas of its outputs):
 - a score shard (``score:``): its seed shard's and the same shard of every round's evolutions, the scoring
   templates, the scoring model, the score settings;
 - mix: the seeds' and every round's evolved shards (with ``mix.selection``, the score shards), dedup and mix
-  settings, the run seed;
+  settings, the run seed, the benchmark files' bytes (``mix.decontaminate``);
 - export: the final shard and what the dataset card shows.
 """
 
@@ -40,7 +40,6 @@ READER_VERSION = "4"
 
 
 def stage_key(*parts: Any) -> str:
-    """A stable hash of JSON-able parts."""
     blob = json.dumps(parts, sort_keys=True, separators=(",", ":"), default=str).encode()
     return hashlib.sha256(blob).hexdigest()[:24]
 
@@ -111,12 +110,12 @@ class RunContext(BaseModel):
     evolve: EvolveSpec
     ingest_key: str
     evolve_key: str
+    benchmark_shas: tuple[str, ...] = ()  # SHA-256 of each ``mix.decontaminate`` file when the run started
     recompute: tuple[str, ...] = ()
     score: ScoreSpec | None = None
     score_key: str = ""  # the scoring templates, model and settings; a shard's key adds its inputs
 
     def forced(self, stage: str) -> bool:
-        """Whether the user asked to recompute ``stage`` (``ingest``, ``round=K``, ``mix``, ``export``)."""
         return "all" in self.recompute or stage in self.recompute
 
     def evolve_shard_key(self, pool_sha: str, round_index: int) -> str:
@@ -129,13 +128,14 @@ class RunContext(BaseModel):
         """Mix's key; ``score_shas`` (with ``mix.selection``) and unset later options only enter it when given, so a
         run without them keeps its key."""
         c = self.config
-        parts = ["mix", input_shas, c.dedup.model_dump(mode="json"),
-                 without_unset_options({"mix": c.mix.model_dump(mode="json")})["mix"], c.random_seed, c.rounds]
-        return stage_key(*parts, *([score_shas] if score_shas else []))
+        # without decontamination or selection the key is what it was before they existed: earlier mixes are reused
+        mix = c.mix.model_dump(mode="json", exclude=None if c.mix.decontaminate else {"decontaminate"})
+        return stage_key("mix", input_shas, c.dedup.model_dump(mode="json"), without_unset_options({"mix": mix})["mix"],
+                         c.random_seed, c.rounds, *([self.benchmark_shas] if self.benchmark_shas else []),
+                         *([score_shas] if score_shas else []))
 
 
 def seeds_content_sha(uri: str, settings: StorageSettings | None = None) -> str:
-    """SHA-256 of the seed file's bytes, streamed."""
     fs, path = resolve(uri, settings)
     with fs.open(path, "rb") as f:
         return hashlib.file_digest(f, "sha256").hexdigest()
@@ -145,9 +145,8 @@ STAGES = ("ingest", "score", "mix", "export", "all")
 
 
 def check_recompute(recompute: tuple[str, ...], rounds: int) -> None:
-    """Stage names a user may force: ingest, round=K (1..rounds), mix, export, all."""
+    """Stage names a user may force: ingest, round=K (1..rounds), score, mix, export, all."""
     valid = set(STAGES) | {f"round={k}" for k in range(1, rounds + 1)}
-    bad = [s for s in recompute if s not in valid]
-    if bad:
+    if bad := [s for s in recompute if s not in valid]:
         raise ValueError(f"unknown stage(s) to recompute {bad}: use ingest, round=1..round={rounds}, score, mix, "
                          "export or all")

@@ -12,8 +12,7 @@ Every rule that can reject an evolution has a name (its reject reason) and can b
   together at most 1%, code- and data-bearing rows none), and the judge's yes/no validity question.
 - ``small-model``: every rule, for tiny local models whose failures the extra guards catch (the demo's).
 
-``llm_error`` (the backend failed) and ``duplicate`` are not rules to switch: there is nothing to keep.
-"""
+``llm_error`` (the backend failed) and ``duplicate`` are not rules to switch: there is nothing to keep."""
 
 from __future__ import annotations
 
@@ -43,17 +42,6 @@ PROFILES: dict[str, frozenset[str]] = {
     "default": _PAPER | frozenset(VALIDITY_TEXT_RULES) | {VALIDITY_JUDGE_RULE},
     "small-model": frozenset(RULE_NAMES),
 }
-# Profiles that ask the equality question as the paper does: in its words, answered in free text and parsed
-# strictly (the others force the choice between "Equal" and "Not Equal" where the backend can).
-PAPER_EQUALITY: frozenset[str] = frozenset({"paper"})
-
-
-def profile_rules(profile: str) -> frozenset[str]:
-    """The rules a profile switches on."""
-    try:
-        return PROFILES[profile]
-    except KeyError:
-        raise ValueError(f"unknown elimination profile {profile!r}: use one of {sorted(PROFILES)}") from None
 
 
 class EliminationConfig(BaseModel):
@@ -81,21 +69,20 @@ class EliminationConfig(BaseModel):
 
     def enabled_rules(self) -> frozenset[str]:
         """The rules this run applies: the profile's, then the two checks' switches, then ``rules``."""
-        on = set(profile_rules(self.profile))
-        switches = {EQUALITY_RULE: (EQUALITY_RULE,), "validity": (*VALIDITY_TEXT_RULES, VALIDITY_JUDGE_RULE)}
-        for flag, names in ((self.equality_check, switches[EQUALITY_RULE]), (self.validity_check,
-                                                                            switches["validity"])):
+        on = set(PROFILES[self.profile])
+        for flag, names in ((self.equality_check, {EQUALITY_RULE}),
+                            (self.validity_check, {*VALIDITY_TEXT_RULES, VALIDITY_JUDGE_RULE})):
             if flag is not None:
-                on = on | set(names) if flag else on - set(names)
+                on = on | names if flag else on - names
         on |= {name for name, flag in self.rules.items() if flag}
         on -= {name for name, flag in self.rules.items() if not flag}
         return frozenset(on)
 
     def uses(self, rule: str) -> bool:
-        """Whether ``rule`` (a name of ``RULE_NAMES``) runs."""
         return rule in self.enabled_rules()
 
     @property
     def paper_equality(self) -> bool:
-        """Ask the equality question as the paper does (its words, a free answer parsed strictly)."""
-        return self.profile in PAPER_EQUALITY
+        """Ask the equality question as the paper does: in its words, answered in free text and parsed strictly (the
+        other profiles force the choice between "Equal" and "Not Equal" where the backend can)."""
+        return self.profile == "paper"

@@ -3,8 +3,7 @@
 The terminal keeps warnings and errors (the low-evolution warning among them), the progress bars and the
 round tables; ``evol run --verbose`` shows every log line as well. vLLM's engine runs in a spawned process:
 it reads its logging configuration from ``VLLM_LOGGING_CONFIG_PATH``, which the parent sets before the
-engine starts, so the child appends to the same file. A run folder on S3 gets the file when the run ends.
-"""
+engine starts, so the child appends to the same file. A run folder on S3 gets the file when the run ends."""
 
 from __future__ import annotations
 

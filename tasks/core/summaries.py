@@ -17,8 +17,6 @@ class Summary(BaseModel):
 
 
 class IngestSummary(Summary):
-    """What ingestion read, kept and quarantined."""
-
     source: str
     read: int
     accepted: int
@@ -103,14 +101,14 @@ class ScoreSummary(Summary):
 
 
 class MixSummary(Summary):
-    """What went into the final data and what was dropped on the way."""
-
     candidates: int
     no_response: int
     near_duplicates: int
     sampled_out: int
     not_selected: int = 0  # diversity-aware selection (mix.selection): rows ranked but not taken
     final: int
+    contaminated: int = 0  # overlapping a benchmark item (mix.decontaminate)
+    contaminated_by: dict[str, int] = {}  # by benchmark file
     by_round: dict[str, int]
     by_operation: dict[str, int]
     final_uri: str
@@ -119,8 +117,6 @@ class MixSummary(Summary):
 
 
 class ExportSummary(Summary):
-    """Where the exports are, with their row count and hashes."""
-
     rows: int
     files: dict[str, str]  # kind -> URI
     sha256: dict[str, str]  # kind -> SHA-256 of the file
@@ -167,16 +163,12 @@ def engine_time_line(estimate: Estimate) -> str:
 
 
 class LossPoint(BaseModel):
-    """One logged training step."""
-
     step: int
     loss: float
     learning_rate: float | None = None
 
 
 class TrainResult(BaseModel):
-    """Where a fine-tuning run's outputs are, and what it did."""
-
     output_uri: str
     model_uri: str  # a plain model folder (for LoRA: the adapter merged into the base weights)
     adapter_uri: str | None  # LoRA only: the adapter alone

@@ -20,7 +20,6 @@ def normalize_text(text: str) -> str:
 
 
 def content_key(instruction: str, input_text: str = "") -> str:
-    """Normalised instruction plus, when it is not blank, a newline and the normalised input."""
     key = normalize_text(instruction)
     norm_input = normalize_text(input_text or "")
     return f"{key}\n{norm_input}" if norm_input else key
@@ -42,7 +41,6 @@ def content_keys(instructions: pa.Array | pa.ChunkedArray, inputs: pa.Array | pa
 
 
 def record_id(instruction: str, input_text: str = "") -> str:
-    """A stable id: the hash of the normalised content."""
     return hashlib.sha256(content_key(instruction, input_text).encode("utf-8")).hexdigest()[:16]
 
 
@@ -61,6 +59,5 @@ def parent_text(row: dict[str, Any]) -> str:
 
 
 def md_table(header: list[str], rows: list[list[Any]]) -> list[str]:
-    """The lines of a Markdown table."""
     return [f"| {' | '.join(header)} |", f"|{' --- |' * len(header)}",
             *(f"| {' | '.join(str(v) for v in row)} |" for row in rows)]

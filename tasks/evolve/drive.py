@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from typing import Any
 
 import pyarrow as pa
@@ -21,6 +22,7 @@ from tasks.judge.rules import text_rule_reasons
 from tasks.llm.base import Completion, LLMBackend
 from tasks.llm.factory import StageBackends
 
+RowDone = Callable[[dict[str, Any]], None]  # called with each row's candidate as soon as it is made
 RULE_FIELDS = ("instruction", "response", "finish_reason", "response_finish_reason", "error")
 
 
@@ -40,7 +42,7 @@ def _scaffolding(plan: ShardPlan) -> tuple[str, ...]:
     return tuple(plan.spec.elimination.scaffolding_phrases or plan.pack.scaffolding_phrases)
 
 
-def drive_batch(plan: ShardPlan, stages: StageBackends) -> list[dict[str, Any]]:
+def drive_batch(plan: ShardPlan, stages: StageBackends, on_row: RowDone | None = None) -> list[dict[str, Any]]:
     """Run the shard's rows stage by stage: the rows at the earliest stage go together, in one call per stage."""
     gens = plan.steps()
     pending: dict[int, Step] = {i: next(gen) for i, gen in enumerate(gens)}
@@ -60,6 +62,8 @@ def drive_batch(plan: ShardPlan, stages: StageBackends) -> list[dict[str, Any]]:
             if step is None:
                 del pending[i]
                 out[i] = done
+                if on_row is not None:
+                    on_row(done)
             else:
                 pending[i] = step
     return [c for c in out if c is not None]
@@ -129,7 +133,8 @@ def rule_batcher(plan: ShardPlan) -> RuleBatcher:
     return _BATCHERS[key]
 
 
-async def _row(gen: RowSteps, stages: StageBackends, rules: RuleBatcher) -> dict[str, Any]:
+async def _row(gen: RowSteps, stages: StageBackends, rules: RuleBatcher, on_row: RowDone | None = None
+               ) -> dict[str, Any]:
     step, done = _advance(gen, None)
     while step is not None:
         if isinstance(step, Ask):
@@ -138,15 +143,18 @@ async def _row(gen: RowSteps, stages: StageBackends, rules: RuleBatcher) -> dict
             result = await rules.check(step.fields)
         step, done = _advance(gen, result)
     assert done is not None
+    if on_row is not None:
+        on_row(done)
     return done
 
 
-async def drive_streaming(plan: ShardPlan, stages: StageBackends) -> list[dict[str, Any]]:
+async def drive_streaming(plan: ShardPlan, stages: StageBackends, on_row: RowDone | None = None
+                          ) -> list[dict[str, Any]]:
     """Run every row of the shard at once, each at its own pace; a fatal backend error stops them all."""
     rules = rule_batcher(plan)
     try:
         async with asyncio.TaskGroup() as group:
-            tasks = [group.create_task(_row(gen, stages, rules)) for gen in plan.steps()]
+            tasks = [group.create_task(_row(gen, stages, rules, on_row)) for gen in plan.steps()]
     except BaseExceptionGroup as errors:  # the shard task sees the error itself (BackendError), as in a batch
         raise errors.exceptions[0] from None
     return [t.result() for t in tasks]

@@ -9,6 +9,8 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 from prefect import task
+from prefect.exceptions import MissingContextError
+from prefect.logging import get_logger, get_run_logger
 
 from prompts import PromptPack, PromptPackError, load_pack
 from storage import ShardRef, StorageSettings, read_shard, write_shard
@@ -16,7 +18,8 @@ from storage.schema import count_values, records_table
 from tasks.core.context import EvolveSpec
 from tasks.core.stage import Stage, shard_reader, state
 from tasks.core.summaries import ShardSummary
-from tasks.evolve.drive import drive_batch, drive_streaming
+from tasks.evolve.drive import RowDone, drive_batch, drive_streaming
+from tasks.evolve.progress import ShardProgress, track_shard
 from tasks.evolve.steps import ShardPlan
 from tasks.llm.aio import run_on_loop
 from tasks.llm.base import LLMBackend
@@ -25,19 +28,20 @@ from tasks.llm.factory import StageBackends, stage_backends
 
 def evolve_rows(
     rows: list[dict[str, Any]], round_index: int, config: EvolveSpec, backends: StageBackends | LLMBackend,
-    pack: PromptPack, streaming: bool = False,
+    pack: PromptPack, streaming: bool = False, on_row: RowDone | None = None,
 ) -> list[dict[str, Any]]:
     """One candidate per pool row, in order, with status ``evolved`` or ``rejected`` and its reason.
 
     ``backends``: the evolving, answering and judging backends (one backend serves all three). ``streaming``: each
     row moves to its next stage as soon as its own step is done, on the process's streaming loop (rows of other
     shards of the process in flight too); otherwise stage by stage in one batch per stage. Same candidates.
+    ``on_row`` gets each candidate as soon as it is made (progress inside the shard).
     """
     stages = backends if isinstance(backends, StageBackends) else StageBackends.single(backends)
     plan = ShardPlan.of(rows, round_index, config, pack, stages.model_names())
     if streaming:
-        return run_on_loop(drive_streaming(plan, stages))
-    return drive_batch(plan, stages)
+        return run_on_loop(drive_streaming(plan, stages, on_row))
+    return drive_batch(plan, stages, on_row)
 
 
 def evolve_shard(
@@ -49,11 +53,13 @@ def evolve_shard(
     pack: PromptPack,
     key: str | None = None,
     settings: StorageSettings | None = None,
+    on_row: RowDone | None = None,
 ) -> ShardSummary:
-    """Evolve every row of a pool shard (checked against its ref) and commit the candidates shard under ``key``."""
+    """Evolve every row of a pool shard (checked against its ref) and commit the candidates shard under ``key``;
+    ``on_row`` gets each candidate as it is made."""
     started = time.perf_counter()
     rows = read_shard(pool.uri, settings, expected=pool.model_dump()).to_pylist()
-    candidates = evolve_rows(rows, round_index, spec, backend, pack, spec.streaming) if rows else []
+    candidates = evolve_rows(rows, round_index, spec, backend, pack, spec.streaming, on_row) if rows else []
     table = records_table(candidates)
     marker = write_shard(candidates_uri, table, settings=settings, key=key)
     return summarize(round_index, pool.uri, ShardRef.of(marker), table, time.perf_counter() - started)
@@ -132,11 +138,30 @@ def stage_runtime(spec: EvolveSpec) -> tuple[PromptPack, StageBackends]:
 @task(name="evolve-shard", task_run_name="evolve-r{round_index}-s{shard_index:05d}", retries=2,
       retry_delay_seconds=[2, 10], tags=["llm"])
 def evolve_shard_task(pool: ShardRef, candidates_uri: str, round_index: int, shard_index: int,
-                      spec: EvolveSpec, key: str, force: bool = False) -> ShardSummary:
+                      spec: EvolveSpec, key: str, force: bool = False, progress_every_s: float = 5.0
+                      ) -> ShardSummary:
     """Evolve one pool shard; a candidates shard already committed under the same key is reused (state
-    ``Reused`` in the UI), so the storage marker is the only record of what is done."""
+    ``Reused`` in the UI), so the storage marker is the only record of what is done. While rows stream the shard
+    logs its progress (every tenth of its rows, or every ``progress_every_s`` seconds) and keeps it on this
+    process's board for its round."""
     found = None if force else EVOLVE_SHARD.done(candidates_uri, key, round=round_index, pool_uri=pool.uri)
     if found is not None:
         return state(found, f"{candidates_uri} was committed under the same key")
     pack, backend = stage_runtime(spec)
-    return evolve_shard(pool, candidates_uri, round_index, spec, backend, pack, key=key)
+    progress = track_shard(candidates_uri, ShardProgress(round_index, shard_index, pool.rows, progress_every_s))
+    logger = _run_logger()
+
+    def on_row(candidate: dict[str, Any]) -> None:
+        line = progress.record(candidate)
+        if line is not None:
+            logger.info("%s", line)
+
+    return evolve_shard(pool, candidates_uri, round_index, spec, backend, pack, key=key, on_row=on_row)
+
+
+def _run_logger() -> Any:
+    """The task run's logger (its lines reach the UI from the streaming loop's thread too), else the module's."""
+    try:
+        return get_run_logger()
+    except MissingContextError:
+        return get_logger(__name__)

@@ -1,5 +1,6 @@
-"""The dataset card (``export/README.md``): counts per round and operation, rejections, instruction lengths, the
-plots, the estimate beside the actual tokens, config, model, prompts. No wall-clock figures."""
+"""The dataset card (``export/README.md``): the Hugging Face metadata header, counts per round and operation,
+rejections, instruction lengths, the plots, how the final rows were chosen, the estimate beside the actual tokens,
+config, model, prompts. No wall-clock figures."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from typing import Any
 import yaml
 
 from storage import ShardRef, StorageSettings, duck_connect, read_parquet_sql, total_rows
+from storage.redact import redact_text
 from tasks.core.config import STAGES, RunConfig
 from tasks.core.elimination import RULE_NAMES
 from tasks.core.options import without_unset_options
@@ -17,6 +19,49 @@ from tasks.export.plots import PLOTS
 
 # Settings that do not shape the data: kept out of the card, so changing them leaves the exports as they are.
 CARD_EXCLUDES = {"orchestration", "train", "output_root"}
+# The exported data file the card's `configs` name, the one the hub's loader reads as the dataset (it reads every
+# config of a folder with one builder, so the chat copy, messages.jsonl, can't be a config of its own): config -> file
+DATA_FILES = {"default": "data.parquet"}
+SIZE_CATEGORIES = [(1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"), (1_000_000, "100K<n<1M"),
+                   (10_000_000, "1M<n<10M"), (100_000_000, "10M<n<100M")]
+
+
+def hub_metadata(config: RunConfig, rows: int) -> list[str]:
+    """The card's opening lines: the Hugging Face YAML metadata header (license, language, task categories, size
+    category, tags, and ``configs`` naming the data files, so ``datasets.load_dataset`` on the folder reads them)."""
+    size = next((label for limit, label in SIZE_CATEGORIES if rows < limit), "n>100M")
+    configs = [{"config_name": name, **({"default": True} if name == "default" else {}),
+                "data_files": [{"split": "train", "path": path}]} for name, path in DATA_FILES.items()]
+    meta = {"license": config.export.license, "language": list(config.export.language),
+            "task_categories": list(config.export.task_categories), "size_categories": [size],
+            "tags": list(config.export.tags), "configs": configs}
+    return ["---", yaml.safe_dump(meta, sort_keys=False, allow_unicode=True).rstrip(), "---", ""]
+
+
+def selection_lines(config: RunConfig, mix: MixSummary) -> list[str]:
+    """The card's section on how the final rows were chosen: near dedup, decontamination, sampling."""
+    dedup, decontam = config.dedup, config.mix.decontaminate
+    lines = ["## Selection", "",
+             f"- near dedup: MinHash ({dedup.num_perm} permutations, byte {dedup.shingle_size}-grams), Jaccard >= "
+             f"{dedup.jaccard_threshold:g}" if dedup.near else "- near dedup: off",
+             _sample_line(config)]
+    if decontam is None:
+        return [*lines, "- decontamination: none", ""]
+    lines += [f"- decontamination: rows sharing a {decontam.n}-word gram with a benchmark item are dropped "
+              "(`contaminated`)", ""]
+    paths = [redact_text(f.path) for f in decontam.files]  # as the dropped rows name them: credentials masked
+    return lines + md_table(["benchmark file", "field", "rows dropped"],
+                            [[f"`{p}`", f"`{f.field}`", mix.contaminated_by.get(p, 0)]
+                             for p, f in zip(paths, decontam.files, strict=True)]) + [""]
+
+
+def _sample_line(config: RunConfig) -> str:
+    size, selection = config.mix.sample_size, config.mix.selection
+    if selection is not None:
+        taken = f"up to {size} rows" if size else "rows"
+        return (f"- sample: {taken} by diversity-aware selection (complexity x quality, cosine similarity < "
+                f"{selection.threshold:g} to every row taken before; the others `not_selected`)")
+    return f"- sample: {size} rows at random" if size else "- sample: all rows"
 
 
 def _model_lines(config: RunConfig) -> list[str]:
@@ -47,7 +92,7 @@ def dataset_card(config: RunConfig, data_key: str, template_shas: dict[str, str]
     source = seeds_source or config.seeds
     moved = [f"- seeds: read from `{source}` (every row's `meta.source`); the config now names `{config.seeds}`, "
              "the same content"] if source != config.seeds else [f"- seeds: `{source}`"]
-    lines = [f"# Evol-Instruct data: {config.name or data_key}", "",
+    lines = [*hub_metadata(config, mix.final), f"# Evol-Instruct data: {config.name or data_key}", "",
              f"- data key: `{data_key}`", *_model_lines(config), f"- prompt pack: `{config.prompt_pack}`",
              *moved, _elimination_line(config), f"- rows: {mix.final}", "", "## Rounds", ""]
     lines += md_table(["round", "pool in", "evolved", "carried", "prompt tokens", "completion tokens"],
@@ -63,8 +108,9 @@ def dataset_card(config: RunConfig, data_key: str, template_shas: dict[str, str]
     lines += ["", "## Final data", "", *md_table(["round", "rows"], mix.by_round.items())]
     lines += ["", *md_table(["operation", "rows"], mix.by_operation.items())]
     selected = f", {mix.not_selected} not selected (diversity-aware selection)" if config.mix.selection else ""
-    lines += ["", f"Dropped while mixing: {mix.no_response} without a response, "
+    lines += ["", f"Dropped while mixing: {mix.no_response} without a response, {mix.contaminated} contaminated, "
               f"{mix.near_duplicates} near duplicates, {mix.sampled_out} sampled out{selected}.", ""]
+    lines += selection_lines(config, mix)
     lines += estimate_markdown(estimate, rounds) if estimate is not None else []
     lines += ["## Prompt templates", "",
               *md_table(["template", "sha"], [[k, f"`{v}`"] for k, v in sorted(template_shas.items())])]

@@ -19,7 +19,7 @@ from tasks.core.context import stage_key
 from tasks.core.stage import Stage, state
 from tasks.core.summaries import Estimate, ExportSummary, MixSummary, RoundSummary
 from tasks.core.text import parent_text
-from tasks.export.card import dataset_card
+from tasks.export.card import DATA_FILES, dataset_card
 from tasks.export.plots import plot_kind, run_plots
 
 EXPORT_COLUMNS = [
@@ -75,7 +75,7 @@ def export_final(layout: RunLayout, config: RunConfig, data_key: str,
         return found
     table = export_table(mix.final_uri, mix.final_sha256, settings)
     payloads = {
-        "parquet": ("data.parquet", to_parquet_bytes(table)),
+        "parquet": (DATA_FILES["default"], to_parquet_bytes(table)),
         "alpaca": ("alpaca.json", to_alpaca_bytes(table)),
         "messages": ("messages.jsonl", to_messages_bytes(table)),
         "card": ("README.md", card),

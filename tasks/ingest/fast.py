@@ -4,8 +4,7 @@ A block takes the vectorised path (parsed by Arrow, validated column-wise) only 
 what the row-by-row path gives; anything else (a bad row, an extra field for ``meta``, a nested record) goes row
 by row. Text Arrow and Python could treat differently (non-ASCII, unusual whitespace) is normalised by Python.
 Either path's rows then get their ids (DuckDB hashes the content keys), are checked for duplicates with numpy,
-and go to shards that a thread writes while the next block is read.
-"""
+and go to shards that a thread writes while the next block is read."""
 
 from __future__ import annotations
 
@@ -61,8 +60,7 @@ def with_ids(rows: pa.Table, con: duckdb.DuckDBPyConnection) -> tuple[pa.Table, 
     """``rows`` with the ``content_key`` and ``id`` columns of ``tasks.core.text``, and each id as a number.
 
     The key is computed once (Arrow; Python for text Arrow would fold differently) and DuckDB hashes it. An id
-    is 16 hex digits, so its ``uint64`` stands for it exactly in ``SeenIds``.
-    """
+    is 16 hex digits, so its ``uint64`` stands for it exactly in ``SeenIds``."""
     keys = pa.table({"key": content_keys(rows["instruction"], rows["input"])})
     out = con.sql("SELECT left(sha256(key), 16) AS id, ('0x' || id)::UBIGINT AS number FROM keys").to_arrow_table()
     rows = rows.append_column("content_key", keys["key"]).append_column("id", out["id"].combine_chunks())
@@ -107,8 +105,7 @@ def meta_column(source_json: str, lines: np.ndarray, fields: pa.Array | None = N
 class SeedShardWriter:
     """Accepted rows, buffered as Arrow tables and written as committed shards of ``shard_size`` rows.
 
-    A thread writes one shard while the next is read (Parquet encoding and compression release the GIL).
-    """
+    A thread writes one shard while the next is read (Parquet encoding and compression release the GIL)."""
 
     def __init__(self, dest_dir: str, shard_size: int, settings: StorageSettings | None):
         self.dest_dir, self.shard_size, self.settings = dest_dir, shard_size, settings
@@ -135,7 +132,6 @@ class SeedShardWriter:
         self.shards.append(uri)
 
     def wait(self) -> None:
-        """Wait for the shard being written; raises what its write raised."""
         if self._writing is not None:
             self._writing.result()
 

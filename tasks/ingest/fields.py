@@ -6,8 +6,7 @@ instance's ``input`` and ``output``), chat (``messages`` with ``role``/``content
 with ``from``/``value``). A field map names source *paths*: keys joined with dots, a segment of digits
 indexing a list (``instances.0.input``). A map overrides only the targets it names.
 
-Whatever a record holds beyond what became instruction / input / output stays in ``meta.fields``.
-"""
+Whatever a record holds beyond what became instruction / input / output stays in ``meta.fields``."""
 
 from __future__ import annotations
 
@@ -47,10 +46,8 @@ def field_map_problems(field_map: dict[str, str]) -> dict[str, str]:
 
 
 def lookup(value: Any, text: str) -> tuple[Any, Path] | None:
-    """The value at a field path and its concrete path, or None when the record does not have it.
-
-    A top-level key that itself contains dots is matched first, as written.
-    """
+    """The value at a field path and its concrete path, or None when the record does not have it (a top-level key
+    that itself contains dots is matched first, as written)."""
     if isinstance(value, dict) and text in value:
         return value[text], (text,)
     current, path = value, []
@@ -68,9 +65,7 @@ def lookup(value: Any, text: str) -> tuple[Any, Path] | None:
 def _find_key(record: dict[str, Any], names: tuple[str, ...]) -> str | None:
     """The record's key for the first of ``names`` it has: as written, else the first key equal ignoring case."""
     for name in names:
-        if name in record:
-            return name
-        key = next((k for k in record if k.lower() == name), None)
+        key = name if name in record else next((k for k in record if k.lower() == name), None)
         if key is not None:
             return key
     return None
@@ -149,8 +144,7 @@ def _prune(record: dict[str, Any], paths: list[Path]) -> dict[str, Any]:
     """The record less the values at ``paths``; containers emptied by that are dropped too.
 
     Last path first: removing a list item leaves the indices of the items before it, and a container is
-    emptied only once every path under it is gone.
-    """
+    emptied only once every path under it is gone."""
     for path in sorted(set(paths), key=lambda p: [(isinstance(k, int), k) for k in p], reverse=True):
         nodes = [record]
         for part in path[:-1]:

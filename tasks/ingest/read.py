@@ -2,8 +2,7 @@
 
 A block is a run of consecutive records. JSONL and Parquet blocks can also be read as one Arrow
 table (the vectorised path); every block can be read record by record with each record's line
-(JSONL, CSV) or record number (JSON array, Parquet).
-"""
+(JSONL, CSV) or record number (JSON array, Parquet)."""
 
 from __future__ import annotations
 
@@ -46,8 +45,6 @@ class IngestError(ValueError):
 
 @dataclass
 class RawRecord:
-    """One source record: its line or record number, its text, its parsed value or why it has none."""
-
     line: int
     raw: str
     value: Any = None
@@ -110,7 +107,6 @@ class Block:
 
 
 def safe_text(text: str) -> str:
-    """Text that can be stored: invalid bytes replaced."""
     return text.encode("utf-8", errors="replace").decode("utf-8") if has_lone_surrogate(text) else text
 
 

@@ -32,10 +32,8 @@ class EmptySeedsError(IngestError):
 
 def find_unmatched_paths(src: str, field_map: dict[str, str], settings: StorageSettings | None = None,
                          csv_header: CsvHeader = "auto") -> tuple[list[str], list[str]]:
-    """(mapped source paths that occur in no record, the top-level fields that do occur).
-
-    Stops reading as soon as every mapped path has been seen once.
-    """
+    """(mapped source paths that occur in no record, the top-level fields that do occur); stops reading as soon
+    as every mapped path has been seen once."""
     missing = dict.fromkeys(field_map.values())
     seen: dict[str, None] = {}
     for block in iter_blocks(src, settings, csv_header, _header_names(field_map)):
@@ -53,22 +51,14 @@ def _header_names(field_map: dict[str, str]) -> frozenset[str]:
     return frozenset(p.split(".")[0] for p in field_map.values())
 
 
-def ingest_seeds(
-    src: str,
-    dest_dir: str,
-    rejected_dir: str | None = None,
-    shard_size: int = 1000,
-    field_map: dict[str, str] | None = None,
-    settings: StorageSettings | None = None,
-    csv_header: CsvHeader = "auto",
-    vectorised: bool = True,
-) -> IngestSummary:
+def ingest_seeds(src: str, dest_dir: str, rejected_dir: str | None = None, shard_size: int = 1000,
+                 field_map: dict[str, str] | None = None, settings: StorageSettings | None = None,
+                 csv_header: CsvHeader = "auto", vectorised: bool = True) -> IngestSummary:
     """Read a seed file into committed seed shards; every unusable row is quarantined with its reason.
 
     Every source field not used for instruction / input / output is kept in the ``meta`` column, with the
     source and line. Raises IngestError before writing any row when a mapped field occurs in no record, and
-    when no record has an instruction. ``vectorised=False`` reads every row on its own (the reference path).
-    """
+    when no record has an instruction. ``vectorised=False`` reads every row on its own (the reference path)."""
     if shard_size < 1:
         raise ValueError("shard_size must be >= 1")
     field_map = dict(field_map or {})

@@ -22,27 +22,18 @@ def parse_equality(text: str | None) -> Literal["equal", "not_equal"] | None:
 
     Surrounding whitespace, quotes, markdown and punctuation ("**Equal**", "Not equal.") are ignored,
     case is ignored and inner whitespace runs are folded; anything else ("Equal or Not Equal",
-    "Not equal because ...", "Unequal", "") is unparseable.
-    """
+    "Not equal because ...", "Unequal", "") is unparseable."""
     if text is None:
         return None
-    core = " ".join(text.strip(_EQUALITY_EDGE).split()).lower()
-    if core == "equal":
-        return "equal"
-    if core == "not equal":
-        return "not_equal"
-    return None
+    return {"equal": "equal", "not equal": "not_equal"}.get(" ".join(text.strip(_EQUALITY_EDGE).split()).lower())
 
 
 def equality_reason(parsed: str | None) -> str | None:
     """The reject reason for a parsed equality verdict: None when the evolution brought something new."""
-    if parsed == "not_equal":
-        return None
-    if parsed == "equal":
-        return "no_information_gain"
-    if parsed is None:
-        return "equality_unparseable"
-    raise ValueError(f"unknown equality verdict {parsed!r}")
+    reasons = {"not_equal": None, "equal": "no_information_gain", None: "equality_unparseable"}
+    if parsed not in reasons:
+        raise ValueError(f"unknown equality verdict {parsed!r}")
+    return reasons[parsed]
 
 
 def equality_request(pack: PromptPack, parent: str, evolved: str, sampling: SamplingParams,

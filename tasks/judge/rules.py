@@ -9,21 +9,11 @@ import pyarrow as pa
 
 from storage.schema import require_columns
 from tasks.core.config import EliminationConfig
-from tasks.core.elimination import RULE_NAMES
+from tasks.core.elimination import EVOLUTION_RULES, RESPONSE_RULES, RULE_NAMES
 from tasks.judge.validity import VALIDITY_REASONS
 
 # The text rules in the order they are checked; the first that matches is the row's reason.
-TEXT_RULE_REASONS: tuple[str, ...] = (
-    "llm_error",
-    "empty_evolution",
-    "evolution_truncated",
-    "scaffolding_copied",
-    "empty_response",
-    "response_truncated",
-    "sorry_short_response",
-    "stopwords_only_response",
-)
-# The fields the text rules read.
+TEXT_RULE_REASONS: tuple[str, ...] = ("llm_error", *EVOLUTION_RULES, *RESPONSE_RULES)
 RULE_FIELDS: tuple[str, ...] = ("instruction", "response", "finish_reason", "response_finish_reason", "error")
 
 REJECT_REASONS: tuple[str, ...] = TEXT_RULE_REASONS + VALIDITY_REASONS + (
@@ -66,8 +56,7 @@ def text_rule_reason(instruction: str | None, response: str | None, finish_reaso
 
     Phrases and words (lower-cased) are looked for in the lower-cased text; blank and words are Python's
     (``str.strip``, ``str.split``); tokens are ``_TOKEN_PY``'s, with curly apostrophes straightened. A blank
-    instruction or response ends the checks of its text, whether or not its rule is on.
-    """
+    instruction or response ends the checks of its text, whether or not its rule is on."""
     if error is not None:
         return "llm_error"
     if instruction is None or not instruction.strip():
@@ -94,8 +83,7 @@ def text_rule_reasons(candidates: pa.Table | Mapping[str, Sequence[str | None]],
     """One reject reason (or None: passes) per candidate row, in row order (``text_rule_reason``).
 
     ``candidates``: a table, or its columns as lists by name. Columns used: ``RULE_FIELDS``; a missing optional
-    column counts as all null.
-    """
+    column counts as all null."""
     require_columns(candidates, ("instruction", "response"), "the candidates table")
     phrases = cfg.scaffolding_phrases if cfg.scaffolding_phrases is not None else scaffolding_phrases
     scaffolding, sorry = _lowered(phrases), _lowered(cfg.sorry_words)

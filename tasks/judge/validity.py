@@ -2,8 +2,7 @@
 
 A forced-choice judge accepts anything that is offered to it, so what a strict text parse of a free answer did by
 accident is done here on purpose: cheap rules over the text (each with its own reject reason, checked in the order
-of ``VALIDITY_RULE_REASONS``), then a constrained yes/no question to the judge model (``not_an_instruction``).
-"""
+of ``VALIDITY_RULE_REASONS``), then a constrained yes/no question to the judge model (``not_an_instruction``)."""
 
 from __future__ import annotations
 
@@ -64,7 +63,6 @@ _CONTINUATION_OPENERS = re.compile(r"\A(?:[,;:)\]}]|\.\.\.|(?:and|or|but|so|then
 
 
 def words(text: str) -> list[str]:
-    """The word tokens of a text (letters and digits, inner apostrophes kept)."""
     return _WORD.findall(text)
 
 
@@ -87,8 +85,7 @@ def is_unfinished(text: str) -> bool:
     tokens = words(text)
     if len(tokens) < MIN_WORDS or has_open_fence(text):
         return True
-    tail = text.rstrip()
-    return tail[-1:].isalpha() and tokens[-1].lower() in _DANGLING and not ends_a_list(text)
+    return text.rstrip()[-1:].isalpha() and tokens[-1].lower() in _DANGLING and not ends_a_list(text)
 
 
 def has_scaffolding_fragment(text: str) -> bool:
@@ -130,17 +127,14 @@ def is_far_shorter(text: str, parent: str, ratio: float) -> bool:
 COPY_WINDOW = 8  # words in a row: long enough that a rewrite does not share it with a prompt by chance
 
 
-def _windows(tokens: list[str], size: int) -> set[tuple[str, ...]]:
+def _windows(text: str, size: int) -> set[tuple[str, ...]]:
+    tokens = [w.lower() for w in words(text)]
     return {tuple(tokens[i : i + size]) for i in range(len(tokens) - size + 1)}
 
 
 def copies_prompt(text: str, prompt: str, parent: str, window: int = COPY_WINDOW) -> bool:
     """The text repeats ``window`` words in a row from the evolution prompt that are not in the parent."""
-    tokens = [w.lower() for w in words(text)]
-    if len(tokens) < window:
-        return False
-    shared = _windows(tokens, window) & _windows([w.lower() for w in words(prompt)], window)
-    return bool(shared - _windows([w.lower() for w in words(parent)], window))
+    return bool((_windows(text, window) & _windows(prompt, window)) - _windows(parent, window))
 
 
 def validity_rule_reason(instruction: str, parent: str, kind: str, shorter_ratio: float,
@@ -151,8 +145,7 @@ def validity_rule_reason(instruction: str, parent: str, kind: str, shorter_ratio
     ``kind`` is the operation's kind: only an in-depth rewrite must keep its parent's length. ``prompt`` is the
     evolution prompt the model was given (its text, the parent included). ``broke_off``: a stop string (the
     engine's, or an output label's after generation) ended the rewrite mid-sentence (``tasks.clean.breaks_off``),
-    which makes it unfinished.
-    """
+    which makes it unfinished."""
     checks = {
         "degenerate_evolution": lambda: is_degenerate(instruction),
         "unfinished_evolution": lambda: broke_off or is_unfinished(instruction),
@@ -167,13 +160,10 @@ def validity_rule_reason(instruction: str, parent: str, kind: str, shorter_ratio
 
 def llm_validity_reason(verdict: str | None) -> str | None:
     """The reject reason for the judge's parsed yes/no verdict (``None`` verdict: it answered neither)."""
-    if verdict == "Yes":
-        return None
-    if verdict == "No":
-        return LLM_VALIDITY_REASON
-    if verdict is None:
-        return VALIDITY_UNPARSEABLE
-    raise ValueError(f"unknown validity verdict {verdict!r}")
+    reasons = {"Yes": None, "No": LLM_VALIDITY_REASON, None: VALIDITY_UNPARSEABLE}
+    if verdict not in reasons:
+        raise ValueError(f"unknown validity verdict {verdict!r}")
+    return reasons[verdict]
 
 
 def parse_yes_no(text: str | None) -> str | None:

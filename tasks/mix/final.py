@@ -3,6 +3,8 @@ diversity-aware selection over the scoring stage's scores: ``tasks.mix.select``)
 
 from __future__ import annotations
 
+from collections import Counter
+
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -22,17 +24,21 @@ from storage.schema import RECORD_SCHEMA, SCORE_SCHEMA, count_values
 from tasks.core.config import RunConfig
 from tasks.core.stage import Stage, state
 from tasks.core.summaries import MixSummary
+from tasks.mix.benchmarks import read_benchmarks
+from tasks.mix.decontaminate import contaminated_rows
 from tasks.mix.near_dedup import find_near_duplicates
 from tasks.mix.select import select_table
 
 
-def _with_reason(table: pa.Table, reason: str, duplicate_of: pa.Array | None = None) -> pa.Table:
-    """The rows with ``reject_reason`` set (and ``duplicate_of``: the kept row each was dropped for)."""
+def _with_reason(table: pa.Table, reason: str, of: list[str] | pa.Array | None = None) -> pa.Table:
+    """``table`` with ``reject_reason`` set to ``reason`` and, given, ``duplicate_of`` to ``of`` (what each row
+    repeats: a kept row's id, a benchmark item)."""
     table = table.set_column(table.schema.get_field_index("reject_reason"), "reject_reason",
                              pa.array([reason] * table.num_rows, pa.string()))
-    if duplicate_of is None:
+    if of is None:
         return table
-    return table.set_column(RECORD_SCHEMA.get_field_index("duplicate_of"), "duplicate_of", duplicate_of)
+    of = of if isinstance(of, pa.Array) else pa.array(of, pa.string())
+    return table.set_column(table.schema.get_field_index("duplicate_of"), "duplicate_of", of)
 
 
 def _read_all(refs: list[ShardRef], settings: StorageSettings | None, schema: pa.Schema) -> pa.Table:
@@ -44,12 +50,14 @@ MIX = Stage("mix", MixSummary, RunLayout.mix_marker)
 
 
 def mix_final(layout: RunLayout, config: RunConfig, inputs: list[ShardRef], key: str, force: bool = False,
-              settings: StorageSettings | None = None, scores: list[ShardRef] | None = None) -> MixSummary:
+              settings: StorageSettings | None = None, benchmark_shas: tuple[str, ...] | None = None,
+              scores: list[ShardRef] | None = None) -> MixSummary:
     """Build and commit ``final/`` (the training data) and ``final_dropped/`` (with reasons) from ``inputs``;
     with ``mix.selection``, the rows are chosen by their ``scores`` (the score shards), the others dropped as
     ``not_selected`` with the nearest chosen row in ``duplicate_of``.
 
-    Reused when ``final/_mix.json`` was written under ``key`` and both shards still verify.
+    Reused when ``final/_mix.json`` was written under ``key`` and both shards still verify. ``benchmark_shas``: the
+    benchmark files' SHA-256 the key was made with (``mix.decontaminate``); a file that changed since is an error.
     """
     found = None if force else MIX.done(layout.mix_marker(), key, settings)
     if found is not None:
@@ -64,6 +72,17 @@ def mix_final(layout: RunLayout, config: RunConfig, inputs: list[ShardRef], key:
     dropped = [_with_reason(table.filter(pc.invert(has_response)), "no_response")]
     table = table.filter(has_response)
 
+    contaminated: dict[str, int] = {}
+    if config.mix.decontaminate is not None and table.num_rows:
+        spec = config.mix.decontaminate
+        rows, items = contaminated_rows(table["content_key"], read_benchmarks(spec.files, settings, benchmark_shas),
+                                        spec.n)
+        dropped.append(_with_reason(table.take(pa.array(rows, pa.int64())), "contaminated", items))
+        contaminated = dict(Counter(item.rsplit("#", 1)[0] for item in items))
+        keep = np.ones(table.num_rows, bool)
+        keep[rows] = False
+        table = table.filter(pa.array(keep))
+
     # Exact duplicates never get here: ingest drops them among the seeds, each round against everything before.
     near_count = 0
     if config.dedup.near and table.num_rows:
@@ -72,9 +91,8 @@ def mix_final(layout: RunLayout, config: RunConfig, inputs: list[ShardRef], key:
                                     num_perm=config.dedup.num_perm, seed=config.random_seed)
         near_count = len(near)
         is_near = pc.is_in(table["id"], pa.array(list(near), pa.string()))
-        near_ids = table.filter(is_near)["id"].to_pylist()
-        dropped.append(_with_reason(table.filter(is_near), "near_duplicate",
-                                    pa.array([near[i] for i in near_ids], pa.string())))
+        near_rows = table.filter(is_near)
+        dropped.append(_with_reason(near_rows, "near_duplicate", [near[i] for i in near_rows["id"].to_pylist()]))
         table = table.filter(pc.invert(is_near))
 
     not_selected = 0
@@ -99,8 +117,8 @@ def mix_final(layout: RunLayout, config: RunConfig, inputs: list[ShardRef], key:
     dropped_ref = ShardRef.of(write_shard(dropped_uri, dropped_table, settings=settings, key=key))
     summary = MixSummary(
         candidates=candidates, no_response=dropped[0].num_rows, near_duplicates=near_count, sampled_out=sampled_out,
-        not_selected=not_selected,
-        final=table.num_rows, by_round={str(r): n for r, n in count_values(table["round"]).items()},
+        not_selected=not_selected, final=table.num_rows, contaminated=sum(contaminated.values()),
+        contaminated_by=contaminated, by_round={str(r): n for r, n in count_values(table["round"]).items()},
         by_operation=count_values(table["operation"]),
         final_uri=final_uri, dropped_uri=dropped_uri, final_sha256=final_ref.sha256,
     )
@@ -111,6 +129,7 @@ def mix_final(layout: RunLayout, config: RunConfig, inputs: list[ShardRef], key:
 
 @task(name="mix-final", retries=1, retry_delay_seconds=5)
 def mix_final_task(layout: RunLayout, config: RunConfig, inputs: list[ShardRef], key: str,
-                   force: bool = False, scores: list[ShardRef] | None = None) -> MixSummary:
+                   force: bool = False, benchmark_shas: tuple[str, ...] | None = None,
+                   scores: list[ShardRef] | None = None) -> MixSummary:
     """Mix the seeds and every round's survivors into the final data (or reuse it)."""
-    return state(mix_final(layout, config, inputs, key, force, scores=scores))
+    return state(mix_final(layout, config, inputs, key, force, benchmark_shas=benchmark_shas, scores=scores))

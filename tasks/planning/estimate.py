@@ -159,17 +159,18 @@ def previous_figures(ctx: RunContext, counter: WordCounter) -> Figures | None:
     return None
 
 
-def make_estimate(ctx: RunContext, refs: list[ShardRef], accepted: int, measure: int = 0) -> Estimate:
+def make_estimate(ctx: RunContext, refs: list[ShardRef], accepted: int, measure: int = 0,
+                  previous: bool = True) -> Estimate:
     """The estimate of the run's rounds over its ``accepted`` seed rows, their lengths counted on the first seeds
     (``SAMPLE_ROWS`` or ``measure``); calls and completions measured on the first ``measure`` seeds (its round 1
-    taken as measured), else from a previous run, else the sampling caps."""
+    taken as measured), else from a previous run (unless ``previous`` is false), else the sampling caps."""
     config, spec, pack = ctx.config, ctx.evolve, load_pack(ctx.config.prompt_pack)
     counter = token_counter(config.llm.for_stage("evolve"), EnvSettings().llm.models_dir)
     uris, limit = [r.uri for r in refs], max(SAMPLE_ROWS, measure)
     rows = duck_connect(*uris).sql(
         f"SELECT * FROM {read_parquet_sql(uris)} LIMIT {limit}").to_arrow_table().to_pylist() if refs else []
     figures = (measured_figures(ctx, rows[:measure], counter) if measure and rows else None) or \
-        previous_figures(ctx, counter) or cap_figures(config)
+        (previous_figures(ctx, counter) if previous else None) or cap_figures(config)
     out = []
     if rows:
         _, _, parents, rendered = evolve_prompts(rows, 1, pack, spec.random_seed, spec.operation_weights, spec.prefill)

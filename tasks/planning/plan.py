@@ -128,8 +128,9 @@ def plan_stages(ctx: RunContext, seeds: IngestSummary, estimate: Estimate | None
 
 
 def estimate_key(ctx: RunContext) -> str:
-    """What a run's recorded estimate stands for: the seeds, everything an evolve shard reads, the rounds."""
-    return stage_key("estimate", ctx.ingest_key, ctx.evolve_key, ctx.config.rounds)
+    """What a run's recorded estimate stands for: the seeds, everything an evolve shard reads, the rounds (and
+    that it reads nothing else: an estimate recorded from other runs' figures is made again)."""
+    return stage_key("estimate", ctx.ingest_key, ctx.evolve_key, ctx.config.rounds, "own data")
 
 
 def stored_estimate(ctx: RunContext) -> Estimate | None:
@@ -140,10 +141,12 @@ def stored_estimate(ctx: RunContext) -> Estimate | None:
 
 def run_estimate(ctx: RunContext, refs: list[ShardRef], accepted: int) -> Estimate:
     """The estimate a run records (``{run}/estimate.json``) when it starts: kept while the seeds, the evolve
-    settings and the rounds stay the same (so the card does not change with reruns), else made now."""
+    settings and the rounds stay the same (so the card does not change with reruns), else made now, from the
+    run's own seeds and settings only: never from other runs under the output root, nor from the candidates a
+    killed attempt of this run left, so the same data always gives the same card."""
     estimate = stored_estimate(ctx)
     if estimate is None:
-        estimate = make_estimate(ctx, refs, accepted)
+        estimate = make_estimate(ctx, refs, accepted, previous=False)
         record = {"key": estimate_key(ctx), "estimate": estimate.model_dump(mode="json")}
         write_file_atomic(ctx.layout.file(ESTIMATE_FILE), json.dumps(record, indent=2).encode())
     return estimate

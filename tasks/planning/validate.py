@@ -1,8 +1,7 @@
 """Plan-time validation: everything about a run that can be checked without a model, before anything starts.
 
 Each problem is one line, ``<file>: <key>: <what>``: the config file (or template, or environment
-variable) and the key that is wrong, and what to do about it.
-"""
+variable) and the key that is wrong, and what to do about it."""
 
 from __future__ import annotations
 
@@ -21,6 +20,7 @@ from tasks.evolve.operations import resolve_weights
 from tasks.ingest.fields import field_map_problems
 from tasks.ingest.read import check_source
 from tasks.ingest.seeds import IngestError, find_unmatched_paths
+from tasks.mix.benchmarks import BenchmarkError, read_benchmark
 
 SAMPLE = {"instruction": "Name three primary colours.", "input": "Answer in one line.",
           "first": "Name three primary colours.", "second": "List the three primary colours in one line."}
@@ -28,8 +28,6 @@ SAMPLE = {"instruction": "Name three primary colours.", "input": "Answer in one 
 
 @dataclass(frozen=True)
 class Problem:
-    """One thing wrong with a run's configuration."""
-
     file: str
     key: str
     what: str
@@ -68,7 +66,12 @@ def validate_run(config: RunConfig, config_file: str, settings: StorageSettings 
         problems += _render_templates(pack)
     problems += [Problem(config_file, f"field_map.{target}", what)
                  for target, what in field_map_problems(config.field_map).items()]
-    if (what := _model_problem(config, env)) is not None:
+    if config.llm.backend == "scripted":
+        from tasks.llm.base import BackendError
+        from tasks.llm.scripted import scripted_backend
+
+        check("llm.model", lambda: scripted_backend(config.llm.model), BackendError)
+    elif (what := _model_problem(config, env)) is not None:
         problems.append(Problem(config_file, "llm.model", what))
     check("seeds", lambda: check_source(config.seeds, settings), IngestError)
     if config.field_map and not problems:  # a seed file that can't be read (an unbalanced CSV quote): its line
@@ -79,6 +82,8 @@ def validate_run(config: RunConfig, config_file: str, settings: StorageSettings 
             if path in unmatched:
                 problems.append(Problem(config_file, f"field_map.{target}", f"no record of {config.seeds} has "
                                         f"'{path}'; fields found: {', '.join(fields[:30]) or '(none)'}"))
+    for i, spec in enumerate(config.mix.decontaminate.files if config.mix.decontaminate else ()):
+        check(f"mix.decontaminate.files.{i}", lambda spec=spec: read_benchmark(spec, settings), BenchmarkError)
     if config.train is not None:
         from tasks.train.sft import RecipeError, load_recipe
 
@@ -110,15 +115,6 @@ def _render_templates(pack: PromptPack) -> list[Problem]:
 def _model_problem(config: RunConfig, env: EnvSettings) -> str | None:
     """What is wrong with the model setting, if anything (an OpenAI-compatible server is asked when the run starts)."""
     llm = config.llm
-    if llm.backend == "scripted":
-        from tasks.llm.base import BackendError
-        from tasks.llm.scripted import scripted_backend
-
-        try:
-            scripted_backend(llm.model)
-        except BackendError as err:
-            return _one_line(str(err))
-        return None
     if llm.backend != "vllm":
         return None
     from tasks.llm.models import DEFAULT_MODEL, DEFAULT_MODEL_DIRNAME, ModelPreparationError, bundled_gguf

@@ -45,43 +45,82 @@ def shard_log_line(summary: ShardSummary, shard_index: int, shards: int) -> str:
 
 @dataclass
 class RoundProgress:
-    """A round's shards as they finish: counts for the progress artifact and its description."""
+    """A round's shards as they finish, and the rows of the shards still running (``set_live``): counts for the
+    progress artifact and its description."""
 
     round_index: int
     shards: int
     started: float = field(default_factory=time.time)
     done: int = 0
-    rows: int = 0
+    rows: int = 0  # the rows of finished shards (reused ones included)
     evolved: int = 0  # passed elimination in their shard; the round's dedup may drop a few more
     generated_tokens: int = 0
     rejected: dict[str, int] = field(default_factory=dict)
     note: str = ""  # the engine start: "starting ...", then "... ready in N s"
     round_started: float | None = None  # the round's start (``started`` moves to the engine being ready)
     ended: float | None = None  # the round finished (its shards and its dedup)
+    total_rows: int | None = None  # the round's pool rows, when known: rows and ETA count rows, not shards
+    computed_rows: int = 0  # rows of finished shards computed by this run (the rate's numerator; reused: none)
+    live: dict[int, tuple[int, int, int]] = field(default_factory=dict)  # running shard -> rows, passed, tokens
 
     def __post_init__(self) -> None:
         if self.round_started is None:
             self.round_started = self.started
 
-    def add(self, summary: ShardSummary) -> None:
-        """Count one finished shard."""
-        self.done += 1
+    def add(self, summary: ShardSummary, shard_index: int | None = None) -> None:
+        """Count one finished shard (and stop counting its live rows)."""
+        self.finish(shard_index)
         self.rows += summary.pool_in
+        self.computed_rows += 0 if summary.reused else summary.pool_in
         self.evolved += summary.passed
         self.generated_tokens += 0 if summary.reused else summary.completion_tokens
         for reason, n in summary.rejected.items():
             self.rejected[reason] = self.rejected.get(reason, 0) + n
 
+    def finish(self, shard_index: int | None = None) -> None:
+        """Count one shard as done (``add`` counts its rows; a failed shard has none); its live rows are over."""
+        self.live.pop(shard_index, None)
+        self.done += 1
+
+    def set_live(self, shard_index: int, rows: int, passed: int, generated_tokens: int) -> bool:
+        """Record a running shard's rows so far; whether that changed anything."""
+        changed = self.live.get(shard_index) != (rows, passed, generated_tokens)
+        self.live[shard_index] = (rows, passed, generated_tokens)
+        return changed
+
+    def set_running(self, running: dict[int, tuple[int, int, int]]) -> bool:
+        """Record the rows so far of running shards (shard -> rows, passed, tokens); whether anything changed."""
+        changed = [self.set_live(i, *counts) for i, counts in running.items()]
+        return any(changed)
+
+    def _live_sum(self, i: int) -> int:
+        return sum(v[i] for v in self.live.values())
+
+    @property
+    def rows_done(self) -> int:
+        """Rows with their candidate made: finished shards' and running shards' so far."""
+        return self.rows + self._live_sum(0)
+
     @property
     def percent(self) -> float:
+        if self.total_rows:
+            return 100.0 * min(self.rows_done, self.total_rows) / self.total_rows
         return 100.0 * self.done / self.shards if self.shards else 100.0
 
     def description(self, now: float | None = None) -> str:
-        """The progress artifact's description: shards, rows, evolved, wall seconds, tok/s, ETA, the engine start."""
+        """The progress artifact's description: shards, rows, passed, rows/s, tok/s, wall seconds, ETA, the engine
+        start."""
         wall = max((now or time.time()) - self.started, 1e-9)
-        eta = wall / self.done * (self.shards - self.done) if self.done else None
-        return (f"round {self.round_index}: {self.done}/{self.shards} shards, {self.rows} rows, {self.evolved} "
-                f"passed elimination, {self.generated_tokens / wall:.1f} tok/s, {wall:.0f} s"
+        rows, rate = self.rows_done, (self.computed_rows + self._live_sum(0)) / wall
+        if self.total_rows is not None:
+            eta = (self.total_rows - rows) / rate if rate > 0 else None
+            rows_text = f"{rows}/{self.total_rows} rows, "
+        else:
+            eta = wall / self.done * (self.shards - self.done) if self.done else None
+            rows_text = f"{rows} rows, "
+        return (f"round {self.round_index}: {self.done}/{self.shards} shards, {rows_text}"
+                f"{self.evolved + self._live_sum(1)} passed elimination, {rate:.1f} rows/s, "
+                f"{(self.generated_tokens + self._live_sum(2)) / wall:.1f} tok/s, {wall:.0f} s"
                 + (f", ETA {eta:.0f} s" if eta is not None and self.done < self.shards else "")
                 + (f"; {self.note}" if self.note else ""))
 

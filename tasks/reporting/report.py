@@ -64,3 +64,26 @@ def final_markdown(run_uri: str, data_key: str, ingest: IngestSummary, rounds: l
         "**Exports**\n\n" + "".join(f"- {k}: `{v}`\n" for k, v in exports.items()),
     ]
     return "\n".join(parts)
+
+
+def run_links_markdown(run_id: str, run_uri: str, rounds: int, files: dict[str, str], ui_url: str | None) -> str:
+    """The artifact a deployment's top-level run shows: links to the artifacts its ``evol-instruct`` subflow and
+    round subflows made (the UI lists an artifact under the flow run that made it), and the run's files."""
+    from tasks.reporting.monitor import artifact_key
+
+    keys = [(artifact_key(run_id, "summary"), "the run's summary and plots")]
+    for k in range(1, rounds + 1):
+        keys += [(artifact_key(run_id, "round", k), f"round {k}: its table"),
+                 (artifact_key(run_id, "round", k, "samples"), f"round {k}: evolved and rejected samples"),
+                 (artifact_key(run_id, "round", k, "rows"), f"round {k}: the samples' rows in full"),
+                 (artifact_key(run_id, "round", k, "progress"), f"round {k}: progress")]
+    artifacts = md_table(["artifact", "what"], [[artifact_link(key, ui_url), what] for key, what in keys])
+    outputs = md_table(["file", "uri"], [[name, f"`{uri}`"] for name, uri in sorted(files.items())])
+    return "\n".join([f"# Run {run_id}", "", f"Outputs under `{run_uri}`. The artifacts below belong to this run's "
+                      "subflows.", "", *artifacts, "", *outputs, ""])
+
+
+def artifact_link(key: str, ui_url: str | None) -> str:
+    """A Markdown link to an artifact's page in the UI (``{ui}/artifacts/key/{key}``), or its key without a UI."""
+    base = (ui_url or "").rstrip("/")
+    return f"[{key}]({base}/artifacts/key/{key})" if base else f"`{key}`"

@@ -44,11 +44,10 @@ def _pick(con, uris: list[str], limit: int, by_reason: bool) -> list[dict]:
     return [dict(zip(names, row, strict=True)) for row in rows]
 
 
-def round_samples(pool_in: list[ShardRef], summary: RoundSummary, per_status: int = 5, width: int = 120,
+def round_samples(pool_in: list[ShardRef], summary: RoundSummary, per_status: int = 5,
                   settings: StorageSettings | None = None) -> list[dict[str, str]]:
-    """Rows of a round's sample table: up to ``per_status`` evolved and ``per_status`` rejected candidates,
-    each with its rejection reason, its parent (from the round's pool), its evolution and the response;
-    texts on one line, at most ``width`` characters (Prefect's table cells do not wrap)."""
+    """A round's sample: up to ``per_status`` evolved and ``per_status`` rejected candidates, each with its
+    rejection reason, its parent (from the round's pool), its evolution and the response, texts in full."""
     evolved_uris, rejected_uris = _uris(summary.evolved_shards), _uris(summary.rejected_shards)
     if not evolved_uris and not rejected_uris:
         return []
@@ -65,7 +64,35 @@ def round_samples(pool_in: list[ShardRef], summary: RoundSummary, per_status: in
         "status": "rejected" if r["reject_reason"] else "evolved",
         "reason": r["reject_reason"] or "",
         "operation": r["operation"] or "",
-        "parent": trim(parents.get(r["parent_id"], ""), width),
-        "evolution": trim(parent_text({"instruction": r["instruction"] or "", "input": r["input"]}), width),
-        "response": trim(r["response"], width),
+        "parent": parents.get(r["parent_id"], ""),
+        "evolution": parent_text({"instruction": r["instruction"] or "", "input": r["input"]}),
+        "response": r["response"] or "",
     } for r in picked]
+
+
+CELL_WIDTH = 24  # characters per text cell: the table (six columns) fits a 1280-pixel window
+
+
+def samples_table(rows: list[dict[str, str]], width: int = CELL_WIDTH) -> list[dict[str, object]]:
+    """The UI's sample table: a row number, the outcome (``evolved`` or the reject reason), the operation, then
+    parent, evolution and response on one line of at most ``width`` characters each (Prefect's table cells do
+    not wrap); row ``n`` in full is section ``n`` of ``samples_markdown``."""
+    return [{"#": n, "outcome": r["reason"] or "evolved", "operation": r["operation"],
+             "parent": trim(r["parent"], width), "evolution": trim(r["evolution"], width),
+             "response": trim(r["response"], width)} for n, r in enumerate(rows, 1)]
+
+
+def _fenced(text: str) -> list[str]:
+    runs = [len(m) for m in re.findall(r"`+", text)]
+    fence = "`" * max(3, max(runs, default=0) + 1)
+    return [fence + "text", text, fence]
+
+
+def samples_markdown(rows: list[dict[str, str]], title: str) -> str:
+    """The sample's rows in full, numbered as in ``samples_table``: the page a table row's "full row" is on."""
+    lines = [f"# {title}", ""]
+    for n, r in enumerate(rows, 1):
+        lines += [f"## {n}. {r['reason'] or 'evolved'} · {r['operation']}", ""]
+        for label in ("parent", "evolution", "response"):
+            lines += [f"**{label}**", "", *_fenced(r[label]), ""]
+    return "\n".join(lines)

@@ -12,16 +12,14 @@ _EMPTY_DUPLICATES = pa.schema([pa.field("id", pa.string()), pa.field("duplicate_
                                pa.field("shard", pa.int64()), pa.field("row", pa.int64())])
 
 
-def find_exact_duplicates(
-    candidate_uris: list[str], reference_uris: list[str], settings: StorageSettings | None = None
-) -> pa.Table:
+def find_exact_duplicates(candidate_uris: list[str], reference_uris: list[str],
+                          settings: StorageSettings | None = None) -> pa.Table:
     """Evolved candidates whose content key already exists: ``id``, ``duplicate_of`` and where the candidate is
     (``shard``: its index in ``candidate_uris``, ``row``: its row there), ordered by id.
 
     A candidate duplicates a reference row (seeds, pool, earlier rounds; the earliest round, then the
     smallest id, when several share the key) or, failing that, an earlier candidate by id: the first
-    by ``id`` (then file and row) survives. Rows whose status is not ``evolved`` are ignored.
-    """
+    by ``id`` (then file and row) survives. Rows whose status is not ``evolved`` are ignored."""
     if not candidate_uris:
         return _EMPTY_DUPLICATES.empty_table()
     cand_src = f"read_parquet({sql_list(candidate_uris)}, filename = true, file_row_number = true)"
@@ -49,6 +47,3 @@ def find_exact_duplicates(
         return con.sql(query).to_arrow_table().cast(_EMPTY_DUPLICATES)
     finally:
         con.close()
-
-
-__all__ = ["find_exact_duplicates"]

@@ -37,8 +37,7 @@ def shard_outputs(pool: pa.Table, candidates: pa.Table, duplicates: pa.Table) ->
     """One shard's ``evolved``, ``rejected`` and next ``pool`` rows, in order.
 
     ``duplicates`` (``row``, ``duplicate_of``): the candidates that are exact duplicates, rejected as such. An
-    evolved candidate replaces its parent; a rejected one's parent goes on unchanged.
-    """
+    evolved candidate replaces its parent; a rejected one's parent goes on unchanged."""
     n = candidates.num_rows
     if pool.num_rows != n or not candidates["parent_id"].equals(pool["id"]):
         raise RoundInvariantError("candidates do not line up with their pool shard (one per parent, in order)")
@@ -66,21 +65,13 @@ def round_key(candidates: list[ShardRef], pool_in: list[ShardRef], references: l
 ROUND = Stage("round", RoundSummary, RunLayout.round_marker)
 
 
-def finish_round(
-    layout: RunLayout,
-    round_index: int,
-    shard_summaries: list[ShardSummary],
-    pool_in: list[ShardRef],
-    references: list[ShardRef],
-    started: float,
-    force: bool = False,
-    settings: StorageSettings | None = None,
-) -> RoundSummary:
+def finish_round(layout: RunLayout, round_index: int, shard_summaries: list[ShardSummary], pool_in: list[ShardRef],
+                 references: list[ShardRef], started: float, force: bool = False,
+                 settings: StorageSettings | None = None) -> RoundSummary:
     """Mark cross-shard duplicates, write evolved / rejected / next pool shards, check the invariant.
 
     ``references`` are the shards an evolution must not duplicate (seeds, earlier rounds' evolutions, the
-    pool). Reused when ``_round.json`` was written under the same key and its shards still verify.
-    """
+    pool). Reused when ``_round.json`` was written under the same key and its shards still verify."""
     key = round_key([s.candidates for s in shard_summaries], pool_in, references)
     shards_reused = sum(1 for s in shard_summaries if s.reused)
     found = None if force else ROUND.done(layout.round_marker(round_index), key, settings, shards_reused=shards_reused)
@@ -109,20 +100,11 @@ def finish_round(
     remove_shards_except(layout.stage_dir(round_index, "candidates"), candidate_uris, settings)
     counts = check_round_invariant(round_index, [r.uri for r in pool_in], outputs, settings)
     result = RoundSummary(
-        round=round_index,
-        shards=len(shard_summaries),
-        pool_in=counts["pool_in"],
-        evolved=counts["evolved"],
-        carried=counts["carried"],
-        rejected=dict(sorted((+reasons).items())),
-        operations=dict(sorted((+operations).items())),
-        prompt_tokens=sum(s.prompt_tokens for s in shard_summaries),
+        round=round_index, shards=len(shard_summaries), **counts, rejected=dict(sorted((+reasons).items())),
+        operations=dict(sorted((+operations).items())), prompt_tokens=sum(s.prompt_tokens for s in shard_summaries),
         completion_tokens=sum(s.completion_tokens for s in shard_summaries),
-        wall_seconds=round(time.time() - started, 3),
-        shard_seconds=round(sum(s.seconds for s in shard_summaries), 3),
-        shards_reused=shards_reused,
-        pool_out=outputs["pool"],
-        evolved_shards=outputs["evolved"],
+        wall_seconds=round(time.time() - started, 3), shard_seconds=round(sum(s.seconds for s in shard_summaries), 3),
+        shards_reused=shards_reused, pool_out=outputs["pool"], evolved_shards=outputs["evolved"],
         rejected_shards=outputs["rejected"],
     )
     write_stage(layout.round_marker(round_index), key, result.model_dump(mode="json"), outputs, settings)
@@ -133,8 +115,7 @@ def check_round_invariant(round_index: int, pool_in_uris: list[str], outputs: di
                           settings: StorageSettings | None = None) -> dict[str, int]:
     """Pool in = evolved + carried, and every carried row has exactly one rejected candidate with a reason.
 
-    Computed with DuckDB over the committed shards, independently of how they were written.
-    """
+    Computed with DuckDB over the committed shards, independently of how they were written."""
     evolved_uris, rejected_uris, next_uris = ([r.uri for r in outputs[k]] for k in ("evolved", "rejected", "pool"))
     pool_src, next_src = read_parquet_sql(pool_in_uris), read_parquet_sql(next_uris)
     con = duck_connect(*(pool_in_uris + evolved_uris), settings=settings)

@@ -17,27 +17,18 @@ from tasks.evolve.shard import stage_runtime, stage_runtime_built
 
 
 class EngineStart(BaseModel):
-    """What starting a run's backends did."""
-
     backends: list[str]  # "backend model" per distinct backend, as configured
     engines: list[str]  # model names of the engines started (vLLM); none for scripted or remote backends
     seconds: float
 
     def note(self) -> str:
-        """One line for the log and the round's progress."""
         what = f"engine {', '.join(self.engines)}" if self.engines else f"backend {', '.join(self.backends)}"
         return f"{what} ready in {self.seconds:.1f} s"
 
 
 def engine_labels(llm: LLMConfig) -> list[str]:
     """``backend model`` of each distinct backend a run uses, in stage order."""
-    labels: list[str] = []
-    for stage in STAGES:
-        resolved = llm.for_stage(stage)
-        label = f"{resolved.backend} {resolved.model}"
-        if label not in labels:
-            labels.append(label)
-    return labels
+    return list(dict.fromkeys(f"{resolved.backend} {resolved.model}" for resolved in map(llm.for_stage, STAGES)))
 
 
 def pending_shards(candidate_uris: list[str], keys: list[str], force: bool = False,
@@ -61,7 +52,6 @@ def needs_engine_start(spec: EvolveSpec, candidate_uris: list[str], keys: list[s
 
 
 def start_engines(spec: EvolveSpec) -> EngineStart:
-    """Build the run's prompt pack and backends and start the engines that need it."""
     started = time.perf_counter()
     _pack, backends = stage_runtime(spec)
     engines = backends.start()

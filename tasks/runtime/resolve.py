@@ -17,6 +17,7 @@ from tasks.core.context import (
     seeds_content_sha,
     stage_key,
 )
+from tasks.mix.benchmarks import read_benchmarks
 
 
 def build_context(config: RunConfig, recompute: tuple[str, ...] = (), env: EnvSettings | None = None,
@@ -41,9 +42,12 @@ def build_context(config: RunConfig, recompute: tuple[str, ...] = (), env: EnvSe
         identity = model_identity(score.llm.backend, score.llm.model, score.llm.engine_args, env.llm.models_dir)
         score_key = stage_key("score", load_pack(config.prompt_pack).scoring_shas(), identity,
                               score.llm.structured_outputs, score.score.model_dump(mode="json"))
+    decontaminate = config.mix.decontaminate  # read once now: a missing file or field stops the run before it starts
+    benchmarks = read_benchmarks(decontaminate.files, settings) if decontaminate is not None else []
     return RunContext(
         score=score, score_key=score_key,
         config=config, layout=run_layout(config), template_shas=template_shas, model=model, seeds_sha=seeds_sha,
         evolve=evolve, evolve_key=stage_key("evolve", template_shas, model, spec), recompute=tuple(recompute),
+        benchmark_shas=tuple(b.sha256 for b in benchmarks),
         ingest_key=stage_key("ingest", seeds_sha, config.field_map, config.ingest.csv_header, config.shard_size,
                                READER_VERSION))

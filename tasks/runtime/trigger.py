@@ -2,8 +2,7 @@
 
 A deployment is looked up by name on the Prefect API the run talks to. When it exists its flow run is created and
 left to the ``gpu`` work pool's worker (the data run does not wait for it); when it does not, the ``train`` flow
-runs in this process (a subflow when called from a flow).
-"""
+runs in this process (a subflow when called from a flow)."""
 
 from __future__ import annotations
 
@@ -21,8 +20,6 @@ from tasks.train.sft import recipe_name
 
 
 class TriggerResult(BaseModel):
-    """How training was started, its flow run and where its outputs will be."""
-
     mode: Literal["deployment", "in_process", "disabled"]
     flow_run_id: str | None
     output_uri: str
@@ -36,13 +33,7 @@ def _log(message: str, *args: Any) -> None:
         pass
 
 
-def training_output_uri(run_uri: str, train_config: TrainConfig) -> str:
-    """Where a run's fine-tuning outputs go: ``{run}/train/{recipe name}``."""
-    return join_uri(run_uri, "train", recipe_name(train_config.recipe))
-
-
 def deployment_exists(name: str) -> bool:
-    """Whether the Prefect API knows the deployment ``flow-name/deployment-name``."""
     with get_client(sync_client=True) as client:
         try:
             client.read_deployment_by_name(name)
@@ -55,7 +46,7 @@ def trigger_training(export_messages_uri: str, run_uri: str, train_config: Train
                      in_process: Callable[..., Any]) -> TriggerResult:
     """Start fine-tuning on a run's ``messages.jsonl``: through ``train_config.deployment`` if it exists (not
     waited for), else by running ``in_process`` (the ``train`` flow) here and waiting for it."""
-    output_uri = training_output_uri(run_uri, train_config)
+    output_uri = join_uri(run_uri, "train", recipe_name(train_config.recipe))
     if not train_config.enabled:
         return TriggerResult(mode="disabled", flow_run_id=None, output_uri=output_uri)
     parameters = {"dataset_uri": export_messages_uri, "recipe": train_config.recipe, "output_uri": output_uri}

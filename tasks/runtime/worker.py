@@ -2,8 +2,7 @@
 LLM engine warm for its whole life (the engine and the run's backends are cached per process).
 
 ``worker_plan`` says what `evol worker` starts; ``dask_setup`` is the worker-side hook (Dask ``--preload``) that
-logs what the worker holds and, with ``EVOL_WORKER_WARM`` naming a run config, starts its engine before any shard.
-"""
+logs what the worker holds and, with ``EVOL_WORKER_WARM`` naming a run config, starts its engine before any shard."""
 
 from __future__ import annotations
 
@@ -19,8 +18,6 @@ WARM_ENV = "EVOL_WORKER_WARM"
 
 
 class WorkerPlan(BaseModel):
-    """The command line, environment and CPU affinity of one worker process."""
-
     argv: list[str]
     env: dict[str, str]
     cpus: list[int] | None = None
@@ -47,8 +44,7 @@ def worker_plan(scheduler: str, name: str | None = None, cpus: str | None = None
 
     ``gpu``: the device ids it sees (``CUDA_VISIBLE_DEVICES``; "0" or "0,1" for a TP-2 engine). ``cpus``: the CPUs
     it is pinned to, and vLLM's CPU threads with it. ``preload``: modules run in the worker at start (``dask_setup``),
-    e.g. one that registers a custom backend. The nanny restarts a worker that dies (an OOM kill, a crashed engine).
-    """
+    e.g. one that registers a custom backend. The nanny restarts a worker that dies (an OOM kill, a crashed engine)."""
     env = dict(os.environ if base_env is None else base_env)
     # vLLM starts its engine core in a child process: a daemonic worker process may not have children.
     env["DASK_DISTRIBUTED__WORKER__DAEMON"] = "False"

@@ -22,8 +22,6 @@ Status = Literal["ok", "not checked", "failed"]
 
 @dataclass(frozen=True)
 class Check:
-    """One check of a dry run: what, its outcome, and the detail."""
-
     what: str
     status: Status
     detail: str
@@ -59,10 +57,6 @@ def local_tokenizer(model: str) -> tuple[Any | None, str]:
         if Path(model).is_dir():
             return None, f"no tokenizer loads from {model}: {str(err).splitlines()[0]}"
         return None, f"{model} is not a local folder and not in the Hugging Face cache (nothing is downloaded here)"
-
-
-def _token_lengths(tokenizer: Any, texts: list[str]) -> list[int]:
-    return [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
 
 
 def dry_run(recipe: str, models_dir: str | None = None, dataset_uri: str | None = None,
@@ -110,7 +104,7 @@ def dry_run(recipe: str, models_dir: str | None = None, dataset_uri: str | None 
         result.add("lengths", None, f"max_length {spec.max_length} not checked: no tokenizer")
         return result
     texts = [render(text, r["prompt"] + r["completion"], False, tokenizer) for r in rows]
-    lengths = _token_lengths(tokenizer, texts)
+    lengths = [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
     long = sum(n > spec.max_length for n in lengths)
     result.add("lengths", True if dataset_uri else None,  # cut rows are said, not failed: TRL truncates them
                f"{long} of {len(rows)} row(s) longer than max_length {spec.max_length} tokens, cut at training "

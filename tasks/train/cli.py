@@ -14,19 +14,14 @@ import sys
 from tasks.train.sft import RecipeError, run_training
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    """The command's arguments."""
+def main(argv: list[str] | None = None) -> int:
+    """Train, then print the result (JSON) from the main process; a bad recipe or dataset exits with 2."""
     parser = argparse.ArgumentParser(prog="python -m tasks.train_cli", description=__doc__.splitlines()[0])
     parser.add_argument("--dataset", required=True, help="messages.jsonl URI (local path, s3://, memory://)")
     parser.add_argument("--recipe", required=True, help="recipe name under recipes/ or a YAML path")
     parser.add_argument("--output", required=True, help="where the model, metrics.json and loss.png go (any URI)")
     parser.add_argument("--models-dir", default=None, help="where the bundled model is prepared (EVOL_LLM__MODELS_DIR)")
-    return parser.parse_args(argv)
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Train, then print the result (JSON) from the main process; a bad recipe or dataset exits with 2."""
-    args = parse_args(argv)
+    args = parser.parse_args(argv)
     try:
         result = run_training(args.dataset, args.recipe, args.output, models_dir=args.models_dir)
     except (RecipeError, ValueError) as err:

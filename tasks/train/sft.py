@@ -72,7 +72,6 @@ def recipe_path(recipe: str, folder: Path = RECIPES_DIR) -> Path:
 
 
 def recipe_name(recipe: str) -> str:
-    """A short name for a recipe: its file's stem."""
     return recipe_path(recipe).stem
 
 
@@ -156,7 +155,6 @@ def build_trainer(recipe: TrainRecipe, model_path: str, rows: list[dict[str, Any
 
 
 def plot_loss(log: list[LossPoint], title: str) -> bytes:
-    """The loss curve as PNG bytes."""
     import matplotlib
 
     matplotlib.use("Agg")  # no display on workers

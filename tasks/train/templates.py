@@ -21,7 +21,6 @@ class NoChatTemplateError(RecipeError):
 
 
 def template_names() -> list[str]:
-    """The named formats: the stems of ``recipes/templates/*.jinja``."""
     return sorted(p.stem for p in TEMPLATES_DIR.glob("*.jinja"))
 
 
@@ -39,12 +38,6 @@ def template_path(value: str, recipe_file: Path) -> Path:
     return TEMPLATES_DIR / f"{value}.jinja"
 
 
-def no_template_message(where: str, model: str) -> str:
-    """The one line said when neither the tokenizer nor the recipe has a chat template: what, where, and the fix."""
-    return (f"{where}: the tokenizer of {model} has no chat template (a base model?): set chat_template in the recipe "
-            f"to a named format ({', '.join(template_names())}) or a .jinja file")
-
-
 def apply_template(tokenizer: Any, chat_template: str | None, where: str, model: str) -> str:
     """Put the recipe's template (a resolved file path) on ``tokenizer``; without one the tokenizer must have its
     own. Returns where the template in use comes from."""
@@ -52,7 +45,9 @@ def apply_template(tokenizer: Any, chat_template: str | None, where: str, model:
         tokenizer.chat_template = Path(chat_template).read_text(encoding="utf-8")
         return chat_template
     if not getattr(tokenizer, "chat_template", None):
-        raise NoChatTemplateError(no_template_message(where, model))
+        raise NoChatTemplateError(f"{where}: the tokenizer of {model} has no chat template (a base model?): set "
+                                  f"chat_template in the recipe to a named format ({', '.join(template_names())}) or "
+                                  "a .jinja file")
     return "the tokenizer's own"
 
 
