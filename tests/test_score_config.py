@@ -33,7 +33,8 @@ def test_unset_options_stay_out_of_the_mix_key_and_the_card():
     plain = config()
     dump = without_unset_options(plain.model_dump(mode="json"))
     assert "score" not in dump and "score" not in dump["llm"] and "selection" not in dump["mix"]
-    assert dump["mix"] == {"include_seeds": True, "sample_size": None}  # what it was before these options
+    # what main dumped before these options (main's own `mix.decontaminate` shows in the card while unset)
+    assert dump["mix"] == {"include_seeds": True, "sample_size": None, "decontaminate": None}
 
     def ctx(c):
         return RunContext(config=c, layout=run_layout(c), template_shas={}, model={}, seeds_sha="x",

@@ -53,3 +53,19 @@ def test_scripted_scores_and_selection_exact_counts_and_a_mix_only_rerun_reuses_
     assert [s.scores for s in second.score.shards] == [s.scores for s in score.shards]
     assert not second.mix.reused and second.mix.final == 25
     assert second.mix.near_duplicates + second.mix.not_selected + second.mix.final == 59
+
+
+def test_decontamination_and_selection_together(prefect_harness, tmp_path):
+    """Decontamination drops its rows before selection ranks the rest; the card shows both."""
+    bench = tmp_path / "bench.jsonl"
+    bench.write_text(json.dumps({"question": load_seeds()[19]["instruction"]}) + "\n")
+    config = scored_config(tmp_path, decontaminate=[{"path": str(bench), "field": "question"}])
+    mix = evol_instruct(config).mix
+    assert mix.contaminated >= 1 and mix.contaminated_by == {str(bench): mix.contaminated}
+    assert mix.contaminated + mix.near_duplicates + mix.not_selected + mix.sampled_out + mix.final == 59
+    assert mix.final == 30
+    dropped = read_shard(mix.dropped_uri)
+    assert set(dropped["reject_reason"].to_pylist()) >= {"contaminated", "not_selected"}
+    card = (tmp_path / "runs" / "scored" / "export" / "README.md").read_text()
+    assert f"{mix.contaminated} contaminated" in card and f"{mix.not_selected} not selected" in card
+    assert "## Selection" in card and "by diversity-aware selection" in card and f"| `{bench}` | `question` |" in card
