@@ -34,7 +34,7 @@ def prepare(
 def prepare_for_config(config: Any) -> None:
     """Before a run or a plan: a stage on the bundled vLLM model that is not prepared yet is prepared now, said in
     one line (where, and why) instead of the conversion's progress bars; an error ends the command."""
-    from tasks.core.config import STAGES, EnvSettings
+    from tasks.core.config import ROLES, EnvSettings
     from tasks.llm.models import (
         DEFAULT_MODEL,
         ModelPreparationError,
@@ -43,7 +43,7 @@ def prepare_for_config(config: Any) -> None:
         prepare_default_model,
     )
 
-    stages = [config.llm.for_stage(stage) for stage in STAGES]
+    stages = [config.llm.for_role(stage) for stage in ROLES]
     if not any(llm.backend == "vllm" and llm.model == DEFAULT_MODEL for llm in stages):
         return
     models_dir = EnvSettings().llm.models_dir

@@ -42,7 +42,7 @@ from tasks.core.summaries import (
     engine_time_line,
 )
 from tasks.evolve.progress import forget_shard, running_rows
-from tasks.evolve.shard import evolve_shard_task, reset_stage_runtimes
+from tasks.evolve.shard import evolve_shard_task, reset_evolve_runtimes
 from tasks.export.files import export_final_task
 from tasks.export.plots import plots_markdown
 from tasks.ingest.seeds import ingest_run_seeds_task
@@ -216,7 +216,7 @@ def evol_instruct(config: RunConfig, recompute: list[str] | None = None, take_ov
         record_attempt(layout.run_uri, "running")  # `evol runs`: stopped until it ends, whatever is exported
         try:
             ctx = build_context(config, tuple(recompute or ()))
-            reset_stage_runtimes()
+            reset_evolve_runtimes()
             reset_score_runtimes()
             reset_live_rounds(layout.run_id)
             write_file_atomic(layout.file("config.json"),

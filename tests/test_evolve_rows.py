@@ -7,11 +7,11 @@ import subprocess
 import sys
 
 from prompts import load_pack
-from tasks.core.config import LLMConfig, RunConfig, SamplingParams, StageLLMConfig, StageSampling
+from tasks.core.config import LLMConfig, RoleLLMConfig, RunConfig, SamplingParams, StageSampling
 from tasks.core.text import record_id
 from tasks.evolve.shard import evolve_rows
 from tasks.llm.base import Completion, Conversation
-from tasks.llm.factory import StageBackends, stage_backends
+from tasks.llm.factory import RoleBackends, role_backends
 from tasks.llm.scripted import (
     ScriptedBackend,
     given_prompt,
@@ -128,7 +128,7 @@ def test_each_stage_uses_its_own_backend_and_the_lineage_names_them():
     evolver = ScriptedBackend(engine_like(capable), model_name="cheap-evolver")
     answerer = ScriptedBackend(capable, model_name="answerer")
     judge = ScriptedBackend(capable, model_name="strong-judge", constrained=True)
-    out = evolve_rows(ROWS, 1, config(), StageBackends(evolver, answerer, judge), PACK)
+    out = evolve_rows(ROWS, 1, config(), RoleBackends(evolver, answerer, judge), PACK)
     for c in out:
         assert (c["model"], c["respond_model"], c["judge_model"]) == ("cheap-evolver", "answerer", "strong-judge")
     assert (evolver.items, answerer.items, judge.items) == (3, 3, 6)  # judge: validity and equality per row
@@ -137,13 +137,13 @@ def test_each_stage_uses_its_own_backend_and_the_lineage_names_them():
 def test_stage_backends_are_built_from_the_config_and_shared_when_equal():
     for name, model in (("evolver-x", "e"), ("judge-x", "j")):
         register_scripted_backend(ScriptedBackend(capable, model_name=model), name)
-    one = stage_backends(LLMConfig(backend="scripted", model="evolver-x"))
+    one = role_backends(LLMConfig(backend="scripted", model="evolver-x"))
     assert one.evolve is one.respond is one.judge
-    split = stage_backends(LLMConfig(backend="scripted", model="evolver-x",
-                                     judge=StageLLMConfig(model="judge-x")))
+    split = role_backends(LLMConfig(backend="scripted", model="evolver-x",
+                                     judge=RoleLLMConfig(model="judge-x")))
     assert split.evolve is split.respond and split.judge is not split.evolve
     assert split.model_names() == {"evolve": "e", "respond": "e", "judge": "j"}
-    assert LLMConfig(model="m", judge=StageLLMConfig(backend="openai")).for_stage("judge") == \
+    assert LLMConfig(model="m", judge=RoleLLMConfig(backend="openai")).for_role("judge") == \
         LLMConfig(backend="openai", model="m")
 
 

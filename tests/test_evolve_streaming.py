@@ -16,7 +16,7 @@ from tasks.evolve.shard import evolve_rows
 from tasks.evolve.steps import ShardPlan
 from tasks.llm.aio import run_on_loop
 from tasks.llm.base import BackendError, Completion
-from tasks.llm.factory import StageBackends
+from tasks.llm.factory import RoleBackends
 from tasks.llm.scripted import ScriptedBackend, given_prompt, is_evolution_prompt, last_user_text
 from tests.test_evolve_rows import PARENTS, capable, config, engine_like
 
@@ -136,7 +136,7 @@ def test_text_rules_of_rows_in_flight_share_queries():
     """20 rows: their early checks arrive together (one query), their late checks together (one more)."""
     texts = [f"{p} Case {i}." for i in range(5) for p in [*PARENTS, "Describe a sunrise over the sea."]]
     spec = config()
-    backends = StageBackends.single(ScriptedBackend(engine_like(capable)))
+    backends = RoleBackends.single(ScriptedBackend(engine_like(capable)))
     plan = ShardPlan.of(rows_of(texts), 1, spec, PACK, backends.model_names())
 
     async def run():
@@ -165,6 +165,6 @@ def test_a_fatal_backend_error_stops_the_shard_as_itself():
     with pytest.raises(BackendError, match="engine died"):
         evolve_rows(rows_of(PARENTS), 1, config(), backend, PACK, streaming=True)
     rows = rows_of(PARENTS[:1])  # a shard without the failing row still runs on the same loop
-    plan = ShardPlan.of(rows, 1, config(), PACK, StageBackends.single(backend).model_names())
-    assert run_on_loop(drive_streaming(plan, StageBackends.single(backend))) == evolve_rows(rows, 1, config(),
+    plan = ShardPlan.of(rows, 1, config(), PACK, RoleBackends.single(backend).model_names())
+    assert run_on_loop(drive_streaming(plan, RoleBackends.single(backend))) == evolve_rows(rows, 1, config(),
                                                                                             backend, PACK)

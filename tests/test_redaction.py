@@ -144,14 +144,14 @@ def test_the_engine_still_gets_the_token_inside_the_round_flows(prefect_harness,
     from tests.flow_script import load_seeds
 
     seen: list[dict] = []
-    real = shard.stage_backends
+    real = shard.role_backends
 
     def recording(llm, **kwargs):
         seen.append(dict(llm.engine_args))
         return real(llm, **kwargs)
 
-    monkeypatch.setattr(shard, "stage_backends", recording)
-    shard.reset_stage_runtimes()
+    monkeypatch.setattr(shard, "role_backends", recording)
+    shard.reset_evolve_runtimes()
     seeds = tmp_path / "seeds.jsonl"
     seeds.write_text("\n".join(json.dumps(s) for s in load_seeds(n=4)) + "\n")
     evol_instruct(parse_run_config({"name": "tok", "seeds": str(seeds), "output_root": str(tmp_path / "runs"),

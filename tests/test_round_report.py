@@ -7,9 +7,9 @@ from storage.schema import records_table
 from tasks.core.config import LLMConfig, RunConfig
 from tasks.core.context import EvolveSpec
 from tasks.core.summaries import RoundSummary
-from tasks.evolve.shard import reset_stage_runtimes, stage_runtime_built
+from tasks.evolve.shard import evolve_runtime_built, reset_evolve_runtimes
 from tasks.export.plots import evolved_share_png, rejections_png, run_plots
-from tasks.llm.factory import StageBackends
+from tasks.llm.factory import RoleBackends
 from tasks.llm.scripted import ScriptedBackend, demo_responder
 from tasks.reporting.samples import round_samples, samples_markdown, samples_table, trim
 from tasks.runtime.engine import EngineStart, engine_labels, needs_engine_start, pending_shards, start_engines
@@ -97,9 +97,9 @@ class StartableBackend(ScriptedBackend):
 
 def test_stage_backends_start_each_engine_once_and_skip_backends_without_one():
     engine, scripted = StartableBackend(), ScriptedBackend(demo_responder)
-    assert StageBackends(engine, engine, scripted).start() == ["startable"]
+    assert RoleBackends(engine, engine, scripted).start() == ["startable"]
     assert engine.starts == 1
-    assert StageBackends.single(scripted).start() == []
+    assert RoleBackends.single(scripted).start() == []
 
 
 def test_pending_shards_reads_markers_and_the_engine_starts_once_per_run(tmp_path):
@@ -112,16 +112,16 @@ def test_pending_shards_reads_markers_and_the_engine_starts_once_per_run(tmp_pat
     assert pending_shards(uris[:1], ["k0"], force=True) == 1
 
     spec = EvolveSpec.of(RunConfig(seeds="s.jsonl", llm={"backend": "scripted", "model": "demo"}))
-    reset_stage_runtimes()
+    reset_evolve_runtimes()
     assert not needs_engine_start(spec, uris[:1], ["k0"])  # nothing to compute: nothing to start
     assert needs_engine_start(spec, uris, ["k0", "k1", "k2"])
     started = start_engines(spec)
     assert isinstance(started, EngineStart) and started.engines == [] and started.backends == ["scripted demo"]
-    assert stage_runtime_built(spec) and not needs_engine_start(spec, uris, ["k0", "k1", "k2"])
+    assert evolve_runtime_built(spec) and not needs_engine_start(spec, uris, ["k0", "k1", "k2"])
     assert started.model_copy(update={"seconds": 0.04}).note() == "backend scripted demo ready in 0.0 s"
     assert EngineStart(backends=["vllm default"], engines=["smollm2"], seconds=31.26).note() == \
         "engine smollm2 ready in 31.3 s"
-    reset_stage_runtimes()
+    reset_evolve_runtimes()
 
 
 

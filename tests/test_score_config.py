@@ -15,9 +15,9 @@ def config(**extra):
 
 def test_the_score_role_defaults_to_the_judges_settings():
     judged = config(llm={"model": "base", "judge": {"backend": "openai", "model": "big-judge"}})
-    assert (judged.llm.for_stage("score").backend, judged.llm.for_stage("score").model) == ("openai", "big-judge")
+    assert (judged.llm.for_role("score").backend, judged.llm.for_role("score").model) == ("openai", "big-judge")
     own = config(llm={"model": "base", "judge": {"model": "big-judge"}, "score": {"model": "scorer"}})
-    assert own.llm.for_stage("score").model == "scorer" and own.llm.for_stage("judge").model == "big-judge"
+    assert own.llm.for_role("score").model == "scorer" and own.llm.for_role("judge").model == "big-judge"
     assert ScoreSpec.of(config()) is None and ScoreSpec.of(config(score={})).llm.model == "demo"
 
 

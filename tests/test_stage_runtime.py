@@ -14,7 +14,7 @@ from prompts import PromptPackError, load_pack
 from storage import read_shard
 from tasks.core.config import parse_run_config
 from tasks.core.context import EvolveSpec
-from tasks.evolve.shard import evolve_shard_task, reset_stage_runtimes, stage_runtime, stage_runtime_builds
+from tasks.evolve.shard import evolve_runtime, evolve_runtime_builds, evolve_shard_task, reset_evolve_runtimes
 from tasks.ingest.seeds import ingest_run_seeds
 from tasks.llm.scripted import ScriptedBackend, demo_responder, register_scripted_backend
 from tasks.runtime.resolve import build_context
@@ -52,8 +52,8 @@ def run_shard(tmp: Path, pack: Path, label: str) -> tuple[list[dict], list[str],
 def test_an_edited_template_is_used_by_the_next_run_in_the_same_process(tmp_path):
     pack = tmp_path / "pack"
     shutil.copytree(ROOT / "prompts" / "general", pack)
-    reset_stage_runtimes()
-    builds = stage_runtime_builds()
+    reset_evolve_runtimes()
+    builds = evolve_runtime_builds()
     first, first_prompts, first_spec = run_shard(tmp_path, pack, "first")
     extending = [c for c in first if c["operation"] in EXTENDS_IN_DEPTH]
     assert len(first) == 8 and len(first_prompts) >= 8 and 0 < len(extending) < 8
@@ -74,15 +74,15 @@ def test_an_edited_template_is_used_by_the_next_run_in_the_same_process(tmp_path
     # each run's spec names its pack's templates: the second run's pack was loaded anew, the backends were built once
     assert (first_spec.template_shas, spec.template_shas) == (old_shas, new_shas)
     assert spec.model_copy(update={"template_shas": None}) == first_spec.model_copy(update={"template_shas": None})
-    assert stage_runtime_builds() == builds + 1
-    assert stage_runtime(first_spec)[0] is not stage_runtime(spec)[0]
+    assert evolve_runtime_builds() == builds + 1
+    assert evolve_runtime(first_spec)[0] is not evolve_runtime(spec)[0]
     # a shard of the first run in a process that has not loaded its pack yet (a worker joining late) would now
     # render templates the run's keys do not name: it fails instead
-    reset_stage_runtimes()
+    reset_evolve_runtimes()
     with pytest.raises(PromptPackError, match=r"'.+/pack' changed since the run started \(templates add_constraints, "
                                               r"concretizing, deepening, increase_reasoning_steps\): rerun"):
-        stage_runtime(first_spec)
-    reset_stage_runtimes()
+        evolve_runtime(first_spec)
+    reset_evolve_runtimes()
 
 
 def test_a_warmed_worker_runs_the_shards_of_a_run_on_the_backends_it_started(tmp_path):
@@ -98,11 +98,11 @@ def test_a_warmed_worker_runs_the_shards_of_a_run_on_the_backends_it_started(tmp
     config_file.write_text(json.dumps({"name": "warm", "seeds": str(seeds), "output_root": str(tmp_path / "warm"),
                                        "rounds": 1, "shard_size": 8, "random_seed": 5, "prompt_pack": str(pack),
                                        "llm": {"backend": "scripted", "model": "recording-demo"}}))
-    reset_stage_runtimes()
-    builds = stage_runtime_builds()
+    reset_evolve_runtimes()
+    builds = evolve_runtime_builds()
     assert warm_engine(str(config_file)) == []  # the scripted backend has no engine to start
-    assert stage_runtime_builds() == builds + 1
+    assert evolve_runtime_builds() == builds + 1
     rows, prompts, spec = run_shard(tmp_path, pack, "warm")
     assert spec.template_shas == load_pack(pack).template_shas() and len(rows) == 8 and len(prompts) >= 8
-    assert stage_runtime_builds() == builds + 1  # the run's shard found the warmed backends
-    reset_stage_runtimes()
+    assert evolve_runtime_builds() == builds + 1  # the run's shard found the warmed backends
+    reset_evolve_runtimes()

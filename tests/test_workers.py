@@ -20,7 +20,7 @@ from prefect.settings import PREFECT_API_URL, temporary_settings
 from flows.evol_instruct import evol_instruct
 from storage import resolve
 from tasks.core.config import parse_run_config
-from tasks.evolve.shard import stage_runtime_builds
+from tasks.evolve.shard import evolve_runtime_builds
 from tasks.runtime.recovery import flow_run_tree, unfinished_task_runs
 from tests.conftest import free_port
 from tests.worker_support import shards_done  # importing it registers slow-demo here too (the embedded reference)
@@ -150,7 +150,7 @@ def test_round_spreads_over_two_workers_each_building_its_backend_once(prefect_s
     done = cluster.by_name(shards_done)
     assert min(done.values()) >= 1 and sum(done.values()) == 32, done  # 2 runs of 2 rounds of 8 shards, each once
     # two runs with the same settings, four rounds of shards: one build of the pack and backends per worker
-    assert cluster.by_name(stage_runtime_builds) == {"w0": 1, "w1": 1}
+    assert cluster.by_name(evolve_runtime_builds) == {"w0": 1, "w1": 1}
 
 
 def test_worker_killed_mid_shard_round_completes_on_the_other(prefect_server, cluster_factory, tmp_path):

@@ -97,11 +97,11 @@ class EnvSettings(BaseSettings):
 
 
 BackendName = Literal["vllm", "openai", "scripted"]
-STAGES: tuple[str, ...] = ("evolve", "respond", "judge")
+ROLES: tuple[str, ...] = ("evolve", "respond", "judge")  # the LLM roles of a round; ``score`` defaults to ``judge``
 
 
-class StageLLMConfig(RedactedModel):
-    """One stage's backend and model; a key left out is taken from the run's ``llm`` section."""
+class RoleLLMConfig(RedactedModel):
+    """One role's backend and model; a key left out is taken from the run's ``llm`` section."""
 
     backend: BackendName | None = None
     model: str | None = None
@@ -112,8 +112,8 @@ class StageLLMConfig(RedactedModel):
 class LLMConfig(RedactedModel):
     """Which backend and model a run uses; ``engine_args`` go to ``vllm.LLM`` unchanged.
 
-    ``evolve``, ``respond`` and ``judge`` may name another backend or model for that stage (a strong judge, a
-    cheap evolver); by default every stage uses this one. ``structured_outputs`` (``openai`` backend) says
+    ``evolve``, ``respond`` and ``judge`` may name another backend or model for that role (a strong judge, a
+    cheap evolver); by default every role uses this one. ``structured_outputs`` (``openai`` backend) says
     whether the server honours vLLM's ``structured_outputs`` request field; without it yes/no judgements fall
     back to a strict text parse.
     """
@@ -122,17 +122,17 @@ class LLMConfig(RedactedModel):
     model: str = "default"
     engine_args: dict[str, Any] = Field(default_factory=dict)
     structured_outputs: bool = True
-    evolve: StageLLMConfig | None = None
-    respond: StageLLMConfig | None = None
-    judge: StageLLMConfig | None = None
-    score: StageLLMConfig | None = None  # the scoring stage (``score:``): the judge's settings unless given
+    evolve: RoleLLMConfig | None = None
+    respond: RoleLLMConfig | None = None
+    judge: RoleLLMConfig | None = None
+    score: RoleLLMConfig | None = None  # the scoring stage (``score:``): the judge's settings unless given
 
-    def for_stage(self, stage: str) -> LLMConfig:
-        """The backend settings of one stage (``evolve``, ``respond``, ``judge``; ``score`` from the judge's)."""
-        if stage not in (*STAGES, "score"):
-            raise ValueError(f"unknown stage {stage!r} (expected one of {', '.join(STAGES)}, score)")
-        override = getattr(self, stage)
-        source = self.for_stage("judge") if stage == "score" else self
+    def for_role(self, role: str) -> LLMConfig:
+        """The backend settings of one role (``evolve``, ``respond``, ``judge``; ``score`` from the judge's)."""
+        if role not in (*ROLES, "score"):
+            raise ValueError(f"unknown role {role!r} (expected one of {', '.join(ROLES)}, score)")
+        override = getattr(self, role)
+        source = self.for_role("judge") if role == "score" else self
         base = source.model_dump(include={"backend", "model", "engine_args", "structured_outputs"})
         if override is not None:
             base.update({k: v for k, v in override.model_dump().items() if v is not None})

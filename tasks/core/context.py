@@ -93,7 +93,7 @@ class ScoreSpec(BaseModel):
     def of(cls, config: RunConfig) -> ScoreSpec | None:
         if config.score is None:
             return None
-        return cls(prompt_pack=config.prompt_pack, llm=config.llm.for_stage("score"), score=config.score,
+        return cls(prompt_pack=config.prompt_pack, llm=config.llm.for_role("score"), score=config.score,
                    streaming=config.orchestration.streaming)
 
 

@@ -17,10 +17,10 @@ from typing import Any
 import pyarrow as pa
 
 from tasks.core.config import EliminationConfig
-from tasks.evolve.steps import STAGE_ORDER, Ask, RowSteps, ShardPlan, Step
+from tasks.evolve.steps import STEP_ORDER, Ask, RowSteps, ShardPlan, Step
 from tasks.judge.rules import text_rule_reasons
 from tasks.llm.base import Completion, LLMBackend
-from tasks.llm.factory import StageBackends
+from tasks.llm.factory import RoleBackends
 
 RowDone = Callable[[dict[str, Any]], None]  # called with each row's candidate as soon as it is made
 RULE_FIELDS = ("instruction", "response", "finish_reason", "response_finish_reason", "error")
@@ -42,13 +42,13 @@ def _scaffolding(plan: ShardPlan) -> tuple[str, ...]:
     return tuple(plan.spec.elimination.scaffolding_phrases or plan.pack.scaffolding_phrases)
 
 
-def drive_batch(plan: ShardPlan, stages: StageBackends, on_row: RowDone | None = None) -> list[dict[str, Any]]:
+def drive_batch(plan: ShardPlan, stages: RoleBackends, on_row: RowDone | None = None) -> list[dict[str, Any]]:
     """Run the shard's rows stage by stage: the rows at the earliest stage go together, in one call per stage."""
     gens = plan.steps()
     pending: dict[int, Step] = {i: next(gen) for i, gen in enumerate(gens)}
     out: list[dict[str, Any] | None] = [None] * len(gens)
     while pending:
-        stage = min((step.stage for step in pending.values()), key=STAGE_ORDER.index)
+        stage = min((step.stage for step in pending.values()), key=STEP_ORDER.index)
         group = sorted(i for i, step in pending.items() if step.stage == stage)
         steps = [pending[i] for i in group]
         if isinstance(steps[0], Ask):
@@ -133,7 +133,7 @@ def rule_batcher(plan: ShardPlan) -> RuleBatcher:
     return _BATCHERS[key]
 
 
-async def _row(gen: RowSteps, stages: StageBackends, rules: RuleBatcher, on_row: RowDone | None = None
+async def _row(gen: RowSteps, stages: RoleBackends, rules: RuleBatcher, on_row: RowDone | None = None
                ) -> dict[str, Any]:
     step, done = _advance(gen, None)
     while step is not None:
@@ -148,7 +148,7 @@ async def _row(gen: RowSteps, stages: StageBackends, rules: RuleBatcher, on_row:
     return done
 
 
-async def drive_streaming(plan: ShardPlan, stages: StageBackends, on_row: RowDone | None = None
+async def drive_streaming(plan: ShardPlan, stages: RoleBackends, on_row: RowDone | None = None
                           ) -> list[dict[str, Any]]:
     """Run every row of the shard at once, each at its own pace; a fatal backend error stops them all."""
     rules = rule_batcher(plan)

@@ -23,11 +23,11 @@ from tasks.evolve.progress import ShardProgress, track_shard
 from tasks.evolve.steps import ShardPlan
 from tasks.llm.aio import run_on_loop
 from tasks.llm.base import LLMBackend
-from tasks.llm.factory import StageBackends, stage_backends
+from tasks.llm.factory import RoleBackends, role_backends
 
 
 def evolve_rows(
-    rows: list[dict[str, Any]], round_index: int, config: EvolveSpec, backends: StageBackends | LLMBackend,
+    rows: list[dict[str, Any]], round_index: int, config: EvolveSpec, backends: RoleBackends | LLMBackend,
     pack: PromptPack, streaming: bool = False, on_row: RowDone | None = None,
 ) -> list[dict[str, Any]]:
     """One candidate per pool row, in order, with status ``evolved`` or ``rejected`` and its reason.
@@ -37,7 +37,7 @@ def evolve_rows(
     shards of the process in flight too); otherwise stage by stage in one batch per stage. Same candidates.
     ``on_row`` gets each candidate as soon as it is made (progress inside the shard).
     """
-    stages = backends if isinstance(backends, StageBackends) else StageBackends.single(backends)
+    stages = backends if isinstance(backends, RoleBackends) else RoleBackends.single(backends)
     plan = ShardPlan.of(rows, round_index, config, pack, stages.model_names())
     if streaming:
         return run_on_loop(drive_streaming(plan, stages, on_row))
@@ -49,7 +49,7 @@ def evolve_shard(
     candidates_uri: str,
     round_index: int,
     spec: EvolveSpec,
-    backend: StageBackends | LLMBackend,
+    backend: RoleBackends | LLMBackend,
     pack: PromptPack,
     key: str | None = None,
     settings: StorageSettings | None = None,
@@ -87,18 +87,18 @@ EVOLVE_SHARD = Stage("evolve", ShardSummary, lambda layout, k, i: layout.shard(k
                      read=shard_reader(shard_counts))
 
 
-_RUNTIMES: dict[str, tuple[PromptPack, StageBackends]] = {}  # by the spec, the run's template shas included
-_BACKENDS: dict[str, StageBackends] = {}  # by the spec without them: an edited pack keeps the backends
+_RUNTIMES: dict[str, tuple[PromptPack, RoleBackends]] = {}  # by the spec, the run's template shas included
+_BACKENDS: dict[str, RoleBackends] = {}  # by the spec without them: an edited pack keeps the backends
 _RUNTIMES_LOCK = threading.Lock()
 _RUNTIME_BUILDS = {"count": 0}
 
 
-def stage_runtime_builds() -> int:
+def evolve_runtime_builds() -> int:
     """How many times this process built a run's backends (a cluster worker: once per run settings)."""
     return _RUNTIME_BUILDS["count"]
 
 
-def reset_stage_runtimes() -> None:
+def reset_evolve_runtimes() -> None:
     """Forget the packs and backends of earlier runs in this process (a run calls it at its start, so a newly
     registered backend is picked up; vLLM engines stay cached on their own)."""
     with _RUNTIMES_LOCK:
@@ -106,13 +106,13 @@ def reset_stage_runtimes() -> None:
         _BACKENDS.clear()
 
 
-def stage_runtime_built(spec: EvolveSpec) -> bool:
+def evolve_runtime_built(spec: EvolveSpec) -> bool:
     """Whether this run already built the pack and backends of ``spec`` (so their engines are warm)."""
     with _RUNTIMES_LOCK:
         return spec.model_dump_json() in _RUNTIMES
 
 
-def stage_runtime(spec: EvolveSpec) -> tuple[PromptPack, StageBackends]:
+def evolve_runtime(spec: EvolveSpec) -> tuple[PromptPack, RoleBackends]:
     """The prompt pack and backends of a spec, built once per process and shared by its shard tasks.
 
     A run's spec carries its pack's template shas (the ones in its stage keys), so a long-lived worker loads the
@@ -129,7 +129,7 @@ def stage_runtime(spec: EvolveSpec) -> tuple[PromptPack, StageBackends]:
                                       f"{', '.join(changed)}): rerun the flow to evolve with the edited pack")
             settings = spec.model_dump_json(exclude={"template_shas"})
             if settings not in _BACKENDS:
-                _BACKENDS[settings] = stage_backends(spec.llm, streaming=spec.streaming)
+                _BACKENDS[settings] = role_backends(spec.llm, streaming=spec.streaming)
                 _RUNTIME_BUILDS["count"] += 1
             _RUNTIMES[cache_key] = (pack, _BACKENDS[settings])
         return _RUNTIMES[cache_key]
@@ -147,7 +147,7 @@ def evolve_shard_task(pool: ShardRef, candidates_uri: str, round_index: int, sha
     found = None if force else EVOLVE_SHARD.done(candidates_uri, key, round=round_index, pool_uri=pool.uri)
     if found is not None:
         return state(found, f"{candidates_uri} was committed under the same key")
-    pack, backend = stage_runtime(spec)
+    pack, backend = evolve_runtime(spec)
     progress = track_shard(candidates_uri, ShardProgress(round_index, shard_index, pool.rows, progress_every_s))
     logger = _run_logger()
 

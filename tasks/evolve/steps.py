@@ -27,9 +27,9 @@ from tasks.llm.base import Completion, Conversation
 # Reasons decided from the evolution alone: such candidates are not answered.
 EVOLUTION_REASONS = frozenset({"llm_error", "empty_evolution", "evolution_truncated", "scaffolding_copied"})
 
-Stage = Literal["evolve", "early_rules", "validity", "respond", "late_rules", "equality"]
+StepName = Literal["evolve", "early_rules", "validity", "respond", "late_rules", "equality"]
 # The order of the stages in a row's life; the batch driver runs them in this order.
-STAGE_ORDER: tuple[Stage, ...] = ("evolve", "early_rules", "validity", "respond", "late_rules", "equality")
+STEP_ORDER: tuple[StepName, ...] = ("evolve", "early_rules", "validity", "respond", "late_rules", "equality")
 ROLE = {"evolve": "evolve", "validity": "judge", "respond": "respond", "equality": "judge"}
 
 
@@ -37,7 +37,7 @@ ROLE = {"evolve": "evolve", "validity": "judge", "respond": "respond", "equality
 class Ask:
     """Ask the stage's backend to complete one conversation; the row receives the ``Completion``."""
 
-    stage: Stage
+    stage: StepName
     conversation: Conversation
     params: SamplingParams
 
@@ -51,7 +51,7 @@ class Ask:
 class Rules:
     """Check the text rules (``text_rule_reasons``) on one row's fields; the row receives the reason or None."""
 
-    stage: Stage
+    stage: StepName
     fields: dict[str, Any]
 
 

@@ -10,7 +10,7 @@ import yaml
 
 from storage import ShardRef, StorageSettings, duck_connect, read_parquet_sql, total_rows
 from storage.redact import redact_text
-from tasks.core.config import STAGES, RunConfig
+from tasks.core.config import ROLES, RunConfig
 from tasks.core.elimination import RULE_NAMES
 from tasks.core.options import without_unset_options
 from tasks.core.summaries import Estimate, MixSummary, RoundSummary, engine_time_line, totals, whole_run
@@ -66,7 +66,7 @@ def _sample_line(config: RunConfig) -> str:
 
 def _model_lines(config: RunConfig) -> list[str]:
     """One line when every stage uses the same model, else one line per stage (evolve, respond, judge)."""
-    stages = {stage: config.llm.for_stage(stage) for stage in STAGES}
+    stages = {stage: config.llm.for_role(stage) for stage in ROLES}
     names = {stage: f"{c.backend}:{c.model}" for stage, c in stages.items()}
     if len(set(names.values())) == 1:
         return [f"- model: `{names['evolve']}` (evolve, respond, judge)"]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from tasks.core.config import STAGES, EnvSettings, LLMConfig
+from tasks.core.config import ROLES, EnvSettings, LLMConfig
 from tasks.llm.base import LLMBackend
 
 
@@ -33,7 +33,7 @@ def get_backend(llm_config: LLMConfig, env: EnvSettings | None = None, streaming
 
 
 @dataclass(frozen=True)
-class StageBackends:
+class RoleBackends:
     """The backend of each LLM stage: evolving, answering, judging (equality and validity checks)."""
 
     evolve: LLMBackend
@@ -41,13 +41,13 @@ class StageBackends:
     judge: LLMBackend
 
     @classmethod
-    def single(cls, backend: LLMBackend) -> StageBackends:
+    def single(cls, backend: LLMBackend) -> RoleBackends:
         """One backend for every stage."""
         return cls(backend, backend, backend)
 
     def distinct(self) -> list[LLMBackend]:
         """Each backend once, in stage order (stages with equal settings share one)."""
-        return list({id(getattr(self, stage)): getattr(self, stage) for stage in STAGES}.values())
+        return list({id(getattr(self, stage)): getattr(self, stage) for stage in ROLES}.values())
 
     def start(self) -> list[str]:
         """Start every backend that has an engine to start (``start()``: vLLM); returns their model names."""
@@ -61,17 +61,17 @@ class StageBackends:
 
     def model_names(self) -> dict[str, str]:
         """Stage -> the model name that stage's backend reports."""
-        return {stage: getattr(self, stage).model_name for stage in STAGES}
+        return {stage: getattr(self, stage).model_name for stage in ROLES}
 
 
-def stage_backends(llm_config: LLMConfig, env: EnvSettings | None = None, streaming: bool = False) -> StageBackends:
+def role_backends(llm_config: LLMConfig, env: EnvSettings | None = None, streaming: bool = False) -> RoleBackends:
     """The backends of the three stages; stages whose resolved settings are equal share one backend object."""
     built: dict[str, LLMBackend] = {}
     by_stage: dict[str, LLMBackend] = {}
-    for stage in STAGES:
-        resolved = llm_config.for_stage(stage)
+    for stage in ROLES:
+        resolved = llm_config.for_role(stage)
         key = resolved.model_dump_json()
         if key not in built:
             built[key] = get_backend(resolved, env, streaming)
         by_stage[stage] = built[key]
-    return StageBackends(**by_stage)
+    return RoleBackends(**by_stage)

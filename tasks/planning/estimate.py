@@ -117,11 +117,11 @@ def candidate_figures(con: Any, sql: str, counter: WordCounter, source: str, sec
 def measured_figures(ctx: RunContext, rows: list[dict[str, Any]], counter: WordCounter) -> Figures:
     """Round 1 of ``rows`` (a few seeds) through the run's own backends, driven as the run drives a shard (streaming
     or batch); the engines start before the clock does."""
-    from tasks.evolve.shard import evolve_rows, stage_runtime
+    from tasks.evolve.shard import evolve_rows, evolve_runtime
     from tasks.runtime.engine import start_engines
 
     start_engines(ctx.evolve)
-    pack, backends = stage_runtime(ctx.evolve)
+    pack, backends = evolve_runtime(ctx.evolve)
     started = time.perf_counter()
     table = records_table(evolve_rows(rows, 1, ctx.evolve, backends, pack, ctx.evolve.streaming))
     seconds, n = time.perf_counter() - started, len(rows)
@@ -136,11 +136,11 @@ def previous_figures(ctx: RunContext, counter: WordCounter) -> Figures | None:
     """Figures from the candidate shards of the latest run of the same backend and model under the output root
     (this run's folder first), its speed from its rounds' completion tokens and wall time."""
     fs, root = resolve(ctx.config.output_root)
-    llm = ctx.config.llm.for_stage("evolve")
+    llm = ctx.config.llm.for_role("evolve")
     found = []
     for path in fs.glob(f"{root}/*/config.json"):
         try:
-            other = RunConfig.model_validate(json.loads(fs.cat_file(path))).llm.for_stage("evolve")
+            other = RunConfig.model_validate(json.loads(fs.cat_file(path))).llm.for_role("evolve")
         except ValueError:
             continue
         if (other.backend, other.model) == (llm.backend, llm.model):
@@ -165,7 +165,7 @@ def make_estimate(ctx: RunContext, refs: list[ShardRef], accepted: int, measure:
     (``SAMPLE_ROWS`` or ``measure``); calls and completions measured on the first ``measure`` seeds (its round 1
     taken as measured), else from a previous run (unless ``previous`` is false), else the sampling caps."""
     config, spec, pack = ctx.config, ctx.evolve, load_pack(ctx.config.prompt_pack)
-    counter = token_counter(config.llm.for_stage("evolve"), EnvSettings().llm.models_dir)
+    counter = token_counter(config.llm.for_role("evolve"), EnvSettings().llm.models_dir)
     uris, limit = [r.uri for r in refs], max(SAMPLE_ROWS, measure)
     rows = duck_connect(*uris).sql(
         f"SELECT * FROM {read_parquet_sql(uris)} LIMIT {limit}").to_arrow_table().to_pylist() if refs else []

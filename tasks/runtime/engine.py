@@ -11,9 +11,9 @@ from pydantic import BaseModel
 
 from storage import ShardCorrupt, StorageSettings
 from storage.shards import read_marker
-from tasks.core.config import STAGES, LLMConfig
+from tasks.core.config import ROLES, LLMConfig
 from tasks.core.context import EvolveSpec
-from tasks.evolve.shard import stage_runtime, stage_runtime_built
+from tasks.evolve.shard import evolve_runtime, evolve_runtime_built
 
 
 class EngineStart(BaseModel):
@@ -28,7 +28,7 @@ class EngineStart(BaseModel):
 
 def engine_labels(llm: LLMConfig) -> list[str]:
     """``backend model`` of each distinct backend a run uses, in stage order."""
-    return list(dict.fromkeys(f"{resolved.backend} {resolved.model}" for resolved in map(llm.for_stage, STAGES)))
+    return list(dict.fromkeys(f"{resolved.backend} {resolved.model}" for resolved in map(llm.for_role, ROLES)))
 
 
 def pending_shards(candidate_uris: list[str], keys: list[str], force: bool = False,
@@ -48,12 +48,12 @@ def pending_shards(candidate_uris: list[str], keys: list[str], force: bool = Fal
 def needs_engine_start(spec: EvolveSpec, candidate_uris: list[str], keys: list[str], force: bool = False) -> bool:
     """Whether a round must start its engines first: it has shards to compute and this run has not built its
     backends yet. A round whose shards are all reused starts nothing."""
-    return not stage_runtime_built(spec) and pending_shards(candidate_uris, keys, force) > 0
+    return not evolve_runtime_built(spec) and pending_shards(candidate_uris, keys, force) > 0
 
 
 def start_engines(spec: EvolveSpec) -> EngineStart:
     started = time.perf_counter()
-    _pack, backends = stage_runtime(spec)
+    _pack, backends = evolve_runtime(spec)
     engines = backends.start()
     return EngineStart(backends=engine_labels(spec.llm), engines=engines,
                        seconds=round(time.perf_counter() - started, 3))

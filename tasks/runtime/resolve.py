@@ -5,8 +5,7 @@ from __future__ import annotations
 
 from prompts import load_pack
 from storage import StorageSettings
-from tasks.core.config import STAGES as LLM_STAGES
-from tasks.core.config import EnvSettings, RunConfig
+from tasks.core.config import ROLES, EnvSettings, RunConfig
 from tasks.core.context import (
     READER_VERSION,
     EvolveSpec,
@@ -29,13 +28,13 @@ def build_context(config: RunConfig, recompute: tuple[str, ...] = (), env: EnvSe
     env = env or EnvSettings()
     template_shas = load_pack(config.prompt_pack).template_shas()
     model = {}
-    for stage in LLM_STAGES:  # each stage's own model: a judge changed alone redoes the shards it judged
-        llm = config.llm.for_stage(stage)
-        model[stage] = {**model_identity(llm.backend, llm.model, llm.engine_args, env.llm.models_dir),
+    for role in ROLES:  # each role's own model: a judge changed alone redoes the shards it judged
+        llm = config.llm.for_role(role)
+        model[role] = {**model_identity(llm.backend, llm.model, llm.engine_args, env.llm.models_dir),
                         "structured_outputs": llm.structured_outputs}
     seeds_sha = seeds_content_sha(config.seeds, settings)
     evolve = EvolveSpec.of(config).model_copy(update={"template_shas": template_shas})
-    # the model enters the key through its identity; the rest of `llm` (per-stage overrides) through `model`
+    # the model enters the key through its identity; the rest of `llm` (per-role overrides) through `model`
     spec = evolve.model_dump(mode="json", exclude={"llm", "streaming", "template_shas"})
     score, score_key = ScoreSpec.of(config), ""
     if score is not None:

@@ -71,9 +71,9 @@ def warm_engine(config_path: str) -> list[str]:
     a later shard of a run with the same settings finds them built. Returns the engines started."""
     from tasks.core.config_file import load_run_config
     from tasks.core.context import EvolveSpec
-    from tasks.evolve.shard import stage_runtime
+    from tasks.evolve.shard import evolve_runtime
 
-    _pack, backends = stage_runtime(EvolveSpec.of(load_run_config(config_path)))
+    _pack, backends = evolve_runtime(EvolveSpec.of(load_run_config(config_path)))
     return backends.start()
 
 
