@@ -245,21 +245,3 @@ def test_s3_missing_bucket_and_wrong_credentials_one_line(s3_settings, s3_with_a
     line = only_error_line(result)
     assert line.startswith("error: s3://some-bucket/seeds.jsonl: cannot read: ")
     assert "check EVOL_STORAGE__KEY, EVOL_STORAGE__SECRET and EVOL_STORAGE__ENDPOINT_URL" in line
-
-
-def test_cli_signatures_say_what_they_take_and_that_fail_never_returns():
-    """Options that default to None are typed ``X | None``; ``fail`` is ``NoReturn`` (it exits)."""
-    import inspect
-    import typing
-
-    from flows.cli import fail
-    from flows.cli_models import models_app
-
-    assert typing.get_type_hints(fail)["return"] is typing.NoReturn
-    commands = [c.callback for c in app.registered_commands + models_app.registered_commands]
-    none_defaults = [(f.__name__, name) for f in commands for name, p in inspect.signature(f).parameters.items()
-                     if getattr(p.default, "default", p.default) is None]
-    assert ("deploy", "cron") in none_defaults and ("run", "rounds") in none_defaults
-    for command, name in none_defaults:
-        hint = typing.get_type_hints(next(f for f in commands if f.__name__ == command))[name]
-        assert type(None) in typing.get_args(hint), (command, name, hint)
