@@ -86,6 +86,7 @@ class FakeServer:
                     return self.reply(429, {"error": "slow down"}, soon)
                 if kind == "slow":  # held until the test is over: only the client's timeout ends the request
                     server.closing.wait(GATE_WAIT_S)
+                    return  # nobody reads an answer any more (writing one would only log a broken pipe)
                 if kind == "broken":
                     return self.reply(500, f"internal error, request had {self.headers.get('Authorization')}", soon)
                 if kind == "garbled":
