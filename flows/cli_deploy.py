@@ -12,6 +12,8 @@ from pathlib import Path
 import yaml
 from rich.console import Console
 
+from storage.redact import redact
+
 console = Console()
 PREFECT = str(Path(sys.executable).parent / "prefect")
 
@@ -105,7 +107,7 @@ def deploy_command(project_dir: Path, config_uri: str | None, interval: int | No
         console.print(f"work pool [bold]{name}[/]: {'created (process)' if new else 'exists'}", soft_wrap=True)
     env = {**os.environ, "PREFECT_API_URL": api_url}
     for name, parameters in sorted(existing.items()):
-        console.print(f"deployment [bold]{name}[/] exists: keeping its parameters {parameters} unless asked",
+        console.print(f"deployment [bold]{name}[/] exists: keeping its parameters {redact(parameters)} unless asked",
                       soft_wrap=True)
     for cmd in deploy_commands(specs, config_uri, interval, cron, existing):
         done = subprocess.run(cmd, cwd=project_dir, env=env, capture_output=True, text=True)
