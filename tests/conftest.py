@@ -178,8 +178,20 @@ FIXTURE_MARKS = {"prefect_harness": "server", "prefect_server": "server", "s3_se
                  "s3_bucket": "s3", "s3_with_auth": "s3", "model_dir": "vllm", "vllm_server": "vllm"}
 
 
+# Heaviest modules first: `make test` hands whole modules to its two processes in collection order, so a module that
+# starts an engine or a server must not be the one left running alone at the end.
+MODULE_WEIGHT = {"vllm": 0, "server": 1, "s3": 2}
+
+
 def pytest_collection_modifyitems(config, items):
     for item in items:
         for fixture in getattr(item, "fixturenames", ()):
             if fixture in FIXTURE_MARKS:
                 item.add_marker(FIXTURE_MARKS[fixture])
+    weight: dict[str, int] = {}
+    for item in items:
+        marks = {m.name for m in item.iter_markers()} & MODULE_WEIGHT.keys()
+        module = item.nodeid.split("::")[0]
+        weight[module] = min([weight.get(module, len(MODULE_WEIGHT)), *(MODULE_WEIGHT[m] for m in marks)])
+    order = {id(item): i for i, item in enumerate(items)}
+    items.sort(key=lambda item: (weight[item.nodeid.split("::")[0]], order[id(item)]))
