@@ -42,10 +42,12 @@ system-packages:
 	else echo "PostgreSQL is not installed and this is not root: the team-topology test will skip"; fi
 
 # Two test processes (pytest-xdist), each module in one of them: most tests wait on a server or a subprocess, so two
-# keep both cores busy. The bundled model is prepared once, before they start.
+# keep both cores busy. Modules go out in the order tests/conftest.py gives (heaviest first: no engine test is left
+# running alone at the end), not xdist's default of most tests first. The bundled model is prepared once, before they
+# start.
 test: setup system-packages lint
 	$(VENV)/bin/evol models prepare
-	$(PY) -m pytest -q -n 2 --dist loadfile
+	$(PY) -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder
 
 # The fast loop while editing: no vLLM engine, no S3 server, no Prefect server (CI runs `make test`).
 test-fast: setup
