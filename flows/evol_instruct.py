@@ -45,6 +45,7 @@ from tasks.evolve.progress import forget_shard, running_rows
 from tasks.evolve.shard import evolve_shard_task, reset_evolve_runtimes
 from tasks.export.files import export_final_task
 from tasks.export.plots import plots_markdown
+from tasks.export.scores import ScoreBins
 from tasks.ingest.seeds import ingest_run_seeds_task
 from tasks.mix.final import mix_final_task
 from tasks.planning.plan import run_estimate
@@ -269,11 +270,12 @@ class RunSteps:
         return mix_final_task.submit(ctx.layout, ctx.config, inputs, data_key, ctx.forced("mix"), ctx.benchmark_shas,
                                      scores).result()
 
-    def export(self, data_key: str, rounds: list[RoundSummary], mix: MixSummary,
-               lengths: dict[str, float]) -> ExportSummary:
+    def export(self, data_key: str, rounds: list[RoundSummary], mix: MixSummary, lengths: dict[str, float],
+               scores: ScoreBins | None) -> ExportSummary:
         ctx = self.ctx
         return export_final_task.submit(ctx.layout, ctx.config, data_key, ctx.template_shas, rounds, mix,
-                                        ctx.forced("export"), self.estimate, lengths, self.seeds_source).result()
+                                        ctx.forced("export"), self.estimate, lengths, self.seeds_source,
+                                        scores).result()
 
 
 def _run_stages(ctx: RunContext) -> RunResult:

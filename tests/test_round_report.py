@@ -9,6 +9,7 @@ from tasks.core.context import EvolveSpec
 from tasks.core.summaries import RoundSummary
 from tasks.evolve.shard import evolve_runtime_built, reset_evolve_runtimes
 from tasks.export.plots import evolved_share_png, rejections_png, run_plots
+from tasks.export.scores import ScoreBins, bin_counts
 from tasks.llm.factory import RoleBackends
 from tasks.llm.scripted import ScriptedBackend, demo_responder
 from tasks.reporting.samples import round_samples, samples_markdown, samples_table, trim
@@ -78,6 +79,18 @@ def test_plots_are_pngs_with_the_same_bytes_for_the_same_run():
     assert evolved_share_png(rounds()[:1]) != first["evolved_share.png"]
     nothing = run_plots([], {})
     assert all(png.startswith(b"\x89PNG") for png in nothing.values())
+
+
+def test_scores_count_at_their_nearest_whole_number_and_plot_only_the_kinds_scored():
+    nan = float("nan")
+    assert bin_counts([1.0, 1.49, 1.5, 2.5, 3.2, 5.5, 6.0, nan]) == [2, 1, 2, 0, 0, 2, 1]
+    assert bin_counts([]) == [0] * 7
+    bins = ScoreBins(scored={"quality": [1, 0, 2, 0, 0, 3, 1]}, final={"quality": [0, 0, 1, 0, 0, 3, 0]})
+    assert (bins.kinds, bins.rows(), bins.rows("final")) == (["quality"], 7, 4)
+    plots = run_plots(rounds(), {"seeds": 12.5}, bins)
+    assert list(plots)[3:] == ["quality_scores.png"]
+    assert plots["quality_scores.png"].startswith(b"\x89PNG\r\n\x1a\n")
+    assert run_plots(rounds(), {"seeds": 12.5}, bins) == plots
 
 
 def test_engine_labels_name_each_distinct_backend_once():

@@ -3,22 +3,32 @@ counts, a rerun after a mix-only change reuses every score, `evol plan` sees the
 
 from __future__ import annotations
 
+import asyncio
+import base64
 import json
+import math
+from collections import Counter
+from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.compute as pc
+from prefect import get_client
+from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 
 from flows.evol_instruct import evol_instruct
 from storage import read_shard
 from tasks.core.config import parse_run_config
+from tasks.export.scores import BIN_LABELS
 from tasks.planning.plan import make_plan
+from tasks.reporting.monitor import artifact_key
 from tests.flow_script import load_seeds
 
 
-def scored_config(tmp_path, **mix):
+def scored_config(tmp_path, name="scored", **mix):
     seeds = tmp_path / "seeds.jsonl"
     seeds.write_text("\n".join(json.dumps(s) for s in load_seeds()) + "\n")
     return parse_run_config({
-        "name": "scored", "seeds": str(seeds), "output_root": str(tmp_path / "runs"), "rounds": 2, "shard_size": 10,
+        "name": name, "seeds": str(seeds), "output_root": str(tmp_path / "runs"), "rounds": 2, "shard_size": 10,
         "random_seed": 3, "llm": {"backend": "scripted", "model": "demo"}, "score": {},
         "mix": {"sample_size": 30, "selection": {"threshold": 0.9}, **mix},
         "orchestration": {"retries": 0, "retry_delay_s": 0}})
@@ -69,3 +79,66 @@ def test_decontamination_and_selection_together(prefect_harness, tmp_path):
     card = (tmp_path / "runs" / "scored" / "export" / "README.md").read_text()
     assert f"{mix.contaminated} contaminated" in card and f"{mix.not_selected} not selected" in card
     assert "## Selection" in card and "by diversity-aware selection" in card and f"| `{bench}` | `question` |" in card
+
+
+PNG_HEADER = b"\x89PNG\r\n\x1a\n"
+SCORE_PNGS = {"complexity_scores.png": "Complexity scores", "quality_scores.png": "Quality scores"}
+
+
+def summary_artifact(run_id: str) -> str:
+    """The markdown of the run's summary artifact."""
+    async def read():
+        async with get_client() as client:
+            return await client.read_artifacts(artifact_filter=ArtifactFilter(
+                key=ArtifactFilterKey(any_=[artifact_key(run_id, "summary")])))
+    (artifact,) = asyncio.run(read())
+    return artifact.data
+
+
+def bins_of(values: list[float | None]) -> list[int]:
+    """Rows per bin (1..6 at the nearest whole number, a half upward, then none), counted one by one."""
+    counted = Counter("none" if v is None else str(math.floor(v + 0.5)) for v in values)
+    return [counted[label] for label in BIN_LABELS]
+
+
+def test_a_scored_run_exports_score_plots_and_bins_and_the_selection_settings(prefect_harness, tmp_path,
+                                                                             scripted_run):
+    result = evol_instruct(scored_config(tmp_path, name="scored-plots"))
+    export = Path(result.export.files["card"]).parent
+    card = (export / "README.md").read_text()
+    summary = summary_artifact("scored-plots")
+    for name, title in SCORE_PNGS.items():
+        data = (export / "plots" / name).read_bytes()
+        assert len(data) > 1000 and data[:8] == PNG_HEADER and data[12:16] == b"IHDR"
+        assert result.export.files[f"plot_{name.removesuffix('.png')}"] == str(export / "plots" / name)
+        assert f"![{title}](plots/{name})" in card
+        assert f"![{title}](data:image/png;base64,{base64.b64encode(data).decode()})" in summary
+
+    # the card's table: rows per bin over every scored row and over the exported rows, as counted here
+    scores = pa.concat_tables(read_shard(s.scores.uri) for s in result.score.shards)
+    exported = pc.is_in(scores["id"], read_shard(result.mix.final_uri)["id"])
+    final = scores.filter(exported)
+    columns = {kind: (bins_of(scores[kind].to_pylist()), bins_of(final[kind].to_pylist()))
+               for kind in ("complexity", "quality")}
+    assert columns == {"complexity": ([9, 9, 7, 11, 11, 12, 0], [0, 3, 4, 3, 9, 11, 0]),  # 59 and 30 rows
+                       "quality": ([5, 16, 8, 11, 11, 8, 0], [0, 5, 4, 8, 6, 7, 0])}
+    table = ["| score | complexity: scored | complexity: exported | quality: scored | quality: exported |",
+             "| --- | --- | --- | --- | --- |",
+             *(f"| {label} | {columns['complexity'][0][i]} | {columns['complexity'][1][i]} | "
+               f"{columns['quality'][0][i]} | {columns['quality'][1][i]} |" for i, label in enumerate(BIN_LABELS))]
+    assert "\n".join(table) in card
+    assert "(`llm.score`) of the 59 scored rows (the seeds and every round's evolutions) and of the 30 exported " \
+           "rows" in card
+    assert "| budget (`mix.sample_size`) | 30 rows |" in card
+    assert "| threshold (`mix.selection.threshold`) | cosine similarity < 0.9 to every row taken before |" in card
+    assert "| embedding model | `scripted:demo` |" in card
+
+    # a run without a `score:` section: no score plots, no score section, no selection settings
+    _, plain = scripted_run(tmp_path, "unscored-plots", "plain")
+    plain_export = Path(plain.export.files["card"]).parent
+    assert sorted(p.name for p in (plain_export / "plots").iterdir()) == [
+        "evolved_share.png", "instruction_length.png", "rejections.png"]
+    assert not {k for k in plain.export.files if k.endswith("_scores")}
+    plain_card = (plain_export / "README.md").read_text()
+    assert "## Scores" not in plain_card and "embedding model" not in plain_card
+    assert "_scores.png" not in summary_artifact("unscored-plots")

@@ -9,10 +9,11 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
+from tasks.core.config import SCORE_CHOICES
 from tasks.llm.base import Completion
 from tasks.mix import select
 from tasks.mix.select import diversity_select, rank_order, select_table
-from tasks.score.rows import SCORE_CHOICES, expected_score
+from tasks.score.rows import expected_score
 
 
 def unit(*v: float) -> list[float]:

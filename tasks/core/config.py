@@ -148,6 +148,9 @@ class StageSampling(StrictModel):
     validity: SamplingParams = SamplingParams(temperature=0.0, top_p=1.0, max_tokens=4)
 
 
+SCORE_CHOICES: tuple[str, ...] = ("1", "2", "3", "4", "5", "6")  # a score is a forced choice of one of these
+
+
 class ScoreConfig(StrictModel):
     """The scoring stage (Deita): complexity per root, quality per row (1-6), the embeddings selection compares."""
 

@@ -15,7 +15,8 @@ from tasks.core.elimination import RULE_NAMES
 from tasks.core.options import without_unset_options
 from tasks.core.summaries import Estimate, MixSummary, RoundSummary, engine_time_line, totals, whole_run
 from tasks.core.text import md_table
-from tasks.export.plots import PLOTS
+from tasks.export.plots import PLOTS, SCORE_PLOTS
+from tasks.export.scores import BIN_LABELS, ScoreBins
 
 # Settings that do not shape the data: kept out of the card, so changing them leaves the exports as they are.
 CARD_EXCLUDES = {"orchestration", "train", "output_root"}
@@ -39,20 +40,60 @@ def hub_metadata(config: RunConfig, rows: int) -> list[str]:
 
 
 def selection_lines(config: RunConfig, mix: MixSummary) -> list[str]:
-    """The card's section on how the final rows were chosen: near dedup, decontamination, sampling."""
+    """The card's section on how the final rows were chosen: near dedup, decontamination, sampling, and with
+    ``mix.selection`` its settings."""
     dedup, decontam = config.dedup, config.mix.decontaminate
     lines = ["## Selection", "",
              f"- near dedup: MinHash ({dedup.num_perm} permutations, byte {dedup.shingle_size}-grams), Jaccard >= "
              f"{dedup.jaccard_threshold:g}" if dedup.near else "- near dedup: off",
              _sample_line(config)]
     if decontam is None:
-        return [*lines, "- decontamination: none", ""]
+        return [*lines, "- decontamination: none", "", *_diversity_lines(config)]
     lines += [f"- decontamination: rows sharing a {decontam.n}-word gram with a benchmark item are dropped "
               "(`contaminated`)", ""]
     paths = [redact_text(f.path) for f in decontam.files]  # as the dropped rows name them: credentials masked
     return lines + md_table(["benchmark file", "field", "rows dropped"],
                             [[f"`{p}`", f"`{f.field}`", mix.contaminated_by.get(p, 0)]
-                             for p, f in zip(paths, decontam.files, strict=True)]) + [""]
+                             for p, f in zip(paths, decontam.files, strict=True)]) + ["", *_diversity_lines(config)]
+
+
+def _diversity_lines(config: RunConfig) -> list[str]:
+    """The settings of diversity-aware selection (``mix.selection``): budget, ranking, threshold, embedding model."""
+    selection, size = config.mix.selection, config.mix.sample_size
+    if selection is None:
+        return []
+    rows = [["budget (`mix.sample_size`)", f"{size} rows" if size else "none: every row that passes"],
+            ["ranking", "complexity x quality, highest first (a missing score counts 0; ties by id)"],
+            ["threshold (`mix.selection.threshold`)", f"cosine similarity < {selection.threshold:g} to every row "
+             "taken before"],
+            ["embedding model", f"`{embedding_model(config)}`"]]
+    return ["Diversity-aware selection (`mix.selection`):", "", *md_table(["setting", "value"], rows), ""]
+
+
+def embedding_model(config: RunConfig) -> str:
+    """``backend:model`` of the embeddings selection compares: the scoring model's (``llm.score``)."""
+    score = config.llm.for_role("score")
+    return f"{score.backend}:{score.model}"
+
+
+def score_lines(config: RunConfig, scores: ScoreBins) -> list[str]:
+    """The card's section on a scored run's scores: rows per score bin of each kind, over every scored row and over
+    the exported rows, and their plots (``plots/{kind}_scores.png``); no blank line at its end."""
+    model = config.llm.for_role("score")
+    lines = ["## Scores", ""]
+    if not scores.kinds:
+        return [*lines, "No row has a complexity or quality score."]
+    lines += [f"Scores 1-6 by `{model.backend}:{model.model}` (`llm.score`) of the {scores.rows()} scored rows (the "
+              f"seeds and every round's evolutions) and of the {scores.rows('final')} exported rows, each counted at "
+              "its nearest whole number (a half upward); `none`: no score.", ""]
+    header = ["score", *(f"{kind}: {which}" for kind in scores.kinds for which in ("scored", "exported"))]
+    lines += md_table(header, [[label, *(counts[kind][i] for kind in scores.kinds
+                                         for counts in (scores.scored, scores.final))]
+                               for i, label in enumerate(BIN_LABELS)])
+    for kind in scores.kinds:
+        name = f"{kind}_scores.png"
+        lines += ["", f"![{SCORE_PLOTS[name]}](plots/{name})"]
+    return lines
 
 
 def _sample_line(config: RunConfig) -> str:
@@ -82,11 +123,13 @@ def _elimination_line(config: RunConfig) -> str:
 
 def dataset_card(config: RunConfig, data_key: str, template_shas: dict[str, str],
                  rounds: list[RoundSummary], mix: MixSummary, estimate: Estimate | None = None,
-                 lengths: dict[str, float] | None = None, seeds_source: str | None = None) -> str:
+                 lengths: dict[str, float] | None = None, seeds_source: str | None = None,
+                 scores: ScoreBins | None = None) -> str:
     """A Markdown dataset card: counts per round and operation, rejections, instruction lengths, the plots
     (``plots/*.png`` next to it), the estimate made when the run started beside the actual tokens, config,
     model, prompts. ``seeds_source``: the path the seed rows were read from (their ``meta.source``); the card
     names it, and the config's ``seeds`` too when the file has moved since (same content: the rows were reused).
+    ``scores``: a scored run's score bins (``tasks.export.scores``), shown as a table and two plots.
 
     It holds no wall-clock figures, so the same data (and estimate) always gives the same card."""
     source = seeds_source or config.seeds
@@ -105,6 +148,7 @@ def dataset_card(config: RunConfig, data_key: str, template_shas: dict[str, str]
     for name, title in PLOTS.items():
         lines += [f"![{title}](plots/{name})", ""]
     lines += md_table(["instructions", "mean length (words)"], [[k, f"{v:g}"] for k, v in (lengths or {}).items()])
+    lines += ["", *score_lines(config, scores)] if scores is not None else []
     lines += ["", "## Final data", "", *md_table(["round", "rows"], mix.by_round.items())]
     lines += ["", *md_table(["operation", "rows"], mix.by_operation.items())]
     selected = f", {mix.not_selected} not selected (diversity-aware selection)" if config.mix.selection else ""

@@ -21,6 +21,7 @@ from tasks.core.summaries import Estimate, ExportSummary, MixSummary, RoundSumma
 from tasks.core.text import parent_text
 from tasks.export.card import DATA_FILES, dataset_card
 from tasks.export.plots import plot_kind, run_plots
+from tasks.export.scores import ScoreBins
 
 EXPORT_COLUMNS = [
     "id", "root_id", "parent_id", "round", "operation", "instruction", "input", "response", "model",
@@ -62,12 +63,16 @@ def export_key(mix: MixSummary, card: bytes) -> str:
 def export_final(layout: RunLayout, config: RunConfig, data_key: str,
                  template_shas: dict[str, str], rounds: list[RoundSummary], mix: MixSummary, force: bool = False,
                  settings: StorageSettings | None = None, estimate: Estimate | None = None,
-                 lengths: dict[str, float] | None = None, seeds_source: str | None = None) -> ExportSummary:
+                 lengths: dict[str, float] | None = None, seeds_source: str | None = None,
+                 scores: ScoreBins | None = None) -> ExportSummary:
     """Write every export under ``{run}/export/`` (the plots under ``export/plots/``), then ``_export.json``;
     reused when the final shard and the card are what the last export was made from and every file still has
     its recorded SHA-256. ``lengths``: mean instruction length by round (``tasks.export.card``), for the card and
-    its plot; ``seeds_source``: the path the seed rows were read from, for the card."""
-    card = dataset_card(config, data_key, template_shas, rounds, mix, estimate, lengths, seeds_source).encode()
+    its plot; ``seeds_source``: the path the seed rows were read from, for the card; ``scores``: a scored run's
+    score bins (``tasks.export.scores``), for the card and the score plots (the card holds every count the plots
+    show, so its hash covers them)."""
+    card = dataset_card(config, data_key, template_shas, rounds, mix, estimate, lengths, seeds_source,
+                        scores).encode()
     key = export_key(mix, card)
     found = None if force else EXPORT.done(layout.export_marker(), key, settings)
     if found is not None:
@@ -79,7 +84,7 @@ def export_final(layout: RunLayout, config: RunConfig, data_key: str,
         "alpaca": ("alpaca.json", to_alpaca_bytes(table)),
         "messages": ("messages.jsonl", to_messages_bytes(table)),
         "card": ("README.md", card),
-        **{plot_kind(name): (f"plots/{name}", png) for name, png in run_plots(rounds, lengths or {}).items()},
+        **{plot_kind(name): (f"plots/{name}", png) for name, png in run_plots(rounds, lengths or {}, scores).items()},
     }
     files, hashes = publish_together(layout.file("export"), layout.export_marker(), payloads, settings)
     summary = ExportSummary(rows=table.num_rows, files=files, sha256=hashes)
@@ -156,7 +161,8 @@ EXPORT = Stage("export", ExportSummary, RunLayout.export_marker, read=read_expor
 def export_final_task(layout: RunLayout, config: RunConfig, data_key: str,
                       template_shas: dict[str, str], rounds: list[RoundSummary], mix: MixSummary,
                       force: bool = False, estimate: Estimate | None = None,
-                      lengths: dict[str, float] | None = None, seeds_source: str | None = None) -> ExportSummary:
+                      lengths: dict[str, float] | None = None, seeds_source: str | None = None,
+                      scores: ScoreBins | None = None) -> ExportSummary:
     """Write the exports of the final data and the card's plots (or reuse them)."""
     return state(export_final(layout, config, data_key, template_shas, rounds, mix, force, estimate=estimate,
-                              lengths=lengths, seeds_source=seeds_source))
+                              lengths=lengths, seeds_source=seeds_source, scores=scores))

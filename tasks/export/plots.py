@@ -1,4 +1,5 @@
-"""A run's plots as PNG: evolved share by round, mean instruction length by round, rejections by reason per round.
+"""A run's plots as PNG: evolved share by round, mean instruction length by round, rejections by reason per round;
+for a scored run (``score:``) its complexity and quality scores.
 
 They are written next to the dataset card (``export/plots/``, see ``tasks.export``) and shown in the Prefect UI
 inside the run's summary artifact as ``data:`` images (Prefect's UI renders a Markdown image's ``src`` as is).
@@ -12,12 +13,18 @@ import io
 
 from storage import StorageSettings, resolve
 from tasks.core.summaries import RoundSummary
+from tasks.export.scores import BIN_LABELS, ScoreBins
 
 # file name -> title; the order is the order in the card and the UI
 PLOTS = {
     "evolved_share.png": "Evolved share by round",
     "instruction_length.png": "Mean instruction length by round",
     "rejections.png": "Rejections by reason per round",
+}
+# a scored run's plots, one per kind of score some row has (``tasks.export.scores``): file name -> title
+SCORE_PLOTS = {
+    "complexity_scores.png": "Complexity scores",
+    "quality_scores.png": "Quality scores",
 }
 FIGSIZE, DPI = (6.4, 3.6), 80
 
@@ -100,12 +107,35 @@ def rejections_png(rounds: list[RoundSummary]) -> bytes:
     return _png(fig)
 
 
-def run_plots(rounds: list[RoundSummary], lengths: dict[str, float]) -> dict[str, bytes]:
-    """File name -> PNG bytes of every plot of a run."""
+def score_png(bins: ScoreBins, kind: str) -> bytes:
+    """Grouped bars: rows per score of one kind (1..6, then none), every scored row beside the exported rows."""
+    import numpy as np
+
+    fig, ax = _figure()
+    at = np.arange(len(BIN_LABELS))
+    for offset, which, label, color in ((-0.2, "scored", "scored rows", "#4c78a8"),
+                                        (0.2, "final", "exported rows", "#f58518")):
+        bars = ax.bar(at + offset, getattr(bins, which)[kind], width=0.4, color=color,
+                      label=f"{label} ({bins.rows(which)})")
+        ax.bar_label(bars, padding=2, fontsize="small")
+    top = max(max(bins.scored[kind]), max(bins.final[kind]))
+    ax.set_xticks(at, BIN_LABELS)
+    ax.set(title=SCORE_PLOTS[f"{kind}_scores.png"], xlabel="score (at its nearest whole number)", ylabel="rows",
+           ylim=(0, top * 1.3 or 1))  # room for the legend above the bars
+    ax.yaxis.get_major_locator().set_params(integer=True)  # rows: whole numbers
+    ax.legend(frameon=False, fontsize="small", loc="upper left")
+    ax.grid(axis="y", alpha=0.3)
+    return _png(fig)
+
+
+def run_plots(rounds: list[RoundSummary], lengths: dict[str, float],
+              scores: ScoreBins | None = None) -> dict[str, bytes]:
+    """File name -> PNG bytes of every plot of a run (``scores``: a scored run's score bins)."""
     return {
         "evolved_share.png": evolved_share_png(rounds),
         "instruction_length.png": instruction_length_png(lengths),
         "rejections.png": rejections_png(rounds),
+        **{f"{kind}_scores.png": score_png(scores, kind) for kind in (scores.kinds if scores else [])},
     }
 
 
@@ -123,7 +153,7 @@ def plots_markdown(export_files: dict[str, str], settings: StorageSettings | Non
     """The exported plots, read back from storage, as Markdown images with ``data:`` URIs (for a Prefect
     artifact), each followed by where the file is."""
     parts = []
-    for name, title in PLOTS.items():
+    for name, title in {**PLOTS, **SCORE_PLOTS}.items():
         uri = export_files.get(plot_kind(name))
         if uri is None:
             continue

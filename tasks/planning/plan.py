@@ -26,6 +26,7 @@ from tasks.core.summaries import (
 )
 from tasks.export.card import dataset_card
 from tasks.export.files import export_key
+from tasks.export.scores import ScoreBins
 from tasks.ingest.seeds import ingest_run_seeds
 from tasks.planning.estimate import make_estimate
 from tasks.round.finish import round_key
@@ -102,14 +103,14 @@ class PlanSteps:
         self.note("mix", summary, _why(self.ctx, "mix", marker))
         return summary
 
-    def export(self, data_key: str, rounds: list[RoundSummary], mix: MixSummary,
-               lengths: dict[str, float]) -> ExportSummary | None:
+    def export(self, data_key: str, rounds: list[RoundSummary], mix: MixSummary, lengths: dict[str, float],
+               scores: ScoreBins | None) -> ExportSummary | None:
         ctx, marker = self.ctx, EXPORT.marker(self.ctx.layout)
         if self.estimate is None:
             self.note("export", None, "the card gets a new estimate")
             return None
         card = dataset_card(ctx.config, data_key, ctx.template_shas, rounds, mix, self.estimate, lengths,
-                            self.seeds.source)
+                            self.seeds.source, scores)
         summary = None if ctx.forced("export") else EXPORT.done(marker, export_key(mix, card.encode()))
         self.note("export", summary, _why(ctx, "export", marker))
         return summary

@@ -18,6 +18,7 @@ from tasks.core.summaries import ExportSummary, IngestSummary, MixSummary, Round
 from tasks.evolve.shard import EVOLVE_SHARD
 from tasks.export.card import instruction_length_by_round
 from tasks.export.files import EXPORT
+from tasks.export.scores import ScoreBins, score_bins
 from tasks.ingest.seeds import INGEST
 from tasks.mix.final import MIX
 from tasks.round.finish import ROUND
@@ -41,6 +42,7 @@ class Walked:
     data_key: str | None = None
     mix: MixSummary | None = None
     lengths: dict[str, float] = field(default_factory=dict)
+    score_bins: ScoreBins | None = None
     export: ExportSummary | None = None
 
 
@@ -48,8 +50,9 @@ def walk(ctx: RunContext, steps: Any) -> Walked:
     """Each stage in turn, each handed what the stages before it recorded: ``steps.ingest()``, ``steps.round(k,
     pool, references, expected)``, with a ``score:`` section ``steps.score(inputs)`` (each score shard's input
     shards), ``steps.mix(inputs, data_key, expected, scores)`` (``scores``: the score shards, with
-    ``mix.selection``), ``steps.export(data_key, rounds, mix, lengths)`` (``expected``: the rows the stages before
-    counted); a step that returns None ends the walk."""
+    ``mix.selection``), ``steps.export(data_key, rounds, mix, lengths, score_bins)`` (``score_bins``: with a
+    ``score:`` section, rows per score bin; ``expected``: the rows the stages before counted); a step that returns
+    None ends the walk."""
     w = Walked(ingest=steps.ingest())
     if w.ingest is None:
         return w
@@ -72,7 +75,8 @@ def walk(ctx: RunContext, steps: Any) -> Walked:
     if w.mix is None:
         return w
     w.lengths = instruction_length_by_round(seeds, w.rounds)
-    w.export = steps.export(w.data_key, w.rounds, w.mix, w.lengths)
+    w.score_bins = score_bins(w.score.refs, w.mix.final_uri) if w.score is not None else None
+    w.export = steps.export(w.data_key, w.rounds, w.mix, w.lengths, w.score_bins)
     return w
 
 

@@ -9,11 +9,9 @@ from collections import defaultdict
 from typing import Any
 
 from prompts import PromptPack
-from tasks.core.config import ScoreConfig
+from tasks.core.config import SCORE_CHOICES, ScoreConfig
 from tasks.core.text import parent_text
 from tasks.llm.base import Completion, Conversation, LLMBackend
-
-SCORE_CHOICES: tuple[str, ...] = ("1", "2", "3", "4", "5", "6")
 
 
 def expected_score(completion: Completion) -> tuple[float | None, list[float] | None, str | None]:
