@@ -3,9 +3,10 @@
 Good rows are real instructions from public sources (each row names its source and licence): how many of them
 a rule rejects are its false rejections. Bad rows are known failures, each labelled with the rule meant to
 catch it. The judges are left out (as if the validity judge said "valid" and the equality judge "Not Equal"):
-only the rules over text are measured. A row without a parent is checked as a new instruction (in-breadth,
-against an empty parent); response rules run only where the row has a response. ``duplicate`` is the exact
-dedup against the parent (a copied parent).
+only the rules over text are measured. A row with a parent is a parent -> evolution pair, checked against its
+parent and the evolution prompt of its pack (``pack``: the row's, else ``general``); a row without a parent is
+checked as a new instruction (in-breadth, against an empty parent); response rules run only where the row has a
+response. ``duplicate`` is the exact dedup against the parent (a copied parent).
 
 ``python -m tests.rules_corpus [profile]`` prints the table published in docs/method.md.
 """
@@ -41,9 +42,9 @@ def _pack(name: str) -> PromptPack:
     return load_pack(name)
 
 
-def rejecting_rules(row: dict, cfg: EliminationConfig, pack_name: str = "general") -> set[str]:
+def rejecting_rules(row: dict, cfg: EliminationConfig) -> set[str]:
     """Every enabled text rule that rejects the row, each checked on its own."""
-    pack = _pack(pack_name)
+    pack = _pack(row.get("pack", "general"))
     enabled = cfg.enabled_rules() | {"duplicate"}
     parent, text, response = row["parent"] or "", row["instruction"], row["response"]
     op = "add_constraints" if row["kind"] == "in_depth" else "in_breadth"

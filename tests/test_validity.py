@@ -50,7 +50,9 @@ def test_scaffolding_fragment(text):
     assert has_scaffolding_fragment(text)
 
 
-@pytest.mark.parametrize("text", ["In C# reverse a list.", "# Sales\nSummarise the table.", "Use issue #12 as input."])
+@pytest.mark.parametrize("text", ["In C# reverse a list.", "# Sales\nSummarise the table.", "Use issue #12 as input.",
+                                  "Style the button with a background color of #ff0000 and a text color of #ffffff.",
+                                  "Colour it #fff and #000."])
 def test_no_scaffolding_fragment(text):
     assert not has_scaffolding_fragment(text)
 

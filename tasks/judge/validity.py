@@ -26,9 +26,10 @@ VALIDITY_REASONS: tuple[str, ...] = VALIDITY_RULE_REASONS + (LLM_VALIDITY_REASON
 VALIDITY_CHOICES: tuple[str, ...] = ("Yes", "No")
 
 _WORD = re.compile(r"[^\W_]+(?:['\u2019][^\W_]+)*")
-# A heading fragment: "#Label#" (not "C#" nor a markdown header), a lone run of "#", or a label word glued to "#".
+# A heading fragment: "#Label#" (not "C#", a markdown header nor two colours "#ff0000 and #fff"), a lone run of
+# "#", or a label word glued to "#".
 _FRAGMENT = re.compile(
-    r"#[A-Za-z][^#\n]{0,40}#"  # "#Rewritten Prompt#", "#The Given Prompt#", "#Answer#"
+    r"#[A-Za-z](?:[A-Za-z ]{0,40}[A-Za-z])?#"  # "#Rewritten Prompt#", "#The Given Prompt#", "#Answer#"
     r"|(?:^|\s)#+(?=\s*$)"  # a "#" run ending the text or standing alone on a line
     r"|\b(?:prompt|instruction)\s*#",  # "Prompt#", "Instruction #"
     re.IGNORECASE | re.MULTILINE,
