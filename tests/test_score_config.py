@@ -48,3 +48,22 @@ def test_unset_options_stay_out_of_the_mix_key_and_the_card():
     assert ctx(plain).mix_key(["a"]) == before
     selecting = config(score={}, mix={"selection": {}})
     assert ctx(selecting).mix_key(["a"], ["s"]) != ctx(selecting).mix_key(["a"], ["t"])
+
+
+def test_an_unset_embedding_model_keeps_the_score_key_and_a_set_one_enters_it(tmp_path):
+    from prompts import load_pack
+    from tasks.core.config import EnvSettings
+    from tasks.llm.models import model_identity
+    from tasks.runtime.resolve import build_context
+
+    seeds = tmp_path / "seeds.jsonl"
+    seeds.write_text('{"instruction": "Say hello."}\n')
+    scored = config(seeds=str(seeds), score={})
+    settings = scored.score.model_dump(mode="json")
+    assert settings.pop("embedding_model") is None and "embedding_model" not in without_unset_options(
+        scored.model_dump(mode="json"))["score"]
+    identity = model_identity("scripted", "demo", {}, EnvSettings().llm.models_dir)
+    before = stage_key("score", load_pack("general").scoring_shas(), identity, True, settings)  # the key before
+    assert build_context(scored).score_key == before
+    named = build_context(config(seeds=str(seeds), score={"embedding_model": "embedder"}))
+    assert named.score_key != before and named.score.score.embedding_model == "embedder"

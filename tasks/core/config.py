@@ -157,6 +157,9 @@ class ScoreConfig(StrictModel):
     complexity: bool = True
     quality: bool = True
     embeddings: bool = True
+    # the model the embeddings come from, on the scoring backend (vllm: a name or path as ``llm.model`` takes it, on
+    # vLLM's pooling runner; openai: a model id of the server's ``/embeddings``); None: the scoring model
+    embedding_model: str | None = None
     sampling: SamplingParams = SamplingParams(temperature=0.0, top_p=1.0, max_tokens=1)
 
 

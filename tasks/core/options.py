@@ -10,7 +10,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 # (section, ..., key) of each such option
-UNSET_OPTIONS = (("score",), ("llm", "score"), ("mix", "selection"))
+UNSET_OPTIONS = (("score",), ("score", "embedding_model"), ("llm", "score"), ("mix", "selection"))
 
 
 class SelectionConfig(BaseModel):

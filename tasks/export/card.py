@@ -71,9 +71,10 @@ def _diversity_lines(config: RunConfig) -> list[str]:
 
 
 def embedding_model(config: RunConfig) -> str:
-    """``backend:model`` of the embeddings selection compares: the scoring model's (``llm.score``)."""
+    """``backend:model`` of the embeddings selection compares: ``score.embedding_model`` on the scoring backend
+    (``llm.score``), or the scoring model."""
     score = config.llm.for_role("score")
-    return f"{score.backend}:{score.model}"
+    return f"{score.backend}:{config.score and config.score.embedding_model or score.model}"
 
 
 def score_lines(config: RunConfig, scores: ScoreBins) -> list[str]:

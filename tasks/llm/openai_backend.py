@@ -1,6 +1,7 @@
 """A client for ``vllm serve`` or any OpenAI-compatible server over the ``openai`` package: bounded concurrency
 (``AsyncOpenAI`` on the process's streaming loop and a semaphore, for a batch and for streamed rows alike), per-item
-errors, the key kept out of every message. Retries, back-off and Retry-After are the package's."""
+errors, the key kept out of every message, embeddings (``/embeddings``). Retries, back-off and Retry-After are the
+package's."""
 
 from __future__ import annotations
 
@@ -13,6 +14,8 @@ from openai.types.chat import ChatCompletion
 from tasks.core.config import LLMEnvSettings, SamplingParams
 from tasks.llm.aio import gather_on_loop
 from tasks.llm.base import TOP_LOGPROBS, BackendError, Completion, Conversation, forced_choice, is_prefilled
+
+EMBED_BATCH = 64  # texts per ``/embeddings`` request
 
 
 class OpenAIBackend:
@@ -88,16 +91,54 @@ class OpenAIBackend:
             raise BackendError(f"OpenAI-compatible server at {self.base_url} unreachable: {completion.error}")
         return completion
 
+    def embed(self, texts: list[str]) -> list[list[float]]:
+        """One embedding per text, in order, from ``{base_url}/embeddings`` (``client.embeddings.create``, floats) on
+        this backend's model: requests of ``EMBED_BATCH`` texts, sent together within ``settings.max_concurrency``;
+        an empty text is sent as one space (the API refuses an empty one). ``BackendError`` with the server's answer
+        when a request still fails after the client's retries, or answers with another number of vectors."""
+        if not texts:
+            return []
+        model = self.model_name
+        batches = [texts[i:i + EMBED_BATCH] for i in range(0, len(texts), EMBED_BATCH)]
+        vectors: list[list[float]] = []
+        for i, result in enumerate(gather_on_loop(self._embed(model, batch) for batch in batches)):
+            if isinstance(result, str):
+                first = i * EMBED_BATCH + 1
+                raise BackendError(f"OpenAI-compatible server at {self.base_url}: the embeddings of texts {first}-"
+                                   f"{first + len(batches[i]) - 1} from model {model!r} failed: {result}")
+            vectors += result
+        return vectors
+
+    async def _embed(self, model: str, texts: list[str]) -> list[list[float]] | str:
+        """The embeddings of one request's texts in their order (by each vector's ``index``), or why not."""
+        client, slots = self._connection()
+        async with slots:
+            try:
+                response = await client.embeddings.create(model=model, input=[t or " " for t in texts],
+                                                          encoding_format="float")
+            except (openai.OpenAIError, ValueError) as err:
+                return self._redact(_describe(err))
+        self._reached = True
+        data = sorted(response.data, key=lambda d: d.index)
+        if [d.index for d in data] != list(range(len(texts))):
+            return f"{len(data)} vector(s) with indices {[d.index for d in data][:8]} for {len(texts)} text(s)"
+        return [[float(v) for v in d.embedding] for d in data]
+
+    def _connection(self) -> tuple[openai.AsyncOpenAI, asyncio.Semaphore]:
+        """The client and the slots of the process's requests, made on the streaming loop on first use."""
+        if self._aclient is None or self._slots is None:
+            self._aclient = openai.AsyncOpenAI(**self._client_args())
+            self._slots = asyncio.Semaphore(self.settings.max_concurrency)
+        return self._aclient, self._slots
+
     async def _complete(self, model: str, conversation: Conversation,
                         params: SamplingParams) -> tuple[Completion, bool]:
         """One completion, and whether the item failed without any answer from a server. At most
         ``settings.max_concurrency`` requests of the process are in flight, whatever batch or shard they come from."""
-        if self._aclient is None or self._slots is None:
-            self._aclient = openai.AsyncOpenAI(**self._client_args())
-            self._slots = asyncio.Semaphore(self.settings.max_concurrency)
-        async with self._slots:
+        client, slots = self._connection()
+        async with slots:
             try:
-                response = await self._aclient.chat.completions.create(**self._request(model, conversation, params))
+                response = await client.chat.completions.create(**self._request(model, conversation, params))
             except (openai.OpenAIError, ValueError) as err:
                 return Completion(error=self._redact(_describe(err)), finish_reason="error"), _unreachable(err)
         self._reached = True

@@ -16,6 +16,7 @@ from tasks.core.context import (
     seeds_content_sha,
     stage_key,
 )
+from tasks.core.options import without_unset_options
 from tasks.mix.benchmarks import read_benchmarks
 
 
@@ -38,9 +39,13 @@ def build_context(config: RunConfig, recompute: tuple[str, ...] = (), env: EnvSe
     spec = evolve.model_dump(mode="json", exclude={"llm", "streaming", "template_shas"})
     score, score_key = ScoreSpec.of(config), ""
     if score is not None:
-        identity = model_identity(score.llm.backend, score.llm.model, score.llm.engine_args, env.llm.models_dir)
-        score_key = stage_key("score", load_pack(config.prompt_pack).scoring_shas(), identity,
-                              score.llm.structured_outputs, score.score.model_dump(mode="json"))
+        llm, embedding_model = score.llm, score.score.embedding_model
+        identity = model_identity(llm.backend, llm.model, llm.engine_args, env.llm.models_dir)
+        embedder = [model_identity(llm.backend, embedding_model, llm.engine_args, env.llm.models_dir)] \
+            if embedding_model is not None else []  # unset: the key a score shard had before the option existed
+        score_key = stage_key("score", load_pack(config.prompt_pack).scoring_shas(), identity, llm.structured_outputs,
+                              without_unset_options({"score": score.score.model_dump(mode="json")})["score"],
+                              *embedder)
     decontaminate = config.mix.decontaminate  # read once now: a missing file or field stops the run before it starts
     benchmarks = read_benchmarks(decontaminate.files, settings) if decontaminate is not None else []
     return RunContext(

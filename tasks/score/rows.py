@@ -64,10 +64,11 @@ def score_requests(rows: list[dict[str, Any]], pack: PromptPack,
     return conversations, targets
 
 
-def score_rows(rows: list[dict[str, Any]], pack: PromptPack, backend: LLMBackend,
-               spec: ScoreConfig) -> list[dict[str, Any]]:
+def score_rows(rows: list[dict[str, Any]], pack: PromptPack, backend: LLMBackend, spec: ScoreConfig,
+               embedder: LLMBackend | None = None) -> list[dict[str, Any]]:
     """One score row (``storage.schema.SCORE_SCHEMA``) per row, in order: every scoring request in one batch, then
-    the embeddings of the rows' instructions (with their inputs) when ``spec.embeddings``."""
+    the embeddings of the rows' instructions (with their inputs) when ``spec.embeddings``, from ``embedder`` (None:
+    ``backend``)."""
     conversations, targets = score_requests(rows, pack, spec)
     params = spec.sampling.model_copy(update={"choices": SCORE_CHOICES})
     completions = backend.generate(conversations, params) if conversations else []
@@ -79,10 +80,11 @@ def score_rows(rows: list[dict[str, Any]], pack: PromptPack, backend: LLMBackend
         out[i]["prompt_tokens"] += completion.prompt_tokens
         out[i]["completion_tokens"] += completion.completion_tokens
     if spec.embeddings and rows:
-        embed = getattr(backend, "embed", None)
+        embedder = embedder or backend
+        embed = getattr(embedder, "embed", None)
         if embed is None:
-            raise TypeError(f"the scoring backend {backend.model_name!r} gives no embeddings: set score.embeddings "
-                            "to false, or score with a backend that has them (vllm, scripted)")
+            raise TypeError(f"the backend {embedder!r} gives no embeddings: set score.embeddings to false, or score "
+                            "with a backend that has them (vllm, openai, scripted)")
         for row, vector in zip(out, embed([parent_text(r) for r in rows]), strict=True):
             row["embedding"] = vector
     return out

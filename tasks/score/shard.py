@@ -45,17 +45,19 @@ SCORE_SHARD = Stage("score", ScoreShardSummary, lambda layout, i: layout.score_s
 
 
 def score_shard(inputs: list[ShardRef], scores_uri: str, spec: ScoreSpec, backend: LLMBackend, pack: PromptPack,
-                key: str | None = None, settings: StorageSettings | None = None) -> ScoreShardSummary:
-    """Score every row of a shard's inputs (each checked against its ref) and commit the scores under ``key``."""
+                key: str | None = None, settings: StorageSettings | None = None,
+                embedder: LLMBackend | None = None) -> ScoreShardSummary:
+    """Score every row of a shard's inputs (each checked against its ref) and commit the scores under ``key``;
+    ``embedder``: the backend of the embeddings (None: ``backend``)."""
     started = time.perf_counter()
     rows = [row for ref in inputs for row in read_shard(ref.uri, settings, expected=ref.model_dump()).to_pylist()]
-    table = records_table(score_rows(rows, pack, backend, spec.score), SCORE_SCHEMA)
+    table = records_table(score_rows(rows, pack, backend, spec.score, embedder), SCORE_SCHEMA)
     marker = write_shard(scores_uri, table, schema=SCORE_SCHEMA, settings=settings, key=key)
     seconds = round(time.perf_counter() - started, 3)
     return ScoreShardSummary(seconds=seconds, **score_counts(ShardRef.of(marker, scores_uri), table))
 
 
-_RUNTIMES: dict[str, tuple[PromptPack, LLMBackend]] = {}
+_RUNTIMES: dict[str, tuple[PromptPack, LLMBackend, LLMBackend]] = {}
 _LOCK = threading.Lock()
 
 
@@ -65,12 +67,16 @@ def reset_score_runtimes() -> None:
         _RUNTIMES.clear()
 
 
-def score_runtime(spec: ScoreSpec) -> tuple[PromptPack, LLMBackend]:
-    """The pack and the scoring backend of a spec, built once per process and shared by its score tasks."""
+def score_runtime(spec: ScoreSpec) -> tuple[PromptPack, LLMBackend, LLMBackend]:
+    """The pack, the scoring backend and the backend of the embeddings (the scoring one, or the same backend on
+    ``score.embedding_model``) of a spec, built once per process and shared by its score tasks."""
     cache_key = spec.model_dump_json()
     with _LOCK:
         if cache_key not in _RUNTIMES:
-            _RUNTIMES[cache_key] = (load_pack(spec.prompt_pack), get_backend(spec.llm, streaming=spec.streaming))
+            backend, model = get_backend(spec.llm, streaming=spec.streaming), spec.score.embedding_model
+            embedder = backend if model is None else \
+                get_backend(spec.llm.model_copy(update={"model": model}), streaming=spec.streaming)
+            _RUNTIMES[cache_key] = (load_pack(spec.prompt_pack), backend, embedder)
         return _RUNTIMES[cache_key]
 
 
@@ -82,5 +88,6 @@ def score_shard_task(inputs: list[ShardRef], scores_uri: str, shard_index: int, 
     found = None if force else SCORE_SHARD.done(scores_uri, key, shard=shard_index)
     if found is not None:
         return state(found, f"{scores_uri} was committed under the same key")
-    pack, backend = score_runtime(spec)
-    return score_shard(inputs, scores_uri, spec, backend, pack, key=key).model_copy(update={"shard": shard_index})
+    pack, backend, embedder = score_runtime(spec)
+    return score_shard(inputs, scores_uri, spec, backend, pack, key=key, embedder=embedder).model_copy(
+        update={"shard": shard_index})
