@@ -198,5 +198,5 @@ def test_equality_reason_and_reason_names():
     for name in ("no_information_gain", "equality_unparseable", "duplicate", "near_duplicate", "not_an_instruction",
                  "validity_unparseable", "answers_parent", "shorter_than_parent"):
         assert name in REJECT_REASONS
-    assert len(set(REJECT_REASONS)) == len(REJECT_REASONS) == 21  # 8 text rules, 9 validity, 4 more
+    assert len(set(REJECT_REASONS)) == len(REJECT_REASONS) == 22  # 8 text rules, 10 validity, 4 more
     assert 140 <= len(DEFAULT_STOP_WORDS) <= 200 and len(set(DEFAULT_STOP_WORDS)) == len(DEFAULT_STOP_WORDS)

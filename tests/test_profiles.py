@@ -7,7 +7,7 @@ from pydantic import ValidationError
 
 from prompts import load_pack
 from tasks.core.config import EliminationConfig, SamplingParams
-from tasks.core.elimination import PROFILES, RULE_NAMES, VALIDITY_TEXT_RULES
+from tasks.core.elimination import PROFILES, RULE_NAMES, SMALL_MODEL_GUARDS, VALIDITY_TEXT_RULES
 from tasks.judge.equality import EQUALITY_CHOICES, equality_request
 from tasks.judge.validity import validity_rule_reason
 
@@ -17,9 +17,31 @@ PAPER = {"empty_evolution", "evolution_truncated", "scaffolding_copied", "empty_
 
 def test_profiles():
     assert PROFILES["paper"] == PAPER
-    assert PROFILES["small-model"] == set(RULE_NAMES) and len(RULE_NAMES) == 16
-    assert PROFILES["default"] == PAPER | set(VALIDITY_TEXT_RULES) | {"not_an_instruction"}
+    assert PROFILES["small-model"] == set(RULE_NAMES) and len(RULE_NAMES) == 17
+    assert SMALL_MODEL_GUARDS == {"copies_parent"}
+    assert PROFILES["default"] == PAPER | set(VALIDITY_TEXT_RULES) - SMALL_MODEL_GUARDS | {"not_an_instruction"}
+    assert PROFILES["small-model"] - PROFILES["default"] == SMALL_MODEL_GUARDS
     assert EliminationConfig().profile == "default" and EliminationConfig().enabled_rules() == PROFILES["default"]
+
+
+def test_small_model_rejects_what_default_keeps():
+    """The tiny-model guard on a real evolution and on a known failure of the bundled model, both from the
+    public corpus: a real rewrite that adds two words ("using recursion") and a copy of the parent with a space
+    added. Default keeps both (the equality judge decides); small-model rejects both."""
+    from tests.rules_corpus import load_corpus, rejecting_rules
+
+    rows = {r["id"]: r for r in load_corpus()}
+    real, copy = rows["pair-code-07"], rows["bad-45"]
+    assert real["set"] == "good" and real["instruction"] == real["parent"][:-1] + " using recursion."
+    assert copy["instruction"] == "What is 37 multiplied by 24 ?"
+    for row in (real, copy):
+        assert rejecting_rules(row, EliminationConfig()) == set()
+        assert rejecting_rules(row, EliminationConfig(profile="small-model")) == {"copies_parent"}
+        assert validity_rule_reason(row["instruction"], row["parent"], row["kind"], 0.5, enabled=frozenset(
+            PROFILES["small-model"])) == "copies_parent"
+    # switching the validity check on does not bring the guard into default; the rule's own switch does
+    assert not EliminationConfig(validity_check=True).uses("copies_parent")
+    assert EliminationConfig(rules={"copies_parent": True}).uses("copies_parent")
 
 
 def test_each_rule_has_a_switch_over_the_profile_and_the_judges_keep_theirs():

@@ -1,18 +1,16 @@
 """The text rules on the project's public corpus of real instructions, real parent -> evolution pairs and known
 failures (tests/rules_corpus.py).
 
-Targets (issue 22): on the good rows each rule of profiles ``default`` and ``small-model`` rejects at most 0.5%,
-all rules together at most 1%, and no rule rejects a code- or data-bearing row; the known failures are caught at
-least as often as before the rules learnt code and data (measured on this corpus with the rules of that commit: 50
-of 54 caught). With the rules of the commit before the real pairs were added, `scaffolding_fragment` rejected one
-of them, a code-bearing rewrite with two colours ("#ff0000 and a text color of #ffffff").
+Targets (issue 22): on the good rows each rule of profile ``default`` rejects at most 0.5%, all rules together at
+most 1%, and no rule rejects a code- or data-bearing row; the known failures are caught at least as often as
+before the rules learnt code and data (measured on this corpus with the rules of that commit: 50 of 54 caught).
+With the rules of the commit before the real pairs were added, `scaffolding_fragment` rejected one of them, a
+code-bearing rewrite with two colours ("#ff0000 and a text color of #ffffff").
 """
 
 from __future__ import annotations
 
 from collections import Counter
-
-import pytest
 
 from tasks.core.config import EliminationConfig
 from tests.rules_corpus import DATA_SHAPES, TEXT_RULES, load_corpus, measure
@@ -36,9 +34,8 @@ def test_the_corpus_names_its_sources_and_holds_the_shapes_that_were_lost():
     assert Counter(r.get("pack", "general") for r in pairs) == {"code": 51, "general": 20}
 
 
-@pytest.mark.parametrize("profile", ["default", "small-model"])
-def test_each_rule_meets_the_targets_on_real_instructions(profile):
-    result = measure(EliminationConfig(profile=profile))
+def test_each_rule_of_default_meets_the_targets_on_real_instructions():
+    result = measure(EliminationConfig())
     assert result.good == 330 and result.bad == 54
     for rule in TEXT_RULES:
         assert result.false_rejections[rule] <= 0.005 * result.good, (rule, result.table())
@@ -47,6 +44,14 @@ def test_each_rule_meets_the_targets_on_real_instructions(profile):
     assert result.rejected_good == ("self-instruct-034",)  # "I am so sorry for that! But here are ...": paper rule 2
     assert result.caught >= CAUGHT_BEFORE
     assert result.caught == 52  # not caught: an answer without an answer's opener; a copy with a space added
+
+
+def test_small_model_adds_the_tiny_model_guard_at_its_cost():
+    default, small = measure(EliminationConfig()), measure(EliminationConfig(profile="small-model"))
+    # a real rewrite that adds two words ("... using recursion."), code-bearing: why the guard is not in default
+    assert set(small.rejected_good) - set(default.rejected_good) == {"pair-code-07"}
+    assert small.rejected_data == ("pair-code-07",) and small.false_rejections["copies_parent"] == 1
+    assert small.caught == default.caught + 1 == 53  # and the bundled model's copy with a space added
 
 
 def test_the_paper_profile_runs_the_papers_rules_only():

@@ -9,6 +9,7 @@ from tasks.judge.validity import (
     VALIDITY_RULE_REASONS,
     answers_parent,
     continues_parent,
+    copies_parent,
     copies_prompt,
     has_scaffolding_fragment,
     is_degenerate,
@@ -92,6 +93,15 @@ def test_copies_prompt():
     assert not copies_prompt("Short text.", prompt, parent)
 
 
+def test_copies_parent():
+    parent = "What is 37 multiplied by 24?"
+    assert copies_parent("What is 37 multiplied by 24 ?", parent)  # spacing and punctuation ignored
+    assert copies_parent("what is 37 multiplied by 24", parent)
+    assert copies_parent("What is 37 multiplied by 25 exactly?", parent)  # two words changed
+    assert not copies_parent("What is 37 multiplied by 24? Show each step.", parent)
+    assert not copies_parent("Name a colour.", "")  # no parent: a new instruction
+
+
 def test_rule_order_and_reasons():
     prompt = "Rewrite it. Keep every table and code block of the original prompt exactly as it is."
     cases = {
@@ -99,6 +109,7 @@ def test_rule_order_and_reasons():
         "Is there a limit to how many sentences you can write in": "unfinished_evolution",
         "Write a haiku about the sea. #": "scaffolding_fragment",
         "Keep every table and code block of the original prompt exactly as it is, please.": "copies_prompt",
+        "Write a haiku about a lighthouse standing alone on a cliff during a storm at midnight.": "copies_parent",
         "It's a haiku about a lighthouse.": "answers_parent",
         "and a storm at night.": "continues_parent",
         "Write a haiku.": "shorter_than_parent",

@@ -8,9 +8,12 @@ Every rule that can reject an evolution has a name (its reject reason) and can b
   "sorry", an answer of stop words and punctuation only, scaffolding words copied from the prompt; plus what
   can't be used at all: an empty or cut-off output (and exact duplicates, which dedup always drops).
 - ``default``: the paper's, the rewrite-validity rules that meet the project's targets on its public corpus
-  of real instructions (``tests/data/rules_corpus.jsonl``: each rule rejects at most 0.5% of it, all
-  together at most 1%, code- and data-bearing rows none), and the judge's yes/no validity question.
-- ``small-model``: every rule, for tiny local models whose failures the extra guards catch (the demo's).
+  of real instructions and real parent -> evolution pairs (``tests/data/rules_corpus.jsonl``: each rule
+  rejects at most 0.5% of it, all together at most 1%, code- and data-bearing rows none), and the judge's
+  yes/no validity question.
+- ``small-model``: every rule: the default's and the guards for tiny local models (``SMALL_MODEL_GUARDS``,
+  the demo's), which cost real data: ``copies_parent`` rejects a real rewrite that adds only "using recursion",
+  where a real model's equality judge is the check; a tiny model's judge lets its near-copies through.
 
 ``llm_error`` (the backend failed) and ``duplicate`` are not rules to switch: there is nothing to keep."""
 
@@ -24,9 +27,11 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 EVOLUTION_RULES: tuple[str, ...] = ("empty_evolution", "evolution_truncated", "scaffolding_copied")
 # The rewrite-validity rules over text, in the order they are checked, then the judge's yes/no question.
 VALIDITY_TEXT_RULES: tuple[str, ...] = (
-    "degenerate_evolution", "unfinished_evolution", "scaffolding_fragment", "copies_prompt", "answers_parent",
-    "continues_parent", "shorter_than_parent",
+    "degenerate_evolution", "unfinished_evolution", "scaffolding_fragment", "copies_prompt", "copies_parent",
+    "answers_parent", "continues_parent", "shorter_than_parent",
 )
+# Validity rules for tiny models only: they miss the targets on the public corpus (profile small-model).
+SMALL_MODEL_GUARDS: frozenset[str] = frozenset({"copies_parent"})
 VALIDITY_JUDGE_RULE = "not_an_instruction"
 # Rules over the answer.
 RESPONSE_RULES: tuple[str, ...] = ("empty_response", "response_truncated", "sorry_short_response",
@@ -39,7 +44,7 @@ Profile = Literal["paper", "default", "small-model"]
 _PAPER = frozenset(EVOLUTION_RULES + RESPONSE_RULES + (EQUALITY_RULE,))
 PROFILES: dict[str, frozenset[str]] = {
     "paper": _PAPER,
-    "default": _PAPER | frozenset(VALIDITY_TEXT_RULES) | {VALIDITY_JUDGE_RULE},
+    "default": _PAPER | (frozenset(VALIDITY_TEXT_RULES) - SMALL_MODEL_GUARDS) | {VALIDITY_JUDGE_RULE},
     "small-model": frozenset(RULE_NAMES),
 }
 
@@ -52,7 +57,7 @@ class EliminationConfig(BaseModel):
     profile: Profile = "default"  # paper | default | small-model (tasks/core/elimination.py)
     rules: dict[str, bool] = Field(default_factory=dict)  # a rule by name on or off, over the profile's set
     equality_check: bool | None = None  # the judge's Equal / Not Equal question; None: the profile's
-    validity_check: bool | None = None  # the rewrite-validity rules and the judge's yes/no; None: the profile's
+    validity_check: bool | None = None  # the validity rules (true: but the small-model guards) and the judge's yes/no
     shorter_than_parent_ratio: float = Field(0.5, gt=0.0, le=1.0)  # an in-depth rewrite under this share fails
     sorry_max_words: int = Field(80, ge=1)
     sorry_words: tuple[str, ...] = ("sorry",)
@@ -70,10 +75,10 @@ class EliminationConfig(BaseModel):
     def enabled_rules(self) -> frozenset[str]:
         """The rules this run applies: the profile's, then the two checks' switches, then ``rules``."""
         on = set(PROFILES[self.profile])
-        for flag, names in ((self.equality_check, {EQUALITY_RULE}),
-                            (self.validity_check, {*VALIDITY_TEXT_RULES, VALIDITY_JUDGE_RULE})):
+        validity = {*VALIDITY_TEXT_RULES, VALIDITY_JUDGE_RULE}
+        for flag, names in ((self.equality_check, {EQUALITY_RULE}), (self.validity_check, validity)):
             if flag is not None:
-                on = on | names if flag else on - names
+                on = on | (names - SMALL_MODEL_GUARDS) if flag else on - names
         on |= {name for name, flag in self.rules.items() if flag}
         on -= {name for name, flag in self.rules.items() if not flag}
         return frozenset(on)

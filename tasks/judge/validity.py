@@ -7,6 +7,7 @@ of ``VALIDITY_RULE_REASONS``), then a constrained yes/no question to the judge m
 from __future__ import annotations
 
 import re
+from difflib import SequenceMatcher
 
 from prompts import PromptPack
 from tasks.core.config import SamplingParams
@@ -17,8 +18,9 @@ from tasks.llm.base import Completion, Conversation
 # Reasons of the rules over text, in the order they are checked; the LLM check's reason comes after them.
 # degenerate_evolution: no words, or a loop of repeated words or lines; unfinished_evolution: under three words,
 # or it breaks off mid-sentence; scaffolding_fragment: leftover pieces of the prompt's headings ("#", "#Label#");
-# copies_prompt: a run of words from the evolution prompt; answers_parent: an answer instead of a rewrite;
-# continues_parent: picks up where the parent stopped; shorter_than_parent: an in-depth rewrite far shorter.
+# copies_prompt: a run of words from the evolution prompt; copies_parent: the parent with a word or two changed;
+# answers_parent: an answer instead of a rewrite; continues_parent: picks up where the parent stopped;
+# shorter_than_parent: an in-depth rewrite far shorter.
 VALIDITY_RULE_REASONS: tuple[str, ...] = VALIDITY_TEXT_RULES
 LLM_VALIDITY_REASON = "not_an_instruction"  # the judge model says the text is not an instruction
 VALIDITY_UNPARSEABLE = "validity_unparseable"  # free text from a judge without constrained decoding, neither yes nor no
@@ -94,6 +96,21 @@ def has_scaffolding_fragment(text: str) -> bool:
     return _FRAGMENT.search(text) is not None
 
 
+MAX_CHANGED_WORDS = 2  # a rewrite that changes no more words than this is its parent
+
+
+def copies_parent(text: str, parent: str, max_changed: int = MAX_CHANGED_WORDS) -> bool:
+    """The text is the parent with at most ``max_changed`` words added, removed or replaced (case, spacing and
+    punctuation ignored): "What is 37 multiplied by 24 ?" for "What is 37 multiplied by 24?". A guard for tiny
+    models, whose equality judge lets such copies through; a real model's rewrite may add as little as "using
+    recursion", so profile ``default`` leaves this to the equality judge."""
+    old, new = [w.lower() for w in words(parent)], [w.lower() for w in words(text)]
+    if not old:
+        return False
+    changes = SequenceMatcher(None, old, new, autojunk=False).get_opcodes()
+    return sum(max(i2 - i1, j2 - j1) for tag, i1, i2, j1, j2 in changes if tag != "equal") <= max_changed
+
+
 def answers_parent(text: str) -> bool:
     """The text opens the way answers do ("Sure", "The answer is"), or as a statement ("It's 37 times 24.",
     "I would ...", "Here is ...", "As an AI ...") and asks nothing: a first-person request ("I am applying for
@@ -152,6 +169,7 @@ def validity_rule_reason(instruction: str, parent: str, kind: str, shorter_ratio
         "unfinished_evolution": lambda: broke_off or is_unfinished(instruction),
         "scaffolding_fragment": lambda: has_scaffolding_fragment(instruction),
         "copies_prompt": lambda: bool(prompt) and copies_prompt(instruction, prompt, parent),
+        "copies_parent": lambda: copies_parent(instruction, parent),
         "answers_parent": lambda: answers_parent(instruction),
         "continues_parent": lambda: continues_parent(instruction, parent, kind),
         "shorter_than_parent": lambda: kind == "in_depth" and is_far_shorter(instruction, parent, shorter_ratio),
