@@ -45,4 +45,8 @@ def evol_score(ctx: RunContext, inputs: list[list[ShardRef]]) -> ScoreSummary:
     logger.info("score: %d row(s) in %d shard(s) (%d reused): %d complexity, %d quality, %d chosen only, %d embedded",
                 summary.total("rows"), len(shards), summary.shards_reused, summary.total("complexity"),
                 summary.total("quality"), summary.total("chosen"), summary.total("embedded"))
+    if ctx.score.score.evolve_responses is not None:
+        replaced = summary.replaced_by()
+        logger.info("response evolution: %d rewrite(s) asked; %d response(s) replaced by a better-scored rewrite %s",
+                    summary.total("rewrites"), sum(replaced.values()), replaced)
     return summary

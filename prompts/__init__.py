@@ -1,11 +1,9 @@
 """Prompt templates as data (one folder per pack) and their loader."""
 
+from prompts.manifest import KINDS, SPECIAL_TEMPLATES, PromptPackError
 from prompts.pack import (
-    KINDS,
-    SPECIAL_TEMPLATES,
     OperationSpec,
     PromptPack,
-    PromptPackError,
     PromptRenderError,
     RenderedPrompt,
     bundled_packs,

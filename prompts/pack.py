@@ -4,29 +4,16 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 import jinja2
 import jinja2.meta
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from tasks.core.config import validation_message
-from tasks.core.config_file import DuplicateKeyError, load_yaml
+from prompts.manifest import MANIFEST, SCORING_TEMPLATES, SPECIAL_TEMPLATES, PromptPackError, read_manifest
 
 PACKS_DIR = Path(__file__).resolve().parent
-MANIFEST = "manifest.yaml"
-SPECIAL_TEMPLATES = ("system", "equality", "answer", "validity")
-SCORING_TEMPLATES = ("complexity", "quality")  # the scoring stage's; not in ``template_shas`` (the evolve key)
-KINDS = ("in_depth", "in_breadth")
-_OPERATION_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
-
-
-class PromptPackError(ValueError):
-    """A prompt pack that can't be used; the message names the file and the key."""
 
 
 class PromptRenderError(ValueError):
@@ -58,59 +45,11 @@ class RenderedPrompt:
     sha: str
 
 
-class _OperationEntry(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    template: str
-    kind: Literal["in_depth", "in_breadth"]
-    weight: float = Field(1.0, ge=0.0, allow_inf_nan=False)
-    label: str | None = Field(None, min_length=1)
-    variants: tuple[dict[str, str], ...] = ()
-
-
-class _Manifest(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    name: str | None = None
-    description: str = ""
-    system: str
-    equality: str
-    answer: str
-    validity: str
-    operations: dict[str, _OperationEntry] = Field(min_length=1)
-    scoring: dict[Literal["complexity", "quality"], str] | None = None
-    scaffolding_phrases: tuple[str, ...] = ()
-
-
-def _read_manifest(path: Path) -> _Manifest:
-    try:
-        data = load_yaml(path.read_text(encoding="utf-8"))
-    except DuplicateKeyError as err:
-        raise PromptPackError(f"{path}: {err}") from None
-    except yaml.YAMLError as err:
-        raise PromptPackError(f"invalid YAML in prompt pack manifest {path}: {err}") from None
-    if not isinstance(data, dict):
-        raise PromptPackError(f"invalid prompt pack manifest {path}: expected a mapping of keys")
-    try:
-        manifest = _Manifest.model_validate(data)
-    except ValidationError as err:
-        raise PromptPackError(validation_message(str(path), err)) from None
-    for name in manifest.operations:
-        if name in SPECIAL_TEMPLATES or not _OPERATION_NAME.match(name):
-            raise PromptPackError(
-                f"invalid prompt pack manifest {path}: operations.{name}: operation names are lower-case "
-                f"identifiers other than {', '.join(SPECIAL_TEMPLATES)}"
-            )
-    if not any(entry.weight > 0 for entry in manifest.operations.values()):
-        raise PromptPackError(f"invalid prompt pack manifest {path}: operations: at least one weight must be > 0")
-    return manifest
-
-
 class PromptPack:
     """A loaded prompt pack. Use :func:`load_pack` to build one."""
 
     def __init__(self, folder: Path, manifest_path: Path) -> None:
-        manifest = _read_manifest(manifest_path)
+        manifest = read_manifest(manifest_path)
         self.folder = folder
         self.name: str = manifest.name or folder.name
         self.description: str = manifest.description
@@ -134,6 +73,9 @@ class PromptPack:
         files.update(manifest.scoring or {})
         keys = {name: name for name in SPECIAL_TEMPLATES} | {n: f"operations.{n}.template" for n in self._operations}
         keys |= {name: f"scoring.{name}" for name in manifest.scoring or {}}
+        self.response_operations: tuple[str, ...] = tuple(manifest.response_evolution or ())
+        files.update({f"response.{op}": file for op, file in (manifest.response_evolution or {}).items()})
+        keys |= {f"response.{op}": f"response_evolution.{op}" for op in self.response_operations}
         self._files = files
         self._templates: dict[str, jinja2.Template] = {}
         self._shas: dict[str, str] = {}
@@ -164,7 +106,7 @@ class PromptPack:
 
     def template_shas(self) -> dict[str, str]:
         """Template name (operations, ``system``, ``equality``, ``answer``) -> sha; for the run fingerprint."""
-        return {k: v for k, v in self._shas.items() if k not in SCORING_TEMPLATES}
+        return {k: v for k, v in self._shas.items() if k not in SCORING_TEMPLATES and not k.startswith("response.")}
 
     def scoring_pack(self) -> PromptPack:
         """The pack whose scoring templates this one uses: itself, or the bundled ``general`` pack."""
@@ -181,6 +123,28 @@ class PromptPack:
         if kind not in SCORING_TEMPLATES:
             raise PromptRenderError(f"no scoring template {kind!r} (known: {', '.join(SCORING_TEMPLATES)})")
         return self.scoring_pack()._messages(kind, **variables)[0]
+
+    def response_pack(self) -> PromptPack:
+        """The pack whose response-evolution templates this one uses: itself, or the bundled ``general`` pack."""
+        return self if self.response_operations else load_pack("general")
+
+    def response_shas(self, operations: tuple[str, ...]) -> dict[str, str]:
+        """The shas of the templates that rewrite a response by ``operations`` (the scoring stage's key with
+        ``score.evolve_responses``); an operation the pack has no template for is an error."""
+        pack = self.response_pack()
+        if unknown := [op for op in operations if op not in pack.response_operations]:
+            raise PromptPackError(f"score.evolve_responses: prompt pack '{pack.name}' has no response evolution "
+                                  f"template for {unknown} (known: {', '.join(pack.response_operations)})")
+        return {op: pack._shas[f"response.{op}"] for op in operations}
+
+    def rewrite_messages(self, operation: str, question: str, response: str) -> tuple[list[dict[str, str]], str]:
+        """The conversation that rewrites ``response`` (to ``question``) by one response evolution operation, and
+        the template sha."""
+        pack = self.response_pack()
+        if operation not in pack.response_operations:
+            raise PromptRenderError(f"prompt pack '{pack.name}' has no response evolution operation '{operation}' "
+                                    f"(known: {', '.join(pack.response_operations)})")
+        return pack._messages(f"response.{operation}", question=question, response=response)
 
     def _template_sha(self, file: str, variants: tuple[dict[str, str], ...] = ()) -> str:
         # Text with normalised newlines, so a checkout with CRLF endings gives the same sha. Templates that

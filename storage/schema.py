@@ -64,6 +64,34 @@ SCORE_SCHEMA = pa.schema(
     ]
 )
 
+# Response evolution (``score.evolve_responses``): each candidate response of a row, the original first, then one
+# rewrite per operation, with its template's sha, its status (``ok``; ``llm_error``, ``empty``, ``truncated``,
+# ``unchanged``: not scored) and its quality score.
+RESPONSE_VARIANT = pa.struct([
+    pa.field("operation", pa.string(), nullable=False),  # "original" or the rewriting operation
+    pa.field("response", pa.string()),
+    pa.field("status", pa.string(), nullable=False),
+    pa.field("prompt_sha", pa.string()),
+    pa.field("quality", pa.float64()),
+    pa.field("quality_probs", pa.list_(pa.float64())),
+    pa.field("quality_method", pa.string()),
+])
+# The kept response (the best scored candidate; the original on a tie), which candidate it is and its template's sha
+# (null: the original), and every candidate; ``quality`` is the kept response's. Only with response evolution, so a
+# run without it writes the score shards it wrote before.
+RESPONSE_EVOLUTION_FIELDS = [
+    pa.field("response", pa.string()),
+    pa.field("response_operation", pa.string()),
+    pa.field("response_prompt_sha", pa.string()),
+    pa.field("response_variants", pa.list_(RESPONSE_VARIANT)),
+]
+
+
+def score_schema(evolve_responses: bool) -> pa.Schema:
+    """The score shards' schema: ``SCORE_SCHEMA``, with response evolution's fields when ``evolve_responses``."""
+    return pa.schema([*SCORE_SCHEMA, *RESPONSE_EVOLUTION_FIELDS]) if evolve_responses else SCORE_SCHEMA
+
+
 # A row of input that could not be used, kept with where it came from and why.
 REJECTED_INPUT_SCHEMA = pa.schema([
     pa.field("source", pa.string(), nullable=False),

@@ -60,8 +60,9 @@ def test_an_unset_embedding_model_keeps_the_score_key_and_a_set_one_enters_it(tm
     seeds.write_text('{"instruction": "Say hello."}\n')
     scored = config(seeds=str(seeds), score={})
     settings = scored.score.model_dump(mode="json")
-    assert settings.pop("embedding_model") is None and "embedding_model" not in without_unset_options(
-        scored.model_dump(mode="json"))["score"]
+    assert settings.pop("embedding_model") is None and settings.pop("evolve_responses") is None
+    assert not {"embedding_model", "evolve_responses"} & set(without_unset_options(
+        scored.model_dump(mode="json"))["score"])
     identity = model_identity("scripted", "demo", {}, EnvSettings().llm.models_dir)
     before = stage_key("score", load_pack("general").scoring_shas(), identity, True, settings)  # the key before
     assert build_context(scored).score_key == before

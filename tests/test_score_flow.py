@@ -16,6 +16,7 @@ from prefect import get_client
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 
 from flows.evol_instruct import evol_instruct
+from prompts import load_pack
 from storage import read_shard
 from tasks.core.config import parse_run_config
 from tasks.export.scores import BIN_LABELS
@@ -23,13 +24,16 @@ from tasks.planning.plan import make_plan
 from tasks.reporting.monitor import artifact_key
 from tests.flow_script import load_seeds
 
+REPLACED_BY = {"depth": 5, "details": 46}  # response evolution's replacements over the 59 scored rows, by operation
+FINAL_REPLACED = {"depth": 3, "details": 22}  # and over the 30 selected ones
 
-def scored_config(tmp_path, name="scored", **mix):
+
+def scored_config(tmp_path, name="scored", score=None, **mix):
     seeds = tmp_path / "seeds.jsonl"
     seeds.write_text("\n".join(json.dumps(s) for s in load_seeds()) + "\n")
     return parse_run_config({
         "name": name, "seeds": str(seeds), "output_root": str(tmp_path / "runs"), "rounds": 2, "shard_size": 10,
-        "random_seed": 3, "llm": {"backend": "scripted", "model": "demo"}, "score": {},
+        "random_seed": 3, "llm": {"backend": "scripted", "model": "demo"}, "score": score or {},
         "mix": {"sample_size": 30, "selection": {"threshold": 0.9}, **mix},
         "orchestration": {"retries": 0, "retry_delay_s": 0}})
 
@@ -142,3 +146,33 @@ def test_a_scored_run_exports_score_plots_and_bins_and_the_selection_settings(pr
     plain_card = (plain_export / "README.md").read_text()
     assert "## Scores" not in plain_card and "embedding model" not in plain_card
     assert "_scores.png" not in summary_artifact("unscored-plots")
+
+
+def test_response_evolution_replaces_responses_by_score_and_is_keyed_like_every_stage(prefect_harness, tmp_path):
+    """Turning response evolution on redoes the scores (and what follows) only; the final rows take the kept
+    responses; a mix-only change after it reuses every score shard."""
+    evol_instruct(scored_config(tmp_path))
+    evolving = scored_config(tmp_path, score={"evolve_responses": ["depth", "details"]})
+    plan = {s.stage: s for s in make_plan(evolving).stages}
+    assert (plan["round 2"].reused, plan["score"].reused, plan["score"].why) == (True, False, "its inputs changed")
+    run = evol_instruct(evolving)
+    assert all(r.reused for r in run.rounds) and run.score.shards_reused == 0
+    score, mix = run.score, run.mix
+    assert (score.total("rows"), score.total("quality"), score.total("rewrites")) == (59, 59, 118)
+    assert score.replaced_by() == REPLACED_BY
+    assert mix.final == 30 and mix.responses_replaced == FINAL_REPLACED
+    scores = {r["id"]: r for s in score.shards for r in read_shard(s.scores.uri).to_pylist()}
+    shas = load_pack("general").response_shas(("depth", "details"))
+    for row in read_shard(mix.final_uri).to_pylist():
+        kept = scores[row["id"]]
+        assert row["response"] == kept["response"] and len(kept["response_variants"]) == 3
+        assert kept["quality"] == max(v["quality"] for v in kept["response_variants"] if v["quality"] is not None)
+        if kept["response_operation"] != "original":
+            assert row["response_prompt_sha"] == shas[kept["response_operation"]]
+            assert row["respond_model"] == kept["score_model"]
+    card = (tmp_path / "runs" / "scored" / "export" / "README.md").read_text()
+    assert f"replaced it in {sum(FINAL_REPLACED.values())} final row(s)" in card
+
+    again = evol_instruct(scored_config(tmp_path, score={"evolve_responses": ["depth", "details"]}, sample_size=25))
+    assert again.score.shards_reused == 2 and again.score.replaced_by() == REPLACED_BY
+    assert not again.mix.reused and again.mix.final == 25

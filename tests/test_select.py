@@ -9,7 +9,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from tasks.core.config import SCORE_CHOICES
+from tasks.core.options import SCORE_CHOICES
 from tasks.llm.base import Completion
 from tasks.mix import select
 from tasks.mix.select import diversity_select, rank_order, select_table

@@ -22,10 +22,10 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from storage import StorageSettings
 from storage.redact import redact, redact_text, remember_secrets, remember_url_credentials, url_has_credentials
-from tasks.core.config_base import StrictModel
+from tasks.core.config_base import SamplingParams, StrictModel
 from tasks.core.data_config import DedupConfig, ExportConfig, MixConfig
 from tasks.core.elimination import EliminationConfig
-from tasks.core.options import check_selection
+from tasks.core.options import ScoreConfig, check_selection
 
 ModelT = TypeVar("ModelT", bound=BaseModel)
 
@@ -43,25 +43,6 @@ class RedactedModel(StrictModel):
     def _remember_secrets(self) -> Any:
         remember_secrets(self.model_dump(mode="python"))
         return self
-
-
-class SamplingParams(StrictModel):
-    """The project's sampling parameters; each backend translates them."""
-
-    temperature: float = Field(1.0, ge=0.0, le=2.0)
-    top_p: float = Field(0.95, gt=0.0, le=1.0)
-    max_tokens: int = Field(2048, ge=1)
-    seed: int | None = None
-    stop: tuple[str, ...] = ()
-    # A forced choice: the output must be exactly one of these (constrained decoding where the backend can).
-    choices: tuple[str, ...] | None = None
-
-    @field_validator("choices")
-    @classmethod
-    def _choices_valid(cls, value: tuple[str, ...] | None) -> tuple[str, ...] | None:
-        if value is not None and (len(value) < 2 or len(set(value)) != len(value) or not all(c.strip() for c in value)):
-            raise ValueError("choices must be at least two distinct non-blank strings")
-        return value
 
 
 def default_models_dir() -> str:
@@ -146,21 +127,6 @@ class StageSampling(StrictModel):
     respond: SamplingParams = SamplingParams()
     equality: SamplingParams = SamplingParams(temperature=0.0, top_p=1.0, max_tokens=8)
     validity: SamplingParams = SamplingParams(temperature=0.0, top_p=1.0, max_tokens=4)
-
-
-SCORE_CHOICES: tuple[str, ...] = ("1", "2", "3", "4", "5", "6")  # a score is a forced choice of one of these
-
-
-class ScoreConfig(StrictModel):
-    """The scoring stage (Deita): complexity per root, quality per row (1-6), the embeddings selection compares."""
-
-    complexity: bool = True
-    quality: bool = True
-    embeddings: bool = True
-    # the model the embeddings come from, on the scoring backend (vllm: a name or path as ``llm.model`` takes it, on
-    # vLLM's pooling runner; openai: a model id of the server's ``/embeddings``); None: the scoring model
-    embedding_model: str | None = None
-    sampling: SamplingParams = SamplingParams(temperature=0.0, top_p=1.0, max_tokens=1)
 
 
 class OrchestrationConfig(StrictModel):

@@ -84,6 +84,8 @@ class ScoreShardSummary(Summary):
     prompt_tokens: int
     completion_tokens: int
     seconds: float
+    rewrites: int = 0  # response evolution: the rewrites asked for
+    replaced_by: dict[str, int] = {}  # rows whose response a rewrite replaced, by operation
 
 
 class ScoreSummary(Summary):
@@ -99,6 +101,13 @@ class ScoreSummary(Summary):
     def total(self, field: str) -> int:
         return sum(getattr(s, field) for s in self.shards)
 
+    def replaced_by(self) -> dict[str, int]:
+        """Rows whose response a rewrite replaced, by operation, over every shard."""
+        total: Counter[str] = Counter()
+        for s in self.shards:
+            total.update(s.replaced_by)
+        return dict(sorted(total.items()))
+
 
 class MixSummary(Summary):
     candidates: int
@@ -109,6 +118,7 @@ class MixSummary(Summary):
     final: int
     contaminated: int = 0  # overlapping a benchmark item (mix.decontaminate)
     contaminated_by: dict[str, int] = {}  # by benchmark file
+    responses_replaced: dict[str, int] = {}  # response evolution: final rows whose response is a rewrite, by operation
     by_round: dict[str, int]
     by_operation: dict[str, int]
     final_uri: str
@@ -130,8 +140,20 @@ class RoundEstimate(BaseModel):
     share: float = 1.0  # of the round still to compute (its other shards are reused)
 
 
+class StageEstimate(BaseModel):
+    """What a stage after the rounds adds (``score``, ``response evolution``): its calls, their prompt tokens and
+    the most tokens they may generate (each call's ``max_tokens``)."""
+
+    stage: str
+    calls: int
+    prompt_tokens: int
+    max_completion_tokens: int
+    share: float = 1.0  # of the stage still to compute (its other shards are reused)
+
+
 class Estimate(BaseModel):
-    """A run's estimate, per round; the totals count what is still to compute."""
+    """A run's estimate, per round (and, for `evol plan`, per stage after the rounds); the totals count the rounds'
+    tokens still to compute."""
 
     rows: int
     tokenizer: str
@@ -139,6 +161,7 @@ class Estimate(BaseModel):
     speed: str | None = None
     tokens_per_second: float | None = None
     rounds: list[RoundEstimate]
+    stages: list[StageEstimate] = []
 
     def total(self, field: str) -> int:
         return round(sum(getattr(r, field) * r.share for r in self.rounds))

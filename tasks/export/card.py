@@ -46,7 +46,7 @@ def selection_lines(config: RunConfig, mix: MixSummary) -> list[str]:
     lines = ["## Selection", "",
              f"- near dedup: MinHash ({dedup.num_perm} permutations, byte {dedup.shingle_size}-grams), Jaccard >= "
              f"{dedup.jaccard_threshold:g}" if dedup.near else "- near dedup: off",
-             _sample_line(config)]
+             _sample_line(config), *_responses_line(config, mix)]
     if decontam is None:
         return [*lines, "- decontamination: none", "", *_diversity_lines(config)]
     lines += [f"- decontamination: rows sharing a {decontam.n}-word gram with a benchmark item are dropped "
@@ -95,6 +95,16 @@ def score_lines(config: RunConfig, scores: ScoreBins) -> list[str]:
         name = f"{kind}_scores.png"
         lines += ["", f"![{SCORE_PLOTS[name]}](plots/{name})"]
     return lines
+
+
+def _responses_line(config: RunConfig, mix: MixSummary) -> list[str]:
+    evolving = config.score.evolve_responses if config.score is not None else None
+    if evolving is None:
+        return []
+    replaced = ", ".join(f"{op} {n}" for op, n in mix.responses_replaced.items()) or "none"
+    return [f"- responses: each rewritten by {', '.join(evolving.operations)} (response evolution) and scored with "
+            f"the original; a rewrite scored higher replaced it in {sum(mix.responses_replaced.values())} final "
+            f"row(s) ({replaced})"]
 
 
 def _sample_line(config: RunConfig) -> str:

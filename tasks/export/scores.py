@@ -10,7 +10,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict
 
 from storage import ShardRef, StorageSettings, duck_connect, read_parquet_sql
-from tasks.core.config import SCORE_CHOICES
+from tasks.core.options import SCORE_CHOICES
 
 SCORE_KINDS = ("complexity", "quality")
 BIN_LABELS = (*SCORE_CHOICES, "none")

@@ -102,6 +102,15 @@ ADDITIONS = {
 }
 
 
+# A response rewrite (response evolution): the sentence the demo adds, by a word of the respect the prompt names.
+RESPONSE_GIVEN, RESPONSE_ADDITIONS = "#The Given Response#:", {
+    "helpful": "To act on it, start with the first step and check each result.",
+    "relevant": "This answers exactly what was asked.", "deeper": "It holds because each step follows from the last.",
+    "creative": "Think of it as a recipe whose steps can be tasted.",
+    "detailed": "In figures: three steps, each taking under a minute.",
+}
+
+
 def is_evolution_prompt(text: str) -> bool:
     """Whether a prompt asks to evolve an instruction (it shows one under a given-prompt heading)."""
     return any(heading in text for heading in GIVEN_HEADINGS)
@@ -128,6 +137,10 @@ def demo_responder(conversation: Conversation, params: SamplingParams) -> str:
         return "Yes"
     if params.choices is not None and all(c.isdigit() for c in params.choices):  # a score: from the text's bytes
         return params.choices[sum(text.encode()) % len(params.choices)]
+    if RESPONSE_GIVEN in text:  # a response rewrite: the given response and one sentence for the respect asked
+        given = text.rsplit(RESPONSE_GIVEN, 1)[1].split("#Rewritten Response#:", 1)[0].strip()
+        method = text.rsplit("#The Given Prompt#:", 1)[0]
+        return f"{given} {next((v for k, v in RESPONSE_ADDITIONS.items() if k in method), '')}".strip()
     if GIVEN in text and "#Created Prompt#" in text:
         words = given_prompt(text).split()
         return "Devise an uncommon variant of this task: " + " ".join(reversed(words[:12]))

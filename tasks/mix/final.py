@@ -22,6 +22,7 @@ from storage import (
 )
 from storage.schema import RECORD_SCHEMA, SCORE_SCHEMA, count_values
 from tasks.core.config import RunConfig
+from tasks.core.options import ORIGINAL_RESPONSE
 from tasks.core.stage import Stage, state
 from tasks.core.summaries import MixSummary
 from tasks.mix.benchmarks import read_benchmarks
@@ -46,6 +47,26 @@ def _read_all(refs: list[ShardRef], settings: StorageSettings | None, schema: pa
     return pa.concat_tables(tables) if tables else schema.empty_table()
 
 
+def kept_responses(table: pa.Table, scores: pa.Table) -> pa.Table:
+    """``table`` with each row's response the one response evolution kept (``scores``: the score rows with
+    ``response_operation``): where a rewrite won, its text, its template's sha as ``response_prompt_sha`` and the
+    rewriting (scoring) model as ``respond_model``; the other rows as they were."""
+    where = pc.index_in(table["id"], scores["id"])
+    operation = scores["response_operation"].take(where)
+    rewritten = pc.fill_null(pc.not_equal(operation, ORIGINAL_RESPONSE), False)
+    for column, source in (("response", "response"), ("response_prompt_sha", "response_prompt_sha"),
+                           ("respond_model", "score_model")):
+        value = pc.if_else(rewritten, scores[source].take(where), table[column])
+        table = table.set_column(table.schema.get_field_index(column), column, value)
+    return table
+
+
+def replaced_by(final: pa.Table, scores: pa.Table) -> dict[str, int]:
+    """The final rows whose response is a rewrite, by operation."""
+    operation = scores["response_operation"].filter(pc.is_in(scores["id"], final["id"]))
+    return {op: n for op, n in count_values(operation).items() if op != ORIGINAL_RESPONSE}
+
+
 MIX = Stage("mix", MixSummary, RunLayout.mix_marker)
 
 
@@ -54,7 +75,8 @@ def mix_final(layout: RunLayout, config: RunConfig, inputs: list[ShardRef], key:
               scores: list[ShardRef] | None = None) -> MixSummary:
     """Build and commit ``final/`` (the training data) and ``final_dropped/`` (with reasons) from ``inputs``;
     with ``mix.selection``, the rows are chosen by their ``scores`` (the score shards), the others dropped as
-    ``not_selected`` with the nearest chosen row in ``duplicate_of``.
+    ``not_selected`` with the nearest chosen row in ``duplicate_of``; with response evolution (score shards with
+    ``response_operation``), each row takes the response the scoring stage kept.
 
     Reused when ``final/_mix.json`` was written under ``key`` and both shards still verify. ``benchmark_shas``: the
     benchmark files' SHA-256 the key was made with (``mix.decontaminate``); a file that changed since is an error.
@@ -67,6 +89,10 @@ def mix_final(layout: RunLayout, config: RunConfig, inputs: list[ShardRef], key:
     if table.num_rows != total_rows(inputs):
         raise StageMismatch(f"mix: read {table.num_rows} rows from shards that hold {total_rows(inputs)}")
     candidates = table.num_rows
+    score_table = _read_all(scores or [], settings, SCORE_SCHEMA)
+    evolved = "response_operation" in score_table.column_names  # response evolution: each row's kept response
+    if evolved:
+        table = kept_responses(table, score_table)
     # a null response compares as null: filled as blank
     has_response = pc.invert(pc.fill_null(pc.equal(pc.utf8_trim_whitespace(table["response"]), ""), True))
     dropped = [_with_reason(table.filter(pc.invert(has_response)), "no_response")]
@@ -97,8 +123,8 @@ def mix_final(layout: RunLayout, config: RunConfig, inputs: list[ShardRef], key:
 
     not_selected = 0
     if config.mix.selection is not None:
-        table, left, nearest = select_table(table, _read_all(scores or [], settings, SCORE_SCHEMA),
-                                            config.mix.selection.threshold, config.mix.sample_size)
+        table, left, nearest = select_table(table, score_table, config.mix.selection.threshold,
+                                            config.mix.sample_size)
         dropped.append(_with_reason(left, "not_selected", nearest))
         not_selected = left.num_rows
     # Shuffle from a canonical order so the result does not depend on shard layout.
@@ -120,6 +146,7 @@ def mix_final(layout: RunLayout, config: RunConfig, inputs: list[ShardRef], key:
         not_selected=not_selected, final=table.num_rows, contaminated=sum(contaminated.values()),
         contaminated_by=contaminated, by_round={str(r): n for r, n in count_values(table["round"]).items()},
         by_operation=count_values(table["operation"]),
+        responses_replaced=replaced_by(table, score_table) if evolved else {},
         final_uri=final_uri, dropped_uri=dropped_uri, final_sha256=final_ref.sha256,
     )
     outputs = {"final": [final_ref], "dropped": [dropped_ref]}

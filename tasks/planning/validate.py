@@ -64,6 +64,10 @@ def validate_run(config: RunConfig, config_file: str, settings: StorageSettings 
     if pack is not None:
         check("operation_weights", lambda: resolve_weights(pack, config.operation_weights), ValueError)
         problems += _render_templates(pack)
+        evolving = config.score.evolve_responses if config.score is not None else None
+        if evolving is not None:
+            check("score.evolve_responses.operations", lambda: pack.response_shas(evolving.operations),
+                  PromptPackError)
     problems += [Problem(config_file, f"field_map.{target}", what)
                  for target, what in field_map_problems(config.field_map).items()]
     if config.llm.backend == "scripted":

@@ -40,12 +40,16 @@ def build_context(config: RunConfig, recompute: tuple[str, ...] = (), env: EnvSe
     score, score_key = ScoreSpec.of(config), ""
     if score is not None:
         llm, embedding_model = score.llm, score.score.embedding_model
+        pack, evolving = load_pack(config.prompt_pack), score.score.evolve_responses
         identity = model_identity(llm.backend, llm.model, llm.engine_args, env.llm.models_dir)
+        # unset, the embeddings' model and response evolution stay out of the key: the key a score shard had before
+        # the options existed
         embedder = [model_identity(llm.backend, embedding_model, llm.engine_args, env.llm.models_dir)] \
-            if embedding_model is not None else []  # unset: the key a score shard had before the option existed
-        score_key = stage_key("score", load_pack(config.prompt_pack).scoring_shas(), identity, llm.structured_outputs,
+            if embedding_model is not None else []
+        responses = [pack.response_shas(evolving.operations)] if evolving is not None else []
+        score_key = stage_key("score", pack.scoring_shas(), identity, llm.structured_outputs,
                               without_unset_options({"score": score.score.model_dump(mode="json")})["score"],
-                              *embedder)
+                              *embedder, *responses)
     decontaminate = config.mix.decontaminate  # read once now: a missing file or field stops the run before it starts
     benchmarks = read_benchmarks(decontaminate.files, settings) if decontaminate is not None else []
     return RunContext(

@@ -50,9 +50,9 @@ def walk(ctx: RunContext, steps: Any) -> Walked:
     """Each stage in turn, each handed what the stages before it recorded: ``steps.ingest()``, ``steps.round(k,
     pool, references, expected)``, with a ``score:`` section ``steps.score(inputs)`` (each score shard's input
     shards), ``steps.mix(inputs, data_key, expected, scores)`` (``scores``: the score shards, with
-    ``mix.selection``), ``steps.export(data_key, rounds, mix, lengths, score_bins)`` (``score_bins``: with a
-    ``score:`` section, rows per score bin; ``expected``: the rows the stages before counted); a step that returns
-    None ends the walk."""
+    ``mix.selection`` or ``score.evolve_responses``), ``steps.export(data_key, rounds, mix, lengths, score_bins)``
+    (``score_bins``: with a ``score:`` section, rows per score bin; ``expected``: the rows the stages before
+    counted); a step that returns None ends the walk."""
     w = Walked(ingest=steps.ingest())
     if w.ingest is None:
         return w
@@ -68,7 +68,7 @@ def walk(ctx: RunContext, steps: Any) -> Walked:
         if w.score is None:
             return w
     inputs = mix_inputs(ctx.config, seeds, w.rounds)
-    scores = w.score.refs if w.score is not None and ctx.config.mix.selection is not None else []
+    scores = w.score.refs if w.score is not None and reads_scores(ctx.config) else []
     w.data_key = ctx.mix_key([r.sha256 for r in inputs], [r.sha256 for r in scores])
     counted = (w.ingest.accepted if ctx.config.mix.include_seeds else 0) + sum(r.evolved for r in w.rounds)
     w.mix = steps.mix(inputs, w.data_key, counted, scores)
@@ -78,6 +78,12 @@ def walk(ctx: RunContext, steps: Any) -> Walked:
     w.score_bins = score_bins(w.score.refs, w.mix.final_uri) if w.score is not None else None
     w.export = steps.export(w.data_key, w.rounds, w.mix, w.lengths, w.score_bins)
     return w
+
+
+def reads_scores(config: RunConfig) -> bool:
+    """Whether mix reads the score shards: to select by them (``mix.selection``), or to take each row's kept
+    response (``score.evolve_responses``)."""
+    return config.mix.selection is not None or (config.score is not None and config.score.evolve_responses is not None)
 
 
 def round_references(seeds: list[ShardRef], rounds: list[RoundSummary], pool: list[ShardRef]) -> list[ShardRef]:

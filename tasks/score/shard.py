@@ -14,8 +14,9 @@ from prefect import task
 
 from prompts import PromptPack, load_pack
 from storage import ShardRef, StorageSettings, read_shard, write_shard
-from storage.schema import SCORE_SCHEMA, records_table
+from storage.schema import count_values, records_table, score_schema
 from tasks.core.context import ScoreSpec
+from tasks.core.options import ORIGINAL_RESPONSE
 from tasks.core.stage import Stage, shard_reader, state
 from tasks.core.summaries import RoundSummary, ScoreShardSummary
 from tasks.llm.base import LLMBackend
@@ -31,7 +32,13 @@ def score_inputs(seeds: list[ShardRef], rounds: list[RoundSummary]) -> list[list
 def score_counts(scores: ShardRef, table: pa.Table) -> dict[str, Any]:
     """What a score shard's summary counts from its columns."""
     chosen = sum(pc.sum(pc.equal(table[f"{k}_method"], "chosen")).as_py() or 0 for k in ("complexity", "quality"))
-    return {"scores": scores, "rows": table.num_rows, "chosen": chosen,
+    evolved: dict[str, Any] = {}
+    if "response_operation" in table.column_names:  # response evolution
+        rewrites = pc.struct_field(pc.list_flatten(table["response_variants"]), "operation")
+        evolved = {"rewrites": len(rewrites) - (pc.sum(pc.equal(rewrites, ORIGINAL_RESPONSE)).as_py() or 0),
+                   "replaced_by": {op: n for op, n in count_values(table["response_operation"]).items()
+                                   if op != ORIGINAL_RESPONSE}}
+    return {"scores": scores, "rows": table.num_rows, "chosen": chosen, **evolved,
             "complexity": table.num_rows - table["complexity"].null_count,
             "quality": table.num_rows - table["quality"].null_count,
             "embedded": table.num_rows - table["embedding"].null_count,
@@ -51,8 +58,9 @@ def score_shard(inputs: list[ShardRef], scores_uri: str, spec: ScoreSpec, backen
     ``embedder``: the backend of the embeddings (None: ``backend``)."""
     started = time.perf_counter()
     rows = [row for ref in inputs for row in read_shard(ref.uri, settings, expected=ref.model_dump()).to_pylist()]
-    table = records_table(score_rows(rows, pack, backend, spec.score, embedder), SCORE_SCHEMA)
-    marker = write_shard(scores_uri, table, schema=SCORE_SCHEMA, settings=settings, key=key)
+    schema = score_schema(spec.score.evolve_responses is not None)
+    table = records_table(score_rows(rows, pack, backend, spec.score, embedder), schema)
+    marker = write_shard(scores_uri, table, schema=schema, settings=settings, key=key)
     seconds = round(time.perf_counter() - started, 3)
     return ScoreShardSummary(seconds=seconds, **score_counts(ShardRef.of(marker, scores_uri), table))
 
