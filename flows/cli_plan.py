@@ -68,6 +68,13 @@ def plan(
     for r in e.rounds:
         table.add_row(str(r.round), str(r.calls), str(r.prompt_tokens), str(r.completion_tokens), f"{r.share:.0%}")
     console.print(table)
+    if e.stages:
+        added = Table(title="added by the scoring stage")
+        for col in ("stage", "calls", "prompt tokens", "max generated tokens", "to compute"):
+            added.add_column(col, justify="left" if col == "stage" else "right")
+        for s in e.stages:
+            added.add_row(s.stage, str(s.calls), str(s.prompt_tokens), str(s.max_completion_tokens), f"{s.share:.0%}")
+        console.print(added)
     whole = whole_run(e)
     for label, est in (("whole run", whole), ("to compute", e)) if whole != e else (("whole run", whole),):
         console.print(f"{label}: {est.total('prompt_tokens')} prompt tokens, {est.total('completion_tokens')} "

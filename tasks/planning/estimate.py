@@ -3,6 +3,14 @@
 Prompt tokens: the seeds and templates, counted with the evolving model's tokenizer. Calls per row and completion
 tokens per call: candidate rows of a measured sample or of a previous run of the same model, else the sampling
 caps (an upper bound). Engine time: the completion tokens at the measured or the previous run's speed.
+
+The scoring stage (`evol plan` only), per stage: ``score`` (complexity and quality of every row) and ``response
+evolution`` (the rewrites and their quality scores), the calls, their prompt tokens and the most tokens they may
+generate (each call's ``max_tokens``). The rows scored are the seeds plus each round's evolutions: the seed count
+times the pool's expected growth, one ``evolved`` share of the pool per round (from the same source as the rounds'
+figures; the sampling caps: every row). An evolved instruction and its response are as long as the rounds' figures
+take the evolve and respond calls' completions; a seed's are counted on the seeds; a rewrite is taken to be as long
+as the response it rewrites (the prompts allow 10 to 20 words more) and every rewrite to be usable, so scored.
 """
 
 from __future__ import annotations
@@ -15,13 +23,14 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from prompts import load_pack
+from prompts import PromptPack, load_pack
 from storage import RunLayout, ShardRef, duck_connect, list_committed_shards, read_parquet_sql, resolve
 from storage.schema import records_table
 from tasks.core.config import EnvSettings, LLMConfig, RunConfig
 from tasks.core.context import RunContext
 from tasks.core.elimination import EQUALITY_RULE, VALIDITY_JUDGE_RULE
-from tasks.core.summaries import Estimate, RoundEstimate
+from tasks.core.summaries import Estimate, RoundEstimate, StageEstimate
+from tasks.core.text import parent_text
 from tasks.evolve.operations import evolve_prompts
 
 CALLS = ("evolve", "validity", "respond", "equality")
@@ -36,6 +45,7 @@ class Figures(BaseModel):
     source: str
     per_row: dict[str, float]
     completion: dict[str, float]
+    evolved: float = 1.0  # the share of a round's pool that evolves
     first_round: tuple[float, float] | None = None  # measured prompt and completion tokens per row in round 1
     tokens_per_second: float | None = None
     speed_source: str | None = None
@@ -104,11 +114,13 @@ def candidate_figures(con: Any, sql: str, counter: WordCounter, source: str, sec
     """Figures from candidate rows (``sql``): the share of them that reached each call, the mean length of what each
     call wrote (a sample counted with ``counter``), the speed ``completion_tokens`` in ``seconds`` make; ``{rows}``
     in ``source`` and ``speed_source`` is the number of rows."""
-    rows, *counts = con.execute(f"SELECT count(*), {', '.join(f'count({c})' for c in CALLED)} FROM {sql}").fetchone()
+    rows, evolved, *counts = con.execute(f"SELECT count(*), count(*) FILTER (WHERE status = 'evolved'), "
+                                         f"{', '.join(f'count({c})' for c in CALLED)} FROM {sql}").fetchone()
     sample = con.execute(f"SELECT {', '.join(OUTPUTS)} FROM {sql} LIMIT {SAMPLE_ROWS}").fetchall()
     texts = [[row[i] for row in sample if row[i] is not None] for i in range(len(CALLS))]
     speed = completion_tokens / seconds if seconds > 0 else None
-    return Figures(source=source.format(rows=rows), per_row={c: n / rows for c, n in zip(CALLS, counts, strict=True)},
+    return Figures(source=source.format(rows=rows), evolved=evolved / rows,
+                   per_row={c: n / rows for c, n in zip(CALLS, counts, strict=True)},
                    completion={c: sum(max(1, counter.text(t)) for t in found) / len(found) if found else 0.0
                                for c, found in zip(CALLS, texts, strict=True)},
                    tokens_per_second=speed, speed_source=speed_source.format(rows=rows) if speed else None, **more)
@@ -193,5 +205,48 @@ def make_estimate(ctx: RunContext, refs: list[ShardRef], accepted: int, measure:
             out.append(RoundEstimate(round=k, calls=round(accepted * sum(per_row.values())),
                                      prompt_tokens=round(accepted * tokens[0]),
                                      completion_tokens=round(accepted * tokens[1])))
+    stages = score_estimates(ctx, rows, accepted, counter, figures.completion, figures.evolved, pack) \
+        if ctx.score is not None and rows else []
     return Estimate(rows=accepted, tokenizer=counter.name, completions=figures.source, speed=figures.speed_source,
-                    tokens_per_second=figures.tokens_per_second, rounds=out)
+                    tokens_per_second=figures.tokens_per_second, rounds=out, stages=stages)
+
+
+def score_estimates(ctx: RunContext, rows: list[dict[str, Any]], accepted: int, counter: Any,
+                    completion: dict[str, float], evolved: float, pack: PromptPack) -> list[StageEstimate]:
+    """The scoring stage's estimates over ``accepted`` seed rows (``rows``: the first of them, counted with
+    ``counter``); ``completion``: the rounds' completion tokens per call by kind; ``evolved``: the share of the pool
+    evolved per round."""
+    spec = ctx.score.score
+    answered = [r for r in rows if (r.get("response") or "").strip()]
+    seed_q = sum(counter.text(parent_text(r)) for r in rows) / len(rows)
+    seed_r = sum(counter.text(r["response"]) for r in answered) / len(answered) if answered else 0.0
+    grown = accepted * ctx.config.rounds * evolved  # every round's evolutions
+    seeds_answered = accepted * len(answered) / len(rows)
+    # (rows, question tokens, response tokens) of the answered seeds and of the evolutions (all answered)
+    groups = ((seeds_answered, seed_q, seed_r), (grown, completion["evolve"], completion["respond"]))
+
+    def prompts(overhead: float) -> float:  # one request per answered row showing its question and response
+        return sum(n * (overhead + q + r) for n, q, r in groups)
+
+    quality_overhead = counter.messages(pack.score_messages("quality", question="", response=""))
+    calls = prompt = 0.0
+    if spec.complexity:  # one request per row, showing its root's every variant
+        family = 1 + ctx.config.rounds * evolved
+        overhead = counter.messages(pack.score_messages("complexity", questions=[], target=1))
+        calls += accepted * family
+        prompt += accepted * family * (overhead + seed_q + (family - 1) * completion["evolve"])
+    if spec.quality:
+        calls += seeds_answered + grown
+        prompt += prompts(quality_overhead)
+    out = [StageEstimate(stage="score", calls=round(calls), prompt_tokens=round(prompt),
+                         max_completion_tokens=round(calls * spec.sampling.max_tokens))]
+    evolving = spec.evolve_responses
+    if evolving is not None:
+        per_operation = seeds_answered + grown
+        rewrite = sum(prompts(counter.messages(pack.rewrite_messages(op, "", "")[0])) for op in evolving.operations)
+        rewrites = per_operation * len(evolving.operations)
+        out.append(StageEstimate(
+            stage="response evolution", calls=round(2 * rewrites),  # each rewrite, then its quality score
+            prompt_tokens=round(rewrite + len(evolving.operations) * prompts(quality_overhead)),
+            max_completion_tokens=round(rewrites * (evolving.sampling.max_tokens + spec.sampling.max_tokens))))
+    return out

@@ -147,8 +147,9 @@ def run_estimate(ctx: RunContext, refs: list[ShardRef], accepted: int) -> Estima
     killed attempt of this run left, so the same data always gives the same card."""
     estimate = stored_estimate(ctx)
     if estimate is None:
-        estimate = make_estimate(ctx, refs, accepted, previous=False)
-        record = {"key": estimate_key(ctx), "estimate": estimate.model_dump(mode="json")}
+        # the rounds only: the scoring stage's estimate is not in the card, and its settings are not in this key
+        estimate = make_estimate(ctx, refs, accepted, previous=False).model_copy(update={"stages": []})
+        record = {"key": estimate_key(ctx), "estimate": estimate.model_dump(mode="json", exclude={"stages"})}
         write_file_atomic(ctx.layout.file(ESTIMATE_FILE), json.dumps(record, indent=2).encode())
     return estimate
 
@@ -168,4 +169,6 @@ def make_plan(config: RunConfig, recompute: tuple[str, ...] = (), measure: int =
         stages = [ingest, *plan_stages(ctx, summary, stored_estimate(ctx))]
     share = {s.stage: 0.0 if s.reused else 1 - s.shards_reused / max(1, s.shards) for s in stages}
     rounds = [r.model_copy(update={"share": share[f"round {r.round}"]}) for r in estimate.rounds]
-    return RunPlan(run_uri=ctx.layout.run_uri, stages=stages, estimate=estimate.model_copy(update={"rounds": rounds}))
+    after = [s.model_copy(update={"share": share["score"]}) for s in estimate.stages]  # both in the score shards
+    return RunPlan(run_uri=ctx.layout.run_uri, stages=stages,
+                   estimate=estimate.model_copy(update={"rounds": rounds, "stages": after}))
