@@ -81,7 +81,7 @@ def test_engine_that_cannot_start_raises_backend_error(tmp_path):
         VLLMBackend(str(empty), ENGINE_ARGS).generate([user("hi")], GREEDY)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def backend(model_dir):
     """One engine for every test here: built once, reused through the process-wide cache."""
     b = VLLMBackend(str(model_dir), ENGINE_ARGS)
