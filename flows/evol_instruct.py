@@ -64,7 +64,7 @@ from tasks.reporting.report import artifact_link, final_markdown, round_table
 from tasks.reporting.run_index import record_attempt
 from tasks.reporting.samples import round_samples, samples_markdown, samples_table
 from tasks.round.finish import finish_round_task
-from tasks.runtime.cancel import CancelWatcher, cancel_and_exit
+from tasks.runtime.cancel import CancelWatcher
 from tasks.runtime.engine import engine_labels, needs_engine_start, start_engines_task
 from tasks.runtime.recovery import crash_dead_flow_run, crash_lost_task_runs
 from tasks.runtime.resolve import build_context
@@ -207,7 +207,7 @@ def evol_instruct(config: RunConfig, recompute: list[str] | None = None, take_ov
                 logger.warning("%s", report.line())
         if api_url:  # a run outside a worker stops itself when cancelled in the UI or the API
             flow_run_id = UUID(holder["flow_run_id"])
-            watcher = CancelWatcher(api_url, flow_run_id, lambda c: cancel_and_exit(c, flow_run_id, lease.release))
+            watcher = CancelWatcher(api_url, flow_run_id, lease.release)
             stack.enter_context(watcher)
         swept = sweep_temp_files(layout.run_uri)
         if swept:

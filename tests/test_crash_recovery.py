@@ -34,8 +34,18 @@ def write_config(tmp_path: Path, root: Path) -> Path:
 
 
 def evol_run(config: Path, env: dict[str, str], *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([str(BIN / "evol"), "run", str(config), "--no-progress", *args], env={**os.environ, **env},
-                          capture_output=True, text=True, timeout=timeout)
+    """``evol run CONFIG`` to its end; one still running after ``timeout`` s fails the test with its threads' stacks
+    (faulthandler, on SIGABRT) and its output."""
+    cmd = [str(BIN / "evol"), "run", str(config), "--no-progress", *args]
+    proc = subprocess.Popen(cmd, env={**os.environ, "PYTHONFAULTHANDLER": "1", **env}, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGABRT)
+        out, err = proc.communicate(timeout=30)
+        pytest.fail(f"evol run still running after {timeout} s:\n{out[-3000:]}\n{err[-12000:]}")
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
 
 
 def leftovers(root: Path) -> list[str]:

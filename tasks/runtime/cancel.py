@@ -3,18 +3,21 @@
 Prefect's workers kill the process of a flow run that is cancelled in the UI; a run started from the
 command line has no worker, so its flow run would sit in Cancelling while the run went on. The watcher
 polls the flow run's state; when it turns Cancelling it marks the run and everything under it Cancelled
-and ends the process. Nothing committed is lost: shards are published atomically and a half-written
-temp file is swept by the next run, which reuses every committed shard.
+and ends the process at once, whatever its shards are doing (in a worker's process too, before the worker's
+SIGTERM would wait for the round's shard threads). Nothing committed is lost: shards are published atomically
+and a half-written temp file is swept by the next run, which reuses every committed shard.
 """
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import subprocess
 import sys
 import threading
 import time
 from collections.abc import Callable
+from datetime import datetime
 from uuid import UUID
 
 import httpx
@@ -44,23 +47,50 @@ def cancel_flow_run_tree(client: SyncPrefectClient, flow_run_id: UUID, message: 
 EXIT_CANCELLED = 130
 
 
-def cancel_and_exit(client: SyncPrefectClient, flow_run_id: UUID, release: Callable[[], None]) -> None:
+def send_queued_events(timeout_s: float = 2.0) -> None:
+    """Send the events this process has queued (its task runs' states, its heartbeats) before the run's states are
+    set: none of them then reaches the server after the Cancelled ones."""
+    from prefect.events.worker import EventsWorker
+
+    EventsWorker.drain_all(timeout=timeout_s, at_exit=False)
+
+
+def stop_engine_processes() -> int:
+    """SIGTERM the processes this one started through ``multiprocessing`` (vLLM's engine core: it outlives a parent
+    that ends with ``os._exit`` and would keep its memory); returns how many. Called last: a shard thread seeing its
+    engine gone must not have time to commit rows it failed."""
+    children = multiprocessing.active_children()
+    for child in children:
+        child.terminate()
+    return len(children)
+
+
+def cancel_and_exit(client: SyncPrefectClient, flow_run_id: UUID, release: Callable[[], None],
+                    requested: datetime | None = None) -> None:
     """Record the cancellation on the flow run tree, give the run folder back (``release``), end the process.
 
     Task runs report their states through events the server records a moment later, so a task that started
     just before the end can show up Running after the first pass: a detached sweeper makes the same pass
-    again once this process (and so every event it sends) is gone."""
+    again once this process (and so every event it sends) is gone. ``requested``: when the cancel was asked
+    (the Cancelling state's time), for the line that says how long each step took."""
+    seen = time.monotonic()
+    lag = f"seen {(datetime.now(requested.tzinfo) - requested).total_seconds():.1f} s after the request, " \
+        if requested is not None else ""
+    send_queued_events()
     changed = cancel_flow_run_tree(client, flow_run_id)
     release()
     subprocess.Popen([sys.executable, "-m", "tasks.runtime.cancel", str(client.api_url), str(flow_run_id)],
-                     start_new_session=True, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
-    print(f"run cancelled through the Prefect API (flow run {flow_run_id}, {changed} run(s) marked Cancelled); "
-          "committed shards are kept, a rerun resumes from them", file=sys.stderr, flush=True)
+                     start_new_session=True, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                     stderr=subprocess.DEVNULL)  # nothing of this process's: a caller's pipe closes when it exits
+    print(f"run cancelled through the Prefect API (flow run {flow_run_id}): {lag}{changed} run(s) marked Cancelled "
+          f"and the run folder given back in {time.monotonic() - seen:.1f} s; committed shards are kept, a rerun "
+          "resumes from them", file=sys.stderr, flush=True)
     finish_active_logs()
+    stop_engine_processes()
     os._exit(EXIT_CANCELLED)  # the shard threads hold no state worth waiting for: commits are atomic
 
 
-def sweep_after_exit(api_url: str, flow_run_id: UUID, pauses: tuple[float, ...] = (2.0, 3.0)) -> int:
+def sweep_after_exit(api_url: str, flow_run_id: UUID, pauses: tuple[float, ...] = (1.0, 3.0)) -> int:
     """Cancel what the server recorded late; a local API that ended with the run leaves nothing to sweep."""
     changed = 0
     for pause in pauses:
@@ -74,12 +104,11 @@ def sweep_after_exit(api_url: str, flow_run_id: UUID, pauses: tuple[float, ...] 
 
 
 class CancelWatcher:
-    """A daemon thread polling ``flow_run_id``'s state every ``interval_s``; calls ``on_cancel`` once on
-    Cancelling (or Cancelled)."""
+    """A daemon thread polling ``flow_run_id``'s state every ``interval_s``; on Cancelling (or Cancelled) it cancels
+    the run and ends the process (``cancel_and_exit``, ``release`` giving the run folder back)."""
 
-    def __init__(self, api_url: str, flow_run_id: UUID, on_cancel: Callable[[SyncPrefectClient], None],
-                 interval_s: float = 1.0):
-        self.api_url, self.flow_run_id, self.on_cancel, self.interval_s = api_url, flow_run_id, on_cancel, interval_s
+    def __init__(self, api_url: str, flow_run_id: UUID, release: Callable[[], None], interval_s: float = 1.0):
+        self.api_url, self.flow_run_id, self.release, self.interval_s = api_url, flow_run_id, release, interval_s
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._watch, name="cancel-watcher", daemon=True)
 
@@ -88,8 +117,7 @@ class CancelWatcher:
             while not self._stop.wait(self.interval_s):
                 state = client.read_flow_run(self.flow_run_id).state
                 if state is not None and state.type in (StateType.CANCELLING, StateType.CANCELLED):
-                    self.on_cancel(client)
-                    return
+                    cancel_and_exit(client, self.flow_run_id, self.release, state.timestamp)
 
     def __enter__(self) -> CancelWatcher:
         self._thread.start()
