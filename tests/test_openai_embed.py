@@ -1,14 +1,19 @@
 """Embeddings from the ``openai`` backend (``client.embeddings.create``) against a small local OpenAI-compatible server
 (``/v1/models``, ``/v1/chat/completions``, ``/v1/embeddings``): in order across requests, errors named, and a scored
-run whose scores and embeddings come from that server selects exactly the rows its crafted vectors call for."""
+run whose scores and embeddings come from that server selects exactly the rows its crafted vectors call for; then a
+real ``vllm serve`` of the bundled model on the pooling runner (``vllm``)."""
 
 from __future__ import annotations
 
 import json
+import os
+import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+import numpy as np
+import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 from pydantic import SecretStr
@@ -18,6 +23,9 @@ from storage import read_shard
 from tasks.core.config import LLMEnvSettings, parse_run_config
 from tasks.llm.base import BackendError
 from tasks.llm.openai_backend import EMBED_BATCH, OpenAIBackend
+from tasks.mix.select import select_table, unit_rows
+from tests.conftest import free_port
+from tests.services import background, wait_healthy
 
 SECRET = "sk-embed-Qx7secret"
 
@@ -159,3 +167,40 @@ def test_a_run_scored_and_embedded_by_an_openai_server_selects_the_rows_its_vect
 
     card = Path(result.export.files["card"]).read_text()
     assert "| embedding model | `openai:embedder` |" in card
+
+
+# ---- a real `vllm serve` of the bundled model on the pooling runner ----------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def pooling_server(tmp_path_factory, model_dir):
+    """``vllm serve`` of the bundled model on vLLM's pooling runner, as ``score.embedding_model`` would name it."""
+    from tasks.llm.vllm_engine import cpu_env_defaults
+
+    port, log_path = free_port(), tmp_path_factory.mktemp("vllm-embed") / "server.log"
+    cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model_dir),
+           "--served-model-name", "smollm2-embed", "--runner", "pooling", "--convert", "embed",
+           "--host", "127.0.0.1", "--port", str(port), "--max-model-len", "1024", "--enforce-eager",
+           "--dtype", "float32"]
+    with background(cmd, {**cpu_env_defaults(), **os.environ}, log_path) as proc:
+        wait_healthy(f"http://127.0.0.1:{port}", proc, log_path, timeout=420)  # far slower on shared cores
+        yield f"http://127.0.0.1:{port}/v1"
+
+
+def test_a_real_vllm_serve_on_the_pooling_runner_embeds_for_selection(pooling_server):
+    backend = OpenAIBackend("default", LLMEnvSettings(base_url=pooling_server, request_timeout_s=120, max_retries=1))
+    water, code = "Describe the water cycle for a ten-year-old reader.", "def add(a, b):\n    return a + b"
+    vectors = backend.embed([water, code, water])
+    assert backend.model_name == "smollm2-embed" and [len(v) for v in vectors] == [576] * 3
+    x = unit_rows(np.array(vectors))
+    assert np.allclose(np.linalg.norm(np.array(vectors), axis=1), 1.0, atol=1e-3)  # the server's are unit length
+    same, other = float(x[0] @ x[2]), float(x[0] @ x[1])
+    print(f"cosine: same text {same:.6f}, other text {other:.6f}")
+    assert same > 0.9999 and other < 0.999
+    # those vectors through selection (a: the water text, b: the code, c: the water text again, ranked in that order):
+    # the code is taken after the first row, the copy is barred by it
+    table = pa.table({"id": ["a", "b", "c"]})
+    scores = pa.table({"id": ["a", "b", "c"], "complexity": [6.0, 5.0, 4.0], "quality": [6.0, 5.0, 4.0],
+                       "embedding": pa.array(vectors, pa.list_(pa.float32()))})
+    kept, dropped, nearest = select_table(table, scores, 0.999, None)
+    assert (kept["id"].to_pylist(), dropped["id"].to_pylist(), nearest.to_pylist()) == (["a", "b"], ["c"], ["a"])
