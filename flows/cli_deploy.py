@@ -8,11 +8,15 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import yaml
 from rich.console import Console
 
 from storage.redact import redact
+
+if TYPE_CHECKING:
+    from prefect.client.orchestration import SyncPrefectClient
 
 console = Console()
 PREFECT = str(Path(sys.executable).parent / "prefect")
@@ -26,23 +30,21 @@ def deployment_specs(project_dir: Path) -> list[dict]:
     return yaml.safe_load(path.read_text(encoding="utf-8"))["deployments"]
 
 
-async def ensure_process_pools(names: list[str]) -> dict[str, bool]:
+def ensure_process_pools(client: SyncPrefectClient, names: list[str]) -> dict[str, bool]:
     """Create each missing work pool as a process pool; returns name -> created now."""
-    from prefect import get_client
     from prefect.client.schemas.actions import WorkPoolCreate
     from prefect.exceptions import ObjectNotFound
     from prefect.workers.process import ProcessWorker
 
     created = {}
-    async with get_client() as client:
-        for name in names:
-            try:
-                await client.read_work_pool(name)
-                created[name] = False
-            except ObjectNotFound:
-                await client.create_work_pool(WorkPoolCreate(
-                    name=name, type="process", base_job_template=ProcessWorker.get_default_base_job_template()))
-                created[name] = True
+    for name in names:
+        try:
+            client.read_work_pool(name)
+            created[name] = False
+        except ObjectNotFound:
+            client.create_work_pool(WorkPoolCreate(
+                name=name, type="process", base_job_template=ProcessWorker.get_default_base_job_template()))
+            created[name] = True
     return created
 
 
@@ -84,10 +86,14 @@ def deploy_commands(specs: list[dict], config_uri: str | None, interval: int | N
 
 
 def deploy_command(project_dir: Path, config_uri: str | None, interval: int | None, cron: str | None) -> None:
-    """Create the pools, then deploy every deployment of ``prefect.yaml``; exits non-zero on the first failure."""
+    """Create the pools and the crash automation, then deploy every deployment of ``prefect.yaml``; exits non-zero on
+    the first failure."""
+    from prefect import get_client
     from prefect.settings import PREFECT_API_URL
 
     from flows.cli_common import fail
+    from flows.server_run import project_flow_names
+    from tasks.runtime.crash_detection import AUTOMATION_NAME, ensure_crash_automation
 
     api_url = PREFECT_API_URL.value()
     if not api_url:
@@ -99,12 +105,15 @@ def deploy_command(project_dir: Path, config_uri: str | None, interval: int | No
         fail(str(err))
     pools = sorted({spec["work_pool"]["name"] for spec in specs})
     try:
-        created = asyncio.run(ensure_process_pools(pools))
+        with get_client(sync_client=True) as client:
+            created = ensure_process_pools(client, pools)
+            automation = ensure_crash_automation(client, project_flow_names())
         existing = asyncio.run(existing_parameters(specs))
     except Exception as err:  # the server is down or refuses: say where
         fail(f"can't reach the Prefect API at {api_url}: {type(err).__name__}: {err}")
     for name, new in created.items():
         console.print(f"work pool [bold]{name}[/]: {'created (process)' if new else 'exists'}", soft_wrap=True)
+    console.print(f"automation [bold]{AUTOMATION_NAME}[/]: {automation}", soft_wrap=True)
     env = {**os.environ, "PREFECT_API_URL": api_url}
     for name, parameters in sorted(existing.items()):
         console.print(f"deployment [bold]{name}[/] exists: keeping its parameters {redact(parameters)} unless asked",

@@ -86,7 +86,7 @@ def run(
     from flows.local_api import local_api
 
     with sigterm_as_exit(), (nullcontext() if api else local_api()):
-        result = _run_flow(run_config, layout, show_progress, recompute, take_over, verbose)
+        result = _run_flow(run_config, layout, show_progress, recompute, take_over, verbose, on_server=bool(api))
     table = Table(title="rounds")
     for col in ("round", "pool in", "evolved", "carried", "rejected", "reused"):
         table.add_column(col, justify="left" if col == "rejected" else "right")
@@ -111,8 +111,11 @@ def run(
 
 
 def _run_flow(config: Any, layout: Any, show_progress: bool, recompute: list[str], take_over: bool,
-              verbose: bool = False) -> Any:
+              verbose: bool = False, on_server: bool = False) -> Any:
+    """The flow, with progress bars; on a server (``PREFECT_API_URL``) a run of the ``evol-instruct/cli`` deployment
+    (``flows.server_run``), else a plain flow run on the run's private API."""
     from flows.evol_instruct import evol_instruct
+    from flows.server_run import run_on_server
     from tasks.core.runlog import RunLog
 
     run_log = RunLog.for_run(layout.run_uri)
@@ -130,6 +133,10 @@ def _run_flow(config: Any, layout: Any, show_progress: bool, recompute: list[str
     from storage.errors import infrastructure_message
     from tasks.ingest.seeds import IngestError
     try:
+        if on_server:
+            from storage.redact import redact_text
+            return run_on_server(config, list(recompute), take_over, lambda line: console.print(
+                redact_text(line), soft_wrap=True, highlight=False, markup=False))
         return evol_instruct(config, recompute=list(recompute), take_over=take_over)
     except IngestError as err:  # the seeds as a whole can't be used (nothing accepted, too much rejected)
         unusable = str(err)

@@ -167,13 +167,12 @@ def model_dir(tmp_path_factory):
         backend.shutdown_engines()
 
 
-@pytest.fixture(scope="session")
-def prefect_server(tmp_path_factory):
+@contextlib.contextmanager
+def _prefect_server(home):
     """A real Prefect server (SQLite) on 127.0.0.1, as a user would start it; yields its API URL."""
     from tests.services import prefect_server as start_prefect_server
 
     port = free_port()
-    home = tmp_path_factory.mktemp("prefect-home")
     env = {**os.environ, "PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
            "PREFECT_API_URL": ""}
     prefect = os.path.join(os.path.dirname(sys.executable), "prefect")
@@ -182,9 +181,24 @@ def prefect_server(tmp_path_factory):
         yield url
 
 
+@pytest.fixture(scope="session")
+def prefect_server(tmp_path_factory):
+    """The session's Prefect server. Every `evol run` against it puts the crash automation there."""
+    with _prefect_server(tmp_path_factory.mktemp("prefect-home")) as url:
+        yield url
+
+
+@pytest.fixture()
+def own_prefect_server(tmp_path_factory):
+    """A Prefect server for one test: none of the session's automations, runs or deployments."""
+    with _prefect_server(tmp_path_factory.mktemp("prefect-home")) as url:
+        yield url
+
+
 # A test that uses one of these fixtures is marked by it, so `-m "not vllm and not s3 and not server"` (the
 # fast loop, `make test-fast`) never starts an engine or a server, whatever marks a test file forgot.
-FIXTURE_MARKS = {"prefect_harness": "server", "prefect_server": "server", "s3_server": "s3", "s3_settings": "s3",
+FIXTURE_MARKS = {"prefect_harness": "server", "prefect_server": "server", "own_prefect_server": "server",
+                 "s3_server": "s3", "s3_settings": "s3",
                  "s3_bucket": "s3", "s3_with_auth": "s3", "model_dir": "vllm", "vllm_server": "vllm"}
 
 

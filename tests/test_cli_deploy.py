@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 
 from flows.cli_deploy import PREFECT, deploy_commands, deployment_specs
@@ -11,28 +12,47 @@ from tests.services import BIN, ROOT
 
 def test_overrides_go_to_the_nightly_deployment_only():
     specs = deployment_specs(ROOT)
-    assert [s["name"] for s in specs] == ["nightly", "gpu"]
+    assert [s["name"] for s in specs] == ["nightly", "gpu", "cli"]
     assert deploy_commands(specs, None, None, None) == [[PREFECT, "--no-prompt", "deploy", "--all"]]
-    nightly, gpu = deploy_commands(specs, "s3://evol/configs/nightly.yaml", 60, "0 3 * * *")
+    nightly, gpu, cli = deploy_commands(specs, "s3://evol/configs/nightly.yaml", 60, "0 3 * * *")
     assert nightly == [PREFECT, "--no-prompt", "deploy", "--name", "nightly", "--params",
                        '{"config_uri": "s3://evol/configs/nightly.yaml"}', "--interval", "60", "--cron", "0 3 * * *"]
     assert gpu == [PREFECT, "--no-prompt", "deploy", "--name", "gpu"]
+    assert cli == [PREFECT, "--no-prompt", "deploy", "--name", "cli"]
 
 
 def test_deploying_again_keeps_the_parameters_a_deployment_has_unless_asked():
     specs = deployment_specs(ROOT)
     existing = {"nightly": {"config_uri": "s3://team/nightly.yaml", "rounds": 3}, "gpu": {"recipe": "smollm2"}}
-    nightly, gpu = deploy_commands(specs, None, None, None, existing)
+    nightly, gpu, _cli = deploy_commands(specs, None, None, None, existing)
     assert nightly == [PREFECT, "--no-prompt", "deploy", "--name", "nightly", "--params",
                        '{"config_uri": "s3://team/nightly.yaml", "rounds": 3}']
     assert gpu == [PREFECT, "--no-prompt", "deploy", "--name", "gpu", "--params", '{"recipe": "smollm2"}']
-    nightly, _ = deploy_commands(specs, "configs/demo.yaml", None, None, existing)
+    nightly, *_ = deploy_commands(specs, "configs/demo.yaml", None, None, existing)
     assert nightly[-1] == '{"config_uri": "configs/demo.yaml", "rounds": 3}'
 
 
 def test_overlapping_runs_of_the_nightly_deployment_queue():
     nightly = next(s for s in deployment_specs(ROOT) if s["name"] == "nightly")
     assert nightly["concurrency_limit"] == {"limit": 1, "collision_strategy": "ENQUEUE"}
+
+
+def test_every_deployment_heartbeats_often_enough_for_the_crash_automation():
+    from flows.evol_instruct import evol_instruct
+    from flows.server_run import DEPLOYMENT, deployment_spec, project_flow_names
+    from tasks.runtime.crash_detection import HEARTBEAT_S, SILENCE_S, crash_automation
+
+    for spec in deployment_specs(ROOT):  # a worker's flow run sends heartbeats at this interval
+        assert int(spec["work_pool"]["job_variables"]["env"]["PREFECT_FLOWS_HEARTBEAT_FREQUENCY"]) <= HEARTBEAT_S
+    assert SILENCE_S >= 3 * HEARTBEAT_S  # three heartbeats lost before a live run could be taken for dead
+    cli, pull = deployment_spec(ROOT)  # what `evol run` registers when the server lacks it
+    path, function = cli["entrypoint"].split(":")
+    assert cli["name"] == DEPLOYMENT and (ROOT / path).is_file() and function == evol_instruct.fn.__name__
+    assert pull == [{"flows.deploy_steps.set_code_directory": {}}]
+    trigger = crash_automation(project_flow_names()).trigger
+    assert trigger.match_related["prefect.resource.name"] == sorted(
+        ["evol-run", "evol-instruct", "evol-round", "evol-score", "train"])
+    assert trigger.within.total_seconds() == SILENCE_S
 
 
 def test_deploy_needs_an_api_url(tmp_path):
@@ -63,9 +83,11 @@ def test_deploy_twice_on_a_server_keeps_the_config_uri_and_sets_the_enqueue_limi
         with SyncPrefectClient(api=prefect_server) as client:
             return client.read_deployment_by_name("evol-run/nightly")
 
-    deploy("--config-uri", "s3://team/nightly.yaml")
+    out = deploy("--config-uri", "s3://team/nightly.yaml")
     assert nightly().parameters == {"config_uri": "s3://team/nightly.yaml"}
+    assert re.search(r"automation evol: mark Crashed .*: (created|exists)", out)  # `evol run` may have put it there
     out = deploy()  # again, without --config-uri: the team's config stays
+    assert re.search(r"automation evol: mark Crashed .*: exists", out)
     assert "deployment nightly exists: keeping its parameters {'config_uri': 's3://team/nightly.yaml'}" in out
     deployment = nightly()
     assert deployment.parameters == {"config_uri": "s3://team/nightly.yaml"}

@@ -1,68 +1,88 @@
-"""A killed run left Running in Prefect is marked Crashed by the next run of its folder, then retried."""
+"""A killed ``evol run`` on a server is marked Crashed by the server itself (the crash automation `evol run` put there,
+fed by the run's heartbeats), nobody rerunning anything; then a retry from the API, as the UI's Retry button sends
+it, runs on a process worker, reuses the shards the killed run committed and exports what a clean run exports."""
 
 from __future__ import annotations
 
 import json
 import os
 import signal
-import subprocess
-from pathlib import Path
+import time
 from uuid import UUID
 
 import pytest
 
-from tasks.runtime.recovery import flow_run_tree
-from tests.test_crash_recovery import BIN, evol_run, write_config
+from tasks.runtime.crash_detection import CRASH_MESSAGE
+from tasks.runtime.recovery import UNFINISHED, flow_run_tree
+from tests.held_run import held_config, held_evol_run, task_runs_of, wait_for_running_shard, wait_until
+from tests.services import BIN, ROOT, background
+from tests.test_crash_recovery import EXPORTS, evol_run
 
 pytestmark = pytest.mark.server
-ROOT = Path(__file__).resolve().parent.parent
 
 
-def task_runs_of(client, flow_run_ids: list[UUID]) -> list:
-    from prefect.client.schemas.filters import TaskRunFilter, TaskRunFilterFlowRunId
-
-    return client.read_task_runs(task_run_filter=TaskRunFilter(flow_run_id=TaskRunFilterFlowRunId(any_=flow_run_ids)))
-
-
-def test_killed_run_is_marked_crashed_by_the_next_run_then_prefect_retry_completes_it(prefect_server, tmp_path):
+def test_a_killed_run_is_marked_crashed_by_the_server_and_a_retry_from_the_api_reuses_its_shards(prefect_server,
+                                                                                                  tmp_path):
     from prefect.client.orchestration import SyncPrefectClient
+    from prefect.client.schemas.objects import StateType
+    from prefect.states import State
 
-    env = {"PREFECT_API_URL": prefect_server}
+    from storage import list_committed_shards
+
+    env = {**os.environ, "PREFECT_API_URL": prefect_server}
+    clean = evol_run(held_config(tmp_path, tmp_path / "clean"), {"PREFECT_API_URL": prefect_server})
+    assert clean.returncode == 0, clean.stderr[-3000:]
+
     root = tmp_path / "runs"
-    config = write_config(tmp_path, root)
-    trace = tmp_path / "kill.txt"
-    killed = evol_run(config, {**env, "EVOL_FAULT_KILL_AT": "14", "EVOL_FAULT_TRACE": str(trace)})
-    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
-    assert "round=1/candidates" in trace.read_text(), trace.read_text()  # killed inside a shard task of round 1
-    lease = json.loads((root / "crash" / "_lease.json").read_text())
-    dead = UUID(lease["flow_run_id"])
-    assert lease["prefect_api"] == prefect_server
-
+    run = root / "crash"
     with SyncPrefectClient(api=prefect_server) as client:
-        before = flow_run_tree(client, dead)
-        assert [r.state.type.value for r in before] == ["RUNNING", "RUNNING"]  # the run and its round 1
+        with held_evol_run(held_config(tmp_path, root), run, env, tmp_path / "killed.out") as proc:
+            top = UUID(json.loads((run / "_lease.json").read_text())["flow_run_id"])
+            in_flight = wait_for_running_shard(client, top)
+            committed = list_committed_shards(str(run / "round=1" / "candidates"))
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+            killed_at = time.monotonic()
+        assert len(committed) == 1  # the held run was inside round 1's second shard
 
-        rerun = evol_run(config, env)
-        assert rerun.returncode == 0, rerun.stderr[-3000:]
-        assert f"dead run's flow run {dead}: marked 2 flow run(s)" in rerun.stdout + rerun.stderr
-        after = flow_run_tree(client, dead)
-        assert [r.id for r in after] == [r.id for r in before]
-        assert [r.state.type.value for r in after] == ["CRASHED", "CRASHED"]
-        assert all(f"pid {lease['pid']} on {lease['host']}" in r.state.message for r in after)
-        left = [t for t in task_runs_of(client, [r.id for r in after])
-                if t.state is None or t.state.type.value in ("RUNNING", "PENDING", "SCHEDULED")]
-        assert left == []
+        flow_run = client.read_flow_run(top)
+        assert client.read_deployment(flow_run.deployment_id).name == "cli"  # a run the UI can retry
+        dead = flow_run_tree(client, top)
+        assert [r.state.type.value for r in dead] == ["RUNNING", "RUNNING"]  # the run and its round 1
 
-        retry = subprocess.run([str(BIN / "prefect"), "flow-run", "retry", str(dead), "--entrypoint",
-                                "flows/evol_instruct.py:evol_instruct"], cwd=ROOT, capture_output=True, text=True,
-                               env={**os.environ, **env}, timeout=300)
-        assert retry.returncode == 0, retry.stdout[-3000:] + retry.stderr[-3000:]
-        retried = flow_run_tree(client, dead)
-        assert retried[0].state.type.value == "COMPLETED"
-        states = {r.id: r.state.type.value for r in retried[1:]}
-        assert states.pop(before[1].id) == "CRASHED"  # the dead attempt's round 1 stays as it was
-        assert sorted(states.values()) == ["COMPLETED", "COMPLETED"]  # the retry's rounds 1 and 2
-        left = [t for t in task_runs_of(client, [r.id for r in retried])
-                if t.state is None or t.state.type.value in ("RUNNING", "PENDING", "SCHEDULED")]
-        assert left == []
-    assert not (root / "crash" / "_lease.json").exists()
+        def all_crashed() -> bool:
+            return all(client.read_flow_run(r.id).state.type == StateType.CRASHED for r in dead)
+
+        wait_until(all_crashed, 300, "the killed run's flow runs Crashed")
+        crashed_after = time.monotonic() - killed_at
+        print(f"marked Crashed by the server {crashed_after:.0f} s after the kill")
+        assert crashed_after < 180  # the target is 120 s (60 to 95 s by design); a busy machine gets slack
+        assert all(client.read_flow_run(r.id).state.message == CRASH_MESSAGE for r in dead)
+
+        worker_env = {**env, "PREFECT_WORKER_QUERY_SECONDS": "2",
+                      "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+        with background([str(BIN / "prefect"), "worker", "start", "--pool", flow_run.work_pool_name], worker_env,
+                        tmp_path / "worker.log", cwd=tmp_path):
+            retry = client.set_flow_run_state(top, State(type=StateType.SCHEDULED, name="AwaitingRetry",
+                                                         message="Retry from the UI"), force=False)
+            assert retry.status.value == "ACCEPT", retry.details
+            wait_until(lambda: client.read_flow_run(top).state.is_final(), 400, "the retry")
+        worker_log = (tmp_path / "worker.log").read_text()
+        assert client.read_flow_run(top).state.type == StateType.COMPLETED, worker_log[-3000:]
+        after = flow_run_tree(client, top)
+        rounds = {r.id: (r.name, r.state.type.value) for r in after[1:]}
+        assert rounds.pop(dead[1].id) == ("round-1", "CRASHED")  # the dead attempt's round stays as it was
+        assert sorted(rounds.values()) == [("round-1", "COMPLETED"), ("round-2", "COMPLETED")]
+        task_runs = task_runs_of(client, [r.id for r in after])
+        assert not [t for t in task_runs if t.state is None or t.state.type in UNFINISHED]
+        # the shard in flight stayed Running (the automation changes flow runs only) until the retry took the dead
+        # run's lease over
+        lost = client.read_task_run(in_flight)
+        assert lost.state.type == StateType.CRASHED
+        assert "died; the next run of its run folder marked it Crashed" in lost.state.message
+
+    summary = json.loads((run / "round=1" / "_round.json").read_text())["summary"]
+    assert (summary["shards"], summary["shards_reused"]) == (10, 1)  # the killed run's committed shard
+    for name in EXPORTS:
+        assert (run / "export" / name).read_bytes() == (tmp_path / "clean" / "crash" / "export" / name).read_bytes()
+    assert not (run / "_lease.json").exists()

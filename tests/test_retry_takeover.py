@@ -4,6 +4,9 @@ As a worker sees it: the deployment's flow (``evol-run``, with ``evol-instruct``
 inside a shard, the worker marks the top flow run Crashed, someone presses Retry. The retry keeps the flow run
 ids (Prefect attaches ``evol-instruct`` again to the subflow run the dead attempt left Running), finds the dead
 attempt's lease and recovers: only the dead attempt's round and its task runs turn Crashed.
+
+On a server of its own: the runs here are what recovery finds, with no crash automation marking the dead attempt's
+flow runs at a time of its own (tests/test_crash_retry.py has the automation).
 """
 
 from __future__ import annotations
@@ -31,11 +34,11 @@ def state_types(client, flow_run_id: UUID) -> list[str]:
     return [s.type.value for s in sorted(client.read_flow_run_states(flow_run_id), key=lambda s: s.timestamp)]
 
 
-def test_a_retry_taking_over_from_its_dead_attempt_is_never_marked_crashed(prefect_server, tmp_path):
+def test_a_retry_taking_over_from_its_dead_attempt_is_never_marked_crashed(own_prefect_server, tmp_path):
     from prefect.client.orchestration import SyncPrefectClient
     from prefect.states import Crashed
 
-    env = {**os.environ, "PREFECT_API_URL": prefect_server}
+    env = {**os.environ, "PREFECT_API_URL": own_prefect_server}
     root = tmp_path / "runs"
     config = write_config(tmp_path, root)
     trace = tmp_path / "kill.txt"
@@ -46,7 +49,7 @@ def test_a_retry_taking_over_from_its_dead_attempt_is_never_marked_crashed(prefe
     assert "round=1/candidates" in trace.read_text(), trace.read_text()  # killed inside a shard task of round 1
     inner = UUID(json.loads((root / "crash" / "_lease.json").read_text())["flow_run_id"])
 
-    with SyncPrefectClient(api=prefect_server) as client:
+    with SyncPrefectClient(api=own_prefect_server) as client:
         top = root_flow_run_id(client, inner)
         before = flow_run_tree(client, top)
         assert [(r.name, r.state.type.value) for r in before][2:] == [("round-1", "RUNNING")]
