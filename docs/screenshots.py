@@ -1,9 +1,9 @@
 """Regenerate the README's pictures of the Prefect UI with headless Chromium (Debian: `apt-get install chromium`).
 
-Starts a Prefect server on a free 127.0.0.1 port (its own PREFECT_HOME, PREFECT_API_URL set to its own
-address), runs `evol run CONFIG` against it, then takes a screenshot of each page after checking the page's
-text: the run's graph, the first round's table and sample artifacts and the run's summary artifact (its plots
-must be shown as images).
+Starts the documented Prefect server (`evol server`) on a free 127.0.0.1 port (its own PREFECT_HOME,
+PREFECT_API_URL set to its own address), runs `evol run CONFIG` against it, then takes a screenshot of each page
+in a 1280-pixel window after checking the page's text: the run's graph, the first round's table and sample
+artifacts and the run's summary artifact (its plots must be shown as images).
 
     .venv/bin/python docs/screenshots.py                      # configs/demo.yaml: the real model, minutes
     .venv/bin/python docs/screenshots.py --config my.yaml --out docs/images
@@ -82,7 +82,8 @@ def main() -> None:
     parser.add_argument("--config", default=str(ROOT / "configs/demo.yaml"), help="run config for `evol run`")
     parser.add_argument("--out", default=str(ROOT / "docs/images"), help="folder for the PNG files")
     parser.add_argument("--chromium", help="browser binary (default: chromium on PATH)")
-    parser.add_argument("--size", default="1400,900", help="window size WIDTH,HEIGHT")
+    parser.add_argument("--size", default="1280,900", help="window size WIDTH,HEIGHT (the samples table must fit "
+                        "1280 pixels)")
     args = parser.parse_args()
     browser = find_chromium(args.chromium)
     port = free_port()
@@ -90,7 +91,7 @@ def main() -> None:
     home = Path(tempfile.mkdtemp(prefix="evol-screens-"))
     env = {**os.environ, "PREFECT_HOME": str(home), "PREFECT_API_URL": api_url,
            "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
-    server = subprocess.Popen([str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+    server = subprocess.Popen([str(BIN / "evol"), "server", "--host", "127.0.0.1", "--port", str(port)],
                               env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
         deadline = time.time() + 180

@@ -12,6 +12,7 @@ from flows.cli_common import Debug, console, err_console, fail
 from flows.cli_models import models_app
 from flows.cli_plan import plan
 from flows.cli_run import run
+from flows.cli_server import server_command
 from flows.cli_train import train_command
 
 app = typer.Typer(help="Evol-Instruct data pipeline: evolve, eliminate, deduplicate, export, train.",
@@ -117,6 +118,7 @@ def worker(
 
 
 app.command("train")(train_command)
+app.command("server")(server_command)
 
 
 @app.command("runs")

@@ -169,15 +169,14 @@ def model_dir(tmp_path_factory):
 
 @contextlib.contextmanager
 def _prefect_server(home):
-    """A real Prefect server (SQLite) on 127.0.0.1, as a user would start it; yields its API URL."""
+    """The documented Prefect server (`evol server`: SQLite) on 127.0.0.1, as a user starts it; yields its API URL."""
+    from tests.services import evol_server
     from tests.services import prefect_server as start_prefect_server
 
     port = free_port()
     env = {**os.environ, "PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
            "PREFECT_API_URL": ""}
-    prefect = os.path.join(os.path.dirname(sys.executable), "prefect")
-    with start_prefect_server([prefect, "server", "start", "--host", "127.0.0.1", "--port", str(port)], env,
-                              f"http://127.0.0.1:{port}/api", home / "server.log") as url:
+    with start_prefect_server(evol_server(port), env, f"http://127.0.0.1:{port}/api", home / "server.log") as url:
         yield url
 
 
@@ -203,8 +202,9 @@ FIXTURE_MARKS = {"prefect_harness": "server", "prefect_server": "server", "own_p
 
 
 # Heaviest modules first: `make test` hands whole modules to its two processes in collection order, so a module that
-# starts an engine or a server must not be the one left running alone at the end.
-MODULE_WEIGHT = {"vllm": 0, "server": 1, "s3": 2}
+# starts an engine or a server must not be the one left running alone at the end. Before them a module that holds
+# services for minutes while it sleeps (`waits`): it takes one process at once and the other works meanwhile.
+MODULE_WEIGHT = {"waits": 0, "vllm": 1, "server": 2, "s3": 3}
 
 
 def pytest_collection_modifyitems(config, items):

@@ -54,10 +54,16 @@ def wait_healthy(url: str, proc: subprocess.Popen, log: Path, timeout: float = 1
     raise TimeoutError(f"{proc.args[0]} did not answer in {timeout} s:\n{log.read_text()[-3000:]}")
 
 
+def evol_server(port: int) -> list[str]:
+    """The documented server's command (README: `evol server`) on 127.0.0.1:``port``."""
+    return [str(BIN / "evol"), "server", "--host", "127.0.0.1", "--port", str(port)]
+
+
 @contextlib.contextmanager
 def prefect_server(command: list[str], env: dict[str, str], api_url: str, log: Path,
                    headers: dict[str, str] | None = None) -> Iterator[str]:
-    """``prefect server start ...`` with ``env``; yields the API URL once it answers."""
+    """A Prefect server started by ``command`` (``evol server ...``) with ``env``; yields the API URL once it
+    answers."""
     with open(log, "wb") as out:
         proc = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     try:

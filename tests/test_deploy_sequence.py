@@ -21,7 +21,7 @@ pytestmark = pytest.mark.server
 
 SEQUENCE = [
     "export PREFECT_API_URL=http://127.0.0.1:4200/api",
-    "prefect server start --host 127.0.0.1 --port 4200",
+    "evol server --host 127.0.0.1 --port 4200",
     "evol deploy",
     "prefect worker start --pool default --limit 1",
     "prefect deployment ls",

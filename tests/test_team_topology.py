@@ -16,13 +16,14 @@ import time
 import pytest
 import yaml
 
+from flows.cli_server import server_venv
 from tests.conftest import free_port, wait_for_port
 from tests.services import BIN, ROOT, assert_export, background, postgres_bin_dir, postgres_cluster, prefect_server
 
 # Each compose service, and what stands in for it here; the GPU services can't run on a CPU machine.
 STARTED_HERE = {
     "postgres": "Debian's postgresql: initdb and pg_ctl in a temporary folder",
-    "prefect-server": "prefect server start",
+    "prefect-server": "prefect server start from .venv-server (requirements-server.txt, as its image)",
     "minio": "moto's S3 server",
     "minio-init": "the bucket, created through s3fs",
     "worker": "prefect worker start, in the environment's Python",
@@ -93,12 +94,15 @@ class Topology:
         return out
 
     def command(self, service: str) -> list[str]:
-        """The service's command on this host: listening on 127.0.0.1, on its local port."""
+        """The service's command on this host: listening on 127.0.0.1, on its local port; the server's ``prefect`` is
+        the one of its own environment (its image installs requirements-server.txt, as .venv-server does)."""
         args = [self.value(a) for a in self.services[service]["command"]]
         args = ["127.0.0.1" if a == "0.0.0.0" else a for a in args]
         for container, local in self.ports.get(service, {}).items():
             args = [str(local) if a == str(container) else a for a in args]
-        return [str(BIN / args[0]), *args[1:]] if args[0] == "prefect" else args
+        if args[0] != "prefect":
+            return args
+        return [str((server_venv() / "bin" if service == "prefect-server" else BIN) / "prefect"), *args[1:]]
 
 
 def test_compose_services_are_the_topology_started_here(tmp_path):
@@ -118,6 +122,7 @@ def test_compose_services_are_the_topology_started_here(tmp_path):
     assert topo.command("worker")[1:] == ["worker", "start", "--pool", "default", "--type", "process", "--limit", "1"]
     server = topo.command("prefect-server")
     assert server[1:] == ["server", "start", "--host", "127.0.0.1", "--port", str(topo.port("prefect-server", 4200))]
+    assert server[0] == str(server_venv() / "bin" / "prefect")  # the environment `evol server` runs
     # every address given to a started service names a started service, except the optional vLLM server
     owners = {local: service for service, ports in topo.ports.items() for local in ports.values()}
     elsewhere = {(name, key) for name in STARTED_HERE for key, value in topo.env(name).items()

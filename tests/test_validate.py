@@ -135,7 +135,7 @@ def test_prefect_api_unreachable_is_one_line(tmp_path, monkeypatch):
     assert result.exit_code == 2
     line = only_error_line(result)
     assert line.startswith(f"error: environment: PREFECT_API_URL={url}: no Prefect API answers there")
-    assert "prefect server start" in line and "unset PREFECT_API_URL" in line
+    assert "evol server" in line and "unset PREFECT_API_URL" in line
 
 
 def test_empty_or_mostly_rejected_seeds_stop_the_run_before_round_1(prefect_harness, tmp_path):

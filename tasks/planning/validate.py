@@ -183,7 +183,7 @@ def check_prefect_api(timeout_s: float = 5.0) -> list[Problem]:
     except httpx.HTTPError as err:
         reason = _one_line(err) or type(err).__name__
     return [Problem("environment", f"PREFECT_API_URL={url}", f"no Prefect API answers there ({reason}); start one "
-                    "with `prefect server start` and set PREFECT_API_URL to its /api URL, or unset PREFECT_API_URL "
+                    "with `evol server` and set PREFECT_API_URL to its /api URL, or unset PREFECT_API_URL "
                     "to use Prefect's ephemeral local API")]
 
 
@@ -199,7 +199,7 @@ def check_cluster(config: RunConfig, timeout_s: float = 5.0) -> list[Problem]:
     problems = []
     if not os.environ.get("PREFECT_API_URL", "").strip():
         problems.append(Problem("environment", "PREFECT_API_URL", f"shards go to the cluster at {address}: its "
-                                "workers report to Prefect, so start a server (`prefect server start`) and set "
+                                "workers report to Prefect, so start a server (`evol server`) and set "
                                 "PREFECT_API_URL to its /api URL, the same for the run and its workers"))
     parts = urlsplit(address)
     if parts.scheme == "tcp" and parts.hostname:
