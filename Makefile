@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 SERVER_VENV := $(VENV)-server
 SERVER_STAMP := $(SERVER_VENV)/.installed
 
-.PHONY: setup system-packages demo test test-fast lint clean
+.PHONY: setup system-packages demo test test-fast test-soak lint clean
 
 setup: $(STAMP) $(SERVER_STAMP)
 
@@ -57,11 +57,15 @@ system-packages:
 # start.
 test: setup system-packages lint
 	$(VENV)/bin/evol models prepare
-	$(PY) -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder
+	$(PY) -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder -m "not soak"
+
+# The 5-minute server soak (tests/test_server_log.py): `evol server` with two workers and a scheduled deployment.
+test-soak: setup
+	$(PY) -m pytest -q -m soak
 
 # The fast loop while editing: no vLLM engine, no S3 server, no Prefect server (CI runs `make test`).
 test-fast: setup
-	$(PY) -m pytest -q -m "not vllm and not s3 and not server"
+	$(PY) -m pytest -q -m "not vllm and not s3 and not server and not soak"
 
 clean:
 	rm -rf $(VENV) $(SERVER_VENV) runs models
