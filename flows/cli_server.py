@@ -61,7 +61,7 @@ def server_command(
         fail(f"no server environment at {venv}: run `make setup` in the checkout (it makes .venv-server), "
              "or set EVOL_SERVER_VENV to an environment with requirements-server.txt installed")
     env = server_env(host, port, dict(os.environ))
-    err_console.print(f"evol server: {prefect} server start on http://{host}:{port} (UI and API at /api)",
+    err_console.print(f"evol server: Prefect's server from {venv} on http://{host}:{port} (UI and API at /api)",
                       soft_wrap=True, highlight=False)
     # Prefect's `prefect server start`, through server_main.py: SQLite transactions begun IMMEDIATE (see there)
     argv = [str(python), str(Path(__file__).with_name("server_main.py")), "server", "start", "--host", host,

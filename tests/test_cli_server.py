@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import json
 import os
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -84,13 +87,10 @@ def test_the_server_begins_its_sqlite_transactions_immediate(tmp_path):
 
     python = server_venv() / "bin" / "python"
     if not python.is_file():
-        import pytest
-
         pytest.skip(f"no server environment at {server_venv()} (make setup makes it)")
     db = tmp_path / "server.db"
-    sqlite3_db = __import__("sqlite3").connect(db)
-    sqlite3_db.execute("CREATE TABLE t (x)")
-    sqlite3_db.close()
+    with sqlite3.connect(db) as made:
+        made.execute("CREATE TABLE t (x)")
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
     env["PREFECT_HOME"] = str(tmp_path)
 

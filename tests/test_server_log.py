@@ -17,8 +17,9 @@ from datetime import UTC, datetime
 import pytest
 import yaml
 
-from tests.conftest import free_port
-from tests.services import BIN, ROOT, background, evol_server, prefect_server
+from tests.conftest import _prefect_server
+from tests.held_run import wait_until
+from tests.services import BIN, ROOT, background
 
 pytestmark = [pytest.mark.server, pytest.mark.soak]
 
@@ -32,15 +33,12 @@ def test_the_sqlite_server_logs_no_traceback_with_two_workers_and_a_scheduled_de
 
     home = tmp_path / "prefect-home"
     home.mkdir()
-    port = free_port()
-    server_log = home / "server.log"
-    env = {**os.environ, "PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_API_URL": ""}
     config = tmp_path / "small.yaml"
     config.write_text(yaml.safe_dump({
         "name": "soak", "seeds": str(ROOT / "data/demo_seeds.jsonl"), "output_root": str(tmp_path / "runs"),
         "rounds": 1, "shard_size": 48, "llm": {"backend": "scripted", "model": "demo"}}))
 
-    with prefect_server(evol_server(port), env, f"http://127.0.0.1:{port}/api", server_log) as api:
+    with _prefect_server(home) as api:  # `evol server`, its output in home/server.log
         client_env = {**os.environ, "PREFECT_API_URL": api,
                       "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
         deploy = subprocess.run([str(BIN / "evol"), "deploy", "--config-uri", str(config), "--interval",
@@ -62,13 +60,12 @@ def test_the_sqlite_server_logs_no_traceback_with_two_workers_and_a_scheduled_de
                 runs = client.read_flow_runs(deployment_filter=mine, flow_run_filter=FlowRunFilter())
                 return [r for r in runs if r.expected_start_time is not None and r.expected_start_time <= held_until]
 
-            deadline = time.monotonic() + 600  # the runs due by then finish one after the other (limit 1)
-            while not all(r.state.is_final() for r in due()) and time.monotonic() < deadline:
-                time.sleep(2)
+            # the runs due by then finish one after the other (the deployment's limit of 1)
+            wait_until(lambda: all(r.state.is_final() for r in due()), 600, "the scheduled runs due in the hold")
             runs = due()
         workers = (tmp_path / "worker-1.log").read_text() + (tmp_path / "worker-2.log").read_text()
 
-    log = server_log.read_text()
+    log = (home / "server.log").read_text()
     assert "Traceback" not in log and "database is locked" not in log, log[-6000:]
     assert " ERROR " not in log and "| ERROR" not in log, log[-6000:]
     # the scheduler made a run every minute of the hold (its first 4 at least, whatever the slot boundaries), all
