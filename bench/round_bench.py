@@ -3,6 +3,7 @@ the whole flow on the demo seeds with that backend."""
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import tempfile
@@ -56,6 +57,16 @@ def bundled_backend(streaming: bool = False) -> Any:
     return VLLMBackend(resolve_model("default", EnvSettings().llm.models_dir), engine_args, streaming=streaming)
 
 
+def demo_seed_lines(n: int) -> list[str]:
+    """``n`` seed lines from the demo seeds; past their 96, copies whose instruction ends "(variant K)" (ingest
+    drops exact duplicates)."""
+    rows = [json.loads(line) for line in (ROOT / "data" / "demo_seeds.jsonl").read_text().splitlines()]
+    out = []
+    for k in range(n // len(rows) + 1):
+        out += [json.dumps({**row, "instruction": f"{row['instruction']} (variant {k})"} if k else row) for row in rows]
+    return out[:n]
+
+
 @contextmanager
 def one_round(recorder: RecordingBackend, name: str, seeds: int, shard_size: int, parallel: int,
               warm_up: Callable[[Any], None], **settings: Any) -> Iterator[tuple[Any, list, Any, float]]:
@@ -75,8 +86,7 @@ def one_round(recorder: RecordingBackend, name: str, seeds: int, shard_size: int
     orchestration = {"max_parallel_shards": parallel, "retries": 0, **settings.pop("orchestration", {})}
     with tempfile.TemporaryDirectory() as tmp, prefect_test_harness(server_startup_timeout=180):
         seeds_file = Path(tmp) / "seeds.jsonl"
-        lines = (ROOT / "data" / "demo_seeds.jsonl").read_text().splitlines()
-        seeds_file.write_text("\n".join((lines * (seeds // len(lines) + 1))[:seeds]))
+        seeds_file.write_text("\n".join(demo_seed_lines(seeds)))
         config = parse_run_config({
             "name": name, "seeds": str(seeds_file), "output_root": f"{tmp}/runs", "rounds": 1,
             "shard_size": shard_size, "llm": {"backend": "scripted", "model": "bench-vllm"},

@@ -113,7 +113,7 @@ def main() -> None:
         pages = asyncio.run(find_pages(api_url))
         # the summary's plots are data: images; the page must show them as <img> elements, not as text
         expected = {"run-graph": [pages["_name"], "Completed"], "round-artifact": ["pool in", "evolved"],
-                    "round-samples": ["parent", "evolution", "response", "outcome"],
+                    "round-samples": ["outcome", "operation", "parent", "evolution", "each row in full"],
                     "summary-artifact": ["Evol-Instruct run", "Rejections by reason",
                                          'src="data:image/png;base64,']}
         out = Path(args.out)

@@ -270,9 +270,9 @@ def test_round_samples_artifact_holds_evolved_and_rejected_rows_with_their_paren
                      r"monitor-run-round-1-rows\)$", artifact.description), artifact.description
     table = json.loads(artifact.data) if isinstance(artifact.data, str) else artifact.data
     assert table == [{"#": n, "outcome": e["reason"] or "evolved", "operation": e["operation"],
-                      **{k: trim(e[k], 24) for k in ("parent", "evolution", "response")}}
+                      **{k: trim(e[k], 16) for k in ("parent", "evolution")}}
                      for n, e in enumerate(expected, 1)]
-    assert max(len(r[k]) for r in table for k in ("parent", "evolution", "response")) == 24
+    assert max(len(r[k]) for r in table for k in ("parent", "evolution")) == 16  # the response: in the full row
     full = monitored.artifacts["monitor-run-round-1-rows"].data
     sections = re.split(r"^## \d+\. ", full, flags=re.M)[1:]
     blocks = [(sec.splitlines()[0], re.findall(r"^(`{3,})text\n(.*?)\n\1$", sec, flags=re.M | re.S))

@@ -162,7 +162,7 @@ def test_the_sample_table_has_short_cells_and_the_markdown_each_row_in_full():
     rows = [{"status": "rejected", "reason": "duplicate", "operation": "deepening", "parent": "p", "evolution": long,
              "response": ""}]
     assert samples_table(rows) == [{"#": 1, "outcome": "duplicate", "operation": "deepening", "parent": "p",
-                                    "evolution": "Explain very … matters.", "response": ""}]
+                                    "evolution": "Explain … ters."}]
     assert samples_markdown(rows, "Round 1") == "\n".join([
         "# Round 1", "", "## 1. duplicate · deepening", "", "**parent**", "", "```text", "p", "```", "",
         "**evolution**", "", "````text", long, "````", "", "**response**", "", "```text", "", "```", ""])

@@ -70,16 +70,16 @@ def round_samples(pool_in: list[ShardRef], summary: RoundSummary, per_status: in
     } for r in picked]
 
 
-CELL_WIDTH = 24  # characters per text cell: the table (six columns) fits a 1280-pixel window
+CELL_WIDTH = 16  # characters per text cell: the table's five columns fit a 1280-pixel window beside the UI's panels
+TABLE_TEXTS = ("parent", "evolution")  # the response is in the full row only: a third text column does not fit
 
 
 def samples_table(rows: list[dict[str, str]], width: int = CELL_WIDTH) -> list[dict[str, object]]:
     """The UI's sample table: a row number, the outcome (``evolved`` or the reject reason), the operation, then
-    parent, evolution and response on one line of at most ``width`` characters each (Prefect's table cells do
-    not wrap); row ``n`` in full is section ``n`` of ``samples_markdown``."""
+    parent and evolution on one line of at most ``width`` characters each (Prefect's table cells do not wrap);
+    row ``n`` in full, its response too, is section ``n`` of ``samples_markdown``."""
     return [{"#": n, "outcome": r["reason"] or "evolved", "operation": r["operation"],
-             "parent": trim(r["parent"], width), "evolution": trim(r["evolution"], width),
-             "response": trim(r["response"], width)} for n, r in enumerate(rows, 1)]
+             **{k: trim(r[k], width) for k in TABLE_TEXTS}} for n, r in enumerate(rows, 1)]
 
 
 def _fenced(text: str) -> list[str]:
