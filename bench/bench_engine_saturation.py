@@ -82,7 +82,7 @@ def scoring_items(config, pool, summary) -> list[tuple[list, object]]:
     """The scoring stage's requests as its shards build them: each shard's rows read, their prompts made."""
     from prompts import load_pack
     from storage import read_shard
-    from tasks.core.config import SCORE_CHOICES
+    from tasks.core.options import SCORE_CHOICES
     from tasks.score.rows import score_requests
     from tasks.score.shard import score_inputs
 
