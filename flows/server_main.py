@@ -10,6 +10,11 @@ Begun ``IMMEDIATE``, a transaction takes the write lock first and waits for it (
 instead of failing. Reads outside transactions are not affected (WAL mode: readers never wait for the writer).
 PostgreSQL-backed servers are untouched (``AsyncPostgresConfiguration``).
 
+It also runs one service of its own beside Prefect's: the task runs of a Crashed flow run that are still Pending or
+Running (the crash automation, or a worker, marks the flow run when its process dies; nothing marks its task runs)
+are set Crashed too, as Prefect's cancellation cleanup does for a Cancelled flow run's task runs, every
+``loop_seconds`` of that cleanup (20 s by default).
+
 No import from this project: it runs in ``.venv-server``, where only Prefect's server is installed."""
 
 from __future__ import annotations
@@ -26,6 +31,54 @@ def _immediate(self, session, with_for_update: bool = False):
 
 
 configurations.AioSqliteConfiguration.begin_transaction = _immediate
+
+CRASHED_TASK_MESSAGE = "its flow run crashed (its process died): marked Crashed by the server; rerun the flow run"
+
+
+def _register_crashed_task_run_sweep() -> None:
+    import datetime
+
+    import sqlalchemy as sa
+    from docket import Depends, Perpetual
+    from prefect.server import models, schemas
+    from prefect.server.database import PrefectDBInterface, provide_database_interface
+    from prefect.server.schemas import filters, states
+    from prefect.server.services.perpetual_services import perpetual_service
+    from prefect.settings.context import get_current_settings
+    from prefect.types._datetime import now
+
+    cleanup = get_current_settings().server.services.cancellation_cleanup
+    unfinished = [states.StateType.PENDING, states.StateType.RUNNING, states.StateType.SCHEDULED,
+                  states.StateType.PAUSED, states.StateType.CANCELLING]
+
+    @perpetual_service(enabled_getter=lambda: get_current_settings().server.services.cancellation_cleanup.enabled)
+    async def crash_task_runs_of_crashed_flow_runs(
+        db: PrefectDBInterface = Depends(provide_database_interface),
+        perpetual: Perpetual = Perpetual(automatic=True, every=datetime.timedelta(seconds=cleanup.loop_seconds)),
+    ) -> None:
+        """Set Crashed the unfinished task runs of the flow runs that crashed in the last day."""
+        async with db.session_context() as session:
+            crashed = (await session.execute(
+                sa.select(db.FlowRun.id).where(
+                    db.FlowRun.state_type == states.StateType.CRASHED,
+                    db.FlowRun.end_time >= now("UTC") - datetime.timedelta(days=1))
+            )).scalars().all()
+            if not crashed:
+                return
+            task_runs = await models.task_runs.read_task_runs(
+                session,
+                flow_run_filter=filters.FlowRunFilter(id=filters.FlowRunFilterId(any_=list(crashed))),
+                task_run_filter=filters.TaskRunFilter(
+                    state=filters.TaskRunFilterState(type=filters.TaskRunFilterStateType(any_=unfinished))),
+                limit=200)
+        for task_run in task_runs:
+            async with db.session_context(begin_transaction=True) as session:
+                await models.task_runs.set_task_run_state(
+                    session=session, task_run_id=task_run.id,
+                    state=schemas.states.Crashed(message=CRASHED_TASK_MESSAGE), force=True)
+
+
+_register_crashed_task_run_sweep()
 
 if __name__ == "__main__":
     from prefect.cli import app

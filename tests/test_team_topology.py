@@ -20,10 +20,12 @@ from flows.cli_server import server_venv
 from tests.conftest import free_port, wait_for_port
 from tests.services import BIN, ROOT, assert_export, background, postgres_bin_dir, postgres_cluster, prefect_server
 
+IMAGE_SERVER_MAIN = "/opt/evol/server_main.py"  # where docker/Dockerfile.server puts flows/server_main.py
+
 # Each compose service, and what stands in for it here; the GPU services can't run on a CPU machine.
 STARTED_HERE = {
     "postgres": "Debian's postgresql: initdb and pg_ctl in a temporary folder",
-    "prefect-server": "prefect server start from .venv-server (requirements-server.txt, as its image)",
+    "prefect-server": "flows/server_main.py server start from .venv-server (requirements-server.txt, as its image)",
     "minio": "moto's S3 server",
     "minio-init": "the bucket, created through s3fs",
     "worker": "prefect worker start, in the environment's Python",
@@ -100,9 +102,11 @@ class Topology:
         args = ["127.0.0.1" if a == "0.0.0.0" else a for a in args]
         for container, local in self.ports.get(service, {}).items():
             args = [str(local) if a == str(container) else a for a in args]
+        if args[:2] == ["python", IMAGE_SERVER_MAIN]:  # the server image's copy of flows/server_main.py
+            return [str(server_venv() / "bin" / "python"), str(ROOT / "flows" / "server_main.py"), *args[2:]]
         if args[0] != "prefect":
             return args
-        return [str((server_venv() / "bin" if service == "prefect-server" else BIN) / "prefect"), *args[1:]]
+        return [str(BIN / "prefect"), *args[1:]]
 
 
 def test_compose_services_are_the_topology_started_here(tmp_path):
@@ -121,8 +125,10 @@ def test_compose_services_are_the_topology_started_here(tmp_path):
                       f"@127.0.0.1:{topo.port('postgres', 5432)}/{postgres['POSTGRES_DB']}")
     assert topo.command("worker")[1:] == ["worker", "start", "--pool", "default", "--type", "process", "--limit", "1"]
     server = topo.command("prefect-server")
-    assert server[1:] == ["server", "start", "--host", "127.0.0.1", "--port", str(topo.port("prefect-server", 4200))]
-    assert server[0] == str(server_venv() / "bin" / "prefect")  # the environment `evol server` runs
+    assert server[2:] == ["server", "start", "--host", "127.0.0.1", "--port", str(topo.port("prefect-server", 4200))]
+    # the environment and the entry point `evol server` runs; the image copies that file where the command finds it
+    assert server[:2] == [str(server_venv() / "bin" / "python"), str(ROOT / "flows" / "server_main.py")]
+    assert f"COPY flows/server_main.py {IMAGE_SERVER_MAIN}" in (ROOT / "docker" / "Dockerfile.server").read_text()
     # every address given to a started service names a started service, except the optional vLLM server
     owners = {local: service for service, ports in topo.ports.items() for local in ports.values()}
     elsewhere = {(name, key) for name in STARTED_HERE for key, value in topo.env(name).items()
