@@ -65,7 +65,7 @@ test-soak: setup
 
 # The fast loop while editing: no vLLM engine, no S3 server, no Prefect server (CI runs `make test`).
 test-fast: setup
-	$(PY) -m pytest -q -n 2 -m "not vllm and not s3 and not server and not soak"
+	$(PY) -m pytest -q -n 2 --dist loadfile -m "not vllm and not s3 and not server and not soak"
 
 clean:
 	rm -rf $(VENV) $(SERVER_VENV) runs models

@@ -18,8 +18,8 @@ from tests.held_run import wait_until
 ROOT = Path(__file__).resolve().parent.parent
 
 OWNER = """
-import json, multiprocessing, subprocess, sys, time
-from tasks.llm.engine_reaper import note_descendants, start_watcher
+import json, multiprocessing, os, subprocess, sys, time
+from tasks.llm.engine_reaper import engine_processes
 
 def engine(pids):  # like vLLM's engine core: a forked child with a child of its own
     worker = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(3600)"])
@@ -27,16 +27,20 @@ def engine(pids):  # like vLLM's engine core: a forked child with a child of its
     time.sleep(3600)
 
 if __name__ == "__main__":
-    watcher = start_watcher()
+    sleeper = [sys.executable, "-c", "import time; time.sleep(3600)"]
+    helper = subprocess.Popen(sleeper)  # started outside an engine's start: not the watcher's
     ctx = multiprocessing.get_context("fork")
     pids = ctx.Queue()
-    core = ctx.Process(target=engine, args=(pids,))
-    core.start()
-    worker = pids.get(timeout=60)
-    detached = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(3600)"], start_new_session=True)
-    noted = note_descendants()
-    print("PIDS", json.dumps({"watcher": watcher, "core": core.pid, "worker": worker, "detached": detached.pid,
-                      "noted": noted}), flush=True)
+    with engine_processes():
+        core = ctx.Process(target=engine, args=(pids,))
+        core.start()
+        worker = pids.get(timeout=60)
+    detached = subprocess.Popen(sleeper, start_new_session=True)
+    from tasks.llm import engine_reaper
+    print("PIDS", json.dumps({"watcher": engine_reaper._watcher[1].pid, "core": core.pid, "worker": worker,
+                              "helper": helper.pid, "detached": detached.pid}), flush=True)
+    if sys.argv[1:] == ["exit"]:
+        os._exit(0)  # an end without cleanup (as a cancel ends): the engine's processes still run, and the user's
     sys.stdin.read()  # held until the test kills it
 """
 
@@ -56,6 +60,7 @@ def _running(pid: int) -> bool:
 
 
 def _start_owner(code: str, *args: str) -> tuple[subprocess.Popen, dict]:
+    """Run ``code`` in a process of its own session (as a terminal starts ``evol run``); its printed pids."""
     owner = subprocess.Popen([sys.executable, "-c", code, *args], cwd=ROOT, stdin=subprocess.PIPE,
                              stdout=subprocess.PIPE, text=True, start_new_session=True)
     for line in owner.stdout:  # vLLM's own lines come first
@@ -67,47 +72,82 @@ def _start_owner(code: str, *args: str) -> tuple[subprocess.Popen, dict]:
 def test_a_killed_owner_takes_its_engine_processes_and_only_them_with_it():
     owner, pids = _start_owner(OWNER)
     try:
-        assert pids["noted"] == 2  # the engine core and its worker; the detached process is in a session of its own
-        assert all(_running(pids[name]) for name in ("watcher", "core", "worker", "detached"))
+        assert all(_running(pids[name]) for name in ("watcher", "core", "worker", "helper", "detached"))
         os.kill(owner.pid, signal.SIGKILL)
         owner.wait()
         wait_until(lambda: not _running(pids["core"]) and not _running(pids["worker"]), 60,
                    "the engine core and its worker end")
         wait_until(lambda: not _running(pids["watcher"]), 60, "the watcher ends once it has reaped")
-        assert _running(pids["detached"])  # started to outlive its parent: left alone
+        # started outside the engine's start, or to outlive its parent: left alone
+        assert _running(pids["helper"]) and _running(pids["detached"])
     finally:
-        for name in ("core", "worker", "detached", "watcher"):
-            if pids.get(name) and _running(pids[name]):
-                os.kill(pids[name], signal.SIGKILL)
-        if owner.poll() is None:
-            owner.kill()
+        _kill(pids, owner)
 
 
-def test_the_watcher_finds_children_by_itself_and_leaves_a_reused_pid_alone(monkeypatch):
-    """Without a note from the owner: the watcher's own look at the owner's tree, and (pid, start time) pairs."""
-    import tasks.llm.engine_reaper as reaper
+def test_when_the_owner_exits_the_watcher_ends_only_what_the_engine_start_began():
+    owner, pids = _start_owner(OWNER, "exit")
+    try:
+        assert owner.wait(60) == 0
+        wait_until(lambda: not _running(pids["watcher"]), 60, "the watcher ends")
+        assert not _running(pids["core"]) and not _running(pids["worker"])
+        assert _running(pids["helper"]) and _running(pids["detached"])  # the user's own processes go on
+    finally:
+        _kill(pids, owner)
 
-    owner = subprocess.Popen(["bash", "-c", "sleep 3600 & sleep 3600 & wait"], start_new_session=True)
-    real_select = reaper.select.select
-    children: set = set()
 
-    def owner_dies_after_the_first_look(*args):  # the watcher has looked once before it first waits
-        if owner.poll() is None:
+def _kill(pids: dict, owner: subprocess.Popen) -> None:
+    for name in ("core", "worker", "helper", "detached", "watcher"):
+        if pids.get(name) and _running(pids[name]):
+            os.kill(pids[name], signal.SIGKILL)
+    if owner.poll() is None:
+        owner.kill()
+
+
+def test_the_watcher_finds_the_noted_processes_children_by_itself_and_leaves_a_reused_pid_alone():
+    """The owner notes one child; the watcher's own look finds the two processes that child started."""
+    owner = subprocess.Popen(["bash", "-c", "bash -c 'sleep 3600 & sleep 3600 & wait' & sleep 3600 & wait"],
+                             start_new_session=True)
+    family: set = set()
+    looks = []
+
+    def owner_dies_after_the_second_look(seen):  # the first look comes before the note is read, the second after
+        looks.append(seen)
+        if len(looks) == 2 and owner.poll() is None:
             owner.kill()
             owner.wait()
-        return real_select(*args)
 
     try:
-        wait_until(lambda: len(descendants(owner.pid)) == 2, 60, "the owner's two children start")
-        children = descendants(owner.pid)
-        monkeypatch.setattr(reaper.select, "select", owner_dies_after_the_first_look)
-        assert watch(owner.pid, poll_s=0.2) == children
-        pid, started = next(iter(children))
+        wait_until(lambda: len(descendants(owner.pid)) == 4, 60, "the owner's children and grandchildren start")
+        inner = next(p for p in descendants(owner.pid) if _stat(p[0])[0] == owner.pid and descendants(p[0]))
+        family = {inner} | descendants(inner[0])
+        read, write = os.pipe()
+        os.write(write, f"{inner[0]} {inner[1]}\n".encode())
+        assert watch(owner.pid, notes=read, poll_s=0.2, on_look=owner_dies_after_the_second_look) == family
+        assert len(family) == 3  # the noted bash and its two sleeps; the owner's other sleep is not the watcher's
+        pid, started = inner
         assert alive({(pid, started + 1)}) == set()  # the same pid under another start time is not ours
     finally:
-        monkeypatch.undo()
         if owner.poll() is None:
             owner.kill()
+        for pid, _ in descendants(owner.pid) | family:
+            if _running(pid):
+                os.kill(pid, signal.SIGKILL)
+
+
+def test_an_owner_dead_before_its_watcher_looks_still_has_its_noted_processes_ended():
+    """The owner's pidfd and start time come with the watcher's arguments: a death before the watcher ran is seen."""
+    owner = subprocess.Popen(["bash", "-c", "sleep 3600 & wait"], start_new_session=True)
+    children: set = set()
+    try:
+        wait_until(lambda: len(descendants(owner.pid)) == 1, 60, "the owner's child starts")
+        children = descendants(owner.pid)
+        pidfd, started = os.pidfd_open(owner.pid), _stat(owner.pid)[2]
+        read, write = os.pipe()
+        os.write(write, "".join(f"{pid} {start}\n" for pid, start in children).encode())
+        owner.kill()
+        owner.wait()
+        assert watch(owner.pid, notes=read, poll_s=0.2, owner_fd=pidfd, owner_started=started) == children
+    finally:
         for pid, _ in children:
             if _running(pid):
                 os.kill(pid, signal.SIGKILL)

@@ -4,14 +4,16 @@ vLLM runs its engine core (and, with several workers, their processes) in child 
 normally stops them; one killed with SIGKILL, by the out-of-memory killer or by a worker's cancel after its grace
 period leaves them running, holding the model's memory (a GPU's, on a GPU) until someone finds them.
 
-Before this process starts its first engine it starts a watcher, ``python -m tasks.llm.engine_reaper PID``, in a
-session of its own (a kill of this process's group does not reach it). This process tells it its descendants
-once an engine has started (``note_descendants``), and every ``POLL_S`` seconds the watcher looks itself: it notes
-this process's descendants in its session (a child started with a session of its own, such as the cancel's
-detached sweeper, is meant to outlive it). When this process ends (a pidfd wakes the watcher at once) the watcher
-sends SIGTERM to the descendants it noted that are still there (the same pid and start time: a reused pid is left
-alone), SIGKILL to those left after ``GRACE_S``, and exits. An environment mark cannot do this: vLLM's
-``setproctitle`` overwrites what ``/proc/PID/environ`` shows, and a forked child shows its parent's first one.
+Before this process starts its first engine it starts a watcher, ``python -m tasks.llm.engine_reaper PID START
+PIDFD`` (this process's pid, start time and a pidfd of it, so that a death before the watcher runs is seen), in a
+session of its own (a kill of this process's group does not reach it). Around each engine's start
+(``engine_processes``) this process tells the watcher the child processes that start meant: those of its
+descendants that were not there before. Every ``POLL_S`` seconds the watcher adds their own descendants (a worker
+an engine core starts later). Nothing else this process starts is the watcher's business. When this process ends
+(a pidfd wakes the watcher at once) the watcher sends SIGTERM to those still there (the same pid and start time: a
+reused pid is left alone; one that moved to a session of its own is meant to outlive us), SIGKILL to those left
+after ``GRACE_S``, and exits. An environment mark cannot do this: vLLM's ``setproctitle`` overwrites what
+``/proc/PID/environ`` shows, and a forked child shows its parent's first one.
 """
 
 from __future__ import annotations
@@ -22,10 +24,14 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 POLL_S = 2.0
 GRACE_S = 10.0
+
+Proc = tuple[int, int]  # (pid, start time in clock ticks since boot)
 
 _watcher: tuple[int, subprocess.Popen] | None = None  # (owner pid, watcher); a forked child starts its own
 
@@ -35,91 +41,117 @@ def start_watcher() -> int:
     global _watcher
     if _watcher is not None and _watcher[0] == os.getpid() and _watcher[1].poll() is None:
         return _watcher[1].pid
-    proc = subprocess.Popen([sys.executable, "-m", "tasks.llm.engine_reaper", str(os.getpid())],
-                            start_new_session=True, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, close_fds=True)
+    # This process's own pidfd and start time go with it: it may die before the watcher has even started.
+    try:
+        pidfd = os.pidfd_open(os.getpid())
+    except (AttributeError, OSError):
+        pidfd = -1
+    own = _stat(os.getpid())
+    args = [str(os.getpid()), str(own[2] if own else 0), str(pidfd)]
+    try:
+        proc = subprocess.Popen([sys.executable, "-m", "tasks.llm.engine_reaper", *args], start_new_session=True,
+                                stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                close_fds=True, pass_fds=(pidfd,) if pidfd >= 0 else ())
+    finally:
+        if pidfd >= 0:
+            os.close(pidfd)
     _watcher = (os.getpid(), proc)
     return proc.pid
 
 
-def note_descendants() -> int:
-    """Tell the watcher this process's descendants now (after an engine started: no wait for its next look);
-    returns how many."""
-    if _watcher is None or _watcher[0] != os.getpid() or _watcher[1].stdin is None:
+@contextmanager
+def engine_processes() -> Iterator[None]:
+    """Around an engine's start: the processes it starts are the watcher's to end with this one."""
+    start_watcher()
+    before = descendants(os.getpid())
+    yield
+    note(descendants(os.getpid()) - before)
+
+
+def note(procs: set[Proc]) -> int:
+    """Tell the watcher ``procs`` (and, as it looks, their descendants) are to end with this process; how many."""
+    if not procs or _watcher is None or _watcher[0] != os.getpid() or _watcher[1].stdin is None:
         return 0
-    procs = descendants(os.getpid())
     try:
-        _watcher[1].stdin.write("".join(f"{pid} {started}\n" for pid, started in procs).encode() + b"\n")
+        _watcher[1].stdin.write("".join(f"{pid} {started}\n" for pid, started in procs).encode())
         _watcher[1].stdin.flush()
     except OSError:  # the watcher is gone: the next engine start begins a new one
         return 0
     return len(procs)
 
 
-Proc = tuple[int, int]  # (pid, start time in clock ticks since boot)
-
-
-def _stat(pid: int | str) -> tuple[int, int, int] | None:
-    """(parent pid, session id, start time) of ``pid``, or None when it is gone."""
+def _stat(pid: int | str) -> tuple[int, int, int, str] | None:
+    """(parent pid, session id, start time, state) of ``pid``, or None when it is gone."""
     try:
         text = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return None
     fields = text[text.rindex(")") + 2:].split()  # the command name may hold spaces and parentheses
-    return int(fields[1]), int(fields[3]), int(fields[19])
+    return int(fields[1]), int(fields[3]), int(fields[19]), fields[0]
 
 
-def descendants(owner: int) -> set[Proc]:
-    """The live descendants of ``owner`` in ``owner``'s session, each as (pid, start time)."""
-    own = _stat(owner)
-    if own is None:
-        return set()
-    children: dict[int, list[tuple[int, int, int]]] = {}
+def _children() -> dict[int, list[Proc]]:
+    tree: dict[int, list[Proc]] = {}
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit() and (stat := _stat(entry.name)) is not None:
-            parent, session, started = stat
-            children.setdefault(parent, []).append((int(entry.name), session, started))
+            tree.setdefault(stat[0], []).append((int(entry.name), stat[2]))
+    return tree
+
+
+def descendants(root: int, tree: dict[int, list[Proc]] | None = None) -> set[Proc]:
+    """The live descendants of ``root`` in ``root``'s session, each as (pid, start time)."""
+    own = _stat(root)
+    if own is None:
+        return set()
+    tree = _children() if tree is None else tree
     found: set[Proc] = set()
-    todo = [owner]
+    todo = [root]
     while todo:
-        for pid, session, started in children.get(todo.pop(), []):
-            if session == own[1]:
-                found.add((pid, started))
-                todo.append(pid)
+        for proc in tree.get(todo.pop(), []):
+            if (stat := _stat(proc[0])) is not None and stat[1] == own[1]:
+                found.add(proc)
+                todo.append(proc[0])
     return found
 
 
 def alive(procs: set[Proc], session: int | None = None) -> set[Proc]:
     """Those of ``procs`` still running under the same pid and start time (a zombie counts as gone), and in
     ``session`` when given (a child calls ``setsid`` just after it is forked: a look in between saw it in ours)."""
-    return {(pid, started) for pid, started in procs if (stat := _stat(pid)) is not None and stat[2] == started
-            and (session is None or stat[1] == session) and not _zombie(pid)}
+    return {(pid, started) for pid, started in procs
+            if (stat := _stat(pid)) is not None and stat[2] == started and stat[3] != "Z"
+            and (session is None or stat[1] == session)}
 
 
-def _zombie(pid: int) -> bool:
-    try:
-        text = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return True
-    return text[text.rindex(")") + 2] == "Z"
-
-
-def watch(owner: int, notes: int | None = None, poll_s: float = POLL_S) -> set[Proc]:
-    """Note ``owner``'s descendants every ``poll_s`` seconds, and those it writes to ``notes`` (a pipe: "PID START"
-    lines), until it ends; returns the ones noted that are still running."""
+def watch(owner: int, notes: int | None = None, poll_s: float = POLL_S,
+          on_look: Callable[[set[Proc]], None] | None = None, owner_fd: int | None = None,
+          owner_started: int | None = None) -> set[Proc]:
+    """Until ``owner`` ends: the processes it writes to ``notes`` (a pipe: "PID START" lines) and, looked for every
+    ``poll_s`` seconds, their descendants; returns those still running when it ended. ``owner_fd``: a pidfd of the
+    owner (its own, passed down: valid even if it died before this started); else one is opened here, or, without
+    pidfds (Linux before 5.3, a seccomp filter), the owner's pid and ``owner_started`` are checked every look.
+    ``on_look`` gets what each look found, before the wait that follows it."""
+    fd = owner_fd
+    if fd is None:
+        try:
+            fd = os.pidfd_open(owner)
+        except (AttributeError, OSError):  # gone already (its notes are still read), or no pidfds
+            fd = None
+    own = _stat(owner)
+    if owner_started is None:
+        owner_started = own[2] if own else 0
+    session = own[1] if own else None  # an owner gone already: its notes were filtered by its session
     seen: set[Proc] = set()
-    try:
-        fd: int | None = os.pidfd_open(owner)
-    except ProcessLookupError:
-        return seen
-    except (AttributeError, OSError):
-        fd = None
     buffered = b""
-    session = own[1] if (own := _stat(owner)) is not None else None
     try:
         while True:
-            seen = descendants(owner) | alive(seen, session)
-            ready = select.select([f for f in (notes, fd) if f is not None], [], [], poll_s)[0]
+            seen = alive(seen, session)
+            tree = _children()
+            for pid, _ in list(seen):
+                seen |= descendants(pid, tree)
+            if on_look is not None:
+                on_look(seen)
+            gone = fd is None and not alive({(owner, owner_started)})  # gone, a zombie, or its pid taken
+            ready = select.select([f for f in (notes, fd) if f is not None], [], [], 0 if gone else poll_s)[0]
             if notes is not None and notes in ready:  # the owner's notes first: they were written before it died
                 chunk = os.read(notes, 65536)
                 if not chunk:
@@ -128,7 +160,7 @@ def watch(owner: int, notes: int | None = None, poll_s: float = POLL_S) -> set[P
                 *lines, buffered = buffered.split(b"\n")
                 seen |= {(int(p), int(t)) for p, t in (line.split() for line in lines if line.strip())}
                 continue
-            if (fd is not None and fd in ready) or (fd is None and _stat(owner) is None):
+            if gone or (fd is not None and fd in ready):
                 return alive(seen, session)
     finally:
         if fd is not None:
@@ -158,11 +190,12 @@ def _signal(pid: int, sig: signal.Signals) -> None:
 
 
 def main(argv: list[str]) -> int:
-    if len(argv) != 1 or not argv[0].isdigit():
-        print("usage: python -m tasks.llm.engine_reaper OWNER_PID", file=sys.stderr)
+    if len(argv) != 3 or not all(a.lstrip("-").isdigit() for a in argv):
+        print("usage: python -m tasks.llm.engine_reaper OWNER_PID OWNER_START_TIME OWNER_PIDFD|-1", file=sys.stderr)
         return 2
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # a Ctrl-C in the owner's terminal is for the owner
-    reap(watch(int(argv[0]), notes=sys.stdin.fileno()))
+    owner, started, pidfd = (int(a) for a in argv)
+    reap(watch(owner, notes=sys.stdin.fileno(), owner_fd=pidfd if pidfd >= 0 else None, owner_started=started))
     return 0
 
 

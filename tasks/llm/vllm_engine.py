@@ -13,7 +13,7 @@ from typing import Any
 
 from tasks.core.runlog import ENGINE_LOG_ENV, engine_output_to_log
 from tasks.llm.base import BackendError
-from tasks.llm.engine_reaper import note_descendants, start_watcher
+from tasks.llm.engine_reaper import engine_processes
 
 logger = logging.getLogger(__name__)
 
@@ -87,11 +87,9 @@ class EngineCache:
                     os.environ.setdefault(name, value)
             self.constructions += 1
             logger.info("starting vLLM %s engine for %s with %s", self.kind, model, kwargs)
-            start_watcher()  # the engine's processes die with this one, even when it is killed
-            try:
-                with engine_output_to_log():
+            try:  # the engine's processes end with this one, even when it is killed (engine_reaper)
+                with engine_output_to_log(), engine_processes():
                     self.engines[key] = build(model, kwargs)
-                note_descendants()
             except Exception as err:
                 log = os.environ.get(ENGINE_LOG_ENV)
                 where = f" (vLLM's own output, the root cause among it, is in {log})" if log else ""
