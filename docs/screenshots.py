@@ -2,7 +2,7 @@
 
 Starts the documented Prefect server (`evol server`) on a free 127.0.0.1 port (its own PREFECT_HOME,
 PREFECT_API_URL set to its own address), runs `evol run CONFIG` against it, then takes a screenshot of each page
-in a 1280-pixel window after checking the page's text: the run's graph, the first round's table and sample
+in a 1280-pixel window after checking the page's text: the run's graph, the table and sample
 artifacts and the run's summary artifact (its plots must be shown as images).
 
     .venv/bin/python docs/screenshots.py                      # configs/demo.yaml: the real model, minutes
@@ -53,8 +53,19 @@ def chromium(binary: str, url: str, *args: str, size: str) -> str:
     return done.stdout
 
 
+def _evolved_in_sample(artifacts, flow_run_id) -> int:
+    import json
+
+    for a in artifacts:
+        if a.type == "table" and a.flow_run_id == flow_run_id and a.key.endswith("-samples"):
+            rows = json.loads(a.data) if isinstance(a.data, str) else a.data
+            return sum(1 for row in rows if row.get("outcome") == "evolved")
+    return -1
+
+
 async def find_pages(api_url: str) -> dict[str, str]:
-    """UI paths of the run's graph, its first round's table and sample artifacts and its summary artifact."""
+    """UI paths of the run's graph, a round's table and sample artifacts (the round with the most evolved rows in its
+    sample) and the run's summary artifact."""
     from prefect.client.orchestration import PrefectClient
 
     async with PrefectClient(api=api_url) as client:
@@ -65,9 +76,11 @@ async def find_pages(api_url: str) -> dict[str, str]:
         parent = parents[0]
         rounds = sorted((r for r in runs if r.parent_task_run_id is not None), key=lambda r: r.start_time)
         artifacts = await client.read_artifacts(limit=200)
-    first_round = [a for a in artifacts if a.type == "table" and rounds and a.flow_run_id == rounds[0].id]
-    tables = [a for a in first_round if not a.key.endswith("-samples")]
-    samples = [a for a in first_round if a.key.endswith("-samples")]
+    # the round whose sample shows the most evolved rows (the bundled model's output varies from run to run)
+    shown = max(rounds, key=lambda r: _evolved_in_sample(artifacts, r.id), default=None)
+    in_round = [a for a in artifacts if a.type == "table" and shown is not None and a.flow_run_id == shown.id]
+    tables = [a for a in in_round if not a.key.endswith("-samples")]
+    samples = [a for a in in_round if a.key.endswith("-samples")]
     summaries = [a for a in artifacts if a.type == "markdown" and a.flow_run_id == parent.id]
     if not parent.state.is_completed() or not tables or not samples or not summaries:
         sys.exit(f"run {parent.name} is {parent.state.type.value}; round tables {len(tables)}, "
