@@ -108,6 +108,7 @@ def test_the_watcher_finds_the_noted_processes_children_by_itself_and_leaves_a_r
     owner = subprocess.Popen(["bash", "-c", "bash -c 'sleep 3600 & sleep 3600 & wait' & sleep 3600 & wait"],
                              start_new_session=True)
     family: set = set()
+    everything: set = set()  # the owner's own sleep too, to end it afterwards: the owner's death leaves it running
     looks = []
 
     def owner_dies_after_the_second_look(seen):  # the first look comes before the note is read, the second after
@@ -118,6 +119,7 @@ def test_the_watcher_finds_the_noted_processes_children_by_itself_and_leaves_a_r
 
     try:
         wait_until(lambda: len(descendants(owner.pid)) == 4, 60, "the owner's children and grandchildren start")
+        everything = descendants(owner.pid)
         inner = next(p for p in descendants(owner.pid) if _stat(p[0])[0] == owner.pid and descendants(p[0]))
         family = {inner} | descendants(inner[0])
         read, write = os.pipe()
@@ -129,7 +131,7 @@ def test_the_watcher_finds_the_noted_processes_children_by_itself_and_leaves_a_r
     finally:
         if owner.poll() is None:
             owner.kill()
-        for pid, _ in descendants(owner.pid) | family:
+        for pid, _ in everything | family:
             if _running(pid):
                 os.kill(pid, signal.SIGKILL)
 
