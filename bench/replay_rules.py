@@ -24,6 +24,8 @@ from pathlib import Path
 import duckdb
 import pyarrow as pa
 
+# The reasons the pipeline decides on the evolution alone, before any answer (tasks/evolve/steps.py's set); written
+# here so that both checkouts compared are replayed in the same order.
 EVOLUTION_REASONS = ("llm_error", "empty_evolution", "evolution_truncated", "scaffolding_copied")
 
 
@@ -63,17 +65,17 @@ def replay(run: Path, profile: str | None, by_id: dict[str, str] | None = None) 
     reasons: Counter = Counter()
     for row, early_reason, late_reason in zip(rows.to_pylist(), early, late, strict=True):
         if early_reason in EVOLUTION_REASONS:  # the evolution's own rules, before any answer
-            reasons[early_reason] += 1
-            if by_id is not None:
-                by_id[row["id"]] = early_reason
-            continue
-        reason = validity_rule_reason(row["instruction"] or "", row["parent"], pack.operations[row["operation"]].kind,
-                                      cfg.shorter_than_parent_ratio, **enabled)
-        if reason is None and row["response"] is None:
-            reason = "passes, no answer to check (the run's judge took it)"
-        reasons[reason or late_reason or "passes"] += 1
+            reason = early_reason
+        else:
+            reason = validity_rule_reason(row["instruction"] or "", row["parent"],
+                                          pack.operations[row["operation"]].kind, cfg.shorter_than_parent_ratio,
+                                          **enabled)
+            if reason is None and row["response"] is None:
+                reason = "passes, no answer to check (the run's judge took it)"
+            reason = reason or late_reason or "passes"
+        reasons[reason] += 1
         if by_id is not None:
-            by_id[row["id"]] = reason or late_reason or "passes"
+            by_id[row["id"]] = reason
     return reasons
 
 

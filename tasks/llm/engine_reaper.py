@@ -90,15 +90,19 @@ def _stat(pid: int | str) -> tuple[int, int, int, str] | None:
     return int(fields[1]), int(fields[3]), int(fields[19]), fields[0]
 
 
-def _children() -> dict[int, list[Proc]]:
-    tree: dict[int, list[Proc]] = {}
+Tree = dict[int, list[tuple[int, int, int]]]  # parent pid -> its children as (pid, start time, session id)
+
+
+def _children() -> Tree:
+    """Every process's children, from one read of each /proc/PID/stat."""
+    tree: Tree = {}
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit() and (stat := _stat(entry.name)) is not None:
-            tree.setdefault(stat[0], []).append((int(entry.name), stat[2]))
+            tree.setdefault(stat[0], []).append((int(entry.name), stat[2], stat[1]))
     return tree
 
 
-def descendants(root: int, tree: dict[int, list[Proc]] | None = None) -> set[Proc]:
+def descendants(root: int, tree: Tree | None = None) -> set[Proc]:
     """The live descendants of ``root`` in ``root``'s session, each as (pid, start time)."""
     own = _stat(root)
     if own is None:
@@ -107,10 +111,10 @@ def descendants(root: int, tree: dict[int, list[Proc]] | None = None) -> set[Pro
     found: set[Proc] = set()
     todo = [root]
     while todo:
-        for proc in tree.get(todo.pop(), []):
-            if (stat := _stat(proc[0])) is not None and stat[1] == own[1]:
-                found.add(proc)
-                todo.append(proc[0])
+        for pid, started, session in tree.get(todo.pop(), []):
+            if session == own[1]:
+                found.add((pid, started))
+                todo.append(pid)
     return found
 
 
