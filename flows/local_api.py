@@ -17,6 +17,8 @@ from contextlib import contextmanager, suppress
 
 import httpx
 
+from tasks.runtime.cancel import drain
+
 PR_SET_PDEATHSIG = 1
 
 
@@ -33,8 +35,7 @@ def _drain_to(url: str, timeout_s: float = 10.0) -> None:
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     with temporary_settings(updates={PREFECT_API_URL: url}):
-        for worker in (APILogWorker, EventsWorker):
-            worker.drain_all(timeout=timeout_s, at_exit=False)
+        drain([APILogWorker, EventsWorker], timeout_s)
 
 
 @contextmanager

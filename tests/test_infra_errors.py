@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import errno
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -17,6 +18,7 @@ from storage.errors import DiskFull, StorageUnreachable, check_reachable, infras
 from storage.lease import held_message
 from storage.shards import write_file_atomic
 from storage.uri import StorageSettings
+from tasks.runtime.cancel import drain
 from tests.conftest import free_port
 from tests.flow_script import load_seeds
 
@@ -117,3 +119,25 @@ def test_a_lease_lost_to_a_run_started_at_the_same_time_says_what_a_later_start_
     assert error_lines(done) == ["error: " + held_message(str(tmp_path / "runs" / "infra"), lease)]
     assert "LeaseHeld" not in done.stdout + done.stderr
     assert len(list((tmp_path / "runs" / "infra" / "logs").glob(f"run-*-{lease['pid']}.log"))) == 1  # its own log
+
+
+def test_a_drain_with_a_backlog_prints_no_chatter_and_keeps_real_warnings(caplog):
+    """On a busy machine Prefect's queue services warn "Still processing items" while a drain works through its
+    backlog: that line once made a one-line error two lines. The drain drops only that record."""
+
+    class StandInWorker:
+        drained = 0
+
+        @classmethod
+        def drain_all(cls, timeout, at_exit):
+            service_logger = logging.getLogger(cls.__name__)
+            service_logger.warning("Still processing items: 3 items remaining...")
+            service_logger.warning("Service 'StandInWorker' queue is full (10 items), dropping item")
+            cls.drained += 1
+
+    with caplog.at_level(logging.INFO):
+        drain([StandInWorker], timeout_s=1.0)
+        logging.getLogger("StandInWorker").warning("Still processing items: after the drain")
+    assert StandInWorker.drained == 1
+    assert [r.getMessage() for r in caplog.records] == [
+        "Service 'StandInWorker' queue is full (10 items), dropping item", "Still processing items: after the drain"]

@@ -10,13 +10,14 @@ and a half-written temp file is swept by the next run, which reuses every commit
 
 from __future__ import annotations
 
+import logging
 import multiprocessing
 import os
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from datetime import datetime
 from uuid import UUID
 
@@ -47,12 +48,34 @@ def cancel_flow_run_tree(client: SyncPrefectClient, flow_run_id: UUID, message: 
 EXIT_CANCELLED = 130
 
 
+class _NoDrainChatter(logging.Filter):
+    """Drops Prefect's "Still processing items: N items remaining..." (a warning its queue services print while a
+    drain this process asked for works through a backlog, as on a busy machine); keeps every other record, such as
+    "queue is full ... dropping item"."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("Still processing items")
+
+
+def drain(workers: Iterable[type], timeout_s: float) -> None:
+    """Send what Prefect's queue services (``EventsWorker``, ``APILogWorker``) still hold, waiting up to
+    ``timeout_s`` each; a backlog is expected here, so its progress chatter is not printed."""
+    chatter = _NoDrainChatter()
+    for worker in workers:
+        service_logger = logging.getLogger(worker.__name__)  # the name Prefect's services log under
+        service_logger.addFilter(chatter)
+        try:
+            worker.drain_all(timeout=timeout_s, at_exit=False)
+        finally:
+            service_logger.removeFilter(chatter)
+
+
 def send_queued_events(timeout_s: float = 2.0) -> None:
     """Send the events this process has queued (its task runs' states, its heartbeats) before the run's states are
     set: none of them then reaches the server after the Cancelled ones."""
     from prefect.events.worker import EventsWorker
 
-    EventsWorker.drain_all(timeout=timeout_s, at_exit=False)
+    drain([EventsWorker], timeout_s)
 
 
 def stop_engine_processes() -> int:
