@@ -165,3 +165,29 @@ def assert_export(output_root: str, seeds: int, settings=None) -> str:
     data_key = json.loads(fs.cat_file(run_path + "/final/_mix.json"))["key"]
     assert f"- data key: `{data_key}`" in card
     return run_uri
+
+
+def drain_prefect_workers(timeout_s: float = 60.0) -> None:
+    """Send what Prefect's process-wide log and event workers hold, and stop them (as Prefect's test harness does at
+    its end): the next flow in this process gets new ones, bound to the API it then reports to."""
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
+
+    from tasks.runtime.cancel import drain
+
+    drain([APILogWorker, EventsWorker], timeout_s)
+
+
+@contextlib.contextmanager
+def prefect_api(url: str) -> Iterator[str]:
+    """In-process flows report to ``url`` for the block. Prefect's event worker is one per process and keeps the API
+    it started with, whatever the settings say later: without the drains, this block's events went to the session's
+    other API (a harness) and, after it, a later test's events came here and its task runs were missing there."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    drain_prefect_workers()
+    with temporary_settings(updates={PREFECT_API_URL: url}):
+        try:
+            yield url
+        finally:
+            drain_prefect_workers()

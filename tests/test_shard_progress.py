@@ -13,7 +13,6 @@ from collections import deque
 import pytest
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterId, LogFilter, LogFilterFlowRunId
-from prefect.settings import PREFECT_API_URL, temporary_settings
 
 import flows.evol_instruct as evol_flow
 from tasks.core.config import parse_run_config
@@ -25,6 +24,7 @@ from tasks.llm.scripted import (
     last_user_text,
     register_scripted_backend,
 )
+from tests.services import drain_prefect_workers, prefect_api
 
 ROWS, STEP = 200, 50
 
@@ -115,10 +115,10 @@ def test_a_slow_shard_shows_its_rows_in_the_progress_artifact_and_its_log_before
             gate.open(STEP)
 
     gate.open(STEP)
-    with temporary_settings(updates={PREFECT_API_URL: prefect_server}), pytest.MonkeyPatch.context() as mp:
+    with prefect_api(prefect_server), pytest.MonkeyPatch.context() as mp:
         mp.setattr(evol_flow, "update_progress_artifact", recording_update)
         state = evol_flow.evol_instruct(config, return_state=True)
-        drain_prefect_workers()  # this server's logs and events now; later tests of the session use other APIs
+        drain_prefect_workers()  # this server's logs and events now, before they are read
         assert state.is_completed()
         logs = asyncio.run(shard_logs(state.state_details.flow_run_id))
 
@@ -137,16 +137,6 @@ def test_a_slow_shard_shows_its_rows_in_the_progress_artifact_and_its_log_before
     assert len(lines) >= 3 and lines == sorted(lines) and max(lines) < ROWS
     assert logs.index(next(m for m in logs if m.startswith("round 1 shard 1/1: 200 rows"))) > \
         logs.index(next(m for m in logs if m.startswith(f"round 1 shard 1: {lines[2]}/200 rows")))
-
-
-def drain_prefect_workers() -> None:
-    """Send what Prefect's process-wide log and event workers hold and stop them (as Prefect's test harness does
-    at its end), so a later test's API gets new ones instead of these, bound to this test's server."""
-    from prefect.events.worker import EventsWorker
-    from prefect.logging.handlers import APILogWorker
-
-    APILogWorker.drain_all()
-    EventsWorker.drain_all()
 
 
 async def shard_logs(flow_run_id) -> list[str]:

@@ -15,7 +15,6 @@ from uuid import UUID
 import pytest
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowRunFilter
-from prefect.settings import PREFECT_API_URL, temporary_settings
 
 from flows.evol_instruct import evol_instruct
 from storage import resolve
@@ -23,6 +22,7 @@ from tasks.core.config import parse_run_config
 from tasks.evolve.shard import evolve_runtime_builds
 from tasks.runtime.recovery import flow_run_tree, unfinished_task_runs
 from tests.conftest import free_port
+from tests.services import prefect_api
 from tests.worker_support import shards_done  # importing it registers slow-demo here too (the embedded reference)
 
 pytestmark = pytest.mark.server
@@ -138,7 +138,7 @@ def cluster_factory(tmp_path):
 
 def test_round_spreads_over_two_workers_each_building_its_backend_once(prefect_server, cluster_factory, tmp_path):
     cluster = cluster_factory(2, item_s=0.01)
-    with temporary_settings(updates={PREFECT_API_URL: prefect_server}):
+    with prefect_api(prefect_server):
         reference = evol_instruct(make_config(tmp_path / "embedded", None, rounds=2))
         first = evol_instruct(make_config(tmp_path / "cluster-1", cluster.address, rounds=2))
         second = evol_instruct(make_config(tmp_path / "cluster-2", cluster.address, rounds=2))
@@ -170,7 +170,7 @@ def test_worker_killed_mid_shard_round_completes_on_the_other(prefect_server, cl
             time.sleep(0.02)
 
     killer = threading.Thread(target=kill_when_busy, daemon=True)
-    with temporary_settings(updates={PREFECT_API_URL: prefect_server}):
+    with prefect_api(prefect_server):
         reference = evol_instruct(make_config(tmp_path / "embedded", None))
         killer.start()
         state = evol_instruct(make_config(tmp_path / "cluster", cluster.address), return_state=True)
@@ -214,7 +214,7 @@ def test_worker_joining_mid_round_takes_shards(prefect_server, cluster_factory, 
             gate.touch()  # never leave the round held
 
     joiner = threading.Thread(target=join_while_busy, daemon=True)
-    with temporary_settings(updates={PREFECT_API_URL: prefect_server}):
+    with prefect_api(prefect_server):
         reference = evol_instruct(make_config(tmp_path / "embedded", None))
         joiner.start()
         result = evol_instruct(make_config(tmp_path / "cluster", cluster.address))

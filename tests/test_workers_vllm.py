@@ -7,13 +7,13 @@ from __future__ import annotations
 import json
 
 import pytest
-from prefect.settings import PREFECT_API_URL, temporary_settings
 
 from flows.evol_instruct import evol_instruct
 from storage import list_committed_shards, read_shard
 from tasks.core.config import parse_run_config
 from tasks.core.context import run_layout
 from tests.flow_script import load_seeds
+from tests.services import prefect_api
 from tests.test_workers import ROOT, LocalCluster
 from tests.worker_support import engines_built, shards_done
 
@@ -40,7 +40,7 @@ def test_two_vllm_workers_each_start_their_engine_once(prefect_server, vllm_clus
         "llm": {"backend": "vllm", "model": "default", "engine_args": {"max_model_len": 1024, "max_num_seqs": 4}},
         "sampling": {"evolve": short, "respond": short},
         "orchestration": {"cluster": vllm_cluster.address, "retries": 0, "retry_delay_s": 0}})
-    with temporary_settings(updates={PREFECT_API_URL: prefect_server}):
+    with prefect_api(prefect_server):
         result = evol_instruct(config)
 
     assert [(r.round, r.shards, r.pool_in) for r in result.rounds] == [(1, SEEDS, SEEDS), (2, SEEDS, SEEDS)]
