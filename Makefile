@@ -51,13 +51,13 @@ system-packages:
 		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends postgresql; \
 	else echo "PostgreSQL is not installed and this is not root: the team-topology test will skip"; fi
 
-# Two test processes (pytest-xdist), each module in one of them: most tests wait on a server or a subprocess, so two
-# keep both cores busy. Modules go out in the order tests/conftest.py gives (heaviest first: no engine test is left
+# Three test processes (pytest-xdist), each module in one of them: most tests wait on a server or a subprocess, so
+# three keep two cores busy (two left them 40% idle). Modules go out in the order tests/conftest.py gives (heaviest first: no engine test is left
 # running alone at the end), not xdist's default of most tests first. The bundled model is prepared once, before they
 # start.
 test: setup system-packages lint
 	$(VENV)/bin/evol models prepare
-	$(PY) -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder -m "not soak"
+	$(PY) -m pytest -q -n 3 --dist loadfile --no-loadscope-reorder -m "not soak"
 
 # The 5-minute server soak (tests/test_server_log.py): `evol server` with two workers and a scheduled deployment.
 test-soak: setup

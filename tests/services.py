@@ -191,3 +191,13 @@ def prefect_api(url: str) -> Iterator[str]:
             yield url
         finally:
             drain_prefect_workers()
+
+
+def pause_schedules(api_url: str, deployment: str) -> None:
+    """Pause ``deployment`` (``flow/name``): its auto-scheduled runs are deleted and no more are made, so a test's
+    worker runs only the runs the test asks for, whatever the time of day (the nightly deployment fires at 02:00
+    UTC). Runs asked for by hand still run."""
+    from prefect.client.orchestration import SyncPrefectClient
+
+    with SyncPrefectClient(api=api_url) as client:
+        client.pause_deployment(client.read_deployment_by_name(deployment).id)

@@ -7,7 +7,7 @@ import re
 import subprocess
 
 from flows.cli_deploy import PREFECT, deploy_commands, deployment_specs
-from tests.services import BIN, ROOT
+from tests.services import BIN, ROOT, pause_schedules
 
 
 def test_overrides_go_to_the_nightly_deployment_only():
@@ -95,3 +95,5 @@ def test_deploy_twice_on_a_server_keeps_the_config_uri_and_sets_the_enqueue_limi
     assert deployment.concurrency_options.collision_strategy.value == "ENQUEUE"
     deploy("--config-uri", "configs/demo.yaml")  # asked: changed
     assert nightly().parameters == {"config_uri": "configs/demo.yaml"}
+    # the session's other tests run process workers on this server: at 02:00 UTC one would run the demo
+    pause_schedules(prefect_server, "evol-run/nightly")

@@ -11,7 +11,7 @@ import time
 import pytest
 import yaml
 
-from tests.services import BIN, ROOT, background
+from tests.services import BIN, ROOT, background, pause_schedules
 
 pytestmark = pytest.mark.server
 
@@ -29,6 +29,7 @@ def test_two_overlapping_deployment_runs_both_complete_one_after_the_other(prefe
     deploy = subprocess.run([str(BIN / "evol"), "deploy", "--config-uri", str(config)], cwd=ROOT, env=env,
                             capture_output=True, text=True, timeout=300)
     assert deploy.returncode == 0, deploy.stdout[-3000:] + deploy.stderr[-3000:]
+    pause_schedules(prefect_server, "evol-run/nightly")  # only the two runs below, at 02:00 UTC too
 
     with SyncPrefectClient(api=prefect_server) as client, \
             background([str(BIN / "prefect"), "worker", "start", "--pool", "default"], env, tmp_path / "worker.log",

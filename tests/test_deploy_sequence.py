@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from tests.conftest import free_port
-from tests.services import BIN, ROOT, assert_export, background, prefect_server
+from tests.services import BIN, ROOT, assert_export, background, pause_schedules, prefect_server
 
 pytestmark = pytest.mark.server
 
@@ -89,19 +89,24 @@ def test_readme_deployment_sequence(tmp_path):
         assert httpx.get(f"http://127.0.0.1:{port}/ui-settings", timeout=10).json()["api_url"] == api_url
         out = run(steps[2])
         assert "work pool default: created (process)" in out and "work pool gpu: created (process)" in out
+        listing = run(steps[4])
+        assert "evol-run/nightly" in listing and "train/gpu" in listing
+        deadline = time.time() + 90
+        while not (runs := asyncio.run(scheduled_runs(api_url, "nightly"))) and time.time() < deadline:
+            time.sleep(2)
+        # the scheduler's work: the next three nights at 02:00 UTC
+        assert len(runs) == 3, [r.name for r in runs]
+        starts = sorted(r.expected_start_time for r in runs)
+        assert all((s.hour, s.minute) == (2, 0) for s in starts)
+        assert [b - a for a, b in zip(starts, starts[1:], strict=False)] == [timedelta(days=1)] * 2
+        assert all(r.auto_scheduled for r in runs)
+        scheduled = run(steps[5])
+        assert sum(r.name in scheduled for r in runs) == 3
+        # The worker starts after the listing (the README starts it before), and the nights are paused first: a
+        # test that runs at 02:00 UTC would otherwise see tonight's run leave the listing and run on its worker.
+        pause_schedules(api_url, "evol-run/nightly")
+        assert asyncio.run(scheduled_runs(api_url, "nightly")) == []
         with background(steps[3], env, tmp_path / "worker.log", cwd=tmp_path) as worker:
-            listing = run(steps[4])
-            assert "evol-run/nightly" in listing and "train/gpu" in listing
-            deadline = time.time() + 90
-            while not (runs := asyncio.run(scheduled_runs(api_url, "nightly"))) and time.time() < deadline:
-                time.sleep(2)
-            # the scheduler's work: the next three nights at 02:00 UTC
-            assert len(runs) == 3, [r.name for r in runs]
-            starts = sorted(r.expected_start_time for r in runs)
-            assert all((s.hour, s.minute) == (2, 0) for s in starts)
-            assert [b - a for a, b in zip(starts, starts[1:], strict=False)] == [timedelta(days=1)] * 2
-            assert all(r.auto_scheduled for r in runs)
-            assert sum(r.name in run(steps[5]) for r in runs) == 3
             watched = run(steps[6], timeout=400)
             assert "Completed" in watched, watched[-2000:]
             assert worker.poll() is None, (tmp_path / "worker.log").read_text()[-3000:]
