@@ -17,7 +17,7 @@ from contextlib import contextmanager, suppress
 
 import httpx
 
-from tasks.runtime.cancel import drain
+from tasks.runtime.cancel import drain_prefect_workers
 
 PR_SET_PDEATHSIG = 1
 
@@ -30,12 +30,10 @@ def _die_with_parent() -> None:
 def _drain_to(url: str, timeout_s: float = 10.0) -> None:
     """Send the logs and events still queued to the API before it stops (else Prefect prints "Error logging to
     API" at exit)."""
-    from prefect.events.worker import EventsWorker
-    from prefect.logging.handlers import APILogWorker
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     with temporary_settings(updates={PREFECT_API_URL: url}):
-        drain([APILogWorker, EventsWorker], timeout_s)
+        drain_prefect_workers(timeout_s)
 
 
 @contextmanager

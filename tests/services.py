@@ -167,17 +167,6 @@ def assert_export(output_root: str, seeds: int, settings=None) -> str:
     return run_uri
 
 
-def drain_prefect_workers(timeout_s: float = 60.0) -> None:
-    """Send what Prefect's process-wide log and event workers hold, and stop them (as Prefect's test harness does at
-    its end): the next flow in this process gets new ones, bound to the API it then reports to."""
-    from prefect.events.worker import EventsWorker
-    from prefect.logging.handlers import APILogWorker
-
-    from tasks.runtime.cancel import drain
-
-    drain([APILogWorker, EventsWorker], timeout_s)
-
-
 @contextlib.contextmanager
 def prefect_api(url: str) -> Iterator[str]:
     """In-process flows report to ``url`` for the block. Prefect's event worker is one per process and keeps the API
@@ -185,12 +174,14 @@ def prefect_api(url: str) -> Iterator[str]:
     other API (a harness) and, after it, a later test's events came here and its task runs were missing there."""
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    drain_prefect_workers()
+    from tasks.runtime.cancel import drain_prefect_workers
+
+    drain_prefect_workers(60.0)
     with temporary_settings(updates={PREFECT_API_URL: url}):
         try:
             yield url
         finally:
-            drain_prefect_workers()
+            drain_prefect_workers(60.0)
 
 
 def pause_schedules(api_url: str, deployment: str) -> None:

@@ -24,7 +24,8 @@ from tasks.llm.scripted import (
     last_user_text,
     register_scripted_backend,
 )
-from tests.services import drain_prefect_workers, prefect_api
+from tasks.runtime.cancel import drain_prefect_workers
+from tests.services import prefect_api
 
 ROWS, STEP = 200, 50
 
@@ -118,7 +119,7 @@ def test_a_slow_shard_shows_its_rows_in_the_progress_artifact_and_its_log_before
     with prefect_api(prefect_server), pytest.MonkeyPatch.context() as mp:
         mp.setattr(evol_flow, "update_progress_artifact", recording_update)
         state = evol_flow.evol_instruct(config, return_state=True)
-        drain_prefect_workers()  # this server's logs and events now, before they are read
+        drain_prefect_workers(60.0)  # this server's logs and events now, before they are read
         assert state.is_completed()
         logs = asyncio.run(shard_logs(state.state_details.flow_run_id))
 

@@ -70,6 +70,15 @@ def drain(workers: Iterable[type], timeout_s: float) -> None:
             service_logger.removeFilter(chatter)
 
 
+def drain_prefect_workers(timeout_s: float) -> None:
+    """Send what Prefect's process-wide log and event workers hold to the API the settings name, and stop them: the
+    next flow in this process gets new ones, bound to the API it then reports to."""
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
+
+    drain([APILogWorker, EventsWorker], timeout_s)
+
+
 def send_queued_events(timeout_s: float = 2.0) -> None:
     """Send the events this process has queued (its task runs' states, its heartbeats) before the run's states are
     set: none of them then reaches the server after the Cancelled ones."""
