@@ -145,14 +145,43 @@ def scripted_run(prefect_harness):
     return run
 
 
-@pytest.fixture(autouse=True, scope="module")
-def engines_end_with_their_module():
-    """The engines a module started stop when it ends: a test process runs many modules, and an engine left in the
-    process-wide cache holds about 3 GB until the process ends (five of them filled 24 GiB)."""
-    yield
-    backend = sys.modules.get("tasks.llm.vllm_backend")
-    if backend is not None:
-        backend.shutdown_engines()
+# Modules that start the same engine (model and engine arguments): `make test` hands each group to one test process
+# as one unit, so its modules run back to back and the engine starts once (each start costs about 30 s of CPU).
+ENGINE_GROUPS = {"tests/test_llm_vllm.py": "offline engine, max_model_len 1024",
+                 "tests/test_score_vllm.py": "offline engine, max_model_len 1024"}
+
+
+def engine_scope(nodeid: str) -> str:
+    """The unit a test's engines live in: its module, or the module's engine group."""
+    module = nodeid.split("::", 1)[0]
+    return ENGINE_GROUPS.get(module, module)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config, log):
+    """``--dist loadfile`` with the modules of an engine group in one work unit."""
+    if config.getvalue("dist") != "loadfile":
+        return None
+    from xdist.scheduler import LoadFileScheduling
+
+    class EngineGroupScheduling(LoadFileScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return engine_scope(nodeid)
+
+    return EngineGroupScheduling(config, log)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_teardown(item, nextitem):
+    """The engines a module started stop when it ends, unless the next module is of its engine group: a test process
+    runs many modules, and an engine left in the process-wide cache holds about 3 GB until the process ends (five of
+    them filled 24 GiB)."""
+    try:
+        return (yield)
+    finally:
+        backend = sys.modules.get("tasks.llm.vllm_backend")
+        if backend is not None and (nextitem is None or engine_scope(nextitem.nodeid) != engine_scope(item.nodeid)):
+            backend.shutdown_engines()
 
 
 @pytest.fixture(scope="session")
@@ -201,9 +230,9 @@ FIXTURE_MARKS = {"prefect_harness": "server", "prefect_server": "server", "own_p
                  "s3_bucket": "s3", "s3_with_auth": "s3", "model_dir": "vllm", "vllm_server": "vllm"}
 
 
-# Heaviest modules first: `make test` hands whole modules to its two processes in collection order, so a module that
+# Heaviest modules first: `make test` hands whole modules to its three processes in collection order, so a module that
 # starts an engine or a server must not be the one left running alone at the end. Before them a module that holds
-# services for minutes while it sleeps (`waits`): it takes one process at once and the other works meanwhile.
+# services for minutes while it sleeps (`waits`): it takes one process at once and the others work meanwhile.
 MODULE_WEIGHT = {"waits": 0, "vllm": 1, "server": 2, "s3": 3}
 
 

@@ -18,7 +18,7 @@ from tests.held_run import held_config, held_evol_run, task_runs_of, wait_for_ru
 from tests.services import BIN, ROOT, background
 from tests.test_crash_recovery import EXPORTS, evol_run
 
-pytestmark = pytest.mark.server
+pytestmark = [pytest.mark.server, pytest.mark.waits]  # about 90 s of it waits for the server to see the kill
 
 
 def test_a_killed_run_is_marked_crashed_by_the_server_and_a_retry_from_the_api_reuses_its_shards(prefect_server,

@@ -11,7 +11,7 @@ from tasks.llm import vllm_engine, vllm_io
 from tasks.llm.base import BackendError, SamplingParams
 from tasks.llm.factory import get_backend
 from tasks.llm.openai_backend import OpenAIBackend
-from tasks.llm.vllm_backend import VLLMBackend, engine_constructions, get_vllm_engine, shutdown_engines
+from tasks.llm.vllm_backend import VLLMBackend, engine_constructions, get_vllm_engine
 from tasks.llm.vllm_engine import cpu_env_defaults, cpu_id_ranges, engine_kwargs
 from tasks.llm.vllm_io import chat_prompt_tokens
 
@@ -83,11 +83,11 @@ def test_engine_that_cannot_start_raises_backend_error(tmp_path):
 
 @pytest.fixture(scope="module")
 def backend(model_dir):
-    """One engine for every test here: built once, reused through the process-wide cache."""
+    """One engine for every test here and tests/test_score_vllm.py (their engine group, tests/conftest.py): built
+    once, reused through the process-wide cache."""
     b = VLLMBackend(str(model_dir), ENGINE_ARGS)
     b.engine  # noqa: B018 - start it now, so tests time the work and not the start
-    yield b
-    shutdown_engines()  # now, while pytest's log streams are still open
+    return b
 
 
 @pytest.mark.vllm

@@ -20,8 +20,14 @@ ROWS = [
 ]
 
 
-def test_vllm_scores_are_expectations_over_exactly_the_six_choices(model_dir):
-    backend = VLLMBackend(str(model_dir), {"max_model_len": 1024})
+@pytest.fixture(scope="module")
+def backend(model_dir):
+    """One engine for the module, the one tests/test_llm_vllm.py started when both run in one test process (their
+    engine group, tests/conftest.py): the prompts of both tests fit in 1024 tokens."""
+    return VLLMBackend(str(model_dir), {"max_model_len": 1024})
+
+
+def test_vllm_scores_are_expectations_over_exactly_the_six_choices(backend):
     rows = score_rows(ROWS, load_pack("general"), backend, ScoreConfig())
     for row in rows:
         for kind in ("complexity", "quality"):
@@ -34,8 +40,7 @@ def test_vllm_scores_are_expectations_over_exactly_the_six_choices(model_dir):
     assert rows[0]["embedding"] != rows[1]["embedding"]
 
 
-def test_vllm_response_evolution_keeps_a_best_response_and_scores_the_variants_as_expectations(model_dir):
-    backend = VLLMBackend(str(model_dir), {"max_model_len": 2048})
+def test_vllm_response_evolution_keeps_a_best_response_and_scores_the_variants_as_expectations(backend):
     spec = ScoreConfig(embeddings=False, evolve_responses={
         "operations": ["helpfulness", "depth"], "sampling": {"temperature": 0.0, "max_tokens": 96}})
     rows = score_rows(ROWS, load_pack("general"), backend, spec)
