@@ -18,6 +18,7 @@ from contextlib import contextmanager, suppress
 import httpx
 
 from tasks.runtime.cancel import drain_prefect_workers
+from tasks.runtime.crash_detection import local_run_settings
 
 PR_SET_PDEATHSIG = 1
 
@@ -38,7 +39,8 @@ def _drain_to(url: str, timeout_s: float = 10.0) -> None:
 
 @contextmanager
 def local_api(startup_timeout_s: float = 180.0) -> Iterator[str]:
-    """Start a Prefect API on 127.0.0.1 for the duration of the block; yields its URL (``.../api``)."""
+    """Start a Prefect API on 127.0.0.1 for the duration of the block; yields its URL (``.../api``). Flow runs in the
+    block send no heartbeats (``local_run_settings``)."""
     import prefect
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
@@ -67,7 +69,7 @@ def local_api(startup_timeout_s: float = 180.0) -> Iterator[str]:
             if time.monotonic() > deadline:
                 raise RuntimeError(f"the local Prefect API did not answer on {url} within {startup_timeout_s:.0f} s")
             time.sleep(0.25)
-        with temporary_settings(updates={PREFECT_API_URL: url}):
+        with temporary_settings(updates={PREFECT_API_URL: url, **local_run_settings()}):
             yield url
     finally:
         _drain_to(url)

@@ -118,10 +118,14 @@ def memory_root():
 
 @pytest.fixture(scope="session")
 def prefect_harness(tmp_path_factory):
-    """Prefect's own test harness: a temporary API and database for the session."""
+    """Prefect's own test harness: a temporary API and database for the session, with the settings of a run on its
+    own local API (no heartbeats: tests/test_local_api.py)."""
+    from prefect.settings import temporary_settings
     from prefect.testing.utilities import prefect_test_harness
 
-    with prefect_test_harness(server_startup_timeout=120):
+    from tasks.runtime.crash_detection import local_run_settings
+
+    with prefect_test_harness(server_startup_timeout=120), temporary_settings(updates=local_run_settings()):
         yield
 
 

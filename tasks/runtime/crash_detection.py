@@ -39,6 +39,13 @@ def heartbeat_settings() -> dict[str, Any]:
     return {"flows.heartbeat_frequency": HEARTBEAT_S}
 
 
+def local_run_settings() -> dict[str, Any]:
+    """Prefect settings for a run on its own local API (``flows.local_api``): no heartbeats. No automation watches
+    that API, and at the end of each flow run (each round's subflow too) Prefect's engine waits for its heartbeat
+    thread to wake from its one-second sleep: about a second per flow run, for nothing."""
+    return {"flows.heartbeat_frequency": None}
+
+
 def crash_automation(flow_names: list[str]) -> AutomationCore:
     """The automation that marks Crashed a flow run of ``flow_names`` once its heartbeats stop."""
     return AutomationCore(
