@@ -236,8 +236,13 @@ FIXTURE_MARKS = {"prefect_harness": "server", "prefect_server": "server", "own_p
 
 # Heaviest modules first: `make test` hands whole modules to its three processes in collection order, so a module that
 # starts an engine or a server must not be the one left running alone at the end. Before them a module that holds
-# services for minutes while it sleeps (`waits`): it takes one process at once and the others work meanwhile.
-MODULE_WEIGHT = {"waits": 0, "vllm": 1, "server": 2, "s3": 3}
+# services for minutes while it sleeps (`waits`): it takes one process at once and the others work meanwhile. After the
+# engines, the modules that took over a minute on 2 cores (docs/benchmarks.md), longest first, then the other server
+# and S3 modules.
+MODULE_WEIGHT = {"waits": 0, "vllm": 1, "long": 2, "server": 3, "s3": 4}
+LONG_MODULES = ["tests/test_crash_recovery.py", "tests/test_cli_deploy.py", "tests/test_workers.py",
+                "tests/test_deploy_sequence.py", "tests/test_deploy_overlap.py", "tests/test_infra_errors.py",
+                "tests/test_team_topology.py", "tests/test_stage_keys.py"]
 
 
 def pytest_collection_modifyitems(config, items):
@@ -249,6 +254,10 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         marks = {m.name for m in item.iter_markers()} & MODULE_WEIGHT.keys()
         module = item.nodeid.split("::")[0]
+        if module in LONG_MODULES:
+            marks.add("long")
         weight[module] = min([weight.get(module, len(MODULE_WEIGHT)), *(MODULE_WEIGHT[m] for m in marks)])
     order = {id(item): i for i, item in enumerate(items)}
-    items.sort(key=lambda item: (weight[item.nodeid.split("::")[0]], order[id(item)]))
+    rank = {module: i for i, module in enumerate(LONG_MODULES)}
+    items.sort(key=lambda item: (weight[item.nodeid.split("::")[0]], rank.get(item.nodeid.split("::")[0], 0),
+                                 order[id(item)]))
