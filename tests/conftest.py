@@ -149,10 +149,11 @@ def scripted_run(prefect_harness):
     return run
 
 
-# Modules that start the same engine (model and engine arguments): `make test` hands each group to one test process
+# Modules that start the same engines (model and engine arguments): `make test` hands each group to one test process
 # as one unit, so its modules run back to back and the engine starts once (each start costs about 30 s of CPU).
-ENGINE_GROUPS = {"tests/test_llm_vllm.py": "offline engine, max_model_len 1024",
-                 "tests/test_score_vllm.py": "offline engine, max_model_len 1024"}
+BUNDLED_ENGINES = "offline engine, max_model_len 1024; async engine, max_model_len 1024, one sequence per step"
+ENGINE_GROUPS = {"tests/test_llm_streaming.py": BUNDLED_ENGINES, "tests/test_llm_vllm.py": BUNDLED_ENGINES,
+                 "tests/test_score_vllm.py": BUNDLED_ENGINES, "tests/test_vllm_pipeline.py": BUNDLED_ENGINES}
 
 
 def engine_scope(nodeid: str) -> str:

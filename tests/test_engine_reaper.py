@@ -1,5 +1,6 @@
 """An engine's processes die with the process that started them, even when it is killed (tasks/llm/engine_reaper.py):
-a fork child and its own child as stand-ins for vLLM's engine core and worker, then the real engine."""
+a fork child and its own child as stand-ins for vLLM's engine core and worker, then the real engine, started with a
+run's log as `evol run` starts it (its output in the log, not on the terminal)."""
 
 from __future__ import annotations
 
@@ -46,9 +47,11 @@ if __name__ == "__main__":
 
 ENGINE_OWNER = """
 import json, os, sys
+from tasks.core.runlog import RunLog
 from tasks.llm.engine_reaper import descendants
 from tasks.llm.vllm_backend import get_vllm_engine
 
+RunLog.for_run(sys.argv[2]).start(verbose=False)  # as `evol run` starts without --verbose
 get_vllm_engine(sys.argv[1], {"max_model_len": 512})
 print("PIDS", json.dumps(sorted(descendants(os.getpid()))), flush=True)
 sys.stdin.read()
@@ -59,10 +62,10 @@ def _running(pid: int) -> bool:
     return (stat := _stat(pid)) is not None and bool(alive({(pid, stat[2])}))
 
 
-def _start_owner(code: str, *args: str) -> tuple[subprocess.Popen, dict]:
+def _start_owner(code: str, *args: str, stderr=None) -> tuple[subprocess.Popen, dict]:
     """Run ``code`` in a process of its own session (as a terminal starts ``evol run``); its printed pids."""
     owner = subprocess.Popen([sys.executable, "-c", code, *args], cwd=ROOT, stdin=subprocess.PIPE,
-                             stdout=subprocess.PIPE, text=True, start_new_session=True)
+                             stdout=subprocess.PIPE, stderr=stderr, text=True, start_new_session=True)
     for line in owner.stdout:  # vLLM's own lines come first
         if line.startswith("PIDS "):
             return owner, json.loads(line[5:])
@@ -156,8 +159,11 @@ def test_an_owner_dead_before_its_watcher_looks_still_has_its_noted_processes_en
 
 
 @pytest.mark.vllm
-def test_a_killed_run_leaves_no_vllm_engine_process(model_dir):
-    owner, engine_pids = _start_owner(ENGINE_OWNER, str(model_dir))
+def test_a_killed_run_leaves_no_vllm_engine_process_and_the_engine_start_went_to_its_log(model_dir, tmp_path):
+    """A run's engine starts as ``evol run`` starts it without --verbose: vLLM's output goes to the run's log, the
+    terminal gets none of it. Then the run is killed, and the engine's processes end with it."""
+    with open(tmp_path / "terminal.txt", "w") as terminal:
+        owner, engine_pids = _start_owner(ENGINE_OWNER, str(model_dir), str(tmp_path / "run"), stderr=terminal)
     try:
         assert engine_pids, "the engine started no process of its own"
         assert all(_running(pid) for pid, _ in engine_pids)
@@ -171,3 +177,8 @@ def test_a_killed_run_leaves_no_vllm_engine_process(model_dir):
                 os.kill(pid, signal.SIGKILL)
         if owner.poll() is None:
             owner.kill()
+    (log,) = (tmp_path / "run" / "logs").glob("run-*.log")
+    text, stderr = log.read_text(), (tmp_path / "terminal.txt").read_text()
+    assert "Loading safetensors checkpoint shards" in text and "non-default args" in text, text[-2000:]
+    assert "Loading safetensors" not in stderr and "Triton" not in stderr, stderr[-3000:]
+    assert "Attempted to load weight" not in text  # vLLM's per-weight dtype warnings are dropped

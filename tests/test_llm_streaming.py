@@ -12,7 +12,7 @@ from tasks.evolve.shard import evolve_rows
 from tasks.llm.aio import gather_on_loop
 from tasks.llm.base import BackendError
 from tasks.llm.vllm_async import async_engine_constructions
-from tasks.llm.vllm_backend import VLLMBackend, engine_constructions, shutdown_engines
+from tasks.llm.vllm_backend import VLLMBackend, engine_constructions
 from tests.conftest import free_port
 from tests.flow_script import load_seeds
 from tests.test_llm_openai import PARAMS, SECRET, FakeServer, make_backend, user
@@ -54,20 +54,24 @@ def test_streamed_request_to_a_server_that_never_answered_raises_backend_error()
 
 # One sequence per engine step: vLLM on CPU is not batch invariant (a greedy token can flip with the batch a request
 # shares: 3 of these 8 rewrites differ alone and in one batch of 8), and streamed rows share steps with other
-# rows and stages. Alone in every step, both paths must give the same tokens.
-ENGINE_ARGS = {"max_model_len": 1024, "max_num_seqs": 1}
+# rows and stages. The async engine takes one sequence at a time; the offline engine gets one row per call. Alone in
+# every step, both paths must give the same tokens. Both engines are shared with other modules of their engine group
+# (tests/conftest.py): the offline one with tests/test_llm_vllm.py and tests/test_score_vllm.py, the async one with
+# tests/test_vllm_pipeline.py.
+OFFLINE_ARGS = {"max_model_len": 1024}
+STREAMING_ARGS = {"max_model_len": 1024, "max_num_seqs": 1}
 STOPS = ("#Given Prompt#", "#The Given Prompt#", "#Rewritten Prompt#", "#Created Prompt#")
 
 
 @pytest.fixture(scope="module")
 def engines(model_dir):
-    """The offline and the async engine on the bundled model, each started once."""
-    offline = VLLMBackend(str(model_dir), ENGINE_ARGS)
-    streaming = VLLMBackend(str(model_dir), ENGINE_ARGS, streaming=True)
+    """The offline engine and the async engine on the bundled model, each started once (they stop when the last
+    module of their engine group ends)."""
+    offline = VLLMBackend(str(model_dir), OFFLINE_ARGS)
+    streaming = VLLMBackend(str(model_dir), STREAMING_ARGS, streaming=True)
     offline.start()
     streaming.start()
-    yield offline, streaming
-    shutdown_engines()
+    return offline, streaming
 
 
 @pytest.mark.vllm
@@ -83,7 +87,7 @@ def test_async_engine_rows_match_the_offline_batches_on_greedy_sampling(engines)
     rows = [{"id": record_id(s["instruction"]), "root_id": record_id(s["instruction"]),
              "instruction": s["instruction"], "input": ""} for s in seeds]
     pack = load_pack("general")
-    batch = evolve_rows(rows, 1, config, offline, pack)
+    batch = [c for row in rows for c in evolve_rows([row], 1, config, offline, pack)]
     streamed = evolve_rows(rows, 1, config, streaming, pack, streaming=True)
     assert [c["raw_evolution"] for c in streamed] == [c["raw_evolution"] for c in batch]
     assert streamed == batch

@@ -25,7 +25,9 @@ def test_one_round_on_8_seeds_with_vllm(prefect_harness, tmp_path, model_dir, mo
     src.write_text("\n".join(json.dumps(s) for s in load_seeds(n=8)))
     config = parse_run_config({
         "seeds": str(src), "output_root": str(tmp_path / "runs"), "rounds": 1, "shard_size": 4, "random_seed": 5,
-        "llm": {"backend": "vllm", "model": "default", "engine_args": {"max_model_len": 1024}},
+        # the async engine of tests/test_llm_streaming.py (one engine group in tests/conftest.py: one start for
+        # both): one sequence per step costs this round about 5 s more than batches, a second engine about 30 s of CPU
+        "llm": {"backend": "vllm", "model": "default", "engine_args": {"max_model_len": 1024, "max_num_seqs": 1}},
         "sampling": {"evolve": {"temperature": 0.7, "max_tokens": 64},
                      "respond": {"temperature": 0.7, "max_tokens": 64}},
         "dedup": {"near": False},
