@@ -208,8 +208,10 @@ def _prefect_server(home):
     from tests.services import prefect_server as start_prefect_server
 
     port = free_port()
+    # a deployment run that finds its concurrency slot taken (the nightly's limit of 1) is tried again after 5 s,
+    # not Prefect's default 30 s: tests/test_deploy_overlap.py waits for it
     env = {**os.environ, "PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-           "PREFECT_API_URL": ""}
+           "PREFECT_API_URL": "", "PREFECT_SERVER_DEPLOYMENTS_CONCURRENCY_SLOT_WAIT_SECONDS": "5"}
     with start_prefect_server(evol_server(port), env, f"http://127.0.0.1:{port}/api", home / "server.log") as url:
         yield url
 
